@@ -1,0 +1,1 @@
+"""Capture of video, stills and audio into sealed segments."""

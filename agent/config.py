@@ -1,0 +1,89 @@
+"""The agent's configuration: one TOML file loaded into frozen dataclasses.
+
+Every section lives beside the code it configures; this module puts them together. Unknown keys
+and bad values fail at load with a message naming the field, e.g.
+``uplink.port: must be 1..65535, got 70000``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.capture.settings import AudioSettings, VideoSettings
+from agent.errors import ConfigError
+from agent.gps.settings import GpsSettings
+from agent.settings import check, load_dataclass, one_of
+from agent.storage.settings import SealSettings, SpoolSettings
+from agent.uplink.settings import UplinkSettings
+
+
+def _device_id(v: object) -> str | None:
+    if not isinstance(v, str) or not v:
+        return "must not be empty"
+    if len(v) > 64 or not all(c.isalnum() or c in "-_." for c in v):
+        return f"must be 1-64 letters, digits, '-', '_' or '.', got {v!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    id: str = field(default="", metadata=check(_device_id))
+    # bodycam | tracker | dashcam
+    profile: str = field(default="tracker", metadata=check(one_of("bodycam", "tracker", "dashcam")))
+    officer: str = ""  # officer number (body cameras)
+    vehicle: str = ""  # vehicle id (trucks)
+    unit: str = ""  # unit code
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    # The device's Ed25519 signing key (PEM, mode 0600).
+    device_key: Path = Path("/etc/edge-agent/keys/device.key")
+    # The platform's X25519 public key: data keys are wrapped to it.
+    platform_public: Path = Path("/etc/edge-agent/keys/platform.pub")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = field(
+        default="info", metadata=check(one_of("debug", "info", "warning", "error"))
+    )
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device: DeviceSettings = field(default_factory=DeviceSettings)
+    keys: KeySettings = field(default_factory=KeySettings)
+    seal: SealSettings = field(default_factory=SealSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
+    gps: GpsSettings = field(default_factory=GpsSettings)
+    uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+def parse_config(text: str, origin: str = "config") -> AgentConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+    cfg = load_dataclass(AgentConfig, data)
+    if not cfg.device.id:
+        raise ConfigError("device.id: required")
+    return cfg
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        return parse_config(text, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,1 @@
+"""GNSS: the NMEA reader, receiver sources (serial, gpsd, replay) and reporting strategy."""

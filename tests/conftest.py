@@ -1,0 +1,7 @@
+"""Shared pytest fixtures. Real parts live in plugin modules under tests/fixtures/."""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "tests.fixtures.keys",
+]
