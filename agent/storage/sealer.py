@@ -1,0 +1,82 @@
+"""The device side of sealing: the signing key, the platform key and the current key epoch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from agent.storage.seal import ChainLink, DataKey, SegmentHeader, make_data_key, seal_segment
+from agent.storage.settings import SealSettings
+
+
+class Sealer:
+    """Seals segments for one device and boot.
+
+    A data key lives for one epoch (at most ``key_epoch_s`` and never across a reboot) in
+    memory only; its signed key record is stored once and shared by every segment of the epoch,
+    so small records do not each pay a key wrap. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        boot_id: str,
+        signing_key: Ed25519PrivateKey,
+        platform_public: X25519PublicKey,
+        settings: SealSettings,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.device_id = device_id
+        self.boot_id = boot_id
+        self._signing_key = signing_key
+        self._platform_public = platform_public
+        self.settings = settings
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._key: DataKey | None = None
+        self._key_born = 0.0
+
+    def current_key(self) -> DataKey:
+        """The epoch's data key, making a new one when the epoch is over."""
+        with self._lock:
+            now = self._monotonic()
+            if self._key is None or now - self._key_born >= self.settings.key_epoch_s:
+                self._key = make_data_key(
+                    device_id=self.device_id,
+                    boot_id=self.boot_id,
+                    signing_key=self._signing_key,
+                    platform_public=self._platform_public,
+                    created=self._clock(),
+                )
+                self._key_born = now
+            return self._key
+
+    def seal(
+        self,
+        out: BinaryIO,
+        header: SegmentHeader,
+        link: ChainLink,
+        pieces: Iterable[bytes],
+        key: DataKey,
+    ) -> tuple[dict[str, Any], bytes]:
+        return seal_segment(
+            out,
+            header=header,
+            link=link,
+            device_id=self.device_id,
+            boot_id=self.boot_id,
+            key=key,
+            signing_key=self._signing_key,
+            cipher=self.settings.cipher,
+            chunk_size=self.settings.chunk_size,
+            pieces=pieces,
+            sealed_utc=self._clock(),
+        )

@@ -1,0 +1,642 @@
+"""The durable on-device spool: sealed segments waiting for the platform's acknowledgement.
+
+Layout under the spool directory::
+
+    index.sqlite3            SQLite (WAL, synchronous=FULL): segments, chains, key records
+    seg/<stream>/<seq>.seg   sealed segments, each written tmp -> fsync -> rename -> fsync dir
+    keys/<key_id>.key        signed key records (the wrapped data keys segments refer to)
+    tmp/                     segments being sealed (ciphertext only); emptied at open
+    quarantine/              anything unreadable found at open; never deleted by the agent
+
+A put returns only after the segment file and its index row are durable. A segment leaves the
+spool only when the platform acknowledges it with its manifest hash. At open, segments that
+were in flight go back to ready, temp files are removed, a sealed file that was renamed into
+place but not yet indexed (a cut between the two) is adopted, and anything else that does not
+parse is moved to quarantine with a log line.
+
+Thread use: any number of producer threads may ``put`` (each stream is sealed under its own
+lock), and one reader thread (the uplink) drives ``next_ready``/``ack``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from agent.errors import EvidenceRefused, FormatError, SpoolError
+from agent.model import Alarm, ClockState, Severity
+from agent.storage.durable import fsync_dir, write_atomic
+from agent.storage.retention import Candidate, Retention, admit, classify
+from agent.storage.seal import ChainLink, SegmentHeader, parse_key_record, read_segment_info
+from agent.storage.sealer import Sealer
+from agent.storage.settings import MIB, SpoolSettings
+
+log = logging.getLogger(__name__)
+
+READY = "ready"
+INFLIGHT = "inflight"
+ACKED = "acked"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    boot TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    class TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    manifest_hash TEXT NOT NULL,
+    created REAL NOT NULL,
+    state TEXT NOT NULL,
+    progress INTEGER NOT NULL DEFAULT 0,
+    batch_id TEXT,
+    UNIQUE (stream, seq)
+);
+CREATE INDEX IF NOT EXISTS segments_state ON segments (state, stream, seq);
+CREATE TABLE IF NOT EXISTS chains (
+    stream TEXT PRIMARY KEY,
+    next_seq INTEGER NOT NULL,
+    last_hash TEXT
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+EVENT_STREAM = "event"
+
+
+@dataclass(frozen=True)
+class SpoolItem:
+    """A stored segment as the reader sees it."""
+
+    id: int
+    stream: str
+    seq: int
+    key_id: str
+    size: int
+    manifest_hash: str
+    progress: int
+    path: Path
+    created: float
+
+
+@dataclass(frozen=True)
+class PutResult:
+    stream: str
+    seq: int
+    size: int
+    manifest_hash: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class StreamBacklog:
+    count: int
+    bytes: int
+    oldest_age_s: float | None
+
+
+class Spool:
+    """A durable, quota-bounded queue of sealed segments. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: SpoolSettings,
+        sealer: Sealer,
+        *,
+        alarm: Callable[[Alarm], None] | None = None,
+        clock: Callable[[], ClockState] = ClockState,
+    ) -> None:
+        self.settings = settings
+        self.sealer = sealer
+        self.root = settings.dir
+        self._alarm = alarm or (lambda a: None)
+        self._clock_state = clock
+        self._db_lock = threading.Lock()
+        self._locks_lock = threading.Lock()
+        self._stream_locks: dict[str, threading.Lock] = {}
+        self._chains: dict[str, tuple[int, str | None]] = {}
+        self._stored_keys: set[str] = set()
+        self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
+        for sub in ("seg", "keys", "tmp", "quarantine"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            self.root / "index.sqlite3", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self.recovery = self._recover()
+
+    # ------------------------------------------------------------------ open / recovery
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._db.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _seg_path(self, stream: str, seq: int) -> Path:
+        return self.root / "seg" / stream / f"{seq:012d}.seg"
+
+    def _key_path(self, key_id: str) -> Path:
+        return self.root / "keys" / f"{key_id}.key"
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        dest = self.root / "quarantine" / f"{int(time.time())}-{uuid.uuid4().hex[:8]}-{path.name}"
+        log.error("spool: moving %s to quarantine: %s", path, why)
+        os.replace(path, dest)
+        fsync_dir(dest.parent)
+
+    def _recover(self) -> dict[str, int]:
+        """Bring the spool to a consistent state after any stop, clean or not."""
+        stats = {"tmp_removed": 0, "inflight_reset": 0, "adopted": 0, "quarantined": 0, "lost": 0}
+        for tmp in (self.root / "tmp").iterdir():
+            tmp.unlink()
+            stats["tmp_removed"] += 1
+        if stats["tmp_removed"]:
+            log.info("spool: removed %d unfinished temp files", stats["tmp_removed"])
+            fsync_dir(self.root / "tmp")
+        with self._tx() as db:
+            cur = db.execute("UPDATE segments SET state=? WHERE state=?", (READY, INFLIGHT))
+            stats["inflight_reset"] = cur.rowcount
+            # Acknowledged segments whose file removal was cut short.
+            for sid, stream, seq in db.execute(
+                "SELECT id, stream, seq FROM segments WHERE state=?", (ACKED,)
+            ).fetchall():
+                self._seg_path(stream, seq).unlink(missing_ok=True)
+                db.execute("DELETE FROM segments WHERE id=?", (sid,))
+            for stream, next_seq, last_hash in db.execute("SELECT * FROM chains"):
+                self._chains[stream] = (next_seq, last_hash)
+            self._stored_keys = {k for (k,) in db.execute("SELECT key_id FROM keys")}
+        indexed: dict[tuple[str, int], tuple[int, str]] = {
+            (s, q): (i, h)
+            for i, s, q, h in self._db.execute(
+                "SELECT id, stream, seq, manifest_hash FROM segments"
+            )
+        }
+        # Key records written but not indexed (cut before the index row) are adopted.
+        for path in (self.root / "keys").glob("*.key"):
+            kid = path.stem
+            if kid in self._stored_keys:
+                continue
+            try:
+                rec = parse_key_record(path.read_bytes())
+            except Exception as exc:
+                self._quarantine(path, f"unreadable key record: {exc}")
+                stats["quarantined"] += 1
+                continue
+            with self._tx() as db:
+                db.execute("INSERT INTO keys VALUES (?, ?, 0)", (rec.key_id, time.time()))
+            self._stored_keys.add(rec.key_id)
+        seen: set[tuple[str, int]] = set()
+        seg_root = self.root / "seg"
+        for sdir in sorted(p for p in seg_root.iterdir() if p.is_dir()):
+            for path in sorted(sdir.glob("*.seg")):
+                self._recover_file(path, indexed, seen, stats)
+            for stray in sdir.glob(".*.part"):
+                stray.unlink()
+        for (stream, seq), (sid, _h) in indexed.items():
+            if (stream, seq) not in seen:
+                log.error("spool: segment %s#%d is indexed but its file is missing", stream, seq)
+                stats["lost"] += 1
+                with self._tx() as db:
+                    db.execute("DELETE FROM segments WHERE id=?", (sid,))
+        with self._db_lock:
+            for cls in Retention:
+                (used,) = self._db.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM segments WHERE class=?", (cls.value,)
+                ).fetchone()
+                self._used[cls] = int(used)
+        if stats["quarantined"] or stats["lost"]:
+            self._put_event_safe(
+                "spool_recovery",
+                {k: v for k, v in stats.items() if v},
+            )
+        return stats
+
+    def _recover_file(
+        self,
+        path: Path,
+        indexed: dict[tuple[str, int], tuple[int, str]],
+        seen: set[tuple[str, int]],
+        stats: dict[str, int],
+    ) -> None:
+        try:
+            with path.open("rb") as f:
+                info = read_segment_info(f)
+        except (FormatError, OSError) as exc:
+            self._quarantine(path, str(exc))
+            stats["quarantined"] += 1
+            return
+        key = (info.stream, info.seq)
+        if path != self._seg_path(info.stream, info.seq):
+            self._quarantine(path, f"file name does not match its manifest ({info.label})")
+            stats["quarantined"] += 1
+            return
+        if key in indexed:
+            if indexed[key][1] != info.manifest_hash:
+                self._quarantine(path, "manifest differs from the index")
+                stats["quarantined"] += 1
+                return
+            seen.add(key)
+            return
+        next_seq, last_hash = self._chains.get(info.stream, (0, None))
+        if info.seq == next_seq and info.manifest["prev"] == last_hash:
+            # Renamed into place, cut before its index row: complete and sealed, so keep it.
+            self._index(
+                info.stream,
+                info.seq,
+                info.manifest["boot"],
+                info.key_id,
+                info.size,
+                info.manifest_hash,
+                None,
+            )
+            seen.add(key)
+            stats["adopted"] += 1
+            log.info("spool: adopted %s sealed just before the last stop", info.label)
+            return
+        self._quarantine(path, f"{info.label} is not in the index and does not extend its chain")
+        stats["quarantined"] += 1
+
+    def _index(
+        self,
+        stream: str,
+        seq: int,
+        boot: str,
+        key_id: str,
+        size: int,
+        manifest_hash: str,
+        batch_id: str | None,
+    ) -> None:
+        cls = classify(stream)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO segments (stream, seq, boot, key_id, class, size, manifest_hash,"
+                " created, state, batch_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    stream,
+                    seq,
+                    boot,
+                    key_id,
+                    cls.value,
+                    size,
+                    manifest_hash,
+                    time.time(),
+                    READY,
+                    batch_id,
+                ),
+            )
+            db.execute(
+                "INSERT INTO chains VALUES (?, ?, ?) ON CONFLICT(stream) DO UPDATE"
+                " SET next_seq=excluded.next_seq, last_hash=excluded.last_hash",
+                (stream, seq + 1, manifest_hash),
+            )
+        self._chains[stream] = (seq + 1, manifest_hash)
+        self._used[cls] += size
+
+    # ------------------------------------------------------------------ writing
+
+    def _stream_lock(self, stream: str) -> threading.Lock:
+        with self._locks_lock:
+            lock = self._stream_locks.get(stream)
+            if lock is None:
+                lock = self._stream_locks[stream] = threading.Lock()
+            return lock
+
+    def _ensure_key_stored(self) -> str:
+        key = self.sealer.current_key()
+        with self._locks_lock:
+            if key.key_id in self._stored_keys:
+                return key.key_id
+            write_atomic(self._key_path(key.key_id), key.record, self.root / "tmp")
+            with self._tx() as db:
+                db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?, 0)", (key.key_id, time.time()))
+            self._stored_keys.add(key.key_id)
+            return key.key_id
+
+    def _disk_free(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def put(
+        self,
+        header: SegmentHeader,
+        pieces: Iterable[bytes],
+        *,
+        batch_id: str | None = None,
+    ) -> PutResult:
+        """Seal ``pieces`` as the next segment of ``header.stream`` and store it durably.
+
+        Raises :class:`EvidenceRefused` (after recording the refusal as an event and raising an
+        alarm) when the stream's retention class or the disk has no room.
+        """
+        stream = header.stream
+        cls = classify(stream)
+        if stream != EVENT_STREAM and cls is Retention.EVIDENCE:
+            quota = self._quota(cls)
+            if self._used[cls] >= quota:
+                self._refuse(stream, f"evidence quota full ({self._used[cls]} of {quota} bytes)")
+        with self._stream_lock(stream):
+            self._ensure_key_stored()
+            key = self.sealer.current_key()
+            if key.key_id not in self._stored_keys:  # rotated in between
+                self._ensure_key_stored()
+            seq, prev = self._chains.get(stream, (0, None))
+            tmp = self.root / "tmp" / f"{stream}-{seq}-{uuid.uuid4().hex[:8]}.part"
+            try:
+                with tmp.open("wb") as f:
+                    _manifest, mbytes = self.sealer.seal(
+                        f, header, ChainLink(seq, prev), pieces, key
+                    )
+                    f.flush()
+                    os.fsync(f.fileno())
+                size = tmp.stat().st_size
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._refuse(stream, f"disk full while sealing ({exc.strerror})")
+                raise SpoolError(f"cannot write segment {stream}#{seq}: {exc}") from exc
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            mhash = hashlib.sha256(mbytes).hexdigest()
+            self._make_room(stream, cls, size, tmp)
+            final = self._seg_path(stream, seq)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+            self._index(stream, seq, self.sealer.boot_id, key.key_id, size, mhash, batch_id)
+            return PutResult(stream, seq, size, mhash, final)
+
+    def put_bytes(
+        self,
+        stream: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        meta: dict[str, Any] | None = None,
+        start_utc: float | None = None,
+        end_utc: float | None = None,
+    ) -> PutResult:
+        """Seal a byte string captured just now (stills, event records, small files)."""
+        now = time.time()
+        mono = time.monotonic_ns()
+        header = SegmentHeader(
+            stream=stream,
+            content_type=content_type,
+            start_utc=start_utc if start_utc is not None else now,
+            end_utc=end_utc if end_utc is not None else now,
+            start_mono_ns=mono,
+            end_mono_ns=mono,
+            clock=self._clock_state(),
+            meta=meta or {},
+        )
+        return self.put(header, [data])
+
+    def put_event(self, kind: str, details: dict[str, Any]) -> PutResult:
+        """An event record (trigger, mark, refusal, eviction, ...) in the ``event`` stream."""
+        body = json.dumps({"type": kind, **details}, sort_keys=True).encode()
+        return self.put_bytes(
+            EVENT_STREAM, body, content_type="application/json", meta={"type": kind}
+        )
+
+    def _put_event_safe(self, kind: str, details: dict[str, Any]) -> None:
+        try:
+            self.put_event(kind, details)
+        except (OSError, SpoolError) as exc:
+            log.critical("spool: cannot record event %s %s: %s", kind, details, exc)
+
+    def _quota(self, cls: Retention) -> int:
+        mb = (
+            self.settings.evidence_quota_mb
+            if cls is Retention.EVIDENCE
+            else self.settings.telemetry_quota_mb
+        )
+        return mb * MIB
+
+    def _refuse(self, stream: str, reason: str) -> None:
+        log.error("spool: refusing new %s evidence: %s", stream, reason)
+        self._alarm(
+            Alarm(
+                "evidence_refused",
+                f"new {stream} evidence refused: {reason}",
+                Severity.CRITICAL,
+                time.time(),
+                {"stream": stream, "reason": reason},
+            )
+        )
+        if stream != EVENT_STREAM:
+            self._put_event_safe("evidence_refused", {"stream": stream, "reason": reason})
+        raise EvidenceRefused(f"{stream}: {reason}")
+
+    def _make_room(self, stream: str, cls: Retention, size: int, tmp: Path) -> None:
+        if stream == EVENT_STREAM:
+            # Event records are tiny and say why a gap exists: they only need the disk.
+            if self._disk_free() <= 0:
+                tmp.unlink(missing_ok=True)
+                raise EvidenceRefused("event: disk full")
+            return
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT id, stream, seq, size FROM segments WHERE class=? AND state=?"
+                " ORDER BY created, id",
+                (Retention.TELEMETRY.value, READY),
+            ).fetchall()
+        decision = admit(
+            retention=cls,
+            size=size,
+            used=self._used[cls],
+            quota=self._quota(cls),
+            disk_free=self._disk_free(),
+            reserve=self.settings.reserve_mb * MIB,
+            evictable=(Candidate(*r) for r in rows) if cls is Retention.TELEMETRY else (),
+        )
+        if not decision.admit:
+            tmp.unlink(missing_ok=True)
+            if cls is Retention.EVIDENCE:
+                self._refuse(stream, decision.reason)
+            log.warning("spool: dropping new %s segment: %s", stream, decision.reason)
+            raise SpoolError(f"{stream}: {decision.reason}")
+        if decision.evict:
+            self._evict(decision.evict)
+
+    def _evict(self, victims: Sequence[Candidate]) -> None:
+        by_stream: dict[str, list[int]] = {}
+        for v in victims:
+            self._remove(v.id, v.stream, v.seq, v.size, Retention.TELEMETRY)
+            by_stream.setdefault(v.stream, []).append(v.seq)
+        for stream, seqs in by_stream.items():
+            log.warning(
+                "spool: telemetry quota full: overwrote %d oldest %s segments", len(seqs), stream
+            )
+            self._put_event_safe(
+                "telemetry_evicted",
+                {"stream": stream, "seqs": sorted(seqs), "reason": "telemetry quota full"},
+            )
+
+    def _remove(self, sid: int, stream: str, seq: int, size: int, cls: Retention) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE segments SET state=? WHERE id=?", (ACKED, sid))
+        self._seg_path(stream, seq).unlink(missing_ok=True)
+        with self._tx() as db:
+            db.execute("DELETE FROM segments WHERE id=?", (sid,))
+        self._used[cls] -= size
+
+    # ------------------------------------------------------------------ reading (uplink)
+
+    def _item(self, row: tuple[Any, ...]) -> SpoolItem:
+        sid, stream, seq, key_id, size, mhash, progress, created = row
+        return SpoolItem(
+            sid, stream, seq, key_id, size, mhash, progress, self._seg_path(stream, seq), created
+        )
+
+    _COLS = "id, stream, seq, key_id, size, manifest_hash, progress, created"
+
+    def next_ready(self, priority: Sequence[str] = (), limit: int = 1) -> list[SpoolItem]:
+        """Oldest ready segments, streams in ``priority`` order first, then the rest."""
+        with self._db_lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLS} FROM segments WHERE state=? ORDER BY seq",
+                (READY,),
+            ).fetchall()
+        rank = {s: i for i, s in enumerate(priority)}
+        rows.sort(key=lambda r: (rank.get(r[1], len(rank)), r[1], r[2]))
+        return [self._item(r) for r in rows[:limit]]
+
+    def items(self, stream: str | None = None) -> list[SpoolItem]:
+        q = f"SELECT {self._COLS} FROM segments WHERE state != ?"
+        args: tuple[Any, ...] = (ACKED,)
+        if stream is not None:
+            q += " AND stream=?"
+            args += (stream,)
+        with self._db_lock:
+            rows = self._db.execute(q + " ORDER BY stream, seq", args).fetchall()
+        return [self._item(r) for r in rows]
+
+    def mark_inflight(self, item_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE segments SET state=? WHERE id=?", (INFLIGHT, item_id))
+
+    def release(self, item_id: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE segments SET state=? WHERE id=? AND state=?", (READY, item_id, INFLIGHT)
+            )
+
+    def set_progress(self, item_id: int, chunks_done: int) -> None:
+        """Remember how many chunks of a segment the platform has (survives power cuts)."""
+        with self._tx() as db:
+            db.execute("UPDATE segments SET progress=? WHERE id=?", (chunks_done, item_id))
+
+    def ack(self, stream: str, seq: int, manifest_hash: str) -> bool:
+        """The platform has this segment: remove it. False if unknown or the hash differs."""
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT id, size, manifest_hash, class FROM segments WHERE stream=? AND seq=?",
+                (stream, seq),
+            ).fetchone()
+        if row is None:
+            return False
+        sid, size, mhash, cls = row
+        if mhash != manifest_hash:
+            log.warning("spool: ack for %s#%d names a different manifest hash; kept", stream, seq)
+            return False
+        self._remove(sid, stream, seq, size, Retention(cls))
+        return True
+
+    def open_segment(self, item: SpoolItem) -> BinaryIO:
+        return item.path.open("rb")
+
+    def key_record(self, key_id: str) -> bytes:
+        try:
+            return self._key_path(key_id).read_bytes()
+        except OSError as exc:
+            raise SpoolError(f"key record {key_id}: {exc}") from exc
+
+    def key_acked(self, key_id: str) -> bool:
+        with self._db_lock:
+            row = self._db.execute("SELECT acked FROM keys WHERE key_id=?", (key_id,)).fetchone()
+        return bool(row and row[0])
+
+    def ack_key(self, key_id: str) -> None:
+        """The platform holds this key record; it is deleted once no stored segment needs it."""
+        with self._tx() as db:
+            db.execute("UPDATE keys SET acked=1 WHERE key_id=?", (key_id,))
+        self.collect_keys()
+
+    def collect_keys(self) -> int:
+        current = self.sealer.current_key().key_id
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT key_id FROM keys WHERE acked=1 AND key_id != ? AND key_id NOT IN"
+                " (SELECT DISTINCT key_id FROM segments)",
+                (current,),
+            ).fetchall()
+        for (kid,) in rows:
+            self._key_path(kid).unlink(missing_ok=True)
+            with self._tx() as db:
+                db.execute("DELETE FROM keys WHERE key_id=?", (kid,))
+            with self._locks_lock:
+                self._stored_keys.discard(kid)
+        return len(rows)
+
+    # ------------------------------------------------------------------ figures
+
+    def backlog(self) -> dict[str, StreamBacklog]:
+        now = time.time()
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT stream, COUNT(*), SUM(size), MIN(created) FROM segments"
+                " WHERE state != ? GROUP BY stream",
+                (ACKED,),
+            ).fetchall()
+        return {
+            s: StreamBacklog(n, int(b or 0), (now - oldest) if oldest else None)
+            for s, n, b, oldest in rows
+        }
+
+    def usage(self) -> dict[str, int]:
+        return {cls.value: used for cls, used in self._used.items()}
+
+    def chain_state(self) -> dict[str, tuple[int, str | None]]:
+        return dict(self._chains)
+
+    def batch_sealed(self, batch_id: str) -> bool:
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT 1 FROM segments WHERE batch_id=?", (batch_id,)
+            ).fetchone()
+        return row is not None
