@@ -63,7 +63,7 @@ def _prefix(magic: bytes) -> bytes:
     return magic + struct.pack(">H", VERSION)
 
 
-def _aead(cipher: str, key: bytes) -> AESGCM | ChaCha20Poly1305:
+def aead_for(cipher: str, key: bytes) -> AESGCM | ChaCha20Poly1305:
     if cipher == "aes-256-gcm":
         return AESGCM(key)
     if cipher == "chacha20-poly1305":
@@ -283,7 +283,7 @@ def seal_segment(
     if not STREAM_RE.match(header.stream):
         raise FormatError(f"stream name {header.stream!r}: must match {STREAM_RE.pattern}")
     salt = os.urandom(16)
-    aead = _aead(cipher, segment_key(key.secret, salt))
+    aead = aead_for(cipher, segment_key(key.secret, salt))
     plain_hash = hashlib.sha256()
     body_hash = hashlib.sha256()
     plain_len = 0
@@ -469,6 +469,7 @@ def read_segment_info(f: BinaryIO) -> SegmentInfo:
     if manifest["kind"] != "segment":
         raise FormatError(f"segment: kind is {manifest['kind']!r}")
     if PREFIX_LEN + manifest["body_len"] + mlen + TRAILER_FIXED != size:
+        _check_manifest_signature(manifest, body, sig)
         raise FormatError(
             f"segment {manifest['stream']}#{manifest['seq']}: body is "
             f"{size - PREFIX_LEN - mlen - TRAILER_FIXED} bytes, manifest says "
@@ -479,6 +480,18 @@ def read_segment_info(f: BinaryIO) -> SegmentInfo:
     _hex_field(manifest, "device_pub", 32, "segment")
     _hex_field(manifest, "salt", 16, "segment")
     return SegmentInfo(manifest, body, sig, size)
+
+
+def _check_manifest_signature(manifest: dict[str, Any], body: bytes, sig: bytes) -> None:
+    """Tell an altered manifest apart from a truncated file."""
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(manifest["device_pub"]))
+        pub.verify(sig, SEG_CONTEXT + body)
+    except (ValueError, InvalidSignature):
+        raise VerificationError(
+            f"segment {manifest['stream']}#{manifest['seq']}: bad signature "
+            "(manifest or signature altered)"
+        ) from None
 
 
 def _iter_frames(f: BinaryIO, info: SegmentInfo) -> Iterator[tuple[bytes, bytes]]:
@@ -538,7 +551,7 @@ def decrypt_segment(
     Callers should :func:`verify_segment` first; this raises VerificationError on any mismatch,
     after which what reached ``sink`` must be discarded.
     """
-    aead = _aead(
+    aead = aead_for(
         info.manifest["cipher"], segment_key(data_key, bytes.fromhex(info.manifest["salt"]))
     )
     chunks = int(info.manifest["chunks"])

@@ -134,7 +134,7 @@ class Spool:
         self._chains: dict[str, tuple[int, str | None]] = {}
         self._stored_keys: set[str] = set()
         self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
-        for sub in ("seg", "keys", "tmp", "quarantine"):
+        for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
             self.root / "index.sqlite3", check_same_thread=False, isolation_level=None
@@ -336,7 +336,12 @@ class Spool:
                 lock = self._stream_locks[stream] = threading.Lock()
             return lock
 
-    def _ensure_key_stored(self) -> str:
+    def clock_state(self) -> ClockState:
+        """The clock's trust state, as given by whoever owns the clock (GPS, NTP)."""
+        return self._clock_state()
+
+    def ensure_key_stored(self) -> str:
+        """Store the current epoch's key record durably (once); returns its key id."""
         key = self.sealer.current_key()
         with self._locks_lock:
             if key.key_id in self._stored_keys:
@@ -370,10 +375,10 @@ class Spool:
             if self._used[cls] >= quota:
                 self._refuse(stream, f"evidence quota full ({self._used[cls]} of {quota} bytes)")
         with self._stream_lock(stream):
-            self._ensure_key_stored()
+            self.ensure_key_stored()
             key = self.sealer.current_key()
             if key.key_id not in self._stored_keys:  # rotated in between
-                self._ensure_key_stored()
+                self.ensure_key_stored()
             seq, prev = self._chains.get(stream, (0, None))
             tmp = self.root / "tmp" / f"{stream}-{seq}-{uuid.uuid4().hex[:8]}.part"
             try:
@@ -596,6 +601,12 @@ class Spool:
         with self._tx() as db:
             db.execute("UPDATE keys SET acked=1 WHERE key_id=?", (key_id,))
         self.collect_keys()
+
+    def unacked_keys(self) -> list[str]:
+        """Key records the platform has not confirmed yet (send these before anything else)."""
+        with self._db_lock:
+            rows = self._db.execute("SELECT key_id FROM keys WHERE acked=0 ORDER BY created")
+            return [k for (k,) in rows.fetchall()]
 
     def collect_keys(self) -> int:
         current = self.sealer.current_key().key_id

@@ -1,0 +1,263 @@
+"""Small records (a GPS fix is ~40 bytes) kept durably without a key wrap or signature each.
+
+Records of one stream are appended to a journal, each encrypted under the current epoch's
+data key (AEAD, 4-byte frame + 16-byte tag on disk), and made durable by fsync (per record, or
+per group with ``commit``). Every ``batch_s`` seconds or ``batch_max_records`` records the batch
+is sealed as one ordinary segment whose plaintext is the records, each prefixed by its u16
+length, and the journal is removed. On the wire a record then costs 2 bytes plus its share of
+one manifest and signature (see docs/format.md).
+
+The plaintext of the open batch is held in memory only. After a power cut the device can no
+longer decrypt its journal (the data key lived in RAM), so at the next open the journal's
+ciphertext itself is sealed as a segment of content type ``application/x-edge-journal``: the
+platform, which can unwrap the epoch key, reads the records out of it. Nothing that
+``append`` returned from is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from agent.errors import FormatError, SpoolError
+from agent.storage.durable import fsync_dir
+from agent.storage.seal import TAG_LEN, SegmentHeader, aead_for, chunk_nonce, segment_key
+from agent.storage.spool import PutResult, Spool
+
+log = logging.getLogger(__name__)
+
+JOURNAL_MAGIC = b"EAJNL\x00"
+JOURNAL_VERSION = 1
+JOURNAL_HEADER = struct.Struct(">6sH8s16s16s")  # magic, version, key id, salt, batch id
+JOURNAL_CONTENT_TYPE = "application/x-edge-journal"
+MAX_RECORD = 65535
+
+
+@dataclass(frozen=True)
+class JournalHeader:
+    key_id: str
+    salt: bytes
+    batch_id: str
+
+
+def parse_journal(data: bytes) -> tuple[JournalHeader, list[bytes]]:
+    """Split a journal into its header and whole encrypted frames (a torn tail is dropped)."""
+    if len(data) < JOURNAL_HEADER.size:
+        raise FormatError("journal: too short")
+    magic, version, kid, salt, bid = JOURNAL_HEADER.unpack_from(data)
+    if magic != JOURNAL_MAGIC or version != JOURNAL_VERSION:
+        raise FormatError("journal: bad magic or version")
+    frames: list[bytes] = []
+    pos = JOURNAL_HEADER.size
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from(">I", data, pos)
+        if n < TAG_LEN or n > MAX_RECORD + TAG_LEN or pos + 4 + n > len(data):
+            break
+        frames.append(data[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return JournalHeader(kid.hex(), salt, bid.hex()), frames
+
+
+def decrypt_journal(data: bytes, data_key: bytes, cipher: str) -> list[bytes]:
+    """Platform side: the records of a recovered journal (needs the epoch's data key)."""
+    header, frames = parse_journal(data)
+    aead = aead_for(cipher, segment_key(data_key, header.salt))
+    return [aead.decrypt(chunk_nonce(i, False), ct, None) for i, ct in enumerate(frames)]
+
+
+def pack_records(records: list[bytes]) -> bytes:
+    return b"".join(struct.pack(">H", len(r)) + r for r in records)
+
+
+def unpack_records(data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if pos + 2 > len(data):
+            raise FormatError("records: truncated length prefix")
+        (n,) = struct.unpack_from(">H", data, pos)
+        if pos + 2 + n > len(data):
+            raise FormatError("records: truncated record")
+        out.append(data[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    return out
+
+
+class RecordLog:
+    """Durable small records of one stream, sealed in batches. Thread-safe."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        stream: str,
+        *,
+        content_type: str,
+        batch_s: float | None = None,
+        batch_max_records: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spool = spool
+        self.stream = stream
+        self.content_type = content_type
+        self.batch_s = batch_s if batch_s is not None else spool.settings.batch_s
+        self.batch_max = batch_max_records or spool.settings.batch_max_records
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._dir = spool.root / "journal"
+        self._dir.mkdir(exist_ok=True)
+        self._path = self._dir / f"{stream}.jnl"
+        self._fd: int | None = None
+        self._records: list[bytes] = []
+        self._times: list[float] = []
+        self._opened_mono = 0.0
+        self._batch_id = ""
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        self.recovered = self._recover()
+
+    # -------------------------------------------------------------- recovery
+
+    def _recover(self) -> PutResult | None:
+        if not self._path.exists():
+            return None
+        data = self._path.read_bytes()
+        try:
+            header, frames = parse_journal(data)
+        except FormatError as exc:
+            dest = self.spool.root / "quarantine" / f"{int(time.time())}-{self._path.name}"
+            log.error("records: journal %s unreadable (%s): moved to %s", self._path, exc, dest)
+            os.replace(self._path, dest)
+            return None
+        result: PutResult | None = None
+        if frames and not self.spool.batch_sealed(header.batch_id):
+            whole = data[: JOURNAL_HEADER.size + sum(4 + len(f) for f in frames)]
+            now = time.time()
+            mono = time.monotonic_ns()
+            result = self.spool.put(
+                SegmentHeader(
+                    stream=self.stream,
+                    content_type=JOURNAL_CONTENT_TYPE,
+                    start_utc=now,
+                    end_utc=now,
+                    start_mono_ns=mono,
+                    end_mono_ns=mono,
+                    clock=self.spool.clock_state(),
+                    meta={
+                        "recovered": True,
+                        "batch_id": header.batch_id,
+                        "inner_key_id": header.key_id,
+                        "inner_content_type": self.content_type,
+                        "records": len(frames),
+                    },
+                ),
+                [whole],
+                batch_id=header.batch_id,
+            )
+            log.warning(
+                "records: sealed %d %s records recovered from a journal left by the last stop",
+                len(frames),
+                self.stream,
+            )
+        self._path.unlink()
+        fsync_dir(self._dir)
+        return result
+
+    # -------------------------------------------------------------- writing
+
+    def _open_batch(self) -> None:
+        key_id = self.spool.ensure_key_stored()
+        key = self.spool.sealer.current_key()
+        salt = os.urandom(16)
+        batch = os.urandom(16)
+        self._aead = aead_for(self.spool.sealer.settings.cipher, segment_key(key.secret, salt))
+        self._batch_id = batch.hex()
+        header = JOURNAL_HEADER.pack(
+            JOURNAL_MAGIC, JOURNAL_VERSION, bytes.fromhex(key_id), salt, batch
+        )
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        os.write(fd, header)
+        os.fsync(fd)
+        fsync_dir(self._dir)
+        self._fd = fd
+        self._opened_mono = self._monotonic()
+
+    def append(self, record: bytes, *, t: float | None = None, durable: bool = True) -> None:
+        """Store one record; durable on return unless ``durable=False`` (then call commit)."""
+        if len(record) > MAX_RECORD:
+            raise SpoolError(f"{self.stream}: record of {len(record)} bytes exceeds {MAX_RECORD}")
+        with self._lock:
+            if self._fd is None:
+                self._open_batch()
+            assert self._fd is not None
+            assert self._aead is not None
+            ct = self._aead.encrypt(chunk_nonce(len(self._records), False), record, None)
+            os.write(self._fd, struct.pack(">I", len(ct)) + ct)
+            if durable:
+                os.fsync(self._fd)
+            self._records.append(record)
+            self._times.append(time.time() if t is None else t)
+            due = len(self._records) >= self.batch_max
+        if due:
+            self.roll()
+
+    def commit(self) -> None:
+        """Group commit: make every record appended so far durable."""
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+
+    def due(self) -> bool:
+        with self._lock:
+            return bool(self._records) and (
+                self._monotonic() - self._opened_mono >= self.batch_s
+                or len(self._records) >= self.batch_max
+            )
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def roll(self) -> PutResult | None:
+        """Seal the open batch as one segment and start afresh."""
+        with self._lock:
+            if self._fd is None or not self._records:
+                return None
+            os.fsync(self._fd)
+            records, times, batch_id = self._records, self._times, self._batch_id
+            end_mono = time.monotonic_ns()
+            start_mono = end_mono - int((times[-1] - times[0]) * 1e9)
+            result = self.spool.put(
+                SegmentHeader(
+                    stream=self.stream,
+                    content_type=self.content_type,
+                    start_utc=times[0],
+                    end_utc=times[-1],
+                    start_mono_ns=start_mono,
+                    end_mono_ns=end_mono,
+                    clock=self.spool.clock_state(),
+                    meta={"records": len(records), "batch_id": batch_id},
+                ),
+                [pack_records(records)],
+                batch_id=batch_id,
+            )
+            os.close(self._fd)
+            self._fd = None
+            self._path.unlink()
+            fsync_dir(self._dir)
+            self._records, self._times = [], []
+            return result
+
+    def close(self) -> PutResult | None:
+        """Seal what is pending (clean shutdown)."""
+        return self.roll()
+
+    @property
+    def journal_path(self) -> Path:
+        return self._path
