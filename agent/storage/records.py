@@ -125,6 +125,7 @@ class RecordLog:
     # -------------------------------------------------------------- recovery
 
     def _recover(self) -> PutResult | None:
+        self._path.with_suffix(".part").unlink(missing_ok=True)
         if not self._path.exists():
             return None
         data = self._path.read_bytes()
@@ -181,9 +182,12 @@ class RecordLog:
         header = JOURNAL_HEADER.pack(
             JOURNAL_MAGIC, JOURNAL_VERSION, bytes.fromhex(key_id), salt, batch
         )
-        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        # The journal appears whole (header written and synced) or not at all.
+        tmp = self._path.with_suffix(".part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         os.write(fd, header)
         os.fsync(fd)
+        os.replace(tmp, self._path)
         fsync_dir(self._dir)
         self._fd = fd
         self._opened_mono = self._monotonic()

@@ -275,6 +275,7 @@ class Spool:
         next_seq, last_hash = self._chains.get(info.stream, (0, None))
         if info.seq == next_seq and info.manifest["prev"] == last_hash:
             # Renamed into place, cut before its index row: complete and sealed, so keep it.
+            batch = info.manifest["meta"].get("batch_id")
             self._index(
                 info.stream,
                 info.seq,
@@ -282,7 +283,7 @@ class Spool:
                 info.key_id,
                 info.size,
                 info.manifest_hash,
-                None,
+                batch if isinstance(batch, str) else None,
             )
             seen.add(key)
             stats["adopted"] += 1

@@ -1,0 +1,51 @@
+"""Child process of the power-cut test: puts segments and records until it is killed.
+
+After each put returns it prints ``PUT stream seq manifest_hash sha256(data)``; after each
+durable record ``REC text``. A line printed is a promise the spool must keep after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+from pathlib import Path
+
+from agent.storage.keys import load_platform_public, load_signing_key
+from agent.storage.records import RecordLog
+from agent.storage.sealer import Sealer
+from agent.storage.settings import SealSettings, SpoolSettings
+from agent.storage.spool import Spool
+
+
+def main() -> None:
+    spool_dir, device_key, platform_pub, seed = sys.argv[1:5]
+    rng = random.Random(int(seed))
+    sealer = Sealer(
+        device_id="dev-pc",
+        boot_id=f"boot-{seed}",
+        signing_key=load_signing_key(Path(device_key)),
+        platform_public=load_platform_public(Path(platform_pub)),
+        settings=SealSettings(chunk_size=16384),
+    )
+    spool = Spool(SpoolSettings(dir=Path(spool_dir), reserve_mb=0), sealer)
+    records = RecordLog(spool, "telem", content_type="text/plain", batch_max_records=7)
+    print("READY", flush=True)
+    n = 0
+    while True:
+        stream = rng.choice(["video", "video", "gps", "event"])
+        data = rng.randbytes(rng.randint(0, 150_000))
+        r = spool.put_bytes(stream, data)
+        print(
+            f"PUT {r.stream} {r.seq} {r.manifest_hash} {hashlib.sha256(data).hexdigest()}",
+            flush=True,
+        )
+        for _ in range(rng.randint(1, 4)):
+            text = f"{seed}-{n}"
+            records.append(text.encode())
+            print(f"REC {text}", flush=True)
+            n += 1
+
+
+if __name__ == "__main__":
+    main()

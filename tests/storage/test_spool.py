@@ -1,0 +1,182 @@
+"""The spool on a real filesystem: order, acks, recovery and retention."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.errors import EvidenceRefused
+from agent.model import Alarm
+from agent.storage.seal import read_segment_info
+from agent.storage.settings import SpoolSettings
+from agent.storage.spool import Spool
+from agent.storage.verify import verify_paths
+from tests.fixtures.keys import KeySet, make_sealer
+from tests.storage.helpers import open_sealed
+
+
+def test_put_then_read_back_through_the_platform_key(spool: Spool, keyset: KeySet) -> None:
+    data = os.urandom(300_000)
+    r = spool.put_bytes("video", data, content_type="video/mp4")
+    assert r.path.exists() and r.seq == 0
+    assert open_sealed(r.path, spool.root / "keys", keyset.platform_private) == data
+    # Nothing but ciphertext is on disk.
+    for p in spool.root.rglob("*"):
+        if p.is_file():
+            assert data[1000:1032] not in p.read_bytes()
+
+
+def test_chain_links_each_segment_to_the_previous(spool: Spool) -> None:
+    results = [spool.put_bytes("still", f"img{i}".encode()) for i in range(4)]
+    infos = []
+    for r in results:
+        with r.path.open("rb") as f:
+            infos.append(read_segment_info(f))
+    assert [i.seq for i in infos] == [0, 1, 2, 3]
+    assert infos[0].manifest["prev"] is None
+    for a, b in zip(infos, infos[1:], strict=False):
+        assert b.manifest["prev"] == a.manifest_hash
+
+
+def test_next_ready_follows_priority_then_age(spool: Spool) -> None:
+    spool.put_bytes("video", b"v0")
+    spool.put_bytes("gps", b"g0")
+    spool.put_bytes("video", b"v1")
+    spool.put_bytes("event", b"e0")
+    order = [(i.stream, i.seq) for i in spool.next_ready(("event", "gps", "video"), limit=10)]
+    assert order == [("event", 0), ("gps", 0), ("video", 0), ("video", 1)]
+
+
+def test_ack_removes_only_with_the_right_hash(spool: Spool) -> None:
+    r = spool.put_bytes("video", b"abc")
+    assert not spool.ack("video", 0, "0" * 64)
+    assert r.path.exists()
+    assert spool.ack("video", 0, r.manifest_hash)
+    assert not r.path.exists()
+    assert spool.items() == []
+    assert not spool.ack("video", 0, r.manifest_hash)  # a second ack is harmless
+
+
+def test_reopen_resets_inflight_and_keeps_chain(tmp_path: Path, keyset: KeySet) -> None:
+    settings = SpoolSettings(dir=tmp_path / "sp", reserve_mb=0)
+    sp = Spool(settings, make_sealer(keyset))
+    sp.put_bytes("video", b"a")
+    item = sp.next_ready()[0]
+    sp.mark_inflight(item.id)
+    sp.set_progress(item.id, 3)
+    sp.close()
+    sp2 = Spool(settings, make_sealer(keyset, boot_id="boot-b"))
+    assert sp2.recovery["inflight_reset"] == 1
+    again = sp2.next_ready()[0]
+    assert (again.seq, again.progress) == (0, 3)
+    r = sp2.put_bytes("video", b"b")
+    assert r.seq == 1
+    with r.path.open("rb") as f:
+        info = read_segment_info(f)
+    assert info.manifest["prev"] == item.manifest_hash
+    assert info.manifest["boot"] == "boot-b"
+    sp2.close()
+
+
+def test_recovery_adopts_a_sealed_file_cut_before_its_index_row(
+    tmp_path: Path, keyset: KeySet
+) -> None:
+    """A put cut between rename and index commit: the sealed file is kept, not lost."""
+    settings = SpoolSettings(dir=tmp_path / "sp", reserve_mb=0)
+    sp = Spool(settings, make_sealer(keyset))
+    sp.put_bytes("video", b"first")
+    r2 = sp.put_bytes("video", b"second")
+    # Simulate the cut: forget the index row and chain advance of seq 1.
+    with sp._tx() as db:
+        db.execute("DELETE FROM segments WHERE seq=1")
+        db.execute("UPDATE chains SET next_seq=1, last_hash=(SELECT manifest_hash FROM segments)")
+    sp.close()
+    sp2 = Spool(settings, make_sealer(keyset))
+    assert sp2.recovery["adopted"] == 1
+    assert [i.seq for i in sp2.items("video")] == [0, 1]
+    assert sp2.put_bytes("video", b"third").seq == 2
+    assert r2.path.exists()
+    sp2.close()
+
+
+def test_recovery_quarantines_garbage_and_clears_temp(tmp_path: Path, keyset: KeySet) -> None:
+    settings = SpoolSettings(dir=tmp_path / "sp", reserve_mb=0)
+    sp = Spool(settings, make_sealer(keyset))
+    r = sp.put_bytes("video", b"x" * 5000)
+    sp.close()
+    (settings.dir / "tmp" / "video-9-abc.part").write_bytes(b"half")
+    (settings.dir / "seg" / "video" / "000000000007.seg").write_bytes(b"not a segment")
+    with r.path.open("r+b") as f:
+        f.truncate(100)
+    sp2 = Spool(settings, make_sealer(keyset))
+    assert sp2.recovery["tmp_removed"] == 1
+    assert sp2.recovery["quarantined"] == 2
+    assert sp2.recovery["lost"] == 1
+    quarantined = sorted(p.name for p in (settings.dir / "quarantine").iterdir())
+    assert len(quarantined) == 2 and all(q.endswith(".seg") for q in quarantined)
+    assert list((settings.dir / "tmp").iterdir()) == []
+    # The loss is itself on record, in the event stream.
+    events = sp2.items("event")
+    assert len(events) == 1
+    sp2.close()
+
+
+def test_evidence_quota_refuses_with_event_and_alarm(tmp_path: Path, keyset: KeySet) -> None:
+    alarms: list[Alarm] = []
+    settings = SpoolSettings(dir=tmp_path / "sp", evidence_quota_mb=1, reserve_mb=0)
+    sp = Spool(settings, make_sealer(keyset), alarm=alarms.append)
+    sp.put_bytes("video", os.urandom(600_000))
+    with pytest.raises(EvidenceRefused, match="evidence quota full"):
+        sp.put_bytes("video", os.urandom(600_000))
+    assert [a.kind for a in alarms] == ["evidence_refused"]
+    # Nothing already stored was touched; the refusal is an event record.
+    assert [i.seq for i in sp.items("video")] == [0]
+    assert len(sp.items("event")) == 1
+    # The refused segment consumed no sequence number: the chain has no gap.
+    sp.ack("video", 0, sp.items("video")[0].manifest_hash)
+    assert sp.put_bytes("video", b"fits now").seq == 1
+    sp.close()
+
+
+def test_telemetry_overwrites_its_oldest_and_says_so(tmp_path: Path, keyset: KeySet) -> None:
+    settings = SpoolSettings(dir=tmp_path / "sp", telemetry_quota_mb=1, reserve_mb=0)
+    sp = Spool(settings, make_sealer(keyset))
+    ev = sp.put_bytes("video", b"evidence stays")
+    for _ in range(5):
+        sp.put_bytes("gps", os.urandom(300_000))
+    gps = [i.seq for i in sp.items("gps")]
+    assert gps == [2, 3, 4]
+    assert sp.usage()["telemetry"] <= 1024 * 1024
+    assert ev.path.exists()
+    report = verify_paths([settings.dir])
+    # The evicted segments are a gap the device recorded, so the chain still verifies.
+    assert report.ok, report.problems
+    kinds = [i.manifest["meta"].get("type") for _p, i in report.segments if i.stream == "event"]
+    assert kinds.count("telemetry_evicted") == 2
+    sp.close()
+
+
+def test_key_records_collected_after_ack(tmp_path: Path, keyset: KeySet) -> None:
+    settings = SpoolSettings(dir=tmp_path / "sp", reserve_mb=0)
+    sp1 = Spool(settings, make_sealer(keyset, boot_id="b1"))
+    r = sp1.put_bytes("still", b"a")
+    old_key = sp1.items()[0].key_id
+    sp1.close()
+    sp2 = Spool(settings, make_sealer(keyset, boot_id="b2"))
+    sp2.put_bytes("still", b"b")
+    assert set(sp2.unacked_keys()) == {old_key, sp2.sealer.current_key().key_id}
+    sp2.ack_key(old_key)
+    assert (settings.dir / "keys" / f"{old_key}.key").exists()  # still needed by seq 0
+    sp2.ack("still", 0, r.manifest_hash)
+    assert sp2.collect_keys() == 1
+    assert not (settings.dir / "keys" / f"{old_key}.key").exists()
+    sp2.close()
+
+
+def test_backlog_figures(spool: Spool) -> None:
+    spool.put_bytes("gps", b"x" * 10)
+    spool.put_bytes("gps", b"y" * 10)
+    b = spool.backlog()["gps"]
+    assert b.count == 2 and b.bytes > 20 and b.oldest_age_s is not None
