@@ -47,9 +47,7 @@ class KeySettings:
 
 @dataclass(frozen=True)
 class LogSettings:
-    level: str = field(
-        default="info", metadata=check(one_of("debug", "info", "warning", "error"))
-    )
+    level: str = field(default="info", metadata=check(one_of("debug", "info", "warning", "error")))
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def test_round_trip(keyset: KeySet, cipher: str, size: int) -> None:
 def test_device_cannot_read_back_without_platform_key(keyset: KeySet) -> None:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    blob, record = _seal(keyset, b"secret evidence" * 100)
+    _blob, record = _seal(keyset, b"secret evidence" * 100)
     with pytest.raises(VerificationError, match="not to the given key"):
         parse_key_record(record).unwrap(X25519PrivateKey.generate())
 

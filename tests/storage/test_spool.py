@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_chain_links_each_segment_to_the_previous(spool: Spool) -> None:
             infos.append(read_segment_info(f))
     assert [i.seq for i in infos] == [0, 1, 2, 3]
     assert infos[0].manifest["prev"] is None
-    for a, b in zip(infos, infos[1:], strict=False):
+    for a, b in itertools.pairwise(infos):
         assert b.manifest["prev"] == a.manifest_hash
 
 
