@@ -244,19 +244,27 @@ class ChainLink:
     prev: str | None
 
 
-def rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Yield ``size``-byte chunks from pieces of any size (the last may be shorter)."""
+def rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes | memoryview]:
+    """Yield ``size``-byte chunks from pieces of any size (the last may be shorter).
+
+    Large pieces are sliced without copying them into a buffer first.
+    """
     buf = bytearray()
     for piece in pieces:
-        if not piece:
-            continue
-        if not buf and len(piece) == size:
-            yield bytes(piece)
-            continue
-        buf += piece
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
+        view = memoryview(piece)
+        if buf:
+            take = min(size - len(buf), len(view))
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) < size:
+                continue
+            yield bytes(buf)
+            buf = bytearray()
+        n_whole = len(view) // size * size
+        for i in range(0, n_whole, size):
+            yield view[i : i + size]
+        if n_whole < len(view):
+            buf += view[n_whole:]
     if buf:
         yield bytes(buf)
 
@@ -291,16 +299,18 @@ def seal_segment(
     index = 0
     out.write(_prefix(SEG_MAGIC))
 
-    def emit(chunk: bytes, last: bool) -> None:
+    def emit(chunk: bytes | memoryview, last: bool) -> None:
         nonlocal index, body_len
         ct = aead.encrypt(chunk_nonce(index, last), chunk, None)
-        frame = struct.pack(">I", len(ct)) + ct
-        body_hash.update(frame)
-        out.write(frame)
-        body_len += len(frame)
+        head = struct.pack(">I", len(ct))
+        body_hash.update(head)
+        body_hash.update(ct)
+        out.write(head)
+        out.write(ct)
+        body_len += len(head) + len(ct)
         index += 1
 
-    pending: bytes | None = None
+    pending: bytes | memoryview | None = None
     for chunk in rechunk(pieces, chunk_size):
         plain_hash.update(chunk)
         plain_len += len(chunk)
