@@ -3,21 +3,68 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from agent.settings import check, in_range, one_of
+from agent.settings import Check, check, in_range, one_of
+
+WATERMARK_FIELDS = ("time", "device", "officer", "vehicle", "unit", "position")
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def _fields_of(allowed: tuple[str, ...]) -> Check:
+    def _check(v: Any) -> str | None:
+        bad = [x for x in v if x not in allowed]
+        if bad:
+            return f"unknown field(s) {', '.join(map(repr, bad))}; known: {', '.join(allowed)}"
+        return None
+
+    return _check
 
 
 @dataclass(frozen=True)
 class VideoSettings:
     enabled: bool = False
-    # synthetic | a V4L2 device path (/dev/video0) | a file | a stream URL
+    # synthetic | a V4L2 device path (/dev/video0) | a video file | a stream URL (rtsp://, udp://)
     source: str = "synthetic"
     width: int = field(default=1280, metadata=check(in_range(16, 7680)))
     height: int = field(default=720, metadata=check(in_range(16, 4320)))
     fps: int = field(default=30, metadata=check(in_range(1, 120)))
+    # event: body camera, records between a start and a stop trigger; continuous: truck camera.
     mode: str = field(default="event", metadata=check(one_of("event", "continuous")))
     segment_s: int = field(default=30, metadata=check(in_range(1, 600)))
     prebuffer_s: int = field(default=30, metadata=check(in_range(0, 120)))
+    # auto: h264_v4l2m2m where the device has it (Raspberry Pi 4), else libx264.
+    encoder: str = field(default="auto", metadata=check(one_of("auto", "libx264", "h264_v4l2m2m")))
+    bitrate_kbps: int = field(default=4000, metadata=check(in_range(100, 100000)))
+    # libx264 speed/quality trade-off (ignored by the hardware encoder).
+    preset: str = field(
+        default="veryfast",
+        metadata=check(
+            one_of("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
+        ),
+    )
+    # A keyframe (and so a fragment, the unit of segments and of the pre-event buffer) this often.
+    keyframe_s: float = field(default=1.0, metadata=check(in_range(0.2, 10)))
+    # Frames waiting between the camera and the encoder; beyond it frames are dropped and counted.
+    queue_frames: int = field(default=30, metadata=check(in_range(1, 600)))
+    # Seconds between reopen attempts after the camera is lost (doubles up to reopen_max_s).
+    reopen_s: float = field(default=1.0, metadata=check(in_range(0.05, 60)))
+    reopen_max_s: float = field(default=10.0, metadata=check(in_range(0.05, 600)))
+    # The GA/T 947 watermark burned into every frame.
+    watermark: bool = True
+    watermark_fields: tuple[str, ...] = field(
+        default=("time", "device", "officer", "vehicle", "position"),
+        metadata=check(_fields_of(WATERMARK_FIELDS)),
+    )
+    watermark_position: str = field(default="bottom-left", metadata=check(one_of(*CORNERS)))
+    watermark_scale: float = field(default=1.0, metadata=check(in_range(0.25, 4)))
+    # Stills: a JPEG every stills_interval_s seconds (0: only on trigger or command).
+    stills_interval_s: int = field(default=0, metadata=check(in_range(0, 86400)))
+    stills_quality: int = field(default=90, metadata=check(in_range(10, 100)))
+    # A trigger button / microcontroller on a serial line ("" for none): a device path or a
+    # pyserial URL (loop://, socket://host:port, rfc2217://...). Protocol in docs/video.md.
+    trigger_port: str = ""
+    trigger_baud: int = field(default=9600, metadata=check(in_range(300, 4000000)))
 
 
 @dataclass(frozen=True)

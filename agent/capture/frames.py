@@ -1,0 +1,97 @@
+"""What every video source yields, and the small interface they share.
+
+A :class:`FrameSource` is opened, read frame by frame and closed by one capture thread. It
+raises :class:`~agent.errors.SourceError` when the camera fails or vanishes (the capture loop
+reports the loss and reopens it) and returns ``None`` at the end of a finite source (a file).
+
+A *live* source (a camera, a network stream, the paced synthetic source) runs in real time:
+when the encoder falls behind, its frames are dropped and counted. A source that is not live
+(a file, the unpaced synthetic source) is read as fast as the encoder takes frames, and none
+is dropped.
+
+The frame-counter bar code lets tests and benchmarks read a frame's number back from decoded
+pixels: 32 bits, most significant first, as white (1) and black (0) cells along the top-left
+edge of the frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Image = npt.NDArray[np.uint8]
+else:
+    Image = object
+
+COUNTER_BITS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One captured picture: ``image`` is height x width x 3, BGR, uint8 (OpenCV's layout).
+
+    ``index`` counts every frame the source produced since it was created (frames dropped
+    later still used a number); ``mono_ns`` and ``utc`` say when it was captured.
+    """
+
+    image: Image
+    index: int
+    mono_ns: int
+    utc: float
+
+
+class FrameSource(Protocol):
+    """A camera, a file, a stream or the synthetic source. See the module docstring."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def fps(self) -> float: ...
+
+    def open(self) -> None:
+        """Open (or reopen) the source; raises SourceError when it cannot."""
+
+    def read(self) -> Frame | None:
+        """The next frame; None at the end of a finite source; SourceError on loss."""
+
+    def close(self) -> None:
+        """Release the device; safe to call twice and after a failure."""
+
+
+def counter_cell(width: int) -> int:
+    """Side in pixels of one bar-code cell for frames ``width`` wide."""
+    return max(4, min(width // (COUNTER_BITS + 8), 64) // 2 * 2)
+
+
+def draw_counter(image: Image, value: int) -> None:
+    """Burn ``value`` (mod 2**32) into the top-left corner of ``image`` as a bar code."""
+    import numpy as np
+
+    cell = counter_cell(image.shape[1])
+    bits = np.array(
+        [(value >> (COUNTER_BITS - 1 - i)) & 1 for i in range(COUNTER_BITS)], dtype=np.uint8
+    )
+    row = np.repeat(bits * 255, cell)
+    image[0:cell, 0 : COUNTER_BITS * cell, :] = row[None, :, None]
+
+
+def read_counter(image: Image) -> int:
+    """The value :func:`draw_counter` burned into ``image`` (after lossy coding too)."""
+    import numpy as np
+
+    cell = counter_cell(image.shape[1])
+    q = max(1, cell // 4)
+    strip = image[q : cell - q, 0 : COUNTER_BITS * cell].astype(np.float32).mean(axis=(0, 2))
+    value = 0
+    for i in range(COUNTER_BITS):
+        level = float(strip[i * cell + q : (i + 1) * cell - q].mean())
+        value = (value << 1) | (1 if level >= 128 else 0)
+    return value
