@@ -1,0 +1,337 @@
+"""One long-lived H.264 encoder writing fragmented MP4 into memory (PyAV).
+
+Why PyAV: OpenCV's ``VideoWriter`` has no H.264 encoder here and writes an MP4 whose index sits
+at the end, so a power cut leaves an unreadable file. PyAV encodes H.264 in process (libx264,
+or ``h264_v4l2m2m``, the Raspberry Pi 4's hardware encoder) and muxes it as *fragmented* MP4
+(``movflags=frag_keyframe+empty_moov+default_base_moof``): the ``ftyp``+``moov`` init boxes come
+once, then a ``moof``+``mdat`` fragment per group of pictures, each starting at a keyframe. The
+init boxes plus any run of whole fragments is a playable file whose timestamps continue those of
+the fragments before it. So one encoder serves both the pre-event ring and the segments, with
+no restart, and the bytes never leave memory until the sealer encrypts them.
+
+The pipeline (not the encoder's own GOP logic) decides where keyframes go: it marks a frame
+``key`` every ``keyframe_s`` of capture time, and the encoder is told to make an IDR frame there
+and nowhere else. A fragment is complete only when the next keyframe is muxed, so fragments lag
+the camera by one keyframe interval plus the encoder's delay.
+
+Second stream: :meth:`H264Encoder.add_stream` may add another stream (e.g. Opus audio) before the
+first frame; its packets go through :meth:`H264Encoder.mux` from the same thread. Fragments are
+still cut at video keyframes.
+
+Thread use: one thread (the recorder's encoder thread) owns an encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from agent.capture.frames import Frame
+from agent.errors import SourceError
+
+if TYPE_CHECKING:
+    import av.container
+
+log = logging.getLogger(__name__)
+
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+HARDWARE = "h264_v4l2m2m"
+SOFTWARE = "libx264"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    index: int
+    pts: int
+    mono_ns: int
+    utc: float
+    key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One ``moof``+``mdat`` pair: a keyframe and the frames up to the next keyframe."""
+
+    data: bytes
+    seq: int  # fragments the encoder has produced before this one
+    frames: int
+    first_index: int  # source frame numbers (gaps mean frames dropped before encoding)
+    last_index: int
+    start_pts: int  # in 1/fps units on the encoder's timeline
+    end_pts: int  # exclusive
+    fps: int
+    start_mono_ns: int
+    end_mono_ns: int
+    start_utc: float
+    end_utc: float
+
+    @property
+    def start_s(self) -> float:
+        return self.start_pts / self.fps
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_pts - self.start_pts) / self.fps
+
+
+class BoxReader:
+    """Splits a byte stream into whole top-level ISO-BMFF boxes."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Append ``data``; yield ``(type, whole box)`` for each box now complete."""
+        self._buf += data
+        while len(self._buf) >= 8:
+            size, kind = struct.unpack_from(">I4s", self._buf, 0)
+            head = 8
+            if size == 1:
+                if len(self._buf) < 16:
+                    return
+                (size,) = struct.unpack_from(">Q", self._buf, 8)
+                head = 16
+            if size < head:
+                raise SourceError(f"muxer wrote a malformed box {kind!r} of size {size}")
+            if len(self._buf) < size:
+                return
+            box = bytes(self._buf[:size])
+            del self._buf[:size]
+            yield kind, box
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def children(box: bytes, offset: int = 8) -> Iterator[tuple[bytes, bytes]]:
+    """The boxes inside ``box`` (``offset`` skips its header and any fixed fields)."""
+    pos = offset
+    while pos + 8 <= len(box):
+        size, kind = struct.unpack_from(">I4s", box, pos)
+        if size < 8 or pos + size > len(box):
+            return
+        yield kind, box[pos : pos + size]
+        pos += size
+
+
+def moof_samples(moof: bytes, track_id: int) -> int:
+    """How many samples of ``track_id`` a ``moof`` box describes."""
+    count = 0
+    for kind, traf in children(moof):
+        if kind != b"traf":
+            continue
+        tid = None
+        n = 0
+        for sub, body in children(traf):
+            if sub == b"tfhd":
+                (tid,) = struct.unpack_from(">I", body, 12)
+            elif sub == b"trun":
+                n += struct.unpack_from(">I", body, 12)[0]
+        if tid == track_id:
+            count += n
+    return count
+
+
+class _Sink:
+    """The file-like object the muxer writes to: bytes go to a BoxReader, never to disk."""
+
+    def __init__(self) -> None:
+        self.reader = BoxReader()
+        self.boxes: deque[tuple[bytes, bytes]] = deque()
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.boxes.extend(self.reader.feed(bytes(data)))
+        self.written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+
+def open_codec(name: str, width: int, height: int, fps: int) -> bool:
+    """Whether encoder ``name`` opens here at this size (h264_v4l2m2m needs its device)."""
+    import av
+
+    try:
+        ctx: Any = av.CodecContext.create(name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.time_base = Fraction(1, fps)
+        ctx.open()
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        log.debug("video: encoder %s does not open here: %s", name, exc)
+        return False
+    return True
+
+
+def choose_codec(preference: str, width: int, height: int, fps: int) -> str:
+    """``auto``: the hardware encoder where it opens, else libx264. Otherwise as asked."""
+    if preference != "auto":
+        return preference
+    return HARDWARE if open_codec(HARDWARE, width, height, fps) else SOFTWARE
+
+
+class H264Encoder:
+    """Frames in, fragments out. See the module docstring."""
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fps: int,
+        *,
+        codec: str = "auto",
+        bitrate_kbps: int = 4000,
+        preset: str = "veryfast",
+    ) -> None:
+        import av
+
+        if width % 2 or height % 2:
+            raise SourceError(f"video size {width}x{height}: width and height must be even")
+        self.width, self.height, self.fps = width, height, fps
+        self.codec = choose_codec(codec, width, height, fps)
+        self._sink = _Sink()
+        self._container: av.container.OutputContainer = av.open(
+            self._sink, "w", format="mp4", options={"movflags": MOVFLAGS}
+        )
+        stream: Any = self._container.add_stream(self.codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        ctx = stream.codec_context
+        ctx.time_base = Fraction(1, fps)
+        ctx.framerate = Fraction(fps, 1)
+        ctx.bit_rate = bitrate_kbps * 1000
+        big_gop = str(fps * 3600)
+        if self.codec == SOFTWARE:
+            # Keyframes only where the pipeline asks (no scene cuts, no periodic IDR), no B-frames
+            # (decode order is display order, so fragments map one-to-one onto frame runs).
+            ctx.options = {
+                "preset": preset,
+                "bf": "0",
+                "g": big_gop,
+                "keyint_min": big_gop,
+                "sc_threshold": "0",
+                "forced-idr": "1",
+            }
+        else:
+            ctx.gop_size = fps * 3600
+            ctx.max_b_frames = 0
+        self._stream = stream
+        self.track_id = 1  # the first stream added
+        self._pending: deque[FrameInfo] = deque()
+        self._last_pts = -1
+        self._fragments = 0
+        self.init: bytes | None = None
+        self._ftyp = b""
+        self._moof: bytes | None = None
+        self._closed = False
+        self.frames_in = 0
+
+    def add_stream(self, codec: str, **kwargs: Any) -> Any:
+        """Add another stream (e.g. ``"libopus"``) before the first frame; returns it."""
+        if self.frames_in:
+            raise SourceError("streams must be added before the first frame is encoded")
+        return self._container.add_stream(codec, **kwargs)
+
+    def mux(self, packet: Any) -> list[Fragment]:
+        """Mux a packet of another stream; returns fragments completed meanwhile."""
+        self._container.mux(packet)
+        return self._collect()
+
+    def encode(self, frame: Frame, pts: int, key: bool) -> list[Fragment]:
+        """Encode one frame at ``pts`` (1/fps units, increasing); ``key`` forces an IDR frame.
+
+        The first frame is always a keyframe. Returns the fragments completed by this call.
+        """
+        import av
+        import cv2
+
+        if pts <= self._last_pts:
+            raise SourceError(f"frame {frame.index}: pts {pts} does not follow {self._last_pts}")
+        key = key or self.frames_in == 0
+        img = frame.image
+        if img.shape[0] != self.height or img.shape[1] != self.width:
+            raise SourceError(
+                f"frame {frame.index} is {img.shape[1]}x{img.shape[0]}, "
+                f"the encoder expects {self.width}x{self.height}"
+            )
+        yuv: Any = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)
+        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf.pts = pts
+        vf.time_base = Fraction(1, self.fps)
+        vf.pict_type = av.video.frame.PictureType.I if key else av.video.frame.PictureType.NONE
+        self._pending.append(FrameInfo(frame.index, pts, frame.mono_ns, frame.utc, key))
+        self._last_pts = pts
+        self.frames_in += 1
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        return self._collect()
+
+    def finish(self) -> list[Fragment]:
+        """Drain the encoder and close the muxer: the last fragment comes out."""
+        if self._closed:
+            return []
+        self._closed = True
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        out = self._collect()
+        if self._pending:
+            log.error("video: %d encoded frames did not reach a fragment", len(self._pending))
+        return out
+
+    def _collect(self) -> list[Fragment]:
+        out: list[Fragment] = []
+        boxes = self._sink.boxes
+        while boxes:
+            kind, box = boxes.popleft()
+            if kind == b"ftyp":
+                self._ftyp = box
+            elif kind == b"moov":
+                self.init = self._ftyp + box
+            elif kind == b"moof":
+                self._moof = box
+            elif kind == b"mdat" and self._moof is not None:
+                out.append(self._fragment(self._moof, box))
+                self._moof = None
+            elif kind not in (b"mfra", b"free", b"styp", b"sidx"):
+                log.warning("video: unexpected %r box from the muxer (ignored)", kind)
+        return out
+
+    def _fragment(self, moof: bytes, mdat: bytes) -> Fragment:
+        n = moof_samples(moof, self.track_id)
+        if n <= 0 or n > len(self._pending):
+            raise SourceError(
+                f"fragment {self._fragments} holds {n} frames, {len(self._pending)} were pending"
+            )
+        infos = [self._pending.popleft() for _ in range(n)]
+        if not infos[0].key:
+            log.warning("video: fragment %d does not start at a forced keyframe", self._fragments)
+        end_pts = infos[-1].pts + 1
+        frag = Fragment(
+            data=moof + mdat,
+            seq=self._fragments,
+            frames=n,
+            first_index=infos[0].index,
+            last_index=infos[-1].index,
+            start_pts=infos[0].pts,
+            end_pts=end_pts,
+            fps=self.fps,
+            start_mono_ns=infos[0].mono_ns,
+            end_mono_ns=infos[-1].mono_ns + round(1e9 / self.fps),
+            start_utc=infos[0].utc,
+            end_utc=infos[-1].utc + 1.0 / self.fps,
+        )
+        self._fragments += 1
+        return frag
