@@ -1,0 +1,246 @@
+"""Cameras through OpenCV, and the capture loop that reopens any source after a loss.
+
+:class:`CameraSource` wraps ``cv2.VideoCapture`` for a V4L2 device (``/dev/video0``, a USB
+camera, or the Raspberry Pi camera through libcamera's V4L2 compatibility layer), a video file,
+or a network stream URL. It asks for the configured size and frame rate, and resizes frames
+that come in another size so the encoder always sees one size.
+
+:class:`CaptureLoop` is the body of the capture thread: it reads frames, burns in the watermark,
+hands them on, and when the source fails it reports the loss once (log, alarm, event record),
+retries with a growing pause on the stop event, and reports the recovery with the gap's length.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.capture.frames import Frame, FrameSource
+from agent.capture.overlay import Overlay
+from agent.errors import SourceError
+from agent.model import Alarm, Severity
+
+log = logging.getLogger(__name__)
+
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+def source_kind(source: str) -> str:
+    """``device`` (V4L2 path or index), ``url``, or ``file``."""
+    if source.isdigit() or source.startswith("/dev/video") or source.startswith("/dev/v4l/"):
+        return "device"
+    if source.startswith(STREAM_PREFIXES):
+        return "url"
+    return "file"
+
+
+class CameraSource:
+    """An OpenCV ``VideoCapture`` behind the :class:`FrameSource` interface."""
+
+    def __init__(
+        self,
+        source: str,
+        width: int,
+        height: int,
+        fps: float,
+        *,
+        opener: Callable[[str, str], Any] | None = None,
+    ) -> None:
+        self.source = source
+        self.kind = source_kind(source)
+        self.width, self.height = width, height
+        self._fps = float(fps)
+        self._opener = opener or _open_cv
+        self._cap: Any = None
+        self._index = 0
+        self._file_t0_mono = 0
+        self._file_t0_utc = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.source}"
+
+    @property
+    def live(self) -> bool:
+        return self.kind != "file"
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    def open(self) -> None:
+        import cv2
+
+        self.close()
+        if self.kind == "file" and not Path(self.source).is_file():
+            raise SourceError(f"video file {self.source}: not found")
+        cap = self._opener(self.source, self.kind)
+        if cap is None or not cap.isOpened():
+            raise SourceError(f"camera {self.source}: cannot open")
+        if self.kind == "device":
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+            cap.set(cv2.CAP_PROP_FPS, self._fps)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        elif self.kind == "file":
+            file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
+            if file_fps > 0:
+                self._fps = file_fps
+            self._file_t0_mono = time.monotonic_ns()
+            self._file_t0_utc = time.time()
+        self._cap = cap
+        got_w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        got_h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        log.info(
+            "video: opened %s (%dx%d, want %dx%d@%g)",
+            self.name,
+            got_w,
+            got_h,
+            self.width,
+            self.height,
+            self._fps,
+        )
+
+    def read(self) -> Frame | None:
+        import cv2
+
+        cap = self._cap
+        if cap is None:
+            raise SourceError(f"camera {self.source}: not open")
+        ok, image = cap.read()
+        if not ok or image is None:
+            if self.kind == "file":
+                return None
+            raise SourceError(f"camera {self.source}: no frame (unplugged or stream lost)")
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        if image.shape[0] != self.height or image.shape[1] != self.width:
+            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        i = self._index
+        self._index += 1
+        if self.kind == "file":
+            # A file is not real time: frames sit on its own timeline, from its frame rate.
+            mono = self._file_t0_mono + round(i * 1e9 / self._fps)
+            utc = self._file_t0_utc + i / self._fps
+        else:
+            mono, utc = time.monotonic_ns(), time.time()
+        return Frame(image, i, mono, utc)
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            try:
+                cap.release()
+            except Exception as exc:  # a vanished device may fail even here
+                log.debug("video: release of %s failed: %s", self.source, exc)
+
+
+def _open_cv(source: str, kind: str) -> Any:
+    import cv2
+
+    if kind == "device":
+        target: int | str = int(source) if source.isdigit() else source
+        return cv2.VideoCapture(target, cv2.CAP_V4L2)
+    return cv2.VideoCapture(source)
+
+
+class CaptureLoop:
+    """The capture thread's loop. ``run`` returns on the stop event or at a source's end."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        deliver: Callable[[Frame], None],
+        stop: threading.Event,
+        *,
+        overlay: Overlay | None = None,
+        reopen_s: float = 1.0,
+        reopen_max_s: float = 10.0,
+        on_event: Callable[[str, dict[str, Any]], None] = lambda k, d: None,
+        alarm: Callable[[Alarm], None] = lambda a: None,
+    ) -> None:
+        self.source = source
+        self._deliver = deliver
+        self._stop = stop
+        self._overlay = overlay
+        self._reopen_s = reopen_s
+        self._reopen_max_s = max(reopen_s, reopen_max_s)
+        self._on_event = on_event
+        self._alarm = alarm
+        self.losses = 0
+        self.attempts = 0
+        self._lost_at: float | None = None
+
+    def run(self) -> None:
+        src = self.source
+        opened = False
+        pause = self._reopen_s
+        try:
+            while not self._stop.is_set():
+                if not opened:
+                    try:
+                        src.open()
+                    except SourceError as exc:
+                        self._lost(exc)
+                        self._stop.wait(pause)
+                        pause = min(pause * 2, self._reopen_max_s)
+                        continue
+                    opened = True
+                    pause = self._reopen_s
+                    self._restored()
+                try:
+                    frame = src.read()
+                except SourceError as exc:
+                    src.close()
+                    opened = False
+                    self._lost(exc)
+                    self._stop.wait(pause)
+                    continue
+                if frame is None:
+                    log.info("video: end of %s", src.name)
+                    return
+                if self._overlay is not None:
+                    self._overlay.apply(frame.image, frame.utc)
+                self._deliver(frame)
+        finally:
+            src.close()
+
+    def _lost(self, exc: SourceError) -> None:
+        self.attempts += 1
+        if self._lost_at is not None:
+            log.debug(
+                "video: %s still unavailable (attempt %d): %s", self.source.name, self.attempts, exc
+            )
+            return
+        self._lost_at = time.monotonic()
+        self.losses += 1
+        self.attempts = 1
+        log.error("video: camera %s lost: %s; reopening", self.source.name, exc)
+        details: dict[str, Any] = {"source": self.source.name, "error": str(exc)}
+        self._alarm(
+            Alarm(
+                "camera_lost",
+                f"camera {self.source.name} lost: {exc}",
+                Severity.CRITICAL,
+                time.time(),
+                details,
+            )
+        )
+        self._on_event("camera_lost", details)
+
+    def _restored(self) -> None:
+        if self._lost_at is None:
+            return
+        gap = time.monotonic() - self._lost_at
+        self._lost_at = None
+        log.warning(
+            "video: camera %s back after %.1f s (%d attempts)", self.source.name, gap, self.attempts
+        )
+        self._on_event(
+            "camera_restored",
+            {"source": self.source.name, "lost_s": round(gap, 3), "attempts": self.attempts},
+        )
