@@ -52,7 +52,7 @@ bench: setup
 	$(PY) -m bench $(B)
 
 soak: setup
-	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -m soak tests
+	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -s tests/storage/test_powercut.py
 
 format: setup
 	$(VENV)/bin/ruff format agent tests bench

@@ -30,8 +30,6 @@ class SpoolSettings:
     telemetry_quota_mb: int = field(default=256, metadata=check(at_least(1)))
     # Free disk always left for the operating system.
     reserve_mb: int = field(default=256, metadata=check(at_least(0)))
-    # Where plaintext may stay briefly while sealing; must be RAM-backed (tmpfs).
-    ram_dir: Path = Path("/dev/shm")
     # Small telemetry records are batched into one segment per stream this often.
     batch_s: int = field(default=60, metadata=check(in_range(1, 3600)))
     batch_max_records: int = field(default=600, metadata=check(in_range(1, 100000)))

@@ -181,3 +181,27 @@ def test_backlog_figures(spool: Spool) -> None:
     spool.put_bytes("gps", b"y" * 10)
     b = spool.backlog()["gps"]
     assert b.count == 2 and b.bytes > 20 and b.oldest_age_s is not None
+
+
+def test_one_writer_and_one_reader_at_once(spool: Spool) -> None:
+    """The uplink acks while producers put: nothing lost, nothing acked twice."""
+    import threading
+
+    done = threading.Event()
+    acked: list[int] = []
+
+    def reader() -> None:
+        while not done.is_set() or spool.next_ready():
+            for item in spool.next_ready(limit=5):
+                spool.mark_inflight(item.id)
+                assert spool.ack(item.stream, item.seq, item.manifest_hash)
+                acked.append(item.seq)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(200):
+        spool.put_bytes("gps", i.to_bytes(4, "big") * 100)
+    done.set()
+    t.join(timeout=60)
+    assert sorted(acked) == list(range(200))
+    assert spool.items() == []
