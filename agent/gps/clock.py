@@ -1,0 +1,97 @@
+"""GNSS time versus the system clock: how far a segment's timestamps can be trusted.
+
+A Raspberry Pi has no real-time clock: after a cold boot without network its clock may say
+1970 or the last shutdown. :class:`ClockMonitor` compares the time of good GNSS fixes with
+the system clock at the moment each fix was received and produces a
+:class:`~agent.model.ClockState` (``source`` and ``offset_s`` = GNSS - system) for the sealer.
+
+Integration point::
+
+    clock = ClockMonitor()
+    clock.observe(fix)            # in the GPS consumer, as each fix arrives
+    seal(segment, clock=clock.state())
+
+Impossible dates are never used or reported: a GNSS time before :data:`EARLIEST_VALID`
+(receivers hit by the GPS week-number rollover report 1999, 2000 or 2004 dates; gpsd even
+moves some 1024 weeks into the future) or later than :data:`LATEST_VALID` is rejected.
+The offset includes the serial latency of the receiver (typically 0.1-0.5 s); the median of
+the last few samples is used, so one late sentence does not move it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+
+from agent.model import ClockSource, ClockState, Fix
+
+log = logging.getLogger(__name__)
+
+#: No fix can be older than the software that reads it (2024-01-01T00:00:00Z).
+EARLIEST_VALID = float(calendar.timegm((2024, 1, 1, 0, 0, 0)))
+#: ...nor later than one GPS week-number era (1024 weeks) after that.
+LATEST_VALID = EARLIEST_VALID + 1024 * 7 * 86400
+
+
+def plausible_time(t: float) -> bool:
+    """True when ``t`` (UTC seconds) is a date a receiver can really report today."""
+    return EARLIEST_VALID <= t < LATEST_VALID
+
+
+class ClockMonitor:
+    """Tracks GNSS-minus-system offset. ``now`` is injectable for tests (no real waiting)."""
+
+    def __init__(
+        self,
+        *,
+        now: Callable[[], float] = time.time,
+        samples: int = 15,
+        max_age_s: float = 3600.0,
+        warn_offset_s: float = 2.0,
+    ) -> None:
+        self._now = now
+        self._offsets: deque[float] = deque(maxlen=samples)
+        self._last_sample_at: float | None = None  # system time of the last sample
+        self.max_age_s = max_age_s
+        self.warn_offset_s = warn_offset_s
+        self._warned = False
+        self.rejected = 0
+
+    def observe(self, fix: Fix, received_at: float | None = None) -> ClockState:
+        """Take one fix (received at ``received_at``, system time; default: now)."""
+        now = self._now() if received_at is None else received_at
+        if not fix.has_position or not plausible_time(fix.time):
+            if fix.has_position:
+                self.rejected += 1
+            return self.state()
+        offset = fix.time - now
+        self._offsets.append(offset)
+        self._last_sample_at = now
+        state = self.state()
+        big = state.offset_s is not None and abs(state.offset_s) > self.warn_offset_s
+        if big and not self._warned:
+            log.warning("system clock differs from GNSS time by %.1f s", state.offset_s)
+        elif not big and self._warned:
+            log.info("system clock agrees with GNSS time again")
+        self._warned = big
+        return state
+
+    def state(self) -> ClockState:
+        """The clock state to put on a segment sealed now."""
+        if not self._offsets or self._last_sample_at is None:
+            return ClockState(ClockSource.NONE, None)
+        age = self._now() - self._last_sample_at
+        if age < 0 or age > self.max_age_s:
+            # The system clock was stepped backwards, or GNSS has been silent too long for the
+            # old offset to describe the clock now.
+            return ClockState(ClockSource.NONE, None)
+        return ClockState(ClockSource.GNSS, round(statistics.median(self._offsets), 3))
+
+    def gnss_now(self) -> float | None:
+        """The current time by GNSS (system time corrected by the offset), if known."""
+        st = self.state()
+        return None if st.offset_s is None else self._now() + st.offset_s

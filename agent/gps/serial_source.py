@@ -1,0 +1,104 @@
+"""NMEA straight off a serial port (USB or UART receiver) with pyserial.
+
+Survives the receiver being unplugged and plugged back: a read error or a port that stays
+silent for ``stale_after_s`` closes the port, which is reopened with a capped exponential
+backoff (tenacity) that ends at once on shutdown. The link state is logged once per change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import cast
+
+import serial
+
+from agent.errors import SourceError
+from agent.gps.nmea import NmeaReader
+from agent.gps.source import Emit, LinkLog, open_with_backoff
+
+log = logging.getLogger(__name__)
+
+#: A pending epoch is emitted when the port has been quiet this long (receiver stopped
+#: talking mid-cycle); normally the next epoch's first sentence closes it.
+QUIET_FLUSH_S = 1.5
+READ_TIMEOUT_S = 0.2
+
+
+class SerialSource:
+    """A :class:`~agent.gps.source.FixSource` reading NMEA 0183 from ``port`` at ``baud``.
+
+    ``port`` may be a device path or any pyserial URL (``loop://``, ``socket://host:port``).
+    """
+
+    def __init__(
+        self,
+        port: str,
+        baud: int = 9600,
+        *,
+        reconnect_max_s: float = 30.0,
+        stale_after_s: float = 10.0,
+    ) -> None:
+        self.port = port
+        self.baud = baud
+        self.reconnect_max_s = reconnect_max_s
+        self.stale_after_s = stale_after_s
+        self.reader = NmeaReader(source=self.name)
+        self.link = LinkLog(log, self.name)
+        self.reopens = 0
+
+    @property
+    def name(self) -> str:
+        return f"serial:{self.port}"
+
+    def _open(self) -> serial.SerialBase:
+        return serial.serial_for_url(self.port, baudrate=self.baud, timeout=READ_TIMEOUT_S)
+
+    def run(self, stop: threading.Event, emit: Emit) -> None:
+        first = True
+        while not stop.is_set():
+            port = open_with_backoff(
+                self._open,
+                stop,
+                max_s=self.reconnect_max_s,
+                errors=(serial.SerialException, OSError, ValueError),
+                link=self.link,
+            )
+            if port is None:
+                return
+            if not first:
+                self.reopens += 1
+            first = False
+            self.reader.reset()
+            try:
+                self._pump(port, stop, emit)
+            except (serial.SerialException, OSError, SourceError) as exc:
+                self.link.down(exc)
+                # A short pause before reopening, so a flapping port cannot spin the CPU.
+                stop.wait(0.05)
+            finally:
+                with contextlib.suppress(serial.SerialException, OSError):
+                    port.close()
+
+    def _pump(self, port: serial.SerialBase, stop: threading.Event, emit: Emit) -> None:
+        last_data = time.monotonic()
+        flushed = True
+        while not stop.is_set():
+            data = port.read(cast(serial.Serial, port).in_waiting or 1)
+            now = time.monotonic()
+            if data:
+                self.link.up()
+                last_data = now
+                flushed = False
+                for fix in self.reader.feed(data):
+                    emit(fix)
+                continue
+            quiet = now - last_data
+            if not flushed and quiet >= QUIET_FLUSH_S:
+                flushed = True
+                for fix in self.reader.flush():
+                    emit(fix)
+            if quiet >= self.stale_after_s:
+                raise SourceError(f"no data for {quiet:.0f} s")
