@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.settings import at_least, check, one_of, port_number
+from agent.settings import at_least, check, in_range, one_of, port_number
 
 
 @dataclass(frozen=True)
@@ -23,3 +23,27 @@ class UplinkSettings:
     # Bytes per second for the backfill lane; 0 = unlimited.
     bandwidth_bps: int = field(default=0, metadata=check(at_least(0)))
     priority: tuple[str, ...] = ("event", "gps", "still", "audio", "video")
+    # MQTT 5 session expiry: how long the broker keeps our subscriptions and queued downlink.
+    session_expiry_s: int = field(default=7 * 86400, metadata=check(at_least(0)))
+    connect_timeout_s: float = field(default=10.0, metadata=check(in_range(1, 300)))
+    # Reconnect backoff (exponential with jitter, never giving up).
+    backoff_min_s: float = field(default=1.0, metadata=check(in_range(0.01, 60)))
+    backoff_max_s: float = field(default=60.0, metadata=check(in_range(0.1, 3600)))
+    # Largest chunk payload when the broker announces no maximum packet size (AWS IoT: 128 KiB).
+    max_chunk_kib: int = field(default=128, metadata=check(in_range(1, 256 * 1024)))
+    # Chunks published and not yet acknowledged by the broker (PUBACK).
+    window: int = field(default=8, metadata=check(in_range(1, 1000)))
+    # Bytes sent beyond what the platform has confirmed; keeps the broker's per-client queue
+    # (mosquitto: 1000 messages) far from full when the platform is slow or away.
+    platform_window_kib: int = field(default=8192, metadata=check(in_range(1, 1024 * 1024)))
+    # Segments sent and awaiting the platform's acknowledgement.
+    max_segments_in_flight: int = field(default=64, metadata=check(in_range(1, 900)))
+    # Without word from the platform for this long, resend from its last confirmed byte.
+    ack_timeout_s: float = field(default=20.0, metadata=check(in_range(0.1, 3600)))
+    # The platform's Ed25519 command-signing public key (PEM); no commands without it.
+    command_key: Path | None = None
+    # Where the command channel remembers the ids it has seen (replay protection).
+    state_dir: Path = Path("/var/lib/edge-agent/uplink")
+    # Longest lifetime a signed command may carry, and the clock skew tolerated.
+    command_max_ttl_s: int = field(default=3600, metadata=check(in_range(1, 7 * 86400)))
+    command_skew_s: int = field(default=300, metadata=check(in_range(0, 86400)))

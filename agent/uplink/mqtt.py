@@ -1,0 +1,590 @@
+"""A small, thread-safe wrapper around one paho-mqtt 2.x connection that never gives up.
+
+- Callback API version 2; MQTT 5 by default, 3.1.1 selectable.
+- Mutual TLS (TLS 1.2+, the broker's name checked against ``server_name`` or the host).
+- Client id = the identity (device id); a persistent session (MQTT 5: ``clean_start=False`` and a
+  ``SessionExpiryInterval``; 3.1.1: ``clean_session=False``).
+- An optional retained birth message on connect and a retained last will.
+- Reconnects with tenacity (exponential backoff with jitter), forever, cut short at once by the
+  stop event; each change of state (and each new kind of error) is logged once.
+- A fresh paho client per connection: paho keeps unacknowledged messages in memory and would
+  resend stale ones after a reconnect; our spool is the real queue, so we start clean each time.
+- Callbacks only record facts under a lock and set the ``wake`` event. Received messages go to
+  bounded per-filter queues and are acknowledged (PUBACK) by the consumer with :meth:`ack`,
+  after it has handled them: the broker redelivers whatever we did not finish. The broker sends
+  at most ``receive_maximum`` unacknowledged messages, which bounds the queues.
+
+Thread use: one thread (started by :meth:`start`) runs the network loop; any thread may call
+:meth:`publish`, :meth:`ack`, :meth:`outstanding`; ``self._lock`` guards every field below it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import tenacity
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.errors import UplinkError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Everything one connection needs (built from UplinkSettings or the ingest CLI)."""
+
+    host: str
+    port: int
+    client_id: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str = ""
+    protocol: str = "mqtt5"
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 86400
+    connect_timeout_s: float = 10.0
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 60.0
+    receive_maximum: int = 64
+    max_inflight: int = 64
+    tls: bool = True
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A received message; hand it back to :meth:`MqttLink.ack` once handled."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    generation: int
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A publish in flight on connection ``generation``."""
+
+    mid: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+
+
+class _Route:
+    def __init__(self, pattern: str, qos: int, maxsize: int) -> None:
+        self.pattern = pattern
+        self.qos = qos
+        self.queue: queue.Queue[Inbound] = queue.Queue(maxsize)
+
+
+def explain_tls_error(exc: BaseException, cfg: LinkConfig) -> str:
+    """A message a technician can act on, from an ssl/socket error."""
+    name = cfg.server_name or cfg.host
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        if code in (2, 18, 19, 20, 21):
+            return (
+                f"the broker's certificate at {cfg.host}:{cfg.port} is not signed by the CA in "
+                f"{cfg.ca} (wrong CA file?): {exc.verify_message}"
+            )
+        if code == 10:
+            return f"the broker's certificate at {cfg.host}:{cfg.port} has expired"
+        if code == 62:
+            return (
+                f"the broker's certificate does not name {name!r} (server name check failed); "
+                "set uplink.server_name to a name in the certificate"
+            )
+        return f"the broker's certificate was refused: {exc.verify_message}"
+    text = str(exc)
+    low = text.lower()
+    if "certificate expired" in low:
+        return f"the broker refused our certificate {cfg.cert}: it has expired"
+    if "unknown ca" in low or "bad certificate" in low or "certificate unknown" in low:
+        return (
+            f"the broker refused our certificate {cfg.cert}: not issued by a CA it trusts ({text})"
+        )
+    if "certificate required" in low:
+        return "the broker requires a client certificate; set uplink.cert and uplink.key"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {cfg.host}:{cfg.port} (is the broker running there?)"
+    if isinstance(exc, TimeoutError | socket_timeout()):
+        return f"no answer from {cfg.host}:{cfg.port} within {cfg.connect_timeout_s:g} s"
+    return f"cannot reach the broker at {cfg.host}:{cfg.port}: {text or type(exc).__name__}"
+
+
+def socket_timeout() -> type[BaseException]:
+    import socket
+
+    return socket.timeout
+
+
+def explain_connack(reason: ReasonCode | int, cfg: LinkConfig) -> str:
+    text = str(reason)
+    value = reason.value if isinstance(reason, ReasonCode) else int(reason)
+    if value in (135, 5):
+        return (
+            f"the broker refused the session for {cfg.client_id!r}: not authorised "
+            "(is the certificate's CN the device id, and is it allowed by the broker's ACL?)"
+        )
+    if value in (134, 4):
+        return f"the broker refused the session for {cfg.client_id!r}: bad user name or password"
+    if value in (133, 2):
+        return f"the broker refused the client id {cfg.client_id!r}"
+    if value in (132, 1):
+        return f"the broker does not speak {cfg.protocol}"
+    return f"the broker refused the session for {cfg.client_id!r}: {text} ({value})"
+
+
+def check_certificate(path: Path | None, now: dt.datetime | None = None) -> None:
+    """Refuse, with a clear message, a client certificate that is missing or out of date."""
+    if path is None:
+        return
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise UplinkError(f"certificate {path}: cannot read: {exc}") from None
+    except ValueError as exc:
+        raise UplinkError(f"certificate {path}: not a PEM certificate: {exc}") from None
+    now = now or dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc < now:
+        raise UplinkError(
+            f"certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            "renew it (or check the device clock)"
+        )
+    if cert.not_valid_before_utc > now:
+        raise UplinkError(
+            f"certificate {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
+            " UTC; check the device clock"
+        )
+
+
+class _NamedContext(ssl.SSLContext):
+    """An SSLContext that checks a configured server name instead of the host we dial."""
+
+    server_name = ""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+        if self.server_name:
+            kwargs["server_hostname"] = self.server_name
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def tls_context(cfg: LinkConfig) -> ssl.SSLContext:
+    ctx = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.server_name = cfg.server_name
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        if cfg.ca is not None:
+            ctx.load_verify_locations(cafile=str(cfg.ca))
+        else:
+            ctx.load_default_certs()
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(f"CA file {cfg.ca}: cannot load: {exc}") from None
+    if cfg.cert is not None:
+        try:
+            ctx.load_cert_chain(str(cfg.cert), str(cfg.key) if cfg.key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise UplinkError(
+                f"client certificate {cfg.cert} / key {cfg.key}: cannot load: {exc}"
+            ) from None
+    return ctx
+
+
+class MqttLink:
+    """One MQTT identity's connection, kept up until ``stop`` is set. See the module docstring."""
+
+    def __init__(
+        self,
+        cfg: LinkConfig,
+        stop: threading.Event,
+        *,
+        will: Will | None = None,
+        birth: Callable[[], tuple[str, bytes]] | None = None,
+        wake: threading.Event | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.wake = wake or threading.Event()
+        self._will = will
+        self._birth = birth
+        self._routes: list[_Route] = []
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        # guarded by _lock:
+        self._client: paho.Client | None = None
+        self._generation = 0
+        self._connected = False
+        self._connack: ReasonCode | None = None
+        self._session_present = False
+        self._max_packet: int | None = None
+        self._pending: dict[int, float] = {}  # mid -> time published (current generation)
+        self._failed: dict[int, str] = {}  # mid -> reason the broker gave
+        self._lost_reason = ""
+        self._last_socket_error = ""
+        self._done_early: set[int] = set()
+        self._state_logged = ""
+        self.dropped_inbound = 0
+
+    # ------------------------------------------------------------------ setup
+
+    def route(self, pattern: str, qos: int = 1) -> queue.Queue[Inbound]:
+        """Subscribe to ``pattern`` (on every connect); its messages arrive in the queue."""
+        if self._thread is not None:
+            raise UplinkError("route() must be called before start()")
+        r = _Route(pattern, qos, maxsize=max(16, 4 * self.cfg.receive_maximum))
+        self._routes.append(r)
+        return r.queue
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.cfg.client_id}")
+        self._thread.start()
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._connected
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    @property
+    def max_packet(self) -> int | None:
+        with self._lock:
+            return self._max_packet
+
+    @property
+    def session_present(self) -> bool:
+        with self._lock:
+            return self._session_present
+
+    def outstanding(self) -> int:
+        """Publishes on the current connection not yet acknowledged by the broker."""
+        with self._lock:
+            return len(self._pending)
+
+    def pending(self, sent: Sent) -> bool:
+        """True while the broker has not acknowledged ``sent`` on its connection."""
+        with self._lock:
+            return sent.generation == self._generation and sent.mid in self._pending
+
+    def failures(self) -> dict[int, str]:
+        """Publishes the broker refused (MQTT 5 reason codes such as 135, not authorised)."""
+        with self._lock:
+            out, self._failed = self._failed, {}
+            return out
+
+    # ------------------------------------------------------------------ actions
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> Sent | None:
+        """Publish now on the current connection; None when not connected."""
+        with self._lock:
+            client = self._client if self._connected else None
+            generation = self._generation
+        if client is None:
+            return None
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=retain)
+        except (ValueError, OSError) as exc:
+            raise UplinkError(f"publish to {topic}: {exc}") from exc
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
+            return None
+        if qos == 0:
+            return Sent(info.mid, generation)
+        with self._lock:
+            if self._generation == generation and info.mid not in self._done_early:
+                self._pending[info.mid] = time.monotonic()
+            self._done_early.discard(info.mid)
+        return Sent(info.mid, generation)
+
+    def ack(self, msg: Inbound) -> None:
+        """Acknowledge a handled message to the broker (on its own connection only)."""
+        if msg.qos == 0:
+            return
+        with self._lock:
+            client = self._client if msg.generation == self._generation else None
+        if client is not None:
+            client.ack(msg.mid, msg.qos)
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        with self._lock:
+            self._connack = reason
+            if not reason.is_failure:
+                self._connected = True
+                self._session_present = bool(flags.session_present)
+                self._max_packet = int(max_packet) if max_packet else None
+        self.wake.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._connected = False
+            self._lost_reason = str(reason)
+        self.wake.set()
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        with self._lock:
+            if self._pending.pop(mid, None) is None:
+                self._done_early.add(mid)
+            if reason.is_failure:
+                self._failed[mid] = str(reason)
+        self.wake.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            generation = self._generation
+        inbound = Inbound(msg.topic, bytes(msg.payload), msg.qos, msg.mid, generation, msg.retain)
+        for r in self._routes:
+            if paho.topic_matches_sub(_strip_share(r.pattern), msg.topic):
+                try:
+                    r.queue.put_nowait(inbound)
+                except queue.Full:
+                    # Not acknowledged: the broker redelivers it on the next connection.
+                    with self._lock:
+                        self.dropped_inbound += 1
+                break
+        else:
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+        self.wake.set()
+
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            with self._lock:
+                self._last_socket_error = buf
+
+    # ------------------------------------------------------------------ the loop
+
+    def _new_client(self) -> paho.Client:
+        cfg = self.cfg
+        v5 = cfg.protocol == "mqtt5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_log = self._on_log
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = cfg.connect_timeout_s
+        if cfg.tls:
+            client.tls_set_context(tls_context(cfg))
+        if self._will is not None:
+            client.will_set(self._will.topic, self._will.payload, qos=1, retain=True)
+        return client
+
+    def _connect_once(self) -> paho.Client:
+        cfg = self.cfg
+        if cfg.tls:
+            check_certificate(cfg.cert)
+        client = self._new_client()
+        props: Properties | None = None
+        if cfg.protocol == "mqtt5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = cfg.session_expiry_s
+            props.ReceiveMaximum = cfg.receive_maximum
+        with self._lock:
+            self._connack = None
+            self._connected = False
+            self._last_socket_error = ""
+        try:
+            if cfg.protocol == "mqtt5":
+                client.connect(
+                    cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props
+                )
+            else:
+                client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+        except (OSError, ssl.SSLError) as exc:
+            _close(client)
+            raise UplinkError(explain_tls_error(exc, cfg)) from None
+        deadline = time.monotonic() + cfg.connect_timeout_s
+        while True:
+            rc = client.loop(0.1)
+            with self._lock:
+                connack, err = self._connack, self._last_socket_error
+            if connack is not None:
+                if connack.is_failure:
+                    _close(client)
+                    raise UplinkError(explain_connack(connack, cfg))
+                return client
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                _close(client)
+                raise UplinkError(self._explain_loss(err, "the connection closed during setup"))
+            if self.stop.is_set():
+                _close(client)
+                raise UplinkError("stopping")
+            if time.monotonic() > deadline:
+                _close(client)
+                raise UplinkError(
+                    f"no CONNACK from {cfg.host}:{cfg.port} within {cfg.connect_timeout_s:g} s"
+                )
+
+    def _explain_loss(self, err: str, default: str) -> str:
+        if not err:
+            return default
+        low = err.lower()
+        if "certificate" in low or "alert" in low:
+            return explain_tls_error(ssl.SSLError(err), self.cfg)
+        return err
+
+    def _log_state(self, state: str, level: int = logging.WARNING) -> None:
+        """Log a change of state (or of error) once, not once per attempt."""
+        if state != self._state_logged:
+            self._state_logged = state
+            log.log(level, "mqtt %s: %s", self.cfg.client_id, state)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            retrying = tenacity.Retrying(
+                wait=tenacity.wait_exponential_jitter(
+                    initial=self.cfg.backoff_min_s,
+                    max=self.cfg.backoff_max_s,
+                    jitter=self.cfg.backoff_min_s,
+                ),
+                stop=tenacity.stop_when_event_set(self.stop),
+                sleep=tenacity.sleep_using_event(self.stop),
+                retry=tenacity.retry_if_exception_type(UplinkError),
+                before_sleep=lambda rs: self._log_state(
+                    f"cannot connect: {rs.outcome.exception() if rs.outcome else '?'}"
+                ),
+                reraise=True,
+            )
+            try:
+                client = retrying(self._connect_once)
+            except UplinkError:
+                continue  # only when stopping
+            began = time.monotonic()
+            self._serve(client)
+            if time.monotonic() - began < self.cfg.backoff_min_s:
+                # A connection that drops at once (e.g. a refused certificate under TLS 1.3):
+                # wait before trying again rather than spinning.
+                self.stop.wait(self.cfg.backoff_min_s)
+        with self._lock:
+            self._connected = False
+        self.wake.set()
+
+    def _serve(self, client: paho.Client) -> None:
+        cfg = self.cfg
+        for r in self._routes:
+            client.subscribe(r.pattern, qos=r.qos)
+        with self._lock:
+            self._generation += 1
+            self._client = client
+            self._pending.clear()
+            self._failed.clear()
+            self._done_early.clear()
+            self._connected = True
+            session = self._session_present
+        self._log_state(
+            f"connected to {cfg.host}:{cfg.port} ({cfg.protocol}, session "
+            f"{'resumed' if session else 'new'})",
+            logging.INFO,
+        )
+        if self._birth is not None:
+            topic, payload = self._birth()
+            client.publish(topic, payload, qos=1, retain=True)
+        self.wake.set()
+        while not self.stop.is_set():
+            rc = client.loop(0.2)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        with self._lock:
+            self._connected = False
+            self._client = None
+            err, lost = self._last_socket_error, self._lost_reason
+            self._pending.clear()
+        if self.stop.is_set():
+            try:
+                if self._will is not None:
+                    # A clean DISCONNECT suppresses the will: say "offline" ourselves.
+                    client.publish(self._will.topic, self._will.payload, qos=1, retain=True)
+                    client.loop(0.2)
+                client.disconnect()
+                client.loop(0.2)
+            except (OSError, ValueError):
+                pass
+            self._log_state("disconnected (stopping)", logging.INFO)
+        else:
+            default = f"closed by {cfg.host}:{cfg.port} ({lost or 'no reason given'})"
+            self._log_state(f"connection lost: {self._explain_loss(err, default)}")
+        _close(client)
+        self.wake.set()
+
+
+def _strip_share(pattern: str) -> str:
+    if pattern.startswith("$share/"):
+        return pattern.split("/", 2)[2]
+    return pattern
+
+
+def _close(client: paho.Client) -> None:
+    try:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    except OSError:
+        pass
