@@ -1,0 +1,189 @@
+"""Triggers: a button or microcontroller on a serial line, and hooks for other channels.
+
+Serial line protocol (ASCII, one command per line, ``\\n`` or ``\\r\\n``, case-insensitive;
+see docs/video.md)::
+
+    REC | START        start recording (with the pre-event buffer)
+    STOP               stop recording
+    MARK [note]        mark this moment (an event record, and a note in the segment)
+    SNAP               take a still
+    PING               liveness check
+
+Each command is answered with one line: ``OK <COMMAND>``, ``PONG`` or ``ERR <reason>``.
+
+Other channels use the same :class:`Controls` interface: :func:`command_handlers` gives the
+platform command channel a table of handlers to register (``video.start`` ...), and the local
+control socket behind ``edge-agent record start|stop|mark`` calls the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 256
+
+
+class Controls(Protocol):
+    """What any trigger may ask of the video side. Every method returns at once."""
+
+    def start(self, trigger: str = ..., details: dict[str, Any] | None = ...) -> None: ...
+
+    def stop(self, trigger: str = ...) -> None: ...
+
+    def mark(self, trigger: str = ..., note: str = ...) -> None: ...
+
+    def still(self, trigger: str = ...) -> None: ...
+
+
+def handle_line(line: str, controls: Controls, trigger: str = "button") -> str:
+    """Run one protocol line; return the reply line (without its newline)."""
+    text = line.strip()
+    if not text:
+        return "ERR empty line"
+    word, _, rest = text.partition(" ")
+    cmd = word.upper()
+    try:
+        if cmd in ("REC", "START"):
+            controls.start(trigger)
+        elif cmd == "STOP":
+            controls.stop(trigger)
+        elif cmd == "MARK":
+            controls.mark(trigger, rest.strip()[:MAX_LINE])
+        elif cmd == "SNAP":
+            controls.still(trigger)
+        elif cmd == "PING":
+            return "PONG"
+        else:
+            return f"ERR unknown command {word[:32]!r}"
+    except AgentError as exc:
+        return f"ERR {exc}"
+    return f"OK {cmd}"
+
+
+def command_handlers(controls: Controls) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """Handlers for the platform command channel, by command name.
+
+    Each takes the command's (already verified) arguments and returns a small result.
+    """
+
+    def start(args: dict[str, Any]) -> dict[str, Any]:
+        controls.start("platform", {"command": args} if args else None)
+        return {"ok": True}
+
+    def stop(args: dict[str, Any]) -> dict[str, Any]:
+        controls.stop("platform")
+        return {"ok": True}
+
+    def mark(args: dict[str, Any]) -> dict[str, Any]:
+        controls.mark("platform", str(args.get("note", ""))[:MAX_LINE])
+        return {"ok": True}
+
+    def still(args: dict[str, Any]) -> dict[str, Any]:
+        controls.still("platform")
+        return {"ok": True}
+
+    return {"video.start": start, "video.stop": stop, "video.mark": mark, "video.still": still}
+
+
+class SerialTrigger:
+    """Reads the line protocol from a serial port (or a pyserial URL) in its own thread.
+
+    A vanished port is reported once and reopened with a growing pause on the stop event.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        controls: Controls,
+        stop: threading.Event,
+        *,
+        baudrate: int = 9600,
+        reopen_s: float = 1.0,
+        reopen_max_s: float = 10.0,
+        port: Any = None,
+    ) -> None:
+        self.url = url
+        self._controls = controls
+        self._stop = stop
+        self.baudrate = baudrate
+        self._reopen_s = reopen_s
+        self._reopen_max_s = reopen_max_s
+        self._port = port
+        self.lines = 0
+        self.losses = 0
+        self.thread = threading.Thread(target=self.run, name="video-trigger", daemon=True)
+
+    def _open(self) -> Any:
+        import serial
+
+        return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.2)
+
+    def run(self) -> None:
+        import serial
+
+        pause = self._reopen_s
+        lost = False
+        while not self._stop.is_set():
+            port = self._port
+            if port is None:
+                try:
+                    port = self._port = self._open()
+                except (serial.SerialException, OSError, ValueError) as exc:
+                    if not lost:
+                        lost = True
+                        self.losses += 1
+                        log.error("trigger: cannot open %s: %s; retrying", self.url, exc)
+                    self._stop.wait(pause)
+                    pause = min(pause * 2, self._reopen_max_s)
+                    continue
+                if lost:
+                    log.warning("trigger: %s is back", self.url)
+                lost = False
+                pause = self._reopen_s
+            try:
+                self._serve(port)
+            except (serial.SerialException, OSError) as exc:
+                if not lost:
+                    lost = True
+                    self.losses += 1
+                    log.error("trigger: %s lost: %s; reopening", self.url, exc)
+                self._close()
+                self._stop.wait(pause)
+        self._close()
+
+    def _serve(self, port: Any) -> None:
+        buf = bytearray()
+        while not self._stop.is_set():
+            data = port.read(max(1, getattr(port, "in_waiting", 0) or 1))
+            if not data:
+                continue
+            buf += data
+            while b"\n" in buf:
+                raw, _, rest = bytes(buf).partition(b"\n")
+                buf = bytearray(rest)
+                if len(raw) > MAX_LINE:
+                    port.write(b"ERR line too long\n")
+                    continue
+                self.lines += 1
+                line = raw.decode("ascii", "replace")
+                reply = handle_line(line, self._controls)
+                log.info("trigger: %r -> %s", line.strip(), reply)
+                port.write(reply.encode("ascii", "replace") + b"\n")
+            if len(buf) > MAX_LINE:
+                buf.clear()
+                port.write(b"ERR line too long\n")
+
+    def _close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except (OSError, ValueError) as exc:
+                log.debug("trigger: close of %s failed: %s", self.url, exc)
