@@ -65,7 +65,7 @@ def main() -> int:
     print("1. sealing synthetic evidence into", spool_dir)
     with Spool(settings, _sealer(keys, "boot-1"), clock=lambda: clock) as spool:
         spool.put_event("record_start", {"trigger": "button", "officer": "A1234"})
-        for i in range(3):
+        for _ in range(3):
             spool.put_bytes("video", os.urandom(2_000_000), content_type="video/mp4")
         spool.put_bytes(
             "still", b"\xff\xd8\xff\xe0" + os.urandom(40_000), content_type="image/jpeg"
