@@ -141,6 +141,8 @@ class GpsdSource:
                 stop.wait(0.05)
             finally:
                 conn.close()
+                for fix in tpv.flush():  # gpsd's last report was complete
+                    emit(fix)
 
     def _pump(
         self, conn: _Connection, tpv: TpvAssembler, stop: threading.Event, emit: Emit

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +32,132 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("GPS figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# ------------------------------------------------------------------- real parts: gpsfake, pty
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``cond`` until true; fails the test after ``timeout`` (a bound, not a timing)."""
+    deadline = time.monotonic() + timeout
+    ev = threading.Event()
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        ev.wait(0.02)
+
+
+class GpsFake:
+    """``gpsfake`` (a real gpsd fed from a log) on a loopback port, in its own process group."""
+
+    def __init__(self, log: Path, port: int, cycle: float = 0.01, once: bool = True) -> None:
+        self.log, self.port, self.cycle, self.once = log, port, cycle, once
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GpsFake:
+        cmd = ["gpsfake", "-n", "-q", "-P", str(self.port), "-c", str(self.cycle)]
+        if self.once:
+            cmd.insert(1, "-1")
+        self.proc = subprocess.Popen(
+            [*cmd, str(self.log)],
+            start_new_session=True,  # its own process group: gpsfake + gpsd die together
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._listening, 20.0, f"gpsd on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None and not self.once:
+            raise AssertionError(f"gpsfake exited with {self.proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def gpsfake_factory() -> Iterator[Callable[..., GpsFake]]:
+    if shutil.which("gpsfake") is None:
+        pytest.skip("gpsfake not installed (Debian gpsd-clients)")
+    started: list[GpsFake] = []
+
+    def make(log: Path, port: int | None = None, **kw: object) -> GpsFake:
+        fake = GpsFake(log, port or free_port(), **kw)  # type: ignore[arg-type]
+        started.append(fake)
+        return fake.start()
+
+    yield make
+    for fake in started:
+        fake.kill()
+
+
+class PtySerial:
+    """A serial port without hardware: a pty whose slave is reached through a stable symlink.
+
+    ``vanish()`` closes the master (reads on the slave fail, as when a USB receiver is
+    unplugged) and removes the link; ``reappear()`` makes a new pty behind the same link.
+    ``write_paced`` writes at the pace of ``baud`` (10 bits per byte), waiting on an event.
+    """
+
+    def __init__(self, link: Path, baud: int = 9600) -> None:
+        self.link = link
+        self.baud = baud
+        self.master: int | None = None
+        self.slave: int | None = None
+        self.reappear()
+
+    def reappear(self) -> None:
+        self.master, self.slave = os.openpty()
+        import tty
+
+        tty.setraw(self.master)
+        if self.link.is_symlink():
+            self.link.unlink()
+        self.link.symlink_to(os.ttyname(self.slave))
+
+    def vanish(self) -> None:
+        if self.link.is_symlink():
+            self.link.unlink()
+        for fd in (self.master, self.slave):
+            if fd is not None:
+                os.close(fd)
+        self.master = self.slave = None
+
+    def write_paced(self, data: bytes, stop: threading.Event, chunk: int = 96) -> None:
+        assert self.master is not None
+        per_byte = 10.0 / self.baud
+        start = time.monotonic()
+        for i in range(0, len(data), chunk):
+            part = data[i : i + chunk]
+            due = start + (i + len(part)) * per_byte
+            delay = due - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return
+            os.write(self.master, part)
+
+    def close(self) -> None:
+        self.vanish()
+
+
+@pytest.fixture
+def pty_serial(tmp_path: Path) -> Iterator[PtySerial]:
+    port = PtySerial(tmp_path / "ttyGPS0")
+    yield port
+    port.close()
