@@ -199,13 +199,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def acl_text(ingest_identity: str = INGEST_IDENTITY) -> str:
-    return (
-        "# Each device reads and writes only under its own topic tree.\n"
-        "pattern readwrite devices/%u/#\n"
-        f"user {ingest_identity}\n"
-        "topic readwrite devices/#\n"
-    )
+def acl_text(ingest_identities: tuple[str, ...] = (INGEST_IDENTITY,)) -> str:
+    lines = [
+        "# Each device reads and writes only under its own topic tree.",
+        "pattern readwrite devices/%u/#",
+    ]
+    for identity in ingest_identities:
+        lines += [f"user {identity}", "topic readwrite devices/#"]
+    return "\n".join(lines) + "\n"
 
 
 class Mosquitto:
@@ -218,6 +219,7 @@ class Mosquitto:
         *,
         port: int | None = None,
         max_queued_messages: int | None = None,
+        ingest_identities: tuple[str, ...] = (INGEST_IDENTITY,),
         extra: str = "",
     ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -232,7 +234,7 @@ class Mosquitto:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "data").mkdir(exist_ok=True)
         self.acl = directory / "acl"
-        self.acl.write_text(acl_text())
+        self.acl.write_text(acl_text(ingest_identities))
         self.log_path = directory / "mosquitto.log"
         lines = [
             # mosquitto started as root drops to the user "mosquitto", who cannot read these

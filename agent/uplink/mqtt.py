@@ -501,7 +501,7 @@ class MqttLink:
         while not self.stop.is_set():
             retrying = tenacity.Retrying(
                 wait=tenacity.wait_exponential_jitter(
-                    initial=self.cfg.backoff_min_s,
+                    multiplier=self.cfg.backoff_min_s,
                     max=self.cfg.backoff_max_s,
                     jitter=self.cfg.backoff_min_s,
                 ),

@@ -1,0 +1,1 @@
+"""The platform side: a reference receiver that verifies, stores and acknowledges evidence."""

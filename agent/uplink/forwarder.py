@@ -1,0 +1,483 @@
+"""Spool -> key records + chunks -> the platform's acknowledgements -> spool.ack.
+
+Two lanes share one MQTT connection and one thread:
+
+- **live**: the latest fix, alarms (newest first) and the latest status. Checked before every
+  backfill chunk, so a live message waits at most for the chunks already in the socket (the
+  broker window, ``window`` chunks), never for the backlog.
+- **backfill**: stored segments, oldest first per stream, streams in ``priority`` order, under
+  an optional bytes/s cap. A segment leaves the spool only on the **platform's** acknowledgement
+  carrying its manifest hash; a broker PUBACK only frees a slot in the window.
+
+Resume: the platform reports ``progress`` (bytes [0, next) of a segment held durably); the
+forwarder stores it with ``spool.set_progress`` (in bytes) and after a reconnect, a restart or a
+silence of ``ack_timeout_s`` resends from there, not from zero. A platform that reports a gap
+(``got`` beyond ``next``) gets the missing bytes again unless they were already resent after the
+chunk that revealed the gap.
+
+Flow control: at most ``window`` chunks unacknowledged by the broker, at most
+``platform_window_kib`` bytes not yet confirmed by the platform and ``max_segments_in_flight``
+segments awaiting acknowledgement, so the broker's per-client queue (mosquitto: 1000 messages)
+never fills even when the platform is away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from agent.errors import AgentError, FormatError, SpoolError
+from agent.model import Alarm, Fix, Severity
+from agent.storage.seal import read_segment_info
+from agent.storage.spool import Spool, SpoolItem
+from agent.uplink import protocol as proto
+from agent.uplink.mqtt import Inbound, MqttLink
+from agent.uplink.settings import UplinkSettings
+
+log = logging.getLogger(__name__)
+
+KIB = 1024
+IDLE_POLL_S = 0.5
+READY_REFRESH_S = 1.0
+MAX_ALARMS = 256
+
+
+class TokenBucket:
+    """Bytes/s cap with a burst of one second (or one chunk, if larger). 0 = unlimited."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(rate)
+        self._last = clock()
+
+    def delay(self, n: int) -> float:
+        """Seconds to wait before ``n`` bytes may go; 0 means go now (and takes them)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        cap = max(float(self.rate), float(n))
+        self._tokens = min(cap, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= n:
+            self._tokens -= n
+            return 0.0
+        return (n - self._tokens) / self.rate
+
+
+@dataclass
+class _Upload:
+    item: SpoolItem
+    boot: str
+    size: int
+    f: BinaryIO
+    confirmed: int  # bytes the platform holds durably
+    next: int  # next byte to send
+    last_word: float
+    high: int = 0  # highest byte sent so far (for the resent figure)
+    sent_at: dict[int, int] = field(default_factory=dict)  # offset -> send counter
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.item.stream, self.item.seq, self.item.manifest_hash)
+
+
+@dataclass
+class ForwarderStats:
+    chunks_sent: int = 0
+    chunks_resent: int = 0
+    bytes_sent: int = 0
+    segments_acked: int = 0
+    keys_acked: int = 0
+    live_sent: int = 0
+    rejected: int = 0
+    resends_after_silence: int = 0
+    bad_acks: int = 0
+
+
+class Forwarder:
+    """See the module docstring. ``run()`` is the thread body; live reports are thread-safe."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        link: MqttLink,
+        device_id: str,
+        settings: UplinkSettings,
+        stop: threading.Event,
+        *,
+        alarm: Callable[[Alarm], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spool = spool
+        self.link = link
+        self.topics = proto.Topics(device_id)
+        self.settings = settings
+        self.stop = stop
+        self._alarm = alarm or (lambda a: None)
+        self._clock = clock
+        self.wake = link.wake
+        self.acks = link.route(self.topics.ack)
+        self.stats = ForwarderStats()
+        self._bucket = TokenBucket(settings.bandwidth_bps, clock)
+        self._max_chunk = settings.max_chunk_kib * KIB
+        self._live_lock = threading.Lock()
+        # guarded by _live_lock:
+        self._fix: bytes | None = None
+        self._status: bytes | None = None
+        self._alarms: deque[bytes] = deque(maxlen=MAX_ALARMS)
+        # owned by the forwarder thread:
+        self._uploads: list[_Upload] = []
+        self._ready: list[SpoolItem] = []
+        self._ready_at = -1e9
+        self._rejected: set[int] = set()
+        self._keys_acked: set[str] = set()
+        self._keys_sent: dict[str, float] = {}
+        self._keys_rejected: set[str] = set()
+        self._generation = 0
+        self._counter = 0
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ live lane (any thread)
+
+    def report_fix(self, fix: Fix) -> None:
+        payload = proto.dumps(fix.to_tpv())
+        with self._live_lock:
+            self._fix = payload
+        self.wake.set()
+
+    def report_alarm(self, alarm: Alarm) -> None:
+        with self._live_lock:
+            self._alarms.append(proto.dumps(alarm.to_json()))
+        self.wake.set()
+
+    def report_status(self, status: dict[str, Any]) -> None:
+        payload = proto.dumps(status)
+        with self._live_lock:
+            self._status = payload
+        self.wake.set()
+
+    def live_pending(self) -> int:
+        with self._live_lock:
+            return len(self._alarms) + (self._fix is not None) + (self._status is not None)
+
+    # ------------------------------------------------------------------ thread
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name="uplink-forwarder")
+        self._thread.start()
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.wake.clear()
+                wait = self._step()
+                if wait > 0:
+                    self.wake.wait(min(wait, IDLE_POLL_S))
+        finally:
+            for u in self._uploads:
+                self._drop_upload(u, release=True)
+            self._uploads.clear()
+
+    def _step(self) -> float:
+        """One round: acks, live, timeouts, at most one backfill chunk. Returns a wait."""
+        gen = self.link.generation
+        if gen != self._generation:
+            self._generation = gen
+            self._on_new_connection()
+        self._drain_acks()
+        if not self.link.connected:
+            return IDLE_POLL_S
+        self._send_live()
+        for mid, reason in self.link.failures().items():
+            log.error("uplink: the broker refused publish %d: %s", mid, reason)
+        self._check_silence()
+        return self._send_backfill()
+
+    def _on_new_connection(self) -> None:
+        now = self._clock()
+        self._keys_sent.clear()
+        for u in self._uploads:
+            if u.next != u.confirmed:
+                log.debug("uplink: %s resumes at byte %d", u.item.stream, u.confirmed)
+            u.next = u.confirmed
+            u.last_word = now
+
+    # ------------------------------------------------------------------ live
+
+    def _send_live(self) -> None:
+        with self._live_lock:
+            alarms = list(reversed(self._alarms))
+            self._alarms.clear()
+            fix, self._fix = self._fix, None
+            status, self._status = self._status, None
+        items: list[tuple[str, bytes]] = [(self.topics.live("alarm"), a) for a in alarms]
+        if fix is not None:
+            items.append((self.topics.live("fix"), fix))
+        if status is not None:
+            items.append((self.topics.live("status"), status))
+        unsent: list[tuple[str, bytes]] = []
+        for topic, payload in items:
+            if self.link.publish(topic, payload, qos=1) is None:
+                unsent.append((topic, payload))
+            else:
+                self.stats.live_sent += 1
+        if unsent:
+            with self._live_lock:
+                for topic, payload in unsent:
+                    if topic.endswith("/alarm"):
+                        self._alarms.appendleft(payload)
+                    elif topic.endswith("/fix") and self._fix is None:
+                        self._fix = payload
+                    elif topic.endswith("/status") and self._status is None:
+                        self._status = payload
+
+    # ------------------------------------------------------------------ acks
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                msg = self.acks.get_nowait()
+            except queue.Empty:
+                return
+            self._handle_ack(msg)
+            self.link.ack(msg)
+
+    def _find(self, stream: str, seq: int, mhash: str) -> _Upload | None:
+        for u in self._uploads:
+            if u.key == (stream, seq, mhash):
+                return u
+        return None
+
+    def _handle_ack(self, msg: Inbound) -> None:
+        try:
+            ack = proto.parse_ack(msg.payload)
+        except FormatError as exc:
+            self.stats.bad_acks += 1
+            log.warning("uplink: ignoring a malformed acknowledgement on %s: %s", msg.topic, exc)
+            return
+        now = self._clock()
+        if isinstance(ack, proto.SegmentAck):
+            u = self._find(ack.stream, ack.seq, ack.hash)
+            if self.spool.ack(ack.stream, ack.seq, ack.hash):
+                self.stats.segments_acked += 1
+                log.debug("uplink: platform has %s#%d (%s)", ack.stream, ack.seq, ack.result)
+            if u is not None:
+                self._uploads.remove(u)
+                self._drop_upload(u, release=False)
+        elif isinstance(ack, proto.Progress):
+            u = self._find(ack.stream, ack.seq, ack.hash)
+            if u is None or ack.next > u.size:
+                return
+            u.last_word = now
+            if ack.next > u.confirmed:
+                u.confirmed = ack.next
+                try:
+                    self.spool.set_progress(u.item.id, ack.next)
+                except SpoolError as exc:
+                    log.warning("uplink: cannot record progress of %s: %s", u.item.stream, exc)
+                u.next = max(u.next, u.confirmed)
+            # A gap: resend from it, unless we already did after sending what revealed it.
+            if (
+                ack.got is not None
+                and ack.next < u.next
+                and u.sent_at.get(ack.next, -1) < u.sent_at.get(ack.got, 1 << 62)
+            ):
+                log.debug("uplink: platform lacks %s#%d at %d", ack.stream, ack.seq, ack.next)
+                u.next = ack.next
+        elif isinstance(ack, proto.KeyAck):
+            if ack.key_id not in self._keys_acked:
+                self._keys_acked.add(ack.key_id)
+                self.stats.keys_acked += 1
+                try:
+                    self.spool.ack_key(ack.key_id)
+                except SpoolError as exc:
+                    log.warning("uplink: cannot record key ack %s: %s", ack.key_id, exc)
+        else:
+            self._rejected_by_platform(ack)
+
+    def _rejected_by_platform(self, ack: proto.Reject) -> None:
+        self.stats.rejected += 1
+        if ack.what == "key":
+            what = f"key record {ack.key_id}"
+            self._keys_rejected.add(ack.key_id)
+            victims = [u for u in self._uploads if u.item.key_id == ack.key_id]
+        else:
+            what = f"segment {ack.stream}#{ack.seq}"
+            u = self._find(ack.stream, ack.seq, ack.hash)
+            victims = [u] if u is not None else []
+        log.error("uplink: the platform refused %s: %s (kept in the spool)", what, ack.reason)
+        self._alarm(
+            Alarm(
+                "upload_refused",
+                f"the platform refused {what}: {ack.reason}",
+                Severity.CRITICAL,
+                time.time(),
+                {"what": what, "reason": ack.reason},
+            )
+        )
+        for u in victims:
+            self._rejected.add(u.item.id)
+            self._uploads.remove(u)
+            self._drop_upload(u, release=True)
+
+    def _check_silence(self) -> None:
+        now = self._clock()
+        for u in self._uploads:
+            if u.next > u.confirmed and now - u.last_word > self.settings.ack_timeout_s:
+                log.info(
+                    "uplink: no word from the platform on %s#%d for %.0f s; resending from byte %d",
+                    u.item.stream,
+                    u.item.seq,
+                    now - u.last_word,
+                    u.confirmed,
+                )
+                self.stats.resends_after_silence += 1
+                u.next = u.confirmed
+                u.last_word = now
+
+    # ------------------------------------------------------------------ backfill
+
+    def chunk_size(self) -> int:
+        return proto.chunk_size_for(self.link.max_packet, self._max_chunk)
+
+    def _send_backfill(self) -> float:
+        if self.link.outstanding() >= self.settings.window:
+            return IDLE_POLL_S  # woken by the PUBACK
+        unconfirmed = sum(u.next - u.confirmed for u in self._uploads)
+        if unconfirmed >= self.settings.platform_window_kib * KIB:
+            return IDLE_POLL_S  # woken by the platform's progress
+        u = next((u for u in self._uploads if u.next < u.size), None)
+        if u is None:
+            if len(self._uploads) >= self.settings.max_segments_in_flight:
+                return IDLE_POLL_S
+            u = self._start_next()
+            if u is None:
+                return IDLE_POLL_S
+        kid = u.item.key_id
+        if kid not in self._keys_acked:
+            if self.spool.key_acked(kid):
+                self._keys_acked.add(kid)
+            else:
+                return self._send_key(kid)
+        n = min(self.chunk_size(), u.size - u.next)
+        delay = self._bucket.delay(n)
+        if delay > 0:
+            return delay
+        u.f.seek(u.next)
+        data = u.f.read(n)
+        if len(data) != n:
+            log.error("uplink: %s is shorter than indexed; dropping it", u.item.path)
+            self._uploads.remove(u)
+            self._drop_upload(u, release=True)
+            self._rejected.add(u.item.id)
+            return 0.0
+        header = proto.ChunkHeader(
+            u.item.stream, u.item.seq, u.boot, u.item.manifest_hash, u.size, u.next
+        )
+        sent = self.link.publish(
+            self.topics.segment(u.item.stream), proto.encode_chunk(header, data), qos=1
+        )
+        if sent is None:
+            return IDLE_POLL_S  # not connected: woken by the reconnect
+        if u.next < u.high:
+            self.stats.chunks_resent += 1
+        if u.next == u.confirmed and u.next >= u.high:
+            u.last_word = self._clock()
+        self._counter += 1
+        u.sent_at[u.next] = self._counter
+        u.next += n
+        u.high = max(u.high, u.next)
+        self.stats.chunks_sent += 1
+        self.stats.bytes_sent += n
+        return 0.0
+
+    def _send_key(self, kid: str) -> float:
+        if kid in self._keys_rejected:
+            return IDLE_POLL_S
+        now = self._clock()
+        sent_at = self._keys_sent.get(kid)
+        if sent_at is not None and now - sent_at < self.settings.ack_timeout_s:
+            return IDLE_POLL_S  # woken by the key ack
+        try:
+            record = self.spool.key_record(kid)
+        except SpoolError as exc:
+            log.error("uplink: %s; its segments cannot be decrypted by the platform", exc)
+            self._keys_rejected.add(kid)
+            return 0.0
+        if self.link.publish(self.topics.key, record, qos=1) is not None:
+            self._keys_sent[kid] = now
+        return IDLE_POLL_S
+
+    def _start_next(self) -> _Upload | None:
+        now = self._clock()
+        busy = {u.item.id for u in self._uploads} | self._rejected
+        if not self._ready or now - self._ready_at > READY_REFRESH_S:
+            limit = self.settings.max_segments_in_flight + 8
+            self._ready = [
+                i
+                for i in self.spool.next_ready(self.settings.priority, limit + len(busy))
+                if i.id not in busy
+            ][:limit]
+            self._ready_at = now
+        while self._ready:
+            item = self._ready.pop(0)
+            if item.id in busy:
+                continue
+            try:
+                f = self.spool.open_segment(item)
+                info = read_segment_info(f)
+            except (OSError, AgentError) as exc:
+                log.warning("uplink: skipping %s#%d: %s", item.stream, item.seq, exc)
+                continue
+            if info.manifest_hash != item.manifest_hash:
+                log.error("uplink: %s#%d: file differs from the index", item.stream, item.seq)
+                f.close()
+                self._rejected.add(item.id)
+                continue
+            start = item.progress if 0 <= item.progress < info.size else 0
+            self.spool.mark_inflight(item.id)
+            u = _Upload(
+                item=item,
+                boot=str(info.manifest["boot"]),
+                size=info.size,
+                f=f,
+                confirmed=start,
+                next=start,
+                last_word=now,
+                high=start,
+            )
+            if start:
+                log.info(
+                    "uplink: resuming %s#%d at byte %d of %d", item.stream, item.seq, start, u.size
+                )
+            self._uploads.append(u)
+            return u
+        return None
+
+    def _drop_upload(self, u: _Upload, *, release: bool) -> None:
+        with contextlib.suppress(OSError):
+            u.f.close()
+        if release:
+            try:
+                self.spool.release(u.item.id)
+            except (SpoolError, sqlite3.Error) as exc:
+                log.warning("uplink: cannot release %s: %s", u.item.stream, exc)
+
+    # ------------------------------------------------------------------ figures
+
+    def in_flight(self) -> int:
+        return len(self._uploads)

@@ -1,0 +1,297 @@
+"""Test helpers: a device (keys, sealer, spool), an ingest worker, and delivery checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.ingest.receiver import Ingest
+from agent.ingest.store import Store
+from agent.storage.keys import (
+    init_device_keys,
+    init_platform_keys,
+    load_platform_private,
+    load_platform_public,
+    load_signing_key,
+)
+from agent.storage.sealer import Sealer
+from agent.storage.settings import SealSettings, SpoolSettings
+from agent.storage.spool import Spool
+from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
+from agent.uplink.mqtt import LinkConfig
+from agent.uplink.service import Uplink
+from agent.uplink.settings import UplinkSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait (with a deadline) for a condition; fail naming it."""
+    deadline = time.monotonic() + timeout
+    ev = threading.Event()
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        ev.wait(0.05)
+
+
+@dataclass
+class Platform:
+    dir: Path
+    key: Path
+    pub: Path
+
+
+def make_platform(directory: Path) -> Platform:
+    init_platform_keys(directory)
+    return Platform(directory, directory / "platform.key", directory / "platform.pub")
+
+
+@dataclass
+class Device:
+    id: str
+    dir: Path
+    pki: Pki
+    platform: Platform
+    port: int
+    uplink: UplinkSettings
+    seal: SealSettings = field(default_factory=SealSettings)
+    expected: dict[tuple[str, int], bytes] = field(default_factory=dict)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.dir / "spool"
+
+    def sealer(self, boot: str = "boot1", sealed_as: str | None = None) -> Sealer:
+        return Sealer(
+            device_id=sealed_as or self.id,
+            boot_id=boot,
+            signing_key=load_signing_key(self.dir / "keys" / "device.key"),
+            platform_public=load_platform_public(self.platform.pub),
+            settings=self.seal,
+        )
+
+    def open_spool(self, boot: str = "boot1", sealed_as: str | None = None) -> Spool:
+        return Spool(SpoolSettings(dir=self.spool_dir), self.sealer(boot, sealed_as))
+
+    def put(self, spool: Spool, stream: str, data: bytes) -> None:
+        r = spool.put_bytes(stream, data)
+        self.expected[(stream, r.seq)] = r.path.read_bytes()
+
+    def fill(self, spool: Spool, *, video_mib: int = 4, videos: int = 2, gps: int = 40) -> None:
+        """Every stream: events, many small GPS batches, a still, audio, multi-chunk video."""
+        spool.put_event("boot", {"n": 1})
+        for p in spool.items("event"):
+            self.expected[("event", p.seq)] = p.path.read_bytes()
+        for i in range(gps):
+            self.put(spool, "gps", f'{{"i":{i},"lat":52.5,"lon":13.4}}'.encode() * 20)
+        self.put(spool, "still", os.urandom(300_000))
+        self.put(spool, "audio", os.urandom(700_000))
+        for _ in range(videos):
+            self.put(spool, "video", os.urandom(video_mib * 1024 * 1024))
+
+    def service(self, spool: Spool, stop: threading.Event, boot: str = "boot1") -> Uplink:
+        return Uplink(self.uplink, device_id=self.id, boot_id=boot, spool=spool, stop=stop)
+
+    def toml(self, port: int | None = None, **extra: Any) -> Path:
+        s = replace(self.uplink, port=port or self.uplink.port, **extra)
+        lines = [
+            "[device]",
+            f'id = "{self.id}"',
+            "[keys]",
+            f'device_key = "{self.dir / "keys" / "device.key"}"',
+            f'platform_public = "{self.platform.pub}"',
+            "[spool]",
+            f'dir = "{self.spool_dir}"',
+            "[uplink]",
+            "enabled = true",
+            f'host = "{s.host}"',
+            f"port = {s.port}",
+            f'ca = "{s.ca}"',
+            f'cert = "{s.cert}"',
+            f'key = "{s.key}"',
+            f"keepalive_s = {s.keepalive_s}",
+            f"backoff_min_s = {s.backoff_min_s}",
+            f"backoff_max_s = {s.backoff_max_s}",
+            f"ack_timeout_s = {s.ack_timeout_s}",
+            f"bandwidth_bps = {s.bandwidth_bps}",
+            f"window = {s.window}",
+            f'state_dir = "{self.dir / "state"}"',
+        ]
+        path = self.dir / "agent.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def make_device(
+    directory: Path, device_id: str, pki: Pki, platform: Platform, port: int, **uplink: Any
+) -> Device:
+    directory.mkdir(parents=True, exist_ok=True)
+    init_device_keys(directory / "keys")
+    client = pki.client(device_id)
+    settings = UplinkSettings(
+        enabled=True,
+        host="127.0.0.1",
+        port=port,
+        ca=pki.ca,
+        cert=client.cert,
+        key=client.key,
+        keepalive_s=5,
+        backoff_min_s=0.1,
+        backoff_max_s=1.0,
+        connect_timeout_s=3.0,
+        ack_timeout_s=3.0,
+        state_dir=directory / "state",
+    )
+    settings = replace(settings, **uplink)
+    return Device(device_id, directory, pki, platform, port, settings)
+
+
+def ingest_config(pki: Pki, port: int, identity: str = INGEST_IDENTITY) -> LinkConfig:
+    c = pki.client(identity)
+    return LinkConfig(
+        host="127.0.0.1",
+        port=port,
+        client_id=identity,
+        ca=pki.ca,
+        cert=c.cert,
+        key=c.key,
+        keepalive_s=5,
+        backoff_min_s=0.1,
+        backoff_max_s=1.0,
+        connect_timeout_s=3.0,
+    )
+
+
+@contextmanager
+def running_ingest(
+    store_dir: Path, pki: Pki, port: int, platform: Platform | None
+) -> Iterator[Ingest]:
+    stop = threading.Event()
+    key = load_platform_private(platform.key) if platform else None
+    store = Store(store_dir, platform_key=key)
+    ingest = Ingest(store, ingest_config(pki, port), stop)
+    ingest.start()
+    try:
+        yield ingest
+    finally:
+        stop.set()
+        ingest.join()
+
+
+@contextmanager
+def running_uplink(device: Device, spool: Spool, boot: str = "boot1") -> Iterator[Uplink]:
+    stop = threading.Event()
+    up = device.service(spool, stop, boot)
+    up.start()
+    try:
+        yield up
+    finally:
+        stop.set()
+        up.join()
+
+
+def ingest_process(
+    store_dir: Path, pki: Pki, port: int, platform: Platform
+) -> subprocess.Popen[bytes]:
+    c = pki.client(INGEST_IDENTITY)
+    return subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "agent.cli",
+            "ingest",
+            "--store",
+            str(store_dir),
+            "--broker",
+            f"127.0.0.1:{port}",
+            "--ca",
+            str(pki.ca),
+            "--cert",
+            str(c.cert),
+            "--cert-key",
+            str(c.key),
+            "--platform-key",
+            str(platform.key),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def forwarder_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "agent.cli", "-v", "uplink", "forward", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        start_new_session=True,
+    )
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            sigkill(proc)
+
+
+def stored(store_dir: Path, device: str) -> dict[tuple[str, int], Path]:
+    base = store_dir / device / "seg"
+    out: dict[tuple[str, int], Path] = {}
+    if base.exists():
+        for p in base.glob("*/*.seg"):
+            out[(p.parent.name, int(p.stem))] = p
+    return out
+
+
+def all_delivered(store_dir: Path, device: Device) -> bool:
+    return set(stored(store_dir, device.id)) >= set(device.expected)
+
+
+def assert_delivered(store_dir: Path, device: Device, *, plain: bool = True) -> None:
+    """Every sealed segment is at the platform exactly once, byte-identical; spool empty."""
+    have = stored(store_dir, device.id)
+    assert set(have) == set(device.expected), (
+        f"missing {sorted(set(device.expected) - set(have))[:10]}, "
+        f"extra {sorted(set(have) - set(device.expected))[:10]}"
+    )
+    for k, sealed in device.expected.items():
+        assert have[k].read_bytes() == sealed, f"{k} differs from what the device sealed"
+        if plain:
+            assert (store_dir / device.id / "plain" / k[0] / f"{k[1]:012d}.bin").exists(), k
+    leftovers = (
+        list((store_dir / device.id / "partial").glob("*/*"))
+        if (store_dir / device.id / "partial").exists()
+        else []
+    )
+    assert not leftovers, f"partial uploads left in the store: {leftovers[:3]}"
+    spool = device.open_spool(boot="check")
+    try:
+        assert spool.items() == [], f"spool not empty: {spool.items()[:3]}"
+    finally:
+        spool.close()
+
+
+def broker_queue_default(broker: Mosquitto) -> bool:
+    return "max_queued_messages" not in broker.conf.read_text()
