@@ -29,6 +29,8 @@ from __future__ import annotations
 import calendar
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache, reduce
+from operator import xor
 
 from agent.errors import NmeaError
 from agent.model import Fix, FixMode
@@ -49,6 +51,7 @@ MAX_SENTENCE = 200
 #: A partial line longer than this is dropped (binary protocol noise with no newline).
 MAX_PENDING = 4096
 _DAY_MS = 86_400_000
+_BLANKS = b" \t"
 # Timestamps closer than this belong to the same epoch (gpsd's tolerance; some receivers
 # print GLL with milliseconds and GGA/RMC with centiseconds).
 _SAME_EPOCH_MS = 10
@@ -75,29 +78,31 @@ class ReaderStats:
     """What the reader has seen; useful for a technician and for the benchmarks."""
 
     lines: int = 0
-    sentences: int = 0  # checksum-valid sentences
+    sentences: int = 0  # checksum-valid sentences of the types read
     bad_checksum: int = 0
     bad_framing: int = 0  # not a sentence: noise, partial line, missing checksum
     bad_fields: int = 0  # valid checksum but a field that does not parse
-    ignored: int = 0  # vendor or unsupported sentence types
+    ignored: int = 0  # vendor or unsupported sentence types (checksum not computed)
     stale: int = 0  # position sentences older than the last emitted fix
     undated: int = 0  # epochs dropped because no date was known yet
     fixes: int = 0  # Fix objects emitted (any mode)
 
 
 def checksum(body: bytes) -> int:
-    """XOR of all bytes of ``body`` (the text between ``$`` and ``*``)."""
-    x = int.from_bytes(body, "little")
-    n = len(body)
-    while n > 1:  # fold the upper half onto the lower half: O(log n) big-int operations
-        h = (n + 1) >> 1
-        bits = h << 3
-        x = (x & ((1 << bits) - 1)) ^ (x >> bits)
-        n = h
+    """XOR of all bytes of ``body`` (the text between ``$`` and ``*``).
+
+    Eight bytes at a time: ``functools.reduce`` XORs the 64-bit words in C, then the word is
+    folded to a byte. About 4x faster than a byte loop.
+    """
+    x: int = reduce(xor, memoryview(body + _ZEROS[: -len(body) % 8]).cast("Q"), 0)
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
     return x & 0xFF
 
 
-_HEX = {f"{i:02X}": i for i in range(256)} | {f"{i:02x}": i for i in range(256)}
+_ZEROS = bytes(8)
+_HEX = {b"%02X" % i: i for i in range(256)} | {b"%02x" % i: i for i in range(256)}
 
 
 def parse_sentence(line: bytes | str) -> Sentence:
@@ -123,7 +128,7 @@ def parse_sentence(line: bytes | str) -> Sentence:
     if len(raw) > MAX_SENTENCE:
         raise NmeaError(f"sentence longer than {MAX_SENTENCE} characters")
     body = raw[1:star]
-    want = _HEX.get(raw[star + 1 :].decode("latin-1"))
+    want = _HEX.get(raw[star + 1 :])
     if want is None:
         raise NmeaError("malformed checksum")
     if checksum(body) != want:
@@ -144,7 +149,7 @@ def parse_sentence(line: bytes | str) -> Sentence:
 # --- field helpers: each returns None for an empty field and raises NmeaError when malformed.
 
 
-def _f(fields: tuple[str, ...], i: int) -> str:
+def _f(fields: list[str], i: int) -> str:
     return fields[i] if i < len(fields) else ""
 
 
@@ -168,6 +173,7 @@ def _int(s: str) -> int | None:
     return int(s)
 
 
+@lru_cache(maxsize=32)
 def _tod_ms(s: str) -> int | None:
     """``hhmmss[.sss]`` to milliseconds since midnight (fraction truncated to ms, as gpsd)."""
     if not s:
@@ -187,22 +193,22 @@ def _tod_ms(s: str) -> int | None:
     return ((hh * 60 + mm) * 60 + ss) * 1000 + ms
 
 
+@lru_cache(maxsize=256)
 def _latlon(value: str, hemi: str, is_lat: bool) -> float | None:
     """``DDMM.mmmm`` / ``DDDMM.mmmm`` with hemisphere to signed degrees."""
     if not value or not hemi:
         return None
     dot = value.find(".")
-    if dot < 3 or not value[:dot].isdigit():
+    if (
+        dot < 3
+        or not value[:dot].isdigit()
+        or not (value[dot + 1 :].isdigit() or dot == len(value) - 1)
+    ):
         raise NmeaError(f"malformed coordinate {value[:20]!r}")
-    whole = int(value[:dot])
-    deg = whole // 100
-    minutes = whole - deg * 100
-    frac = value[dot + 1 :]
-    if frac and not frac.isdigit():
-        raise NmeaError(f"malformed coordinate {value[:20]!r}")
-    full_minutes = deg * 60 + minutes + (float("0." + frac) if frac else 0.0)
-    v = full_minutes * (1.0 / 60.0)
-    if minutes >= 60 or v > (90.0 if is_lat else 180.0):
+    deg = int(value[: dot - 2])
+    minutes = float(value[dot - 2 :])
+    v = deg + minutes * (1.0 / 60.0)
+    if minutes >= 60.0 or v > (90.0 if is_lat else 180.0):
         raise NmeaError(f"coordinate out of range {value[:20]!r}")
     if hemi in ("S", "W"):
         return -v
@@ -211,6 +217,7 @@ def _latlon(value: str, hemi: str, is_lat: bool) -> float | None:
     raise NmeaError(f"bad hemisphere {hemi[:5]!r}")
 
 
+@lru_cache(maxsize=16)
 def _ddmmyy(s: str) -> tuple[int, int, int] | None:
     if not s:
         return None
@@ -223,6 +230,7 @@ def _ddmmyy(s: str) -> tuple[int, int, int] | None:
     return _check_date(year, m, d)
 
 
+@lru_cache(maxsize=16)
 def _check_date(year: int, month: int, day: int) -> tuple[int, int, int]:
     if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
         raise NmeaError(f"impossible date {year:04d}-{month:02d}-{day:02d}")
@@ -244,7 +252,8 @@ class _Epoch:
     tod: int | None = None  # ms since midnight UTC
     date: tuple[int, int, int] | None = None
     pos: _Position = field(default_factory=_Position)
-    reported: _Position | None = None  # position when the receiver's cycle ended
+    # (lat, lon, valid, invalid) when the receiver's cycle ended
+    reported: tuple[float | None, float | None, bool, bool] | None = None
     alt: float | None = None
     speed: float | None = None
     track: float | None = None
@@ -253,8 +262,10 @@ class _Epoch:
     hdop: float | None = None
     gsa_mode: int | None = None
     gsa_talkers: set[str] = field(default_factory=set)
-    gsa_prns: set[tuple[str, int]] = field(default_factory=set)
+    gsa_prns: set[tuple[str, str]] = field(default_factory=set)
     undated_pos: bool = False  # a position arrived before any date was known
+    stale: bool = False  # cached _is_stale() result for stale_key
+    stale_key: tuple[tuple[int, int, int] | None, int | None] | None = None
     touched: bool = False  # any sentence contributed
 
 
@@ -283,8 +294,7 @@ class NmeaReader:
         self._reliable = False  # a cycle end has been learned and still holds
         self._lasttag: str | None = None
         self._last_latch: int | None = None
-        self._gsv: dict[str, int] = {}  # talker -> satellites in view
-        self._gsv_sig: dict[tuple[str, str], int] = {}
+        self._gsv_sig: dict[tuple[str, str], int] = {}  # (talker, signal) -> in view
 
     # ------------------------------------------------------------------ byte level
     def feed(self, data: bytes) -> list[Fix]:
@@ -292,18 +302,18 @@ class NmeaReader:
         out: list[Fix] = []
         buf = self._pending
         buf += data
-        start = 0
-        while True:
-            i = buf.find(b"\n", start)
-            j = buf.find(b"\r", start, i if i >= 0 else len(buf))
-            if j >= 0:
-                i = j
-            if i < 0:
-                break
-            if i > start:
-                self._line(bytes(buf[start:i]), out)
-            start = i + 1
-        del buf[:start]
+        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
+        if cut < 0:
+            if len(buf) > MAX_PENDING:
+                self.stats.bad_framing += 1
+                buf.clear()
+            return out
+        complete = bytes(buf[:cut])
+        del buf[: cut + 1]
+        line_fn = self._line
+        for line in complete.splitlines():
+            if line:
+                line_fn(line, out)
         if len(buf) > MAX_PENDING:
             self.stats.bad_framing += 1
             buf.clear()
@@ -327,20 +337,54 @@ class NmeaReader:
         self._epoch = _Epoch()
 
     def _line(self, line: bytes, out: list[Fix]) -> None:
-        self.stats.lines += 1
-        try:
-            s = parse_sentence(line)
-        except NmeaError as exc:
-            if "checksum mismatch" in str(exc):
-                self.stats.bad_checksum += 1
-            else:
-                self.stats.bad_framing += 1
+        """The hot path: the same checks as :func:`parse_sentence`, without the objects."""
+        stats = self.stats
+        stats.lines += 1
+        start = line.rfind(b"$")
+        if start < 0:
+            stats.bad_framing += 1
             return
-        self.stats.sentences += 1
+        if start:
+            line = line[start:]
+        n = len(line)
+        if line[n - 1] in _BLANKS:
+            line = line.rstrip()
+            n = len(line)
+        if n < 6 or n > MAX_SENTENCE or line[n - 3] != 0x2A:  # '*'
+            stats.bad_framing += 1
+            return
+        want = _HEX.get(line[n - 2 :])
+        if want is None:
+            stats.bad_framing += 1
+            return
+        if line[3:7] not in _KINDS or line[1] == 0x50:  # 'P': proprietary
+            # Not a sentence we read: its checksum protects nothing we use; skip the work.
+            stats.ignored += 1
+            return
+        body = line[1 : n - 3]
+        if checksum(body) != want:
+            stats.bad_checksum += 1
+            return
         try:
-            self.apply(s, out)
+            fields = body.decode("ascii").split(",")
+        except UnicodeDecodeError:
+            stats.bad_framing += 1
+            return
+        stats.sentences += 1
+        address = fields[0]
+        handler = _HANDLERS.get(address[2:]) if len(address) == 5 else None
+        if handler is None:
+            stats.ignored += 1
+            return
+        talker = address[:2]
+        if not talker.isalpha() or not talker.isupper():
+            stats.bad_fields += 1
+            return
+        del fields[0]
+        try:
+            handler(self, talker, fields, out)
         except NmeaError:
-            self.stats.bad_fields += 1
+            stats.bad_fields += 1
 
     # ------------------------------------------------------------------ sentence level
     def apply(self, s: Sentence, out: list[Fix]) -> None:
@@ -352,7 +396,7 @@ class NmeaReader:
         if handler is None:
             self.stats.ignored += 1
             return
-        handler(self, s.talker, s.fields, out)
+        handler(self, s.talker, list(s.fields), out)
 
     def _timed(self, kind: str, tod: int, out: list[Fix]) -> _Epoch:
         """A sentence with a usable timestamp: start a new epoch when the time changed."""
@@ -376,7 +420,7 @@ class NmeaReader:
         ep = self._epoch
         if not self._reliable or kind in self._enders:
             p = ep.pos
-            ep.reported = _Position(p.lat, p.lon, p.valid, p.invalid)
+            ep.reported = (p.lat, p.lon, p.valid, p.invalid)
         self._lasttag = kind
         self._last_latch = tod
 
@@ -385,7 +429,16 @@ class NmeaReader:
         ep = self._epoch
         if not self._reliable:
             p = ep.pos
-            ep.reported = _Position(p.lat, p.lon, p.valid, p.invalid)
+            ep.reported = (p.lat, p.lon, p.valid, p.invalid)
+
+    def _visible(self) -> int | None:
+        """Satellites in view: per talker the largest count over its signals, summed."""
+        if not self._gsv_sig:
+            return None
+        per_talker: dict[str, int] = {}
+        for (talker, _), n in self._gsv_sig.items():
+            per_talker[talker] = max(n, per_talker.get(talker, 0))
+        return sum(per_talker.values())
 
     def _position(self, ep: _Epoch, lat: float, lon: float) -> bool:
         """Record a valid position. False (and counted) when the epoch is already past."""
@@ -401,10 +454,13 @@ class NmeaReader:
         """True when ``ep`` is not later than the last emitted position fix."""
         if self._last_fix_key is None or ep.tod is None:
             return False
+        key = (ep.date, ep.tod)
+        if ep.stale_key == key:
+            return ep.stale
         date = ep.date or self._resolve_date(ep.tod)
-        if date is None:
-            return False
-        return (date, ep.tod) <= self._last_fix_key
+        ep.stale = date is not None and (date, ep.tod) <= self._last_fix_key
+        ep.stale_key = key
+        return ep.stale
 
     def _resolve_date(self, tod: int) -> tuple[int, int, int] | None:
         if self._date is None:
@@ -415,6 +471,8 @@ class NmeaReader:
 
     def _close_epoch(self, out: list[Fix]) -> None:
         ep = self._epoch
+        if ep.tod is None and not ep.touched:
+            return  # already empty: nothing to close
         self._epoch = _Epoch()
         if not ep.touched or ep.tod is None:
             return
@@ -426,8 +484,9 @@ class NmeaReader:
             # was known is not dated afterwards by a later sentence of the same epoch.
             self.stats.undated += 1
             return
-        pos = ep.reported or ep.pos
-        has_pos = pos.valid and not pos.invalid and pos.lat is not None and pos.lon is not None
+        p = ep.pos
+        lat, lon, valid, invalid = ep.reported or (p.lat, p.lon, p.valid, p.invalid)
+        has_pos = valid and not invalid and lat is not None and lon is not None
         key = (date, ep.tod)
         if has_pos:
             if self._last_fix_key is not None and key <= self._last_fix_key:
@@ -442,14 +501,13 @@ class NmeaReader:
                 mode = FixMode.FIX_2D
         else:
             mode = FixMode.NO_FIX
-        y, m, d = date
-        t = calendar.timegm((y, m, d, 0, 0, 0)) + ep.tod / 1000.0
-        visible = sum(self._gsv.values()) if self._gsv else None
+        t = _day_start(date) + ep.tod / 1000.0
+        visible = self._visible()
         fix = Fix(
             time=t,
             mode=mode,
-            lat=pos.lat if has_pos else None,
-            lon=pos.lon if has_pos else None,
+            lat=lat if has_pos else None,
+            lon=lon if has_pos else None,
             alt=ep.alt if has_pos and mode == FixMode.FIX_3D else None,
             speed=ep.speed if has_pos else None,
             track=ep.track if has_pos else None,
@@ -463,7 +521,7 @@ class NmeaReader:
         out.append(fix)
 
     # --- individual sentences -------------------------------------------------------
-    def _on_rmc(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_rmc(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 9:
             raise NmeaError("RMC: too few fields")
         tod = _tod_ms(f[0])
@@ -505,7 +563,7 @@ class NmeaReader:
                 ep.track = track
         self._ended("RMC", tod)
 
-    def _on_gga(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_gga(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 12:
             raise NmeaError("GGA: too few fields")
         tod = _tod_ms(f[0])
@@ -541,7 +599,7 @@ class NmeaReader:
             ep.pos.invalid = True
         self._ended("GGA", tod)
 
-    def _on_gns(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_gns(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 12:
             raise NmeaError("GNS: too few fields")
         tod = _tod_ms(f[0])
@@ -567,7 +625,7 @@ class NmeaReader:
                 ep.alt = alt
         self._ended("GNS", tod)
 
-    def _on_gll(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_gll(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 6:
             raise NmeaError("GLL: too few fields")
         lat = _latlon(f[0], f[1], True)
@@ -585,7 +643,7 @@ class NmeaReader:
             ep.pos.invalid = True
         self._ended("GLL", tod)
 
-    def _on_zda(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_zda(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 4:
             raise NmeaError("ZDA: too few fields")
         tod = _tod_ms(f[0])
@@ -600,11 +658,13 @@ class NmeaReader:
         ep.touched = True
         self._ended("ZDA", tod)
 
-    def _on_gsa(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_gsa(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 17:
             raise NmeaError("GSA: too few fields")
         mode = _int(f[1])
-        prns = [_int(x) for x in f[2:14]]
+        prns = [x for x in f[2:14] if x]
+        if not all(x.isdigit() for x in prns):
+            raise NmeaError("GSA: bad satellite number")
         hdop = _float(f[15])
         ep = self._epoch
         if mode is None:
@@ -617,7 +677,7 @@ class NmeaReader:
             ep.gsa_prns.clear()
             ep.gsa_talkers.clear()
         ep.gsa_talkers.add(sys_id)
-        ep.gsa_prns.update((sys_id, p) for p in prns if p)
+        ep.gsa_prns.update((sys_id, p) for p in prns if p.strip("0"))
         ep.gsa_mode = mode if ep.gsa_mode is None else max(ep.gsa_mode, mode)
         if hdop is not None and hdop < 99.0:
             ep.hdop = hdop
@@ -626,7 +686,7 @@ class NmeaReader:
         ep.touched = ep.tod is not None
         self._untimed()
 
-    def _on_vtg(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_vtg(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 7:
             raise NmeaError("VTG: too few fields")
         track = _float(f[0])
@@ -643,7 +703,7 @@ class NmeaReader:
         elif kmh is not None:
             ep.speed = kmh * KMH_TO_MPS
 
-    def _on_gsv(self, talker: str, f: tuple[str, ...], out: list[Fix]) -> None:
+    def _on_gsv(self, talker: str, f: list[str], out: list[Fix]) -> None:
         if len(f) < 3:
             raise NmeaError("GSV: too few fields")
         total = _int(f[2])
@@ -651,7 +711,12 @@ class NmeaReader:
             return
         signal = f[-1] if len(f) % 4 == 0 else ""
         self._gsv_sig[(talker, signal)] = total
-        self._gsv[talker] = max(v for (t, _), v in self._gsv_sig.items() if t == talker)
+
+
+@lru_cache(maxsize=8)
+def _day_start(date: tuple[int, int, int]) -> int:
+    y, m, d = date
+    return calendar.timegm((y, m, d, 0, 0, 0))
 
 
 def _next_day(date: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -673,3 +738,5 @@ _HANDLERS = {
     "VTG": NmeaReader._on_vtg,
     "GSV": NmeaReader._on_gsv,
 }
+
+_KINDS = frozenset(k.encode() + b"," for k in _HANDLERS)

@@ -1,0 +1,210 @@
+"""GPS benchmarks: reader speed vs pynmea2, CPU of the whole GPS path at 10 Hz, RSS.
+
+* ``gps/reader``: sentences per second of :class:`agent.gps.nmea.NmeaReader` over every
+  checksum-valid sentence of the corpus, versus ``pynmea2.parse`` on the same sentences in the
+  same run (target ratio >= 2).
+* ``gps/cpu_10hz``: a GPS-only subprocess replays a 10 Hz log paced in real time through the
+  whole path (replay source thread -> bounded queue -> consumer: strategy, clock, wire
+  encoding of kept fixes) for ``CPU_RUN_S`` seconds; CPU seconds are scaled to one hour and
+  shown as % of one core against the 1% target.
+* ``gps/rss``: peak RSS of that same subprocess against 40 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import Reporter
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / ".." / "shared" / "corpus" / "gpsd-nmea"
+CPU_RUN_S = 15.0
+ROUNDS = 5
+
+_CHILD = r"""
+import json, resource, sys, threading, time, queue
+from pathlib import Path
+from agent.gps.replay import ReplaySource
+from agent.gps.source import SourceThread
+from agent.gps.strategy import ReportingStrategy
+from agent.gps.clock import ClockMonitor
+from agent.gps.wire import encode_fix
+
+log, run_s = Path(sys.argv[1]), float(sys.argv[2])
+stop = threading.Event()
+pump = SourceThread(ReplaySource(log, speed=1.0), stop, maxsize=256)
+strategy, clock = ReportingStrategy(), ClockMonitor()
+kept = live = n = 0
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t0 = time.monotonic()
+pump.start()
+while time.monotonic() - t0 < run_s:
+    try:
+        fix = pump.queue.get(timeout=0.2)
+    except queue.Empty:
+        continue
+    n += 1
+    d = strategy.decide(fix)
+    clock.observe(fix)
+    if d.keep:
+        kept += len(encode_fix(fix))
+    live += d.report_live
+stop.set()
+pump.join(5)
+wall = time.monotonic() - t0
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+bad = [m for m in ("cv2", "numpy") if m in sys.modules]
+print(json.dumps({"cpu_s": cpu, "wall_s": wall, "fixes": n, "live": live,
+                  "kept_bytes": kept, "maxrss_kb": r1.ru_maxrss, "heavy": bad}))
+"""
+
+
+def corpus_sentences() -> list[bytes]:
+    from agent.errors import NmeaError
+    from agent.gps.nmea import parse_sentence
+
+    out: list[bytes] = []
+    for log in sorted(CORPUS.glob("*.log")):
+        for line in log.read_bytes().splitlines():
+            line = line.strip()
+            if not line.startswith(b"$"):
+                continue
+            try:
+                parse_sentence(line)
+            except NmeaError:
+                continue
+            out.append(line)
+    return out
+
+
+#: What a tracker reads from each sentence. ``pynmea2.parse`` is lazy (it splits and checks
+#: the checksum; fields are converted when read), so the baseline reads these fields, as our
+#: reader converts them all. The bare ``parse`` rate is reported too.
+PYNMEA2_FIELDS = {
+    "RMC": ("timestamp", "datestamp", "latitude", "longitude", "spd_over_grnd", "true_course"),
+    "GGA": (
+        "timestamp",
+        "latitude",
+        "longitude",
+        "gps_qual",
+        "num_sats",
+        "horizontal_dil",
+        "altitude",
+    ),
+    "GLL": ("timestamp", "latitude", "longitude", "status"),
+    "GNS": ("timestamp", "latitude", "longitude", "mode_indicator", "num_sats", "hdop", "altitude"),
+    "GSA": ("mode_fix_type", "hdop", "sv_id01", "sv_id02", "sv_id03", "sv_id04"),
+    "VTG": ("true_track", "spd_over_grnd_kts"),
+    "ZDA": ("timestamp", "day", "month", "year"),
+    "GSV": ("num_sv_in_view",),
+}
+
+
+def bench_reader(report: Reporter) -> None:
+    import pynmea2
+
+    from agent.gps.nmea import NmeaReader
+
+    lines = corpus_sentences()
+    blob = b"\r\n".join(lines) + b"\r\n"
+    texts = [line.decode("ascii") for line in lines]
+
+    def ours() -> float:
+        t = time.perf_counter()
+        reader = NmeaReader()
+        reader.feed(blob)
+        reader.flush()
+        return time.perf_counter() - t
+
+    def theirs(read_fields: bool) -> float:
+        t = time.perf_counter()
+        for text in texts:
+            try:
+                msg = pynmea2.parse(text, check=True)
+            except pynmea2.ParseError:
+                continue
+            if read_fields:
+                for name in PYNMEA2_FIELDS.get(getattr(msg, "sentence_type", ""), ()):
+                    try:
+                        getattr(msg, name)
+                    except Exception:  # pynmea2 raises ValueError & co. on odd fields
+                        pass
+        return time.perf_counter() - t
+
+    ours_s = min(ours() for _ in range(ROUNDS))
+    fields_s = min(theirs(True) for _ in range(ROUNDS))
+    bare_s = min(theirs(False) for _ in range(ROUNDS))
+    n = len(lines)
+    report.figure(
+        "gps",
+        "reader",
+        n / ours_s,
+        f"sentences/s ({n} corpus sentences, epochs assembled)",
+        ratio=fields_s / ours_s,
+        baseline=f"pynmea2 parse + field reads {n / fields_s:.0f}/s",
+        target=2.0,
+    )
+    report.info(
+        "gps",
+        "reader_vs_bare_parse",
+        bare_s / ours_s,
+        "x",
+        f"pynmea2.parse alone (lazy, converts no field) {n / bare_s:.0f} sentences/s",
+    )
+
+
+def bench_path(report: Reporter) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "gps"))
+    from synth import truck_log  # type: ignore[import-not-found]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "truck-10hz.log"
+        epochs = int((CPU_RUN_S + 5) * 10)
+        log.write_bytes(truck_log(epochs, rate_hz=10.0))
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(log), str(CPU_RUN_S)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=CPU_RUN_S + 60,
+            check=True,
+        ).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    if res["heavy"]:
+        raise AssertionError(f"GPS-only process imported {res['heavy']}")
+    core_pct = 100.0 * res["cpu_s"] / res["wall_s"]
+    report.figure(
+        "gps",
+        "cpu_10hz",
+        core_pct,
+        f"% of a core ({res['cpu_s'] * 3600 / res['wall_s']:.1f} CPU s/hour, "
+        f"{res['fixes']} fixes in {res['wall_s']:.0f} s)",
+        ratio=core_pct / 1.0,
+        baseline="1% of a core",
+        target=1.0,
+        higher_is_better=False,
+    )
+    rss_mb = res["maxrss_kb"] / 1024.0
+    report.figure(
+        "gps",
+        "rss",
+        rss_mb,
+        "MB peak RSS of a GPS-only process",
+        ratio=rss_mb / 40.0,
+        baseline="40 MB",
+        target=1.0,
+        higher_is_better=False,
+    )
+    kept = res["kept_bytes"]
+    report.info("gps", "wire_fix", 28, "bytes per encoded fix", f"{kept} bytes kept in the run")
+
+
+def run(report: Reporter) -> None:
+    bench_reader(report)
+    bench_path(report)
