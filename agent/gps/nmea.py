@@ -10,15 +10,19 @@ GB, BD, GQ, GI, ...). Every sentence must carry a valid ``*hh`` checksum.
 
 **Epochs.** A receiver sends several sentences per measurement epoch (for example RMC, GGA,
 GSA, GSV). Sentences carrying a UTC time of day (RMC, GGA, GNS, GLL, ZDA) open an epoch when
-their time differs from the current one; sentences without time (GSA, VTG, GSV) add to the
-current epoch. An epoch is closed, and its Fix emitted, when the next epoch begins (or on
-:meth:`NmeaReader.flush`). Within an epoch later values win, as in gpsd. This is how gpsd
-itself delimits a reporting cycle (a change of the sentence timestamp), which is why the
-replay of gpsd's own regression logs agrees with gpsd epoch by epoch (see ``docs/gps.md``).
+their time differs (by more than 10 ms) from the current one; sentences without time (GSA,
+VTG, GSV) add to the current epoch. An epoch is closed, and its Fix emitted, when the next
+epoch begins (or on :meth:`NmeaReader.flush`). Within an epoch later values win. Like gpsd,
+the reader learns which sentence ends the receiver's cycle and reports the position the epoch
+had at that moment (see :class:`NmeaReader`). This is how gpsd delimits and reports a cycle,
+which is why the replay of gpsd's own regression logs agrees with gpsd epoch by epoch (see
+``docs/gps.md``).
 
-**Dates.** RMC (``ddmmyy``) and ZDA carry the date; GGA, GNS and GLL carry only a time of day
-and take the date of the last RMC/ZDA (rolled over at midnight). An epoch whose date is not
-known yet is not emitted: a Fix never carries a guessed date.
+**Dates.** RMC (``ddmmyy``, only with status A/D: receivers send bogus dates with the
+navigation warning) and ZDA carry the date; GGA, GNS and GLL carry only a time of day and take
+the date of the last RMC/ZDA (rolled over at midnight). An epoch whose date is not known is
+not emitted: a Fix never carries a guessed date. As in gpsd, once the cycle is learned, a
+position that arrived before any date was known is not dated by a later sentence.
 
 **Stale sentences.** A position sentence whose time is not later than the last emitted
 position fix (some receivers repeat the previous epoch's GGA) is ignored and counted.
