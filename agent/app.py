@@ -1,21 +1,42 @@
-"""The composition root: every long-lived part of the agent is built here, and only here."""
+"""The composition root: every long-lived part of the agent is built here, and only here.
+
+``Agent`` starts what the config enables, by profile (``tracker``: GPS only, never imports
+OpenCV or numpy; ``dashcam``: continuous video and GPS; ``bodycam``: video with pre-event
+buffer, stills and GPS), owns the one stop event, and on SIGTERM stops every part, seals what
+they hold and closes the spool.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from agent import __version__
 from agent.config import AgentConfig, load_config
-from agent.model import Alarm
+from agent.errors import ConfigError
+from agent.model import Alarm, ClockState
 from agent.storage.keys import load_platform_public, load_signing_key
 from agent.storage.sealer import Sealer
 from agent.storage.spool import Spool
 
+if TYPE_CHECKING:
+    from agent.capture.service import VideoService
+    from agent.gps.clock import ClockMonitor
+    from agent.gps.service import GpsService
+    from agent.uplink.service import Uplink
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
+STATUS_INTERVAL_S = 60.0
 
 
 def config_path(given: str | None) -> Path:
@@ -38,10 +59,10 @@ def boot_id() -> str:
         return uuid.uuid4().hex
 
 
-def build_sealer(cfg: AgentConfig) -> Sealer:
+def build_sealer(cfg: AgentConfig, boot: str | None = None) -> Sealer:
     return Sealer(
         device_id=cfg.device.id,
-        boot_id=boot_id(),
+        boot_id=boot or boot_id(),
         signing_key=load_signing_key(cfg.keys.device_key),
         platform_public=load_platform_public(cfg.keys.platform_public),
         settings=cfg.seal,
@@ -52,5 +73,190 @@ def _log_alarm(alarm: Alarm) -> None:
     log.warning("alarm %s: %s", alarm.kind, alarm.message)
 
 
-def build_spool(cfg: AgentConfig) -> Spool:
-    return Spool(cfg.spool, build_sealer(cfg), alarm=_log_alarm)
+def build_spool(
+    cfg: AgentConfig,
+    *,
+    alarm: Callable[[Alarm], None] = _log_alarm,
+    clock: Callable[[], ClockState] = ClockState,
+    boot: str | None = None,
+) -> Spool:
+    return Spool(cfg.spool, build_sealer(cfg, boot), alarm=alarm, clock=clock)
+
+
+def check_profile(cfg: AgentConfig) -> None:
+    """Refuse a config whose parts do not fit its profile, naming the field."""
+    profile = cfg.device.profile
+    if profile == "tracker" and (cfg.video.enabled or cfg.audio.enabled):
+        field = "video.enabled" if cfg.video.enabled else "audio.enabled"
+        raise ConfigError(
+            f"{field}: the tracker profile records no video or audio "
+            "(set device.profile to dashcam or bodycam)"
+        )
+    if profile == "dashcam" and cfg.video.enabled and cfg.video.mode != "continuous":
+        raise ConfigError("video.mode: the dashcam profile records continuously")
+
+
+class Alarms:
+    """Every alarm is logged; when the uplink runs it also goes out on the live lane."""
+
+    def __init__(self) -> None:
+        self._sinks: list[Callable[[Alarm], None]] = []
+
+    def add_sink(self, sink: Callable[[Alarm], None]) -> None:
+        self._sinks.append(sink)
+
+    def raise_(self, alarm: Alarm) -> None:
+        _log_alarm(alarm)
+        for sink in self._sinks:
+            sink(alarm)
+
+
+class Agent:
+    """The running agent. Build it, call ``run()``; SIGTERM or ``stop.set()`` ends it."""
+
+    def __init__(self, cfg: AgentConfig, *, boot: str | None = None) -> None:
+        from agent.gps.clock import ClockMonitor
+
+        check_profile(cfg)
+        self.cfg = cfg
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+        self.boot = boot or boot_id()
+        self.alarms = Alarms()
+        self.clock: ClockMonitor = ClockMonitor()
+        self.spool = build_spool(
+            cfg, alarm=self.alarms.raise_, clock=self.clock.state, boot=self.boot
+        )
+        self.uplink: Uplink | None = None
+        self.gps: GpsService | None = None
+        self.video: VideoService | None = None
+        if cfg.uplink.enabled:
+            from agent.uplink.service import Uplink
+
+            self.uplink = Uplink(
+                cfg.uplink,
+                device_id=cfg.device.id,
+                boot_id=self.boot,
+                spool=self.spool,
+                stop=self.stop,
+                alarm=self.alarms.raise_,
+            )
+            self.alarms.add_sink(self.uplink.forwarder.report_alarm)
+        if cfg.gps.source != "none":
+            from agent.gps.service import GpsService
+
+            self.gps = GpsService(
+                cfg.gps,
+                self.spool,
+                self.stop,
+                clock=self.clock,
+                live=self.uplink.forwarder.report_fix if self.uplink else None,
+            )
+        if cfg.video.enabled:
+            from agent.capture.service import VideoService
+
+            gps = self.gps
+            self.video = VideoService.from_config(
+                cfg,
+                self.spool,
+                self.stop,
+                fix=(lambda: gps.latest) if gps else (lambda: None),
+                alarm=self.alarms.raise_,
+                clock=self.clock.state,
+            )
+        if self.uplink is not None and self.uplink.control is not None:
+            self.uplink.control.register("status", lambda _args: self.status())
+            if self.video is not None:
+                from agent.capture.triggers import command_handlers
+
+                for name, handler in command_handlers(self.video).items():
+                    self.uplink.control.register(name, handler)
+        self._status_thread = threading.Thread(target=self._heartbeat, name="status")
+
+    def status(self) -> dict[str, Any]:
+        """Health figures (the heartbeat on the status topic, and ``edge-agent status``)."""
+        clock = self.clock.state()
+        out: dict[str, Any] = {
+            "device": self.cfg.device.id,
+            "profile": self.cfg.device.profile,
+            "boot": self.boot,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "versions": {"edge-agent": __version__},
+            "backlog": {
+                s: {"count": b.count, "bytes": b.bytes, "oldest_age_s": b.oldest_age_s}
+                for s, b in self.spool.backlog().items()
+            },
+            "storage": self.spool.usage(),
+            "clock": clock.to_json(),
+            "cpu_temp_c": cpu_temperature(),
+        }
+        if self.gps is not None:
+            fix = self.gps.latest
+            out["gps"] = {
+                "fix": fix.to_tpv() if fix else None,
+                "seen": self.gps.fixes_seen,
+                "kept": self.gps.fixes_kept,
+                "reported": self.gps.fixes_reported,
+            }
+        if self.uplink is not None:
+            out["uplink"] = {"connected": self.uplink.link.connected}
+        return out
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(STATUS_INTERVAL_S):
+            if self.uplink is not None:
+                self.uplink.forwarder.report_status(self.status())
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        self.stop.set()
+
+    def start(self) -> None:
+        if self.uplink is not None:
+            self.uplink.start()
+        if self.gps is not None:
+            self.gps.start()
+        if self.video is not None:
+            self.video.start_threads()
+        self._status_thread.start()
+        log.info(
+            "edge-agent %s running: device %s, profile %s, boot %s",
+            __version__,
+            self.cfg.device.id,
+            self.cfg.device.profile,
+            self.boot,
+        )
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every part, seal what they hold, close the spool."""
+        self.stop.set()
+        if self.video is not None:
+            self.video.join(timeout)
+        if self.gps is not None:
+            self.gps.join(timeout)
+        if self.uplink is not None:
+            self.uplink.join(timeout)
+        if self._status_thread.is_alive():
+            self._status_thread.join(timeout)
+        self.spool.close()
+        log.info("edge-agent stopped")
+
+    def run(self, install_signals: bool = True) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.start()
+        try:
+            self.stop.wait()
+        finally:
+            self.shutdown()
+        return 0
+
+
+def cpu_temperature() -> float | None:
+    """The SoC temperature in degrees Celsius, where the kernel reports it."""
+    try:
+        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()
+        return round(int(raw) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None

@@ -1,13 +1,15 @@
-"""CLI: ``config check`` (later: run, status, provision)."""
+"""CLI: ``run`` and ``config check``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any) -> None:
+    register_run(sub)
     config = sub.add_parser("config", help="check a configuration file")
     csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = csub.add_parser("check", help="load FILE and report the first problem, if any")
@@ -34,3 +36,17 @@ def _config_check(args: argparse.Namespace) -> int:
         f"enabled: {', '.join(enabled) or 'nothing but the spool'})"
     )
     return 0
+
+
+def register_run(sub: Any) -> None:
+    run = sub.add_parser("run", help="run the agent (what the config enables, by profile)")
+    run.add_argument("--config", help="agent config (default /etc/edge-agent/agent.toml)")
+    run.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.app import Agent, read_config
+
+    cfg = read_config(args.config)
+    logging.getLogger().setLevel(cfg.log.level.upper())
+    return Agent(cfg).run()

@@ -166,8 +166,7 @@ def bench_reader(report: Reporter) -> None:
 
 
 def bench_path(report: Reporter) -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "gps"))
-    from synth import truck_log  # type: ignore[import-not-found]
+    from agent.gps.synth import truck_log
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "truck-10hz.log"

@@ -17,10 +17,10 @@ from agent.gps.replay import ReplaySource, read_fixes
 from agent.gps.serial_source import SerialSource
 from agent.gps.settings import GpsSettings
 from agent.gps.source import LinkState, SourceThread, open_source
+from agent.gps.synth import truck_log
 from agent.model import Fix
 
 from .conftest import GpsFake, PtySerial, free_port, wait_for
-from .synth import truck_log
 
 ROOT = Path(__file__).resolve().parents[2]
 

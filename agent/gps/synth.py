@@ -1,4 +1,8 @@
-"""Synthetic NMEA logs with recent dates (gpsd moves pre-2019 dates by 1024 weeks)."""
+"""Synthetic NMEA logs with recent dates, for the demo, tests and benchmarks.
+
+(The corpus logs are old: gpsd moves pre-2019 dates by 1024 weeks, and the clock monitor
+rightly refuses them as impossible dates for a live device.)
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,105 @@
+"""The GPS path of a running agent: source -> clock -> strategy -> live lane and GPS segments.
+
+Every fix the strategy keeps is appended, encrypted and durable, to the ``gps`` record log and
+sealed into a GPS segment once a minute (``spool.batch_s``); every fix it reports also goes to
+the live lane at once. The clock monitor turns good fixes into the clock state that every
+sealed segment carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from agent.errors import AgentError
+from agent.gps.clock import ClockMonitor
+from agent.gps.settings import GpsSettings
+from agent.gps.source import FixSource, SourceThread, open_source
+from agent.gps.strategy import ReportingStrategy
+from agent.gps.wire import encode_fix
+from agent.model import Fix
+from agent.storage.records import RecordLog
+from agent.storage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+FIX_CONTENT_TYPE = "application/x-edge-fix"
+POLL_S = 0.5
+
+
+class GpsService:
+    """Owns the GPS threads; ``stop`` ends them, and ``join`` seals the open batch."""
+
+    def __init__(
+        self,
+        settings: GpsSettings,
+        spool: Spool,
+        stop: threading.Event,
+        *,
+        clock: ClockMonitor,
+        live: Callable[[Fix], None] | None = None,
+        source: FixSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.clock = clock
+        self._live = live
+        self.strategy = ReportingStrategy(settings.strategy)
+        self.records = RecordLog(spool, "gps", content_type=FIX_CONTENT_TYPE)
+        self.pump = SourceThread(source or open_source(settings), stop, settings.queue_size)
+        self._lock = threading.Lock()
+        self._latest: Fix | None = None
+        self.fixes_seen = 0
+        self.fixes_kept = 0
+        self.fixes_reported = 0
+        self._thread = threading.Thread(target=self._consume, name="gps-consumer")
+
+    @property
+    def latest(self) -> Fix | None:
+        """The newest fix with a position (for the watermark, status and the device page)."""
+        with self._lock:
+            return self._latest
+
+    def start(self) -> None:
+        self.pump.start()
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.pump.join(timeout)
+        self._thread.join(timeout)
+
+    def handle(self, fix: Fix) -> None:
+        """One fix through the clock, the strategy, the live lane and the record log."""
+        self.fixes_seen += 1
+        self.clock.observe(fix)
+        decision = self.strategy.decide(fix)
+        if fix.has_position and decision.reason not in ("impossible-date", "no-fix"):
+            with self._lock:
+                self._latest = fix
+        if decision.keep:
+            self.records.append(encode_fix(fix), t=fix.time)
+            self.fixes_kept += 1
+        if decision.report_live and self._live is not None:
+            self._live(fix)
+            self.fixes_reported += 1
+
+    def _consume(self) -> None:
+        try:
+            while not (self.stop.is_set() and self.pump.queue.empty()):
+                try:
+                    fix = self.pump.queue.get(timeout=POLL_S)
+                except queue.Empty:
+                    fix = None
+                if fix is not None:
+                    self.handle(fix)
+                if self.records.due():
+                    self.records.roll()
+        except AgentError as exc:
+            log.error("gps: %s", exc)
+        finally:
+            try:
+                self.records.close()
+            except AgentError as exc:
+                log.error("gps: could not seal the last batch of fixes: %s", exc)
