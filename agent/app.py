@@ -8,6 +8,7 @@ they hold and closes the spool.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
-from agent.model import Alarm, ClockState
+from agent.model import Alarm, ClockState, Severity
+from agent.storage.durable import write_atomic
 from agent.storage.keys import load_platform_public, load_signing_key
 from agent.storage.sealer import Sealer
 from agent.storage.spool import Spool
+from agent.systemd import Notifier
 
 if TYPE_CHECKING:
     from agent.capture.service import VideoService
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
-STATUS_INTERVAL_S = 60.0
+TICK_S = 5.0
 
 
 def config_path(given: str | None) -> Path:
@@ -171,7 +174,9 @@ class Agent:
 
                 for name, handler in command_handlers(self.video).items():
                     self.uplink.control.register(name, handler)
-        self._status_thread = threading.Thread(target=self._heartbeat, name="status")
+        self.notifier = Notifier()
+        self._status_warned = False
+        self._status_thread = threading.Thread(target=self._heartbeat, name="health")
 
     def status(self) -> dict[str, Any]:
         """Health figures (the heartbeat on the status topic, and ``edge-agent status``)."""
@@ -189,10 +194,13 @@ class Agent:
             "storage": self.spool.usage(),
             "clock": clock.to_json(),
             "cpu_temp_c": cpu_temperature(),
+            "battery_pct": battery_level(self.cfg.health.battery_file),
+            "updated_utc": time.time(),
         }
         if self.gps is not None:
             fix = self.gps.latest
             out["gps"] = {
+                "state": self.gps.state,
                 "fix": fix.to_tpv() if fix else None,
                 "seen": self.gps.fixes_seen,
                 "kept": self.gps.fixes_kept,
@@ -202,10 +210,59 @@ class Agent:
             out["uplink"] = {"connected": self.uplink.link.connected}
         return out
 
+    def _alive(self) -> list[str]:
+        """The pipelines that have died (empty while all is well)."""
+        dead = []
+        if self.gps is not None and not self.gps.is_alive():
+            dead.append("gps")
+        if self.uplink is not None and not self.uplink.is_alive():
+            dead.append("uplink")
+        if self.video is not None and self.video.join(0):
+            dead.append("video")
+        return dead
+
     def _heartbeat(self) -> None:
-        while not self.stop.wait(STATUS_INTERVAL_S):
-            if self.uplink is not None:
-                self.uplink.forwarder.report_status(self.status())
+        """Watchdog pings while the pipelines live; status file; heartbeat; storage alarm."""
+        health = self.cfg.health
+        tick = TICK_S
+        if self.notifier.watchdog_s:
+            tick = min(tick, self.notifier.watchdog_s / 3)
+        next_beat = time.monotonic()
+        storage_alarmed = False
+        while not self.stop.wait(tick):
+            dead = self._alive()
+            if not dead:
+                self.notifier.notify("WATCHDOG=1")
+            elif self.notifier.watchdog_s:
+                log.error("pipelines stopped (%s): withholding the watchdog", ", ".join(dead))
+            status = self.status()
+            self._write_status(status)
+            if self.uplink is not None and time.monotonic() >= next_beat:
+                self.uplink.forwarder.report_status(status)
+                next_beat = time.monotonic() + health.heartbeat_s
+            quota = self.cfg.spool.evidence_quota_mb * 1024 * 1024
+            full = self.spool.usage()["evidence"] >= quota * health.storage_alarm_pct / 100
+            if full and not storage_alarmed:
+                self.alarms.raise_(
+                    Alarm(
+                        "storage_nearly_full",
+                        f"evidence storage above {health.storage_alarm_pct:.0f}% of its quota",
+                        Severity.WARNING,
+                        time.time(),
+                        {"usage": self.spool.usage()},
+                    )
+                )
+            storage_alarmed = full
+
+    def _write_status(self, status: dict[str, Any]) -> None:
+        path = self.cfg.health.status_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(status, indent=1, default=str).encode())
+        except OSError as exc:
+            if not self._status_warned:
+                log.warning("cannot write status file %s: %s", path, exc)
+                self._status_warned = True
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -219,6 +276,8 @@ class Agent:
         if self.video is not None:
             self.video.start_threads()
         self._status_thread.start()
+        self._write_status(self.status())
+        self.notifier.notify("READY=1\nSTATUS=running")
         log.info(
             "edge-agent %s running: device %s, profile %s, boot %s",
             __version__,
@@ -230,6 +289,7 @@ class Agent:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop every part, seal what they hold, close the spool."""
         self.stop.set()
+        self.notifier.notify("STOPPING=1\nSTATUS=sealing and stopping")
         if self.video is not None:
             self.video.join(timeout)
         if self.gps is not None:
@@ -258,5 +318,15 @@ def cpu_temperature() -> float | None:
     try:
         raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()
         return round(int(raw) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def battery_level(path: Path | None) -> float | None:
+    """Battery charge in percent from a sysfs fuel gauge, where one is configured."""
+    if path is None:
+        return None
+    try:
+        return float(path.read_text().strip())
     except (OSError, ValueError):
         return None

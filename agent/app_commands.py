@@ -1,4 +1,4 @@
-"""CLI: ``run`` and ``config check``."""
+"""CLI: ``run``, ``status`` and ``config check``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 def register(sub: Any) -> None:
     register_run(sub)
+    register_status(sub)
     config = sub.add_parser("config", help="check a configuration file")
     csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = csub.add_parser("check", help="load FILE and report the first problem, if any")
@@ -50,3 +51,33 @@ def _run(args: argparse.Namespace) -> int:
     cfg = read_config(args.config)
     logging.getLogger().setLevel(cfg.log.level.upper())
     return Agent(cfg).run()
+
+
+def register_status(sub: Any) -> None:
+    status = sub.add_parser("status", help="the running agent's health, readable at a glance")
+    status.add_argument("--config", help="agent config (default /etc/edge-agent/agent.toml)")
+    status.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    status.set_defaults(func=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from agent.app import read_config
+    from agent.errors import AgentError
+    from agent.health import format_status
+
+    cfg = read_config(args.config)
+    path = cfg.health.status_file
+    try:
+        figures = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AgentError(f"{path}: no status file: is the agent running?") from None
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"{path}: cannot read the status file: {exc}") from None
+    if args.json:
+        print(json.dumps(figures, indent=1))
+        return 0
+    print(format_status(figures, now=time.time()))
+    return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.capture.settings import AudioSettings, VideoSettings
 from agent.errors import ConfigError
 from agent.gps.settings import GpsSettings
+from agent.health_settings import HealthSettings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.uplink.settings import UplinkSettings
@@ -60,6 +61,7 @@ class AgentConfig:
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 

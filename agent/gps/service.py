@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from agent.errors import AgentError
@@ -61,6 +62,19 @@ class GpsService:
         """The newest fix with a position (for the watermark, status and the device page)."""
         with self._lock:
             return self._latest
+
+    @property
+    def state(self) -> str:
+        """``fix`` (a position in the last 10 s), ``no-fix``, or ``lost`` (source stopped)."""
+        if not self.pump.is_alive() and self.pump.error is not None:
+            return "lost"
+        fix = self.latest
+        if fix is None or time.time() - fix.time > 10 + abs(self.clock.state().offset_s or 0):
+            return "no-fix"
+        return "fix"
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> None:
         self.pump.start()

@@ -110,6 +110,10 @@ class Uplink:
             t.start()
             self._threads.append(t)
 
+    def is_alive(self) -> bool:
+        """True while every uplink thread runs (the systemd watchdog asks)."""
+        return all(t.is_alive() for t in self._threads)
+
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
             t.join(timeout)

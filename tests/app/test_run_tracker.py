@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -115,3 +116,52 @@ def test_tracker_profile_refuses_video(tmp_path: Path, tracker: tuple[Path, Path
     )
     assert res.returncode == 1
     assert "video.enabled: the tracker profile records no video" in res.stderr
+
+
+def test_status_file_watchdog_and_status_command(
+    tracker: tuple[Path, Path, bytes], tmp_path: Path
+) -> None:
+    """systemd's notify socket receives READY and WATCHDOG; `edge-agent status` reads figures."""
+    import socket
+
+    cfg, _spool, _log = tracker
+    status_file = tmp_path / "run" / "status.json"
+    cfg.write_text(cfg.read_text() + f'[health]\nstatus_file = "{status_file}"\n')
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="3000000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        messages = []
+        while "WATCHDOG=1" not in messages:
+            messages += sock.recv(4096).decode().split("\n")
+        assert "READY=1" in messages
+        res = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "status", "--config", str(cfg)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        assert "device truck-7  profile tracker" in res.stdout
+        assert "clock   gnss" in res.stdout
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages += sock.recv(4096).decode().split("\n")
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    assert proc.returncode == 0
