@@ -70,5 +70,28 @@ class VideoSettings:
 @dataclass(frozen=True)
 class AudioSettings:
     enabled: bool = False
+    # "" the default input, digits a PortAudio device index, else (part of) a device name.
     device: str = ""
-    rate: int = field(default=48000, metadata=check(in_range(8000, 48000)))
+    # Sample rates Opus encodes natively; 16000 for speech, 48000 full band.
+    rate: int = field(
+        default=48000,
+        metadata=check(
+            lambda v: (
+                None
+                if v in (8000, 12000, 16000, 24000, 48000)
+                else f"must be 8000, 12000, 16000, 24000 or 48000, got {v}"
+            )
+        ),
+    )
+    # event: records between start and stop triggers; continuous: always (an audio recorder).
+    mode: str = field(default="event", metadata=check(one_of("event", "continuous")))
+    segment_s: int = field(default=30, metadata=check(in_range(1, 600)))
+    # Audio from before the start trigger: off unless configured (enforcement-camera practice).
+    prebuffer_s: int = field(default=0, metadata=check(in_range(0, 120)))
+    bitrate_kbps: int = field(default=24, metadata=check(in_range(6, 256)))
+    # Samples per callback block, and blocks waiting for the encoder (beyond: dropped, counted).
+    block_ms: int = field(default=20, metadata=check(in_range(5, 200)))
+    queue_blocks: int = field(default=100, metadata=check(in_range(2, 10000)))
+    # Seconds between reopen attempts while the microphone is missing (doubling up to max).
+    reopen_s: float = field(default=1.0, metadata=check(in_range(0.05, 60)))
+    reopen_max_s: float = field(default=10.0, metadata=check(in_range(0.05, 600)))
