@@ -174,6 +174,15 @@ class Agent:
 
                 for name, handler in command_handlers(self.video).items():
                     self.uplink.control.register(name, handler)
+        from agent.local_control import LocalControl
+
+        self.local = LocalControl(cfg.health.control_socket, self.stop)
+        self.local.register("status", lambda _args: self.status())
+        if self.video is not None:
+            from agent.capture.triggers import command_handlers
+
+            for name, handler in command_handlers(self.video, trigger="device").items():
+                self.local.register(name, handler)
         self.notifier = Notifier()
         self._status_warned = False
         self._status_thread = threading.Thread(target=self._heartbeat, name="health")
@@ -276,6 +285,10 @@ class Agent:
         if self.video is not None:
             self.video.start_threads()
         self._status_thread.start()
+        try:
+            self.local.start()
+        except OSError as exc:
+            log.warning("no local control socket at %s: %s", self.cfg.health.control_socket, exc)
         self._write_status(self.status())
         self.notifier.notify("READY=1\nSTATUS=running")
         log.info(
@@ -298,6 +311,7 @@ class Agent:
             self.uplink.join(timeout)
         if self._status_thread.is_alive():
             self._status_thread.join(timeout)
+        self.local.join(timeout)
         self.spool.close()
         log.info("edge-agent stopped")
 

@@ -1,4 +1,4 @@
-"""CLI: ``run``, ``status`` and ``config check``."""
+"""CLI: ``run``, ``status``, ``record``, ``still`` and ``config check``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 def register(sub: Any) -> None:
     register_run(sub)
     register_status(sub)
+    register_record(sub)
     config = sub.add_parser("config", help="check a configuration file")
     csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = csub.add_parser("check", help="load FILE and report the first problem, if any")
@@ -80,4 +81,37 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(figures, indent=1))
         return 0
     print(format_status(figures, now=time.time()))
+    return 0
+
+
+def register_record(sub: Any) -> None:
+    record = sub.add_parser("record", help="start, stop or mark a recording on this device")
+    record.add_argument("action", choices=("start", "stop", "mark"))
+    record.add_argument("--note", default="", help="text kept with a mark")
+    record.add_argument("--config", help="agent config (default /etc/edge-agent/agent.toml)")
+    record.set_defaults(func=_record)
+    still = sub.add_parser("still", help="take a still photo now")
+    still.add_argument("--config", help="agent config (default /etc/edge-agent/agent.toml)")
+    still.set_defaults(func=_still)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from agent.app import read_config
+    from agent.local_control import send
+
+    cfg = read_config(args.config)
+    send(
+        cfg.health.control_socket, f"video.{args.action}", {"note": args.note} if args.note else {}
+    )
+    print(f"recording: {args.action} sent")
+    return 0
+
+
+def _still(args: argparse.Namespace) -> int:
+    from agent.app import read_config
+    from agent.local_control import send
+
+    cfg = read_config(args.config)
+    send(cfg.health.control_socket, "video.still")
+    print("still: taken")
     return 0

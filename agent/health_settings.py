@@ -14,6 +14,8 @@ class HealthSettings:
     heartbeat_s: float = field(default=60.0, metadata=check(in_range(1.0, 3600.0)))
     # Where the running agent leaves its figures for `edge-agent status` (RAM-backed /run).
     status_file: Path = Path("/run/edge-agent/status.json")
+    # The device-local control socket (`edge-agent record ...`, `edge-agent still`).
+    control_socket: Path = Path("/run/edge-agent/control.sock")
     # Battery level, where a fuel gauge exposes one (e.g. /sys/class/power_supply/BAT0/capacity).
     battery_file: Path | None = None
     # Alarm when the spool's evidence use passes this share of its quota.

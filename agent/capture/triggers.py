@@ -67,26 +67,28 @@ def handle_line(line: str, controls: Controls, trigger: str = "button") -> str:
     return f"OK {cmd}"
 
 
-def command_handlers(controls: Controls) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-    """Handlers for the platform command channel, by command name.
-
-    Each takes the command's (already verified) arguments and returns a small result.
+def command_handlers(
+    controls: Controls, trigger: str = "platform"
+) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """Handlers for the platform command channel (or, with ``trigger="device"``, the local
+    control socket), by command name. Each takes the command's (already verified) arguments
+    and returns a small result.
     """
 
     def start(args: dict[str, Any]) -> dict[str, Any]:
-        controls.start("platform", {"command": args} if args else None)
+        controls.start(trigger, {"command": args} if args else None)
         return {"ok": True}
 
     def stop(args: dict[str, Any]) -> dict[str, Any]:
-        controls.stop("platform")
+        controls.stop(trigger)
         return {"ok": True}
 
     def mark(args: dict[str, Any]) -> dict[str, Any]:
-        controls.mark("platform", str(args.get("note", ""))[:MAX_LINE])
+        controls.mark(trigger, str(args.get("note", ""))[:MAX_LINE])
         return {"ok": True}
 
     def still(args: dict[str, Any]) -> dict[str, Any]:
-        controls.still("platform")
+        controls.still(trigger)
         return {"ok": True}
 
     return {"video.start": start, "video.stop": stop, "video.mark": mark, "video.still": still}
