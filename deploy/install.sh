@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# Install or upgrade edge-agent on a Raspberry Pi OS / Debian bookworm device. See docs/deploy.md.
+#
+#   sudo deploy/install.sh --profile bodycam|dashcam|tracker [options]
+#
+# Options:
+#   --profile P        bodycam and dashcam install edge-agent[all] (OpenCV, PyAV, sounddevice);
+#                      tracker installs edge-agent[gps] only (no OpenCV, no numpy). Required the
+#                      first time; an upgrade reuses the profile recorded in /opt/edge-agent.
+#   --source PATH      the package: a source tree (default: this script's repository) or a wheel
+#   --wheelhouse DIR   install offline from the wheels in DIR (pip --no-index --find-links DIR)
+#   --pip-arg ARG      pass ARG to pip install (repeatable), e.g. --pip-arg=--no-deps
+#   --python PY        the interpreter for the venv (default /usr/bin/python3, 3.11 or later)
+#   --gpsd             also install the Debian gpsd package (for [gps] source = "gpsd")
+#   --no-start         enable the service but do not start it even if the device is provisioned
+#   --root DIR         stage everything under DIR (tests, inspection): no apt-get, useradd,
+#                      chown or systemctl; each of those is printed instead
+#   --dry-run          print every step, change nothing
+#
+# Idempotent: rerunning upgrades the package into a fresh venv and switches to it only once it
+# works; /etc/edge-agent (config, keys) and /var/lib/edge-agent (spool) are never overwritten.
+set -euo pipefail
+
+readonly USER_NAME=edge-agent
+readonly EXAMPLE_DEVICE_ID=cam-0001
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+
+profile=""
+source_path=""
+wheelhouse=""
+pip_args=()
+python=/usr/bin/python3
+with_gpsd=0
+start=1
+root=""
+dry_run=0
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; }
+
+while (($#)); do
+	case "$1" in
+	--profile) profile="${2:?--profile needs a value}"; shift ;;
+	--profile=*) profile="${1#*=}" ;;
+	--source) source_path="${2:?--source needs a path}"; shift ;;
+	--source=*) source_path="${1#*=}" ;;
+	--wheelhouse) wheelhouse="${2:?--wheelhouse needs a directory}"; shift ;;
+	--wheelhouse=*) wheelhouse="${1#*=}" ;;
+	--pip-arg) pip_args+=("${2:?--pip-arg needs a value}"); shift ;;
+	--pip-arg=*) pip_args+=("${1#*=}") ;;
+	--python) python="${2:?--python needs a path}"; shift ;;
+	--python=*) python="${1#*=}" ;;
+	--gpsd) with_gpsd=1 ;;
+	--no-start) start=0 ;;
+	--root) root="${2:?--root needs a directory}"; shift ;;
+	--root=*) root="${1#*=}" ;;
+	--dry-run) dry_run=1 ;;
+	-h | --help) usage; exit 0 ;;
+	*) die "unknown argument: $1 (see --help)" ;;
+	esac
+	shift
+done
+
+if [[ -n "$root" ]]; then
+	[[ "$root" == /* ]] || root="$PWD/$root"
+	root="${root%/}"
+	[[ -n "$root" ]] || die "--root / is the live system: leave --root out instead"
+elif [[ "$(id -u)" != 0 ]]; then
+	die "must run as root (sudo $0 ...), or stage with --root DIR"
+fi
+
+# Paths on the target (under the staging root when --root is given).
+readonly OPT="$root/opt/edge-agent"
+readonly ETC="$root/etc/edge-agent"
+readonly STATE="$root/var/lib/edge-agent"
+readonly UNIT_DIR="$root/etc/systemd/system"
+readonly BIN_LINK="$root/usr/local/bin/edge-agent"
+
+# ------------------------------------------------------------------ helpers
+
+say() { echo "==> $*"; }
+
+# A step that changes the target (under --root too): printed, then done unless --dry-run.
+run() {
+	printf '+'
+	printf ' %q' "$@"
+	echo
+	((dry_run)) || "$@"
+}
+
+# A step on the live system only (packages, users, ownership, systemd): printed; skipped under
+# --root and --dry-run.
+system() {
+	if [[ -n "$root" ]]; then
+		printf '+'
+		printf ' %q' "$@"
+		echo " # skipped: --root"
+	else
+		run "$@"
+	fi
+}
+
+# make_dir PATH MODE OWNER:GROUP: create (or fix) one directory, not recursively.
+make_dir() {
+	local path="$1" mode="$2" owner="$3"
+	[[ -d "$path" ]] || run mkdir -p "$path"
+	run chmod "$mode" "$path"
+	system chown "$owner" "$path"
+}
+
+# ------------------------------------------------------------------ what to install
+
+recorded_profile=""
+[[ -f "$OPT/profile" ]] && recorded_profile="$(<"$OPT/profile")"
+profile="${profile:-$recorded_profile}"
+[[ -n "$profile" ]] || die "--profile bodycam|dashcam|tracker is required on a first install"
+case "$profile" in
+tracker) extras="gps" ;;
+bodycam | dashcam) extras="all" ;;
+*) die "--profile $profile: must be bodycam, dashcam or tracker" ;;
+esac
+
+if [[ -z "$source_path" ]]; then
+	source_path="$(cd "$SCRIPT_DIR/.." && pwd)"
+	[[ -f "$source_path/pyproject.toml" ]] || die "no --source given and $source_path is not the source tree"
+fi
+[[ -e "$source_path" ]] || die "--source $source_path: no such file or directory"
+source_path="$(cd "$(dirname "$source_path")" && pwd)/$(basename "$source_path")"
+if [[ -d "$source_path" ]]; then
+	[[ -f "$source_path/pyproject.toml" ]] || die "--source $source_path: no pyproject.toml there"
+elif [[ "$source_path" != *.whl ]]; then
+	die "--source $source_path: must be a source tree or a .whl"
+fi
+[[ -z "$wheelhouse" || -d "$wheelhouse" ]] || die "--wheelhouse $wheelhouse: not a directory"
+[[ -x "$python" ]] || die "--python $python: not found (apt-get install python3)"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+	die "$python is older than Python 3.11"
+
+mode=""
+[[ -n "$root" ]] && mode+=", staged under $root"
+((dry_run)) && mode+=", dry run: nothing is changed"
+say "edge-agent: profile $profile, package ${source_path}[${extras}]$mode"
+
+# ------------------------------------------------------------------ Debian packages
+
+# python3-venv: the venv; ca-certificates: pip over HTTPS. The video profiles add PortAudio
+# (sounddevice opens it at run time). OpenCV and PyAV come as wheels with their own FFmpeg:
+# no ffmpeg package on the device.
+packages=(python3-venv ca-certificates)
+[[ "$extras" == all ]] && packages+=(libportaudio2)
+((with_gpsd)) && packages+=(gpsd)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+say "Debian packages: ${packages[*]}"
+if [[ -n "$root" ]]; then
+	system apt-get install -y --no-install-recommends "${packages[@]}"
+elif ((${#missing[@]})); then
+	system apt-get update -qq
+	system env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+	echo "   all installed"
+fi
+
+# ------------------------------------------------------------------ user
+
+say "user $USER_NAME (system, no login) in video, audio, dialout (and gpio where it exists)"
+if [[ -n "$root" ]] || ! getent passwd "$USER_NAME" >/dev/null; then
+	system useradd --system --user-group --home-dir /var/lib/edge-agent --no-create-home \
+		--shell /usr/sbin/nologin --comment "edge-agent evidence agent" "$USER_NAME"
+fi
+for g in video audio dialout gpio; do
+	if [[ -n "$root" ]] || getent group "$g" >/dev/null; then
+		system usermod -a -G "$g" "$USER_NAME"
+	fi
+done
+
+# ------------------------------------------------------------------ directories
+
+say "directories"
+make_dir "$ETC" 0750 "root:$USER_NAME"              # config: root writes, the agent reads
+make_dir "$ETC/keys" 0700 "$USER_NAME:$USER_NAME"   # the device's signing key
+make_dir "$ETC/tls" 0700 "$USER_NAME:$USER_NAME"    # the device's MQTT client certificate and key
+make_dir "$STATE" 0700 "$USER_NAME:$USER_NAME"      # systemd's StateDirectory=
+make_dir "$STATE/spool" 0700 "$USER_NAME:$USER_NAME" # the evidence spool
+make_dir "$OPT" 0755 root:root
+
+# ------------------------------------------------------------------ configuration
+
+say "configuration"
+run install -m 0640 "$SCRIPT_DIR/agent.example.toml" "$ETC/agent.example.toml"
+system chown "root:$USER_NAME" "$ETC/agent.example.toml"
+if [[ -e "$ETC/agent.toml" ]]; then
+	echo "   $ETC/agent.toml exists: kept"
+else
+	run install -m 0640 "$SCRIPT_DIR/agent.example.toml" "$ETC/agent.toml"
+	run sed -i "s/^profile = \"[a-z]*\"/profile = \"$profile\"/" "$ETC/agent.toml"
+	system chown "root:$USER_NAME" "$ETC/agent.toml"
+fi
+
+# ------------------------------------------------------------------ the venv
+
+# Each install builds a fresh venv-<time> and moves the venv symlink to it only after the new
+# one runs: a failed upgrade (no network, a full disk) leaves the working agent in place, and a
+# profile change leaves no OpenCV behind. The previous venv is kept for a manual rollback.
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+new="venv-$stamp"
+spec="${source_path}[${extras}]"
+pip=("$OPT/$new/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir)
+[[ -n "$wheelhouse" ]] && pip+=(--no-index --find-links "$wheelhouse")
+pip+=(${pip_args[@]+"${pip_args[@]}"} "$spec")
+say "venv $OPT/$new: pip install $spec"
+run "$python" -m venv "$OPT/$new"
+run "${pip[@]}"
+# A venv that cannot even print its help never becomes the live one.
+echo "+ $OPT/$new/bin/edge-agent --help >/dev/null"
+((dry_run)) || "$OPT/$new/bin/edge-agent" --help >/dev/null
+run ln -sfn "$new" "$OPT/venv.tmp"
+if [[ -d "$OPT/venv" && ! -L "$OPT/venv" ]]; then
+	run rm -rf "$OPT/venv"
+fi
+run mv -T "$OPT/venv.tmp" "$OPT/venv"
+if ! ((dry_run)); then
+	echo "$profile" >"$OPT/profile"
+	# Keep the new venv and the one before it.
+	mapfile -t old < <(find "$OPT" -maxdepth 1 -name 'venv-*' -type d -printf '%f\n' | sort -r | tail -n +3)
+	for d in ${old[@]+"${old[@]}"}; do
+		run rm -rf "${OPT:?}/$d"
+	done
+fi
+run mkdir -p "$(dirname "$BIN_LINK")"
+run ln -sfn /opt/edge-agent/venv/bin/edge-agent "$BIN_LINK"
+run install -m 0755 "$SCRIPT_DIR/uninstall.sh" "$OPT/uninstall.sh"
+if [[ -f "$SCRIPT_DIR/../docs/deploy.md" ]]; then
+	run mkdir -p "$OPT/docs"
+	run install -m 0644 "$SCRIPT_DIR/../docs/deploy.md" "$OPT/docs/deploy.md"
+fi
+
+# ------------------------------------------------------------------ systemd
+
+say "systemd unit"
+run mkdir -p "$UNIT_DIR/edge-agent.service.d"
+run install -m 0644 "$SCRIPT_DIR/edge-agent.service" "$UNIT_DIR/edge-agent.service"
+if [[ "$profile" == tracker ]]; then
+	mdwe="MemoryDenyWriteExecute=yes"
+	why="# tracker: no audio or video stack, so no writable+executable memory is ever needed."
+else
+	mdwe="MemoryDenyWriteExecute=no"
+	why="# $profile: sounddevice's cffi callbacks need writable+executable memory (docs/deploy.md)."
+fi
+echo "+ write $UNIT_DIR/edge-agent.service.d/10-profile.conf ($mdwe)"
+if ! ((dry_run)); then
+	printf '# Written by install.sh --profile %s; rerun it to change.\n%s\n[Service]\n%s\n' \
+		"$profile" "$why" "$mdwe" >"$UNIT_DIR/edge-agent.service.d/10-profile.conf"
+	chmod 0644 "$UNIT_DIR/edge-agent.service.d/10-profile.conf"
+fi
+system systemctl daemon-reload
+system systemctl enable edge-agent.service
+
+# Start only a provisioned device: a config naming a real device id, and its key.
+provisioned() {
+	[[ -f "$ETC/agent.toml" ]] || return 1
+	local out id key
+	out="$("$python" - "$ETC/agent.toml" <<'EOF'
+import sys, tomllib
+try:
+    with open(sys.argv[1], "rb") as f:
+        cfg = tomllib.load(f)
+except (OSError, tomllib.TOMLDecodeError):
+    sys.exit(1)
+print(cfg.get("device", {}).get("id", ""))
+print(cfg.get("keys", {}).get("device_key", "/etc/edge-agent/keys/device.key"))
+EOF
+	)" || return 1
+	id="$(sed -n 1p <<<"$out")"
+	key="$(sed -n 2p <<<"$out")"
+	[[ -n "$id" && "$id" != "$EXAMPLE_DEVICE_ID" && -f "$root$key" ]]
+}
+
+if provisioned; then
+	if ((start)); then
+		say "provisioned: (re)starting edge-agent"
+		system systemctl restart edge-agent.service
+	else
+		say "provisioned, not started (--no-start): systemctl start edge-agent"
+	fi
+else
+	say "installed and enabled, not started: this device is not provisioned yet."
+	echo "    Next: sudo edge-agent provision      (then: systemctl start edge-agent)"
+	echo "    Logs: journalctl -u edge-agent -f"
+fi
