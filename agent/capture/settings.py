@@ -91,7 +91,7 @@ class AudioSettings:
     bitrate_kbps: int = field(default=24, metadata=check(in_range(6, 256)))
     # Samples per callback block, and blocks waiting for the encoder (beyond: dropped, counted).
     block_ms: int = field(default=20, metadata=check(in_range(5, 200)))
-    queue_blocks: int = field(default=100, metadata=check(in_range(2, 10000)))
+    queue_blocks: int = field(default=250, metadata=check(in_range(2, 10000)))
     # Seconds between reopen attempts while the microphone is missing (doubling up to max).
     reopen_s: float = field(default=1.0, metadata=check(in_range(0.05, 60)))
     reopen_max_s: float = field(default=10.0, metadata=check(in_range(0.05, 600)))

@@ -1,0 +1,332 @@
+"""Opus (PyAV's libopus) muxed into fragmented MP4 in memory: the audio-only segment format.
+
+The shape is the video encoder's (:mod:`agent.capture.encoder`): one long-lived encoder and
+muxer write ``ftyp``+``moov`` once, then a ``moof``+``mdat`` fragment per ``fragment_s`` of
+audio (``movflags=empty_moov+default_base_moof``, ``frag_duration``). A segment is the init
+boxes plus a run of whole fragments, so it plays on its own, its timestamps continue those of
+the segment before it, and the pre-event ring is a ring of encoded fragments. Every Opus packet
+is a sync sample, so fragments can be cut anywhere; ``fragment_s`` is the granularity of
+segments and of the pre-event buffer. Content type ``audio/mp4`` (``.m4a``).
+
+Why fragmented MP4 and not Ogg: the same container, parser and reasoning as the video stream,
+and the same track can later sit beside H.264 in a video segment. ffprobe, ffmpeg, browsers and
+PyAV read it.
+
+Encoder delay: libopus emits its first packet ``pad`` samples early (312 at 48 kHz, 104 at
+16 kHz) and the init's ``dOps`` box tells decoders to skip that many samples at the start of a
+file. That is right for the stream's first segment; a later segment would then lose ``pad``
+real samples at its start. :meth:`OpusEncoder.segment_init` gives segments that do not start
+the stream an init whose ``PreSkip`` is 0, so each segment decodes to exactly its duration.
+
+Timeline: sample ``s`` fed to the encoder (counting from 0) is presented at decode time ``s``;
+a packet with pts ``p`` (the first is ``-pad``) decodes to ``[p, p + duration)``, the part before
+0 being priming that ``PreSkip`` removes. So a fragment of packets ``p0 .. pN`` presents samples
+``[max(p0, 0), pN + dur)``; the flush packet (``pad`` long) ends the timeline exactly at the last
+sample fed, though a decoder may return it as a whole 20 ms frame. Each fragment carries the
+monotonic and UTC times of its first and last sample, interpolated from the block stamps.
+
+Thread use: one thread (the recorder's encoder thread) owns an encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from agent.capture.encoder import BoxReader, moof_samples
+from agent.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+MOVFLAGS = "empty_moov+default_base_moof"
+CONTENT_TYPE = "audio/mp4"
+SAMPLE_BYTES = 2
+# Box path from moov to the Opus sample entry's dOps box (stsd and the entry have fixed fields).
+_SKIP = {b"stsd": 16, b"Opus": 36}
+_PATH = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd", b"Opus", b"dOps")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFragment:
+    """One ``moof``+``mdat`` pair: ``fragment_s`` of Opus packets."""
+
+    data: bytes
+    seq: int  # fragments this encoder produced before this one
+    packets: int
+    start: int  # first sample presented, on the encoder's timeline (1/rate units)
+    end: int  # exclusive
+    rate: int
+    start_mono_ns: int
+    end_mono_ns: int
+    start_utc: float
+    end_utc: float
+
+    @property
+    def samples(self) -> int:
+        return self.end - self.start
+
+    @property
+    def start_s(self) -> float:
+        return self.start / self.rate
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end - self.start) / self.rate
+
+
+class _Sink:
+    """The muxer's output: bytes go to a BoxReader, never to disk."""
+
+    def __init__(self) -> None:
+        self.reader = BoxReader()
+        self.boxes: deque[tuple[bytes, bytes]] = deque()
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.boxes.extend(self.reader.feed(bytes(data)))
+        self.written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+
+def _box_offset(data: bytes, path: tuple[bytes, ...]) -> int | None:
+    """Offset of the box at ``path`` (a top-level box first) inside ``data``, or None."""
+    pos, end = 0, len(data)
+    for depth, kind in enumerate(path):
+        found = None
+        while pos + 8 <= end:
+            size, sub = struct.unpack_from(">I4s", data, pos)
+            if size < 8 or pos + size > end:
+                return None
+            if sub == kind:
+                found = pos
+                break
+            pos += size
+        if found is None:
+            return None
+        if depth == len(path) - 1:
+            return found
+        (size,) = struct.unpack_from(">I", data, found)
+        pos, end = found + _SKIP.get(kind, 8), found + size
+    return None
+
+
+def zero_preskip(init: bytes) -> bytes:
+    """``init`` with the Opus ``PreSkip`` set to 0 (for segments that do not start a stream)."""
+    at = _box_offset(init, _PATH)
+    if at is None:
+        raise SourceError("audio: the muxer's init has no Opus dOps box")
+    # dOps: size(4) type(4) version(1) channels(1) PreSkip(2, big-endian) ...
+    return init[: at + 10] + b"\0\0" + init[at + 12 :]
+
+
+def preskip_of(init: bytes) -> int:
+    at = _box_offset(init, _PATH)
+    if at is None:
+        raise SourceError("audio: the muxer's init has no Opus dOps box")
+    return int(struct.unpack_from(">H", init, at + 10)[0])
+
+
+class OpusEncoder:
+    """PCM (s16le mono) in, fragments out. See the module docstring."""
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        bitrate_kbps: int = 24,
+        fragment_s: float = 1.0,
+        application: str = "audio",
+    ) -> None:
+        import av
+
+        self.rate = rate
+        self.bitrate_kbps = bitrate_kbps
+        self._sink = _Sink()
+        self._container: Any = av.open(
+            self._sink,
+            "w",
+            format="mp4",
+            options={"movflags": MOVFLAGS, "frag_duration": str(round(fragment_s * 1e6))},
+        )
+        try:
+            stream: Any = self._container.add_stream("libopus", rate=rate)
+            stream.layout = "mono"
+            stream.format = "s16"
+            stream.bit_rate = bitrate_kbps * 1000
+            ctx = stream.codec_context
+            ctx.time_base = Fraction(1, rate)
+            ctx.options = {"application": application}
+            ctx.open()
+        except (av.FFmpegError, ValueError) as exc:
+            self._container.close()
+            raise SourceError(f"audio: cannot open the Opus encoder: {exc}") from None
+        self._stream = stream
+        self.frame_size = int(ctx.frame_size) or rate // 50
+        self.track_id = 1
+        self._buf = bytearray()
+        self.samples_in = 0  # samples fed (timeline position of the next sample)
+        self._frames = 0
+        self._marks: deque[tuple[int, int, float]] = deque()  # (sample, mono_ns, utc)
+        self._pending: deque[tuple[int, int]] = deque()  # (pts, duration) of muxed packets
+        self.pad: int | None = None
+        self._fragments = 0
+        self.init: bytes | None = None
+        self._init_mid: bytes | None = None
+        self._ftyp = b""
+        self._moof: bytes | None = None
+        self._closed = False
+        self.bytes_out = 0
+
+    # ------------------------------------------------------------------ input
+
+    def encode(self, pcm: bytes, mono_ns: int, utc: float) -> list[AudioFragment]:
+        """Append samples whose first was captured at ``mono_ns``/``utc``; returns fragments."""
+        if self._closed:
+            raise SourceError("audio: encoder already finished")
+        if len(pcm) % SAMPLE_BYTES:
+            raise SourceError(f"audio: {len(pcm)} bytes is not whole 16-bit samples")
+        if not pcm:
+            return []
+        self._marks.append((self.samples_in, mono_ns, utc))
+        self.samples_in += len(pcm) // SAMPLE_BYTES
+        self._buf += pcm
+        step = self.frame_size * SAMPLE_BYTES
+        out: list[AudioFragment] = []
+        while len(self._buf) >= step:
+            chunk = bytes(self._buf[:step])
+            del self._buf[:step]
+            out += self._encode_frame(chunk)
+        return out
+
+    def _encode_frame(self, chunk: bytes | None) -> list[AudioFragment]:
+        import av
+
+        if chunk is None:
+            packets = self._stream.encode(None)
+        else:
+            n = len(chunk) // SAMPLE_BYTES
+            frame = av.AudioFrame(format="s16", layout="mono", samples=n)
+            frame.planes[0].update(chunk)
+            frame.sample_rate = self.rate
+            frame.pts = self._frames * self.frame_size
+            frame.time_base = Fraction(1, self.rate)
+            self._frames += 1
+            packets = self._stream.encode(frame)
+        for packet in packets:
+            pts, dur = int(packet.pts), int(packet.duration)
+            if self.pad is None:
+                self.pad = -pts if pts < 0 else 0
+            self._pending.append((pts, dur))
+            self._container.mux(packet)
+        return self._collect()
+
+    def finish(self) -> list[AudioFragment]:
+        """Encode what is buffered (padded with silence to a whole frame), close the muxer."""
+        if self._closed:
+            return []
+        out: list[AudioFragment] = []
+        if self._buf:
+            step = self.frame_size * SAMPLE_BYTES
+            tail = bytes(self._buf) + b"\0" * (step - len(self._buf))
+            self._buf.clear()
+            out += self._encode_frame(tail)
+        out += self._encode_frame(None)
+        self._closed = True
+        self._container.close()
+        out += self._collect()
+        if self._pending:
+            log.error("audio: %d encoded packets did not reach a fragment", len(self._pending))
+        return out
+
+    # ------------------------------------------------------------------ output
+
+    def segment_init(self, first_seq: int) -> bytes:
+        """The init boxes for a segment whose first fragment is ``first_seq``."""
+        if self.init is None:
+            raise SourceError("audio: no init boxes yet (no fragment was produced)")
+        if first_seq == 0:
+            return self.init
+        if self._init_mid is None:
+            self._init_mid = zero_preskip(self.init)
+        return self._init_mid
+
+    def _collect(self) -> list[AudioFragment]:
+        out: list[AudioFragment] = []
+        boxes = self._sink.boxes
+        while boxes:
+            kind, box = boxes.popleft()
+            if kind == b"ftyp":
+                self._ftyp = box
+            elif kind == b"moov":
+                self.init = self._ftyp + box
+            elif kind == b"moof":
+                self._moof = box
+            elif kind == b"mdat" and self._moof is not None:
+                out.append(self._fragment(self._moof, box))
+                self._moof = None
+            elif kind not in (b"mfra", b"free", b"styp", b"sidx"):
+                log.warning("audio: unexpected %r box from the muxer (ignored)", kind)
+        return out
+
+    def _fragment(self, moof: bytes, mdat: bytes) -> AudioFragment:
+        n = moof_samples(moof, self.track_id)
+        if n <= 0 or n > len(self._pending):
+            raise SourceError(
+                f"audio fragment {self._fragments} holds {n} packets, {len(self._pending)} pending"
+            )
+        packets = [self._pending.popleft() for _ in range(n)]
+        start = max(0, packets[0][0])
+        end = min(self.samples_in, packets[-1][0] + packets[-1][1])
+        end = max(end, start)
+        start_mono, start_utc = self._time_at(start)
+        end_mono, end_utc = self._time_at(end)
+        self._prune(end)
+        frag = AudioFragment(
+            data=moof + mdat,
+            seq=self._fragments,
+            packets=n,
+            start=start,
+            end=end,
+            rate=self.rate,
+            start_mono_ns=start_mono,
+            end_mono_ns=end_mono,
+            start_utc=start_utc,
+            end_utc=end_utc,
+        )
+        self._fragments += 1
+        self.bytes_out += len(frag.data)
+        return frag
+
+    def _time_at(self, sample: int) -> tuple[int, float]:
+        """Monotonic ns and UTC of timeline ``sample``, from the latest mark at or before it."""
+        best: tuple[int, int, float] | None = None
+        for mark in self._marks:
+            if mark[0] > sample:
+                break
+            best = mark
+        if best is None:
+            if not self._marks:
+                return 0, 0.0
+            best = self._marks[0]
+        s0, mono, utc = best
+        dt = (sample - s0) / self.rate
+        return mono + round(dt * 1e9), utc + dt
+
+    def _prune(self, sample: int) -> None:
+        """Drop marks no later fragment needs (keep the last one at or before ``sample``)."""
+        marks = self._marks
+        while len(marks) >= 2 and marks[1][0] <= sample:
+            marks.popleft()

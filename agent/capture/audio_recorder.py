@@ -1,0 +1,771 @@
+"""The audio recorder: microphone -> Opus -> pre-event ring / segments -> the ``audio`` stream.
+
+Threads (each loop waits on the one stop event or on a queue with a timeout, never sleeps)::
+
+    PortAudio thread   callback copies a block    --blocks (bounded, drop-and-count)-->
+    microphone thread  opens / watches / reopens the device (agent.capture.audio)
+    encoder thread     AudioPipeline: mute, Opus, fragments, ring, segments, commands
+                                                  --jobs (bounded)-->
+    writer thread      spool.put(segment) / spool.put_event(record)
+
+Recording follows the video recorder's rules: ``mode = "event"`` records between a start and a
+stop (trigger button, platform command, the body camera's own recording), ``"continuous"``
+always. Segments are ``segment_s`` of whole fragments; each is sealed into the ``audio`` stream
+as ``audio/mp4`` (init boxes + fragments, playable on its own).
+
+Privacy: pre-event audio exists only when ``prebuffer_s`` > 0. Otherwise, in event mode, no
+encoder runs while idle: blocks are discarded as they arrive, and a recording's encoder starts
+with the first block that reaches past the start moment. Mute replaces samples with silence
+from the moment it is asked (to the sample), in the ring too; mute and unmute are each an event
+record (``audio_mute``/``audio_unmute``), and segments list their muted spans.
+
+Gaps: blocks dropped between the callback and the encoder, or a microphone outage shorter than
+``MAX_FILL_S``, are filled with silence so the media timeline keeps to the wall clock; the
+segment's manifest counts them. A longer outage ends the segment and starts a new encoder (a new
+timeline, ``discontinuity`` in the next segment's manifest).
+
+:class:`AudioPipeline` is the encoder-thread state machine with no threads of its own, so tests
+and benchmarks can drive it block by block. Commands from other threads (:meth:`AudioRecorder.mute`
+...) are queued to the encoder thread, which owns all recording state.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent.capture.audio import SAMPLE_BYTES, AudioBlock, Microphone, load_sounddevice
+from agent.capture.audio_encoder import CONTENT_TYPE, AudioFragment, OpusEncoder
+from agent.capture.settings import AudioSettings
+from agent.errors import AgentError, CommandError, EvidenceRefused
+from agent.model import Alarm, ClockState, Severity, format_utc
+from agent.storage.seal import SegmentHeader
+
+log = logging.getLogger(__name__)
+
+AUDIO_STREAM = "audio"
+FRAGMENT_S = 1.0
+MAX_FILL_S = 2.0  # gaps up to this long are filled with silence; longer ones restart the timeline
+STOP_GRACE_S = 1.0  # a stop waits this long for the blocks that cover it, then seals anyway
+
+
+class SpoolLike(Protocol):
+    """What the recorder needs of :class:`agent.storage.spool.Spool`."""
+
+    def put(
+        self, header: SegmentHeader, pieces: Iterable[bytes], *, batch_id: str | None = None
+    ) -> Any: ...
+
+    def put_event(self, kind: str, details: dict[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    header: SegmentHeader
+    pieces: list[bytes]
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.pieces)
+
+
+@dataclass(frozen=True)
+class EventJob:
+    kind: str
+    details: dict[str, Any]
+
+
+Job = SegmentJob | EventJob
+
+
+@dataclass
+class AudioStats:
+    """Counters of the pipeline (encoder thread) and the writer (writer thread)."""
+
+    blocks: int = 0  # encoder thread
+    idle_blocks: int = 0  # discarded while nothing wanted them (no pre-event, not recording)
+    filled_samples: int = 0  # silence put in for dropped blocks and short outages
+    encoded_samples: int = 0
+    fragments: int = 0
+    restarts: int = 0  # new encoder timelines after long gaps
+    recording: bool = False
+    muted: bool = False
+    segments: int = 0  # writer thread
+    segment_bytes: int = 0
+    events: int = 0
+    refused: int = 0
+    store_errors: int = 0
+
+
+@dataclass
+class _Recording:
+    id: str
+    trigger: str
+    start_at_ns: int
+    parts: int = 0
+    samples: int = 0
+    stop_at_ns: int | None = None
+    stop_trigger: str = ""
+    pre_event_s: float | None = None
+    stop_seen_ns: int | None = None  # when the stop was asked (monotonic), for the grace period
+
+
+@dataclass
+class _Open:
+    """The segment being filled: fragments of one encoder."""
+
+    encoder: OpusEncoder
+    frags: list[AudioFragment] = field(default_factory=list)
+    discontinuity: bool = False
+
+    @property
+    def samples(self) -> int:
+        return sum(f.samples for f in self.frags)
+
+
+class AudioPipeline:
+    """Blocks in, sealed-segment jobs and event records out. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: AudioSettings,
+        emit: Callable[[Job], None],
+        *,
+        clock: Callable[[], ClockState] = ClockState,
+        losses: Callable[[], dict[str, int]] = dict,
+        meta: dict[str, Any] | None = None,
+        fragment_s: float = FRAGMENT_S,
+    ) -> None:
+        self.settings = settings
+        self._emit = emit
+        self._clock = clock
+        self._losses = losses
+        self._meta = meta or {}
+        self._fragment_s = fragment_s
+        self.stats = AudioStats()
+        self.encoder: OpusEncoder | None = None
+        self._next_index: int | None = None  # the sample index the encoder expects next
+        self._session: int | None = None
+        self._offset = 0  # encoder timeline sample = block index - offset
+        self.ring: deque[AudioFragment] = deque()
+        self.rec: _Recording | None = None
+        self._open: _Open | None = None
+        self._losses_reported: dict[str, int] = {}
+        self._pending_discontinuity = False
+        self.muted = False
+        self._mute_changes: deque[tuple[int, bool]] = deque()  # (at mono ns, muted)
+        self._mute_spans: list[list[int]] = []  # encoder samples [start, end or -1] muted
+        self.last_mono_ns: int | None = None
+        self.last_utc: float | None = None
+        self._fed_ns = 0  # when the last block was fed (monotonic)
+
+    # ------------------------------------------------------------------ blocks
+
+    @property
+    def _keeps_running(self) -> bool:
+        """Whether an encoder runs even while not recording (continuous or pre-event)."""
+        return self.settings.mode == "continuous" or self.settings.prebuffer_s > 0
+
+    def feed(self, block: AudioBlock) -> None:
+        self.stats.blocks += 1
+        self._fed_ns = time.monotonic_ns()
+        self.last_mono_ns, self.last_utc = block.end_mono_ns, block.utc + block.duration_s
+        rec = self.rec
+        if rec is not None and rec.stop_at_ns is not None and self._stop_reached(block):
+            return
+        idle = self.encoder is None and not self._keeps_running
+        if idle and (rec is None or block.end_mono_ns <= rec.start_at_ns):
+            self._apply_mute_changes(block.end_mono_ns)
+            self.stats.idle_blocks += 1
+            return
+        enc = self._encoder_for(block)
+        pcm = self._mute(block, enc.samples_in)
+        frags = enc.encode(pcm, block.mono_ns, block.utc)
+        self._next_index = block.index + block.samples
+        self.stats.encoded_samples += block.samples
+        for frag in frags:
+            self._fragment(enc, frag)
+
+    def _encoder_for(self, block: AudioBlock) -> OpusEncoder:
+        enc = self.encoder
+        if enc is not None and self._next_index is not None:
+            gap = block.index - self._next_index
+            if block.session != self._session and gap < 0:
+                gap = -1
+            if 0 < gap <= MAX_FILL_S * block.rate:
+                self.stats.filled_samples += gap
+                fill_ns = round(gap * 1e9 / block.rate)
+                for frag in enc.encode(
+                    b"\0" * (gap * SAMPLE_BYTES),
+                    block.mono_ns - fill_ns,
+                    block.utc - gap / block.rate,
+                ):
+                    self._fragment(enc, frag)
+            elif gap != 0:
+                log.warning(
+                    "audio: %.1f s gap in the microphone's samples: starting a new timeline",
+                    gap / block.rate,
+                )
+                self._close_encoder()
+                self._pending_discontinuity = True
+                self.stats.restarts += 1
+                enc = None
+        if enc is None:
+            enc = self.encoder = OpusEncoder(
+                block.rate, bitrate_kbps=self.settings.bitrate_kbps, fragment_s=self._fragment_s
+            )
+            self._offset = block.index
+            self._mute_spans = [[0, -1]] if self.muted else []
+        self._session = block.session
+        return enc
+
+    def _mute(self, block: AudioBlock, base: int) -> bytes:
+        """The block's samples with muted spans silenced (to the sample).
+
+        ``base`` is the encoder timeline's sample number of the block's first sample.
+        """
+        pcm = block.pcm
+        pieces: list[bytes] = []
+        pos = 0
+        while self._mute_changes and self._mute_changes[0][0] < block.end_mono_ns:
+            at, muted = self._mute_changes.popleft()
+            cut = min(block.samples, max(0, round((at - block.mono_ns) * block.rate / 1e9)))
+            if cut > pos:
+                chunk = pcm[pos * SAMPLE_BYTES : cut * SAMPLE_BYTES]
+                pieces.append(b"\0" * len(chunk) if self.muted else chunk)
+                pos = cut
+            self._set_muted(muted, base + pos)
+        chunk = pcm[pos * SAMPLE_BYTES :]
+        pieces.append(b"\0" * len(chunk) if self.muted else chunk)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _apply_mute_changes(self, until_ns: int) -> None:
+        while self._mute_changes and self._mute_changes[0][0] < until_ns:
+            _at, muted = self._mute_changes.popleft()
+            self._set_muted(muted, 0)
+
+    def _set_muted(self, muted: bool, at_sample: int) -> None:
+        if muted == self.muted:
+            return
+        self.muted = self.stats.muted = muted
+        if self.encoder is None:
+            return
+        if muted:
+            self._mute_spans.append([at_sample, -1])
+        elif self._mute_spans and self._mute_spans[-1][1] < 0:
+            self._mute_spans[-1][1] = at_sample
+
+    def _stop_reached(self, block: AudioBlock) -> bool:
+        """For a pending stop: seal once the blocks reach past it. True if ``block`` is after."""
+        rec = self.rec
+        assert rec is not None and rec.stop_at_ns is not None
+        if block.mono_ns < rec.stop_at_ns:
+            return False
+        if not self._keeps_running:
+            self._end_recording()
+            self._apply_mute_changes(block.end_mono_ns)
+            self.stats.idle_blocks += 1
+            return True
+        return False
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Called when no block came for a while: a stop must not wait for a silent device."""
+        rec = self.rec
+        if rec is None or rec.stop_at_ns is None:
+            return
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        grace = STOP_GRACE_S * 1e9
+        if now - (rec.stop_seen_ns or now) >= grace and now - self._fed_ns >= grace:
+            log.info("audio: no audio reached the stop moment; sealing what is held")
+            self._close_encoder()
+            self._end_recording()
+
+    # ------------------------------------------------------------------ fragments
+
+    def _fragment(self, enc: OpusEncoder, frag: AudioFragment) -> None:
+        self.stats.fragments += 1
+        rec = self.rec
+        if rec is None:
+            if self.settings.prebuffer_s > 0:
+                self.ring.append(frag)
+                self._trim_ring()
+            return
+        self._append(enc, frag)
+        if rec.stop_at_ns is not None and frag.end_mono_ns >= rec.stop_at_ns:
+            self._end_recording()
+            return
+        seg = self._open
+        if (
+            seg is not None
+            and seg.samples >= self.settings.segment_s * frag.rate - frag.rate // 100
+        ):
+            self._emit_segment(final=False)
+
+    def _append(self, enc: OpusEncoder, frag: AudioFragment) -> None:
+        seg = self._open
+        if seg is not None and seg.encoder is not enc:
+            self._emit_segment(final=False)
+            seg = None
+        if seg is None:
+            seg = self._open = _Open(enc, discontinuity=self._pending_discontinuity)
+            self._pending_discontinuity = False
+        seg.frags.append(frag)
+
+    def _trim_ring(self) -> None:
+        keep = self.settings.prebuffer_s * 1e9
+        ring = self.ring
+        while len(ring) > 1 and ring[-1].end_mono_ns - ring[1].start_mono_ns >= keep:
+            ring.popleft()
+
+    @property
+    def prebuffer_s(self) -> float:
+        return sum(f.duration_s for f in self.ring)
+
+    def _close_encoder(self) -> None:
+        """Flush the encoder; its last fragments go where fragments go."""
+        enc, self.encoder = self.encoder, None
+        self._next_index = None
+        if enc is None:
+            return
+        for frag in enc.finish():
+            self._fragment(enc, frag)
+        if self._open is not None and self._open.encoder is enc:
+            self._emit_segment(final=self.rec is None or self.rec.stop_at_ns is not None)
+        self.ring.clear()
+
+    # ------------------------------------------------------------------ commands (encoder thread)
+
+    def start(
+        self, trigger: str, at_mono_ns: int | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        at = at_mono_ns if at_mono_ns is not None else time.monotonic_ns()
+        rec = self.rec
+        if rec is not None:
+            resumed = rec.stop_at_ns is not None
+            rec.stop_at_ns, rec.stop_trigger, rec.stop_seen_ns = None, "", None
+            self.event(
+                "audio_record_start",
+                {
+                    "recording": rec.id,
+                    "trigger": trigger,
+                    "already_recording": not resumed,
+                    "resumed": resumed,
+                    **(details or {}),
+                },
+            )
+            return
+        rec = self.rec = _Recording(uuid.uuid4().hex[:12], trigger, at)
+        self.stats.recording = True
+        pre: float | None = 0.0
+        ring = [f for f in self.ring if f.end_mono_ns > at - self.settings.prebuffer_s * 1e9]
+        self.ring.clear()
+        if ring:
+            pre = max(0.0, (at - ring[0].start_mono_ns) / 1e9)
+        elif self.encoder is not None and self.settings.prebuffer_s > 0:
+            pre = None  # the fragment in progress holds an unknown share before the trigger
+        rec.pre_event_s = pre
+        self.event(
+            "audio_record_start",
+            {
+                "recording": rec.id,
+                "trigger": trigger,
+                "mode": self.settings.mode,
+                "at_utc": self._utc_at(at),
+                "prebuffer_s": self.settings.prebuffer_s,
+                "pre_event_s": None if pre is None else round(pre, 3),
+                **(details or {}),
+            },
+        )
+        log.info("audio: recording %s started by %s", rec.id, trigger)
+        enc = self.encoder
+        if enc is not None:
+            for frag in ring:
+                self._append(enc, frag)
+
+    def stop(self, trigger: str, at_mono_ns: int | None = None) -> None:
+        at = at_mono_ns if at_mono_ns is not None else time.monotonic_ns()
+        rec = self.rec
+        if rec is None:
+            self.event("audio_record_stop", {"trigger": trigger, "not_recording": True})
+            return
+        rec.stop_at_ns, rec.stop_trigger, rec.stop_seen_ns = at, trigger, time.monotonic_ns()
+        if self.last_mono_ns is not None and self.last_mono_ns >= at:
+            # Every block up to the stop has been fed already.
+            if not self._keeps_running:
+                self._close_encoder()
+            self._end_recording_if_covered()
+
+    def _end_recording_if_covered(self) -> None:
+        rec = self.rec
+        if rec is None or rec.stop_at_ns is None:
+            return
+        seg = self._open
+        if self.encoder is None or (
+            seg is not None and seg.frags[-1].end_mono_ns >= rec.stop_at_ns
+        ):
+            self._end_recording()
+
+    def mute(self, source: str, at_mono_ns: int | None = None, note: str = "") -> None:
+        self._mute_command(True, source, at_mono_ns, note)
+
+    def unmute(self, source: str, at_mono_ns: int | None = None, note: str = "") -> None:
+        self._mute_command(False, source, at_mono_ns, note)
+
+    def _mute_command(self, muted: bool, source: str, at_mono_ns: int | None, note: str) -> None:
+        at = at_mono_ns if at_mono_ns is not None else time.monotonic_ns()
+        pending = self._mute_changes[-1][1] if self._mute_changes else self.muted
+        self._mute_changes.append((at, muted))
+        rec = self.rec
+        self.event(
+            "audio_mute" if muted else "audio_unmute",
+            {
+                "source": source,
+                "note": note,
+                "at_utc": self._utc_at(at),
+                "recording": rec.id if rec else None,
+                "already": pending == muted,
+            },
+        )
+        log.info("audio: %s by %s", "muted" if muted else "unmuted", source)
+
+    def finish(self, reason: str) -> None:
+        """Seal everything held (a clean stop): the recording's last segment, then its stop."""
+        rec = self.rec
+        if rec is not None and rec.stop_at_ns is None:
+            rec.stop_at_ns, rec.stop_trigger = self.last_mono_ns or time.monotonic_ns(), reason
+        self._close_encoder()
+        self._end_recording()
+
+    # ------------------------------------------------------------------ output
+
+    def event(self, kind: str, details: dict[str, Any]) -> None:
+        self._emit(EventJob(kind, details))
+
+    def _utc_at(self, mono_ns: int) -> str:
+        if self.last_mono_ns is None or self.last_utc is None:
+            return format_utc(time.time() - (time.monotonic_ns() - mono_ns) / 1e9)
+        return format_utc(self.last_utc + (mono_ns - self.last_mono_ns) / 1e9)
+
+    def _end_recording(self) -> None:
+        rec = self.rec
+        if rec is None:
+            return
+        if self._open is not None:
+            self._emit_segment(final=True)
+        self.rec = None
+        self.stats.recording = False
+        if not self._keeps_running and self.encoder is not None:
+            self._close_encoder()
+        self.event(
+            "audio_record_stop",
+            {
+                "recording": rec.id,
+                "trigger": rec.stop_trigger or "unknown",
+                "segments": rec.parts,
+                "duration_s": round(rec.samples / self.settings.rate, 3),
+                "at_utc": self._utc_at(rec.stop_at_ns or self.last_mono_ns or 0),
+            },
+        )
+        log.info("audio: recording %s stopped (%d segments)", rec.id, rec.parts)
+
+    def _emit_segment(self, final: bool) -> None:
+        seg, self._open = self._open, None
+        rec = self.rec
+        if seg is None or not seg.frags or rec is None:
+            return
+        first, last = seg.frags[0], seg.frags[-1]
+        enc = seg.encoder
+        losses = self._losses()
+        delta = {k: v - self._losses_reported.get(k, 0) for k, v in losses.items()}
+        self._losses_reported = dict(losses)
+        rate = first.rate
+        meta: dict[str, Any] = {
+            **self._meta,
+            "recording": rec.id,
+            "part": rec.parts,
+            "final": final,
+            "trigger": rec.trigger,
+            "mode": self.settings.mode,
+            "codec": "opus",
+            "container": "fmp4",
+            "rate": rate,
+            "channels": 1,
+            "bitrate_kbps": enc.bitrate_kbps,
+            "samples": last.end - first.start,
+            "media_start_s": round(first.start / rate, 6),
+            "duration_s": round((last.end - first.start) / rate, 6),
+            "fragments": len(seg.frags),
+            "muted": self._muted_spans(first.start, last.end, rate),
+            "filled_samples": self.stats.filled_samples,
+            **{k: delta.get(k, 0) for k in ("dropped_blocks", "dropped_samples", "overflows")},
+        }
+        if seg.discontinuity:
+            meta["discontinuity"] = True
+        if rec.parts == 0:
+            meta["pre_event_s"] = rec.pre_event_s
+        header = SegmentHeader(
+            stream=AUDIO_STREAM,
+            content_type=CONTENT_TYPE,
+            start_utc=first.start_utc,
+            end_utc=last.end_utc,
+            start_mono_ns=first.start_mono_ns,
+            end_mono_ns=last.end_mono_ns,
+            clock=self._clock(),
+            meta=meta,
+        )
+        rec.parts += 1
+        rec.samples += last.end - first.start
+        pieces = [enc.segment_init(first.seq), *(f.data for f in seg.frags)]
+        self._emit(SegmentJob(header, pieces))
+
+    def _muted_spans(self, start: int, end: int, rate: int) -> list[list[float]]:
+        """Muted spans within ``[start, end)`` as seconds from the segment's start."""
+        out: list[list[float]] = []
+        for a, b in self._mute_spans:
+            b = end if b < 0 else b
+            lo, hi = max(a, start), min(b, end)
+            if hi > lo:
+                out.append([round((lo - start) / rate, 3), round((hi - start) / rate, 3)])
+        return out
+
+
+def store(
+    spool: SpoolLike,
+    job: Job,
+    stats: AudioStats,
+    alarm: Callable[[Alarm], None] = lambda a: None,
+) -> None:
+    """Write one job to the spool; refusals and failures are counted, logged and alarmed."""
+    what = (
+        f"audio segment {job.header.meta.get('recording')}/{job.header.meta.get('part')}"
+        if isinstance(job, SegmentJob)
+        else f"event {job.kind}"
+    )
+    try:
+        if isinstance(job, SegmentJob):
+            spool.put(job.header, job.pieces)
+            stats.segments += 1
+            stats.segment_bytes += job.size
+        else:
+            spool.put_event(job.kind, job.details)
+            stats.events += 1
+    except EvidenceRefused as exc:
+        stats.refused += 1
+        log.error("audio: %s refused by the spool: %s", what, exc)
+    except (AgentError, OSError) as exc:
+        stats.store_errors += 1
+        log.critical("audio: cannot store %s: %s", what, exc)
+        alarm(
+            Alarm(
+                "audio_store_failed", f"cannot store {what}: {exc}", Severity.CRITICAL, time.time()
+            )
+        )
+
+
+class AudioRecorder:
+    """Runs the microphone, encoder and writer threads around an :class:`AudioPipeline`.
+
+    ``start``, ``stop``, ``mute`` and ``unmute`` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        settings: AudioSettings,
+        spool: SpoolLike,
+        stop: threading.Event,
+        *,
+        alarm: Callable[[Alarm], None] | None = None,
+        clock: Callable[[], ClockState] = ClockState,
+        meta: dict[str, Any] | None = None,
+        loader: Callable[[], Any] = load_sounddevice,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.stop_event = stop
+        self._alarm = alarm or (lambda a: None)
+        self._clock = clock
+        self._meta = meta or {}
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=16)
+        self._commands: queue.Queue[Callable[[AudioPipeline], object]] = queue.Queue(maxsize=256)
+        self.mic = Microphone(
+            settings, stop, on_event=self._mic_event, alarm=self._alarm, loader=loader
+        )
+        self._mic_done = threading.Event()
+        self.pipeline = AudioPipeline(
+            settings,
+            self._jobs.put,
+            clock=clock,
+            losses=self._losses,
+            meta=self._meta,
+        )
+        self.stats = self.pipeline.stats
+        self.error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._mic_main, name="audio-mic", daemon=True),
+            threading.Thread(target=self._encode_main, name="audio-encode", daemon=True),
+            threading.Thread(target=self._write_main, name="audio-write", daemon=True),
+        ]
+
+    # ------------------------------------------------------------------ control (any thread)
+
+    def start_threads(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the threads (after the stop event); True if they all ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def start(self, trigger: str = "api", details: dict[str, Any] | None = None) -> None:
+        at = time.monotonic_ns()
+        self._command(lambda p: p.start(trigger, at, details))
+
+    def stop(self, trigger: str = "api") -> None:
+        at = time.monotonic_ns()
+        self._command(lambda p: p.stop(trigger, at))
+
+    def mute(self, source: str = "device", note: str = "") -> None:
+        """Silence the microphone from now on (an ``audio_mute`` event record)."""
+        at = time.monotonic_ns()
+        self._command(lambda p: p.mute(source, at, note))
+
+    def unmute(self, source: str = "device", note: str = "") -> None:
+        at = time.monotonic_ns()
+        self._command(lambda p: p.unmute(source, at, note))
+
+    @property
+    def recording(self) -> bool:
+        return self.stats.recording
+
+    @property
+    def muted(self) -> bool:
+        return self.stats.muted
+
+    def health(self) -> dict[str, Any]:
+        """The microphone's state (``ok``/``missing``/``off``, reason) and the recorder's."""
+        st = self.stats
+        return {
+            **self.mic.health(),
+            "recording": st.recording,
+            "muted": st.muted,
+            "segments": st.segments,
+            "store_errors": st.store_errors,
+            "failed": None if self.error is None else str(self.error),
+        }
+
+    def _command(self, fn: Callable[[AudioPipeline], object]) -> None:
+        try:
+            self._commands.put_nowait(fn)
+        except queue.Full:
+            raise AgentError("audio: too many commands waiting for the encoder") from None
+
+    def _losses(self) -> dict[str, int]:
+        st = self.mic.stats
+        return {
+            "dropped_blocks": st.dropped_blocks,
+            "dropped_samples": st.dropped_samples,
+            "overflows": st.overflows,
+        }
+
+    def _mic_event(self, kind: str, details: dict[str, Any]) -> None:
+        try:
+            self._command(lambda p: p.event(kind, details))
+        except AgentError:
+            log.error("audio: could not queue the %s event record %s", kind, details)
+
+    # ------------------------------------------------------------------ threads
+
+    def _mic_main(self) -> None:
+        try:
+            self.mic.run()
+        except Exception as exc:
+            log.exception("audio: microphone thread failed")
+            self._fail(exc)
+        finally:
+            self._mic_done.set()
+
+    def _encode_main(self) -> None:
+        p = self.pipeline
+        blocks = self.mic.blocks
+        try:
+            if self.settings.mode == "continuous":
+                p.start("continuous")
+            while True:
+                self._run_commands(p)
+                try:
+                    block = blocks.get(timeout=0.1)
+                except queue.Empty:
+                    if self._mic_done.is_set():
+                        break
+                    p.tick()
+                    continue
+                p.feed(block)
+            self._run_commands(p)
+            p.finish("shutdown")
+        except Exception as exc:
+            log.exception("audio: encoder thread failed")
+            self._fail(exc)
+        finally:
+            self._jobs.put(None)
+
+    def _run_commands(self, p: AudioPipeline) -> None:
+        while True:
+            try:
+                fn = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn(p)
+            except AgentError as exc:
+                log.error("audio: command failed: %s", exc)
+
+    def _write_main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            store(self.spool, job, self.stats, self._alarm)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._alarm(
+            Alarm("audio_failed", f"audio recording failed: {exc}", Severity.CRITICAL, time.time())
+        )
+
+
+def command_handlers(
+    recorder: AudioRecorder,
+) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """Handlers for the platform command channel: ``audio.mute`` and ``audio.unmute``.
+
+    ``audio.mute`` takes an optional ``{"note": "..."}``; ``{"mute": false}`` unmutes.
+    """
+
+    def mute(args: dict[str, Any]) -> dict[str, Any]:
+        want = args.get("mute", True)
+        if not isinstance(want, bool):
+            raise CommandError("audio.mute: 'mute' must be true or false")
+        note = str(args.get("note", ""))[:200]
+        try:
+            if want:
+                recorder.mute("platform", note)
+            else:
+                recorder.unmute("platform", note)
+        except AgentError as exc:
+            raise CommandError(str(exc)) from None
+        return {"muted": want}
+
+    def unmute(args: dict[str, Any]) -> dict[str, Any]:
+        return mute({**args, "mute": False})
+
+    return {"audio.mute": mute, "audio.unmute": unmute}

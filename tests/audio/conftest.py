@@ -1,0 +1,247 @@
+"""Fixtures for the audio tests: a real PulseAudio with a 440 Hz sine source, and decryption.
+
+PulseAudio runs as a child of the test (``--daemonize=no``, in its own process group, killed at
+teardown) with a private runtime directory and a tiny configuration: the native protocol on a
+socket under the test's temp directory, a null sink, and ``module-sine-source`` at 440 Hz as the
+default source. sounddevice reaches it through ALSA's ``pulse`` device (Debian
+``libasound2-plugins``), which connects to ``PULSE_SERVER``.
+
+If PulseAudio cannot start, the tests that need it FAIL with the reason (``make setup`` installs
+``pulseaudio``, ``libportaudio2`` and ``libasound2-plugins``; a silent skip would hide a broken
+audio path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info, verify_segment
+from agent.storage.spool import Spool
+from tests.fixtures.keys import KeySet
+
+SINE_HZ = 440
+CONFIG = """\
+load-module module-native-protocol-unix auth-anonymous=1 socket={socket}
+load-module module-null-sink sink_name=null
+load-module module-sine-source source_name=sine frequency={hz} rate=48000
+set-default-source sine
+set-default-sink null
+"""
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Poll ``cond`` until true or ``timeout`` seconds pass (tests only: an Event as a clock)."""
+    clock = threading.Event()
+    waited = 0.0
+    while not cond():
+        if waited >= timeout:
+            return cond()
+        clock.wait(step)
+        waited += step
+    return True
+
+
+class PulseServer:
+    """One PulseAudio process on a private socket; ``start``/``stop`` may be called again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runtime = root / "run"
+        self.socket = self.runtime / "native"
+        self.log_path = root / "pulseaudio.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server(self) -> str:
+        return f"unix:{self.socket}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "HOME": str(self.root),
+            "PULSE_RUNTIME_PATH": str(self.runtime),
+            "XDG_RUNTIME_DIR": str(self.runtime),
+            "PULSE_STATE_PATH": str(self.root / "state"),
+            "PULSE_SERVER": self.server,
+        }
+
+    def start(self, timeout: float = 15.0) -> None:
+        exe = shutil.which("pulseaudio")
+        if exe is None:
+            pytest.fail("pulseaudio is not installed (make setup installs Debian 'pulseaudio')")
+        self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conf = self.root / "pulse.pa"
+        conf.write_text(CONFIG.format(socket=self.socket, hz=SINE_HZ))
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--daemonize=no",
+                "--system=false",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "--use-pid-file=false",
+                "--log-target=stderr",
+                "-n",
+                "-F",
+                str(conf),
+            ],
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        if not wait_for(self._ready, timeout):
+            reason = self._tail()
+            self.stop()
+            pytest.fail(f"PulseAudio did not start within {timeout:.0f} s:\n{reason}")
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            pytest.fail(f"PulseAudio exited with {self.proc.returncode}:\n{self._tail()}")
+        if not self.socket.exists():
+            return False
+        r = subprocess.run(
+            ["pactl", "info"], env=self.env(), capture_output=True, text=True, check=False
+        )
+        return r.returncode == 0 and "Default Source: sine" in r.stdout
+
+    def _tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        self.socket.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
+    """A running PulseAudio with a 440 Hz default source; PULSE_SERVER points at it."""
+    server = PulseServer(tmp_path_factory.mktemp("pulse"))
+    saved = os.environ.get("PULSE_SERVER")
+    server.start()
+    os.environ["PULSE_SERVER"] = server.server
+    try:
+        yield server
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("PULSE_SERVER", None)
+        else:
+            os.environ["PULSE_SERVER"] = saved
+
+
+@pytest.fixture
+def spare_pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseServer]:
+    """A PulseAudio that is NOT started yet; PULSE_SERVER points at its (absent) socket."""
+    server = PulseServer(tmp_path / "pulse2")
+    server.runtime.mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("PULSE_SERVER", server.server)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class Sealed:
+    stream: str
+    seq: int
+    manifest: dict[str, Any]
+    data: bytes
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.manifest["meta"])
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return dict(json.loads(self.data))
+
+
+def decrypt_all(spool: Spool, keyset: KeySet, stream: str) -> list[Sealed]:
+    """Every stored segment of ``stream``, verified and decrypted through the seal API."""
+    out = []
+    for item in spool.items(stream):
+        with item.path.open("rb") as f:
+            info = read_segment_info(f)
+            verify_segment(f, info)
+            dk = parse_key_record(spool.key_record(info.key_id)).unwrap(keyset.platform_private)
+            buf = bytearray()
+            decrypt_segment(f, info, dk, buf.extend)
+        out.append(Sealed(info.stream, info.seq, info.manifest, bytes(buf)))
+    return out
+
+
+@dataclass(frozen=True)
+class Decoded:
+    samples: Any  # numpy float32 array, mono
+    rate: int
+    codec: str
+    first_pts_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.rate
+
+
+def decode_audio(data: bytes) -> Decoded:
+    """Decode an audio segment with PyAV into mono float samples."""
+    import av
+    import numpy as np
+
+    chunks = []
+    first: float | None = None
+    container: Any = av.open(io.BytesIO(data))
+    with container as c:
+        stream = c.streams.audio[0]
+        codec = stream.codec_context.name
+        rate = 0
+        for frame in c.decode(stream):
+            if first is None and frame.pts is not None and frame.time_base is not None:
+                first = float(frame.pts * frame.time_base)
+            rate = frame.sample_rate
+            chunks.append(frame.to_ndarray().astype(np.float32).reshape(-1))
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return Decoded(samples, rate, codec, first or 0.0)
+
+
+def peak_hz(samples: Any, rate: int) -> float:
+    """The frequency of the strongest spectral line (Hann window)."""
+    import numpy as np
+
+    x = np.asarray(samples, dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    spectrum[0] = 0.0
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+def rms(samples: Any) -> float:
+    import numpy as np
+
+    x = np.asarray(samples, dtype=np.float64)
+    return float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
