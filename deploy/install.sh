@@ -206,17 +206,27 @@ fi
 # one runs: a failed upgrade (no network, a full disk) leaves the working agent in place, and a
 # profile change leaves no OpenCV behind. The previous venv is kept for a manual rollback.
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-new="venv-$stamp"
+new="venv-$stamp-$$"
 spec="${source_path}[${extras}]"
 pip=("$OPT/$new/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir)
 [[ -n "$wheelhouse" ]] && pip+=(--no-index --find-links "$wheelhouse")
 pip+=(${pip_args[@]+"${pip_args[@]}"} "$spec")
+previous=""
+[[ -L "$OPT/venv" ]] && previous="$(readlink "$OPT/venv")"
 say "venv $OPT/$new: pip install $spec"
-run "$python" -m venv "$OPT/$new"
-run "${pip[@]}"
-# A venv that cannot even print its help never becomes the live one.
-echo "+ $OPT/$new/bin/edge-agent --help >/dev/null"
-((dry_run)) || "$OPT/$new/bin/edge-agent" --help >/dev/null
+build_venv() {
+	run "$python" -m venv "$OPT/$new" || return 1
+	run "${pip[@]}" || return 1
+	# A venv with a missing or conflicting dependency, or whose command does not even start,
+	# never becomes the live one.
+	run "$OPT/$new/bin/python" -m pip check --disable-pip-version-check || return 1
+	echo "+ $OPT/$new/bin/edge-agent --help >/dev/null"
+	((dry_run)) || "$OPT/$new/bin/edge-agent" --help >/dev/null || return 1
+}
+if ! build_venv; then
+	rm -rf "${OPT:?}/$new"
+	die "the new venv failed (see above): nothing switched, ${previous:-no venv} stays live"
+fi
 run ln -sfn "$new" "$OPT/venv.tmp"
 if [[ -d "$OPT/venv" && ! -L "$OPT/venv" ]]; then
 	run rm -rf "$OPT/venv"
@@ -224,10 +234,10 @@ fi
 run mv -T "$OPT/venv.tmp" "$OPT/venv"
 if ! ((dry_run)); then
 	echo "$profile" >"$OPT/profile"
-	# Keep the new venv and the one before it.
-	mapfile -t old < <(find "$OPT" -maxdepth 1 -name 'venv-*' -type d -printf '%f\n' | sort -r | tail -n +3)
-	for d in ${old[@]+"${old[@]}"}; do
-		run rm -rf "${OPT:?}/$d"
+	# Keep the new venv and the one it replaced (for a rollback: ln -sfn OLD /opt/edge-agent/venv).
+	for d in "$OPT"/venv-*; do
+		[[ -d "$d" ]] || continue
+		[[ "${d##*/}" == "$new" || "${d##*/}" == "$previous" ]] || run rm -rf "$d"
 	done
 fi
 run mkdir -p "$(dirname "$BIN_LINK")"
