@@ -3,8 +3,8 @@
 The files are used as shipped; only what is site-specific is rewritten (certificate paths to a
 throw-away PKI, the listener to a free loopback port) and what Debian's main mosquitto.conf
 would add is prepended (user, log, persistence). Checks: per-device isolation (a publish
-refused with MQTT 5 reason 135, nothing of another device delivered), the ingest identity's shared subscription, no
-connection without a client certificate, nothing below TLS 1.2.
+refused with MQTT 5 reason 135, nothing of another device delivered), the ingest identity's
+shared subscription, no connection without a client certificate, nothing below TLS 1.2.
 """
 
 from __future__ import annotations
