@@ -24,6 +24,9 @@ Gaps: blocks dropped between the callback and the encoder, or a microphone outag
 segment's manifest counts them. A longer outage ends the segment and starts a new encoder (a new
 timeline, ``discontinuity`` in the next segment's manifest).
 
+Audio in video segments: ``tap`` receives every block after mute (recording or not), e.g.
+:meth:`agent.capture.av_mux.AvEncoder.push_audio`, so the track inside video is muted alike.
+
 :class:`AudioPipeline` is the encoder-thread state machine with no threads of its own, so tests
 and benchmarks can drive it block by block. Commands from other threads (:meth:`AudioRecorder.mute`
 ...) are queued to the encoder thread, which owns all recording state.
@@ -31,6 +34,7 @@ and benchmarks can drive it block by block. Commands from other threads (:meth:`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -142,8 +146,10 @@ class AudioPipeline:
         losses: Callable[[], dict[str, int]] = dict,
         meta: dict[str, Any] | None = None,
         fragment_s: float = FRAGMENT_S,
+        tap: Callable[[AudioBlock], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._tap = tap
         self._emit = emit
         self._clock = clock
         self._losses = losses
@@ -178,15 +184,23 @@ class AudioPipeline:
         self._fed_ns = time.monotonic_ns()
         self.last_mono_ns, self.last_utc = block.end_mono_ns, block.utc + block.duration_s
         rec = self.rec
-        if rec is not None and rec.stop_at_ns is not None and self._stop_reached(block):
-            return
+        if (
+            rec is not None
+            and rec.stop_at_ns is not None
+            and block.mono_ns >= rec.stop_at_ns
+            and not self._keeps_running
+        ):
+            self._end_recording()  # every block up to the stop is in: seal now
+            rec = self.rec
         idle = self.encoder is None and not self._keeps_running
         if idle and (rec is None or block.end_mono_ns <= rec.start_at_ns):
-            self._apply_mute_changes(block.end_mono_ns)
+            pcm = self._mute(block, 0)
             self.stats.idle_blocks += 1
+            self._to_tap(block, pcm)
             return
         enc = self._encoder_for(block)
         pcm = self._mute(block, enc.samples_in)
+        self._to_tap(block, pcm)
         frags = enc.encode(pcm, block.mono_ns, block.utc)
         self._next_index = block.index + block.samples
         self.stats.encoded_samples += block.samples
@@ -246,10 +260,9 @@ class AudioPipeline:
         pieces.append(b"\0" * len(chunk) if self.muted else chunk)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _apply_mute_changes(self, until_ns: int) -> None:
-        while self._mute_changes and self._mute_changes[0][0] < until_ns:
-            _at, muted = self._mute_changes.popleft()
-            self._set_muted(muted, 0)
+    def _to_tap(self, block: AudioBlock, pcm: bytes) -> None:
+        if self._tap is not None:
+            self._tap(block if pcm is block.pcm else dataclasses.replace(block, pcm=pcm))
 
     def _set_muted(self, muted: bool, at_sample: int) -> None:
         if muted == self.muted:
@@ -261,19 +274,6 @@ class AudioPipeline:
             self._mute_spans.append([at_sample, -1])
         elif self._mute_spans and self._mute_spans[-1][1] < 0:
             self._mute_spans[-1][1] = at_sample
-
-    def _stop_reached(self, block: AudioBlock) -> bool:
-        """For a pending stop: seal once the blocks reach past it. True if ``block`` is after."""
-        rec = self.rec
-        assert rec is not None and rec.stop_at_ns is not None
-        if block.mono_ns < rec.stop_at_ns:
-            return False
-        if not self._keeps_running:
-            self._end_recording()
-            self._apply_mute_changes(block.end_mono_ns)
-            self.stats.idle_blocks += 1
-            return True
-        return False
 
     def tick(self, now_ns: int | None = None) -> None:
         """Called when no block came for a while: a stop must not wait for a silent device."""
@@ -585,6 +585,7 @@ class AudioRecorder:
         clock: Callable[[], ClockState] = ClockState,
         meta: dict[str, Any] | None = None,
         loader: Callable[[], Any] = load_sounddevice,
+        tap: Callable[[AudioBlock], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -604,6 +605,7 @@ class AudioRecorder:
             clock=clock,
             losses=self._losses,
             meta=self._meta,
+            tap=tap,
         )
         self.stats = self.pipeline.stats
         self.error: BaseException | None = None

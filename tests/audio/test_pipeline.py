@@ -205,3 +205,22 @@ class _NullSpool:
 
     def put_event(self, kind: str, details: dict[str, Any]) -> None:
         raise AssertionError("nothing should be stored")
+
+
+def test_tap_gets_every_block_muted_alike() -> None:
+    tapped: list[AudioBlock] = []
+    s = AudioSettings(enabled=True, rate=RATE, mode="event")
+    p = AudioPipeline(s, [].append, tap=tapped.append)
+    f = Feeder(p)
+    f.feed(0.2, hz=440)  # idle (not recording): the video track still needs it
+    p.mute("device", f.at(0.2))
+    f.feed(0.3, hz=440)
+    p.start("button", f.at(0.5))
+    f.feed(0.2, hz=440)
+    p.unmute("device", f.at(0.7))
+    f.feed(0.8, hz=440)
+    assert [b.index for b in tapped] == list(range(0, RATE * 3 // 2, BLOCK))
+    x = np.frombuffer(b"".join(b.pcm for b in tapped), "<i2").astype(float) / 32767
+    assert rms(x[: RATE // 5]) > 0.1
+    assert rms(x[RATE // 5 : RATE * 7 // 10]) == 0.0
+    assert rms(x[RATE * 7 // 10 :]) > 0.1
