@@ -321,6 +321,9 @@ def test_staged_tracker_tree_and_modes(staged: tuple[Path, Path, str]) -> None:
     assert (opt / "profile").read_text().strip() == "tracker"
     assert os.readlink(root / "usr/local/bin/edge-agent") == EXEC
     assert os.access(opt / "uninstall.sh", os.X_OK)
+    # The unit's Documentation= points at it.
+    assert "Documentation=file:/opt/edge-agent/docs/deploy.md" in UNIT.read_text()
+    assert (opt / "docs/deploy.md").read_bytes() == (REPO / "docs/deploy.md").read_bytes()
     # Not provisioned (example device id, no key): enabled, not started.
     assert "not provisioned" in out
     assert "systemctl restart" not in out
