@@ -292,6 +292,8 @@ class Store:
         p = self._load_partial(device, h)
         if p.covers(h.offset, end):
             self.stats.chunks_duplicate += 1
+            if p.contiguous() >= h.size:  # everything is here (an earlier attempt was cut)
+                return self._complete(device, h, None, p)
             self._sync(p)
             p.reported = p.contiguous()
             return [proto.Progress(h.stream, h.seq, h.hash, p.reported)]

@@ -337,16 +337,22 @@ class Forwarder:
     def _check_silence(self) -> None:
         now = self._clock()
         for u in self._uploads:
-            if u.next > u.confirmed and now - u.last_word > self.settings.ack_timeout_s:
+            waiting = u.next > u.confirmed or u.confirmed >= u.size
+            if waiting and now - u.last_word > self.settings.ack_timeout_s:
+                # All bytes confirmed but no acknowledgement: send the last chunk again so the
+                # platform finishes (or says "duplicate").
+                restart = (
+                    u.confirmed if u.confirmed < u.size else max(0, u.size - self.chunk_size())
+                )
                 log.info(
                     "uplink: no word from the platform on %s#%d for %.0f s; resending from byte %d",
                     u.item.stream,
                     u.item.seq,
                     now - u.last_word,
-                    u.confirmed,
+                    restart,
                 )
                 self.stats.resends_after_silence += 1
-                u.next = u.confirmed
+                u.next = restart
                 u.last_word = now
 
     # ------------------------------------------------------------------ backfill

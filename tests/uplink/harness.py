@@ -35,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 
+def unique_id(tmp_path: Path) -> str:
+    """A device id per test: each test's fresh spool starts its chains at seq 0 again, and the
+    broker keeps sessions (and queued messages) across tests."""
+    return "cam-" + "".join(c for c in tmp_path.name.lower() if c.isalnum())[-24:]
+
+
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     """Wait (with a deadline) for a condition; fail naming it."""
     deadline = time.monotonic() + timeout
@@ -139,6 +145,8 @@ def make_device(
     directory.mkdir(parents=True, exist_ok=True)
     init_device_keys(directory / "keys")
     client = pki.client(device_id)
+    if not client.cert.exists():
+        client = pki.issue(device_id)
     settings = UplinkSettings(
         enabled=True,
         host="127.0.0.1",
@@ -210,6 +218,7 @@ def ingest_process(
             PYTHON,
             "-m",
             "agent.cli",
+            "-v",
             "ingest",
             "--store",
             str(store_dir),
@@ -226,7 +235,7 @@ def ingest_process(
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=(store_dir.parent / "ingest.log").open("ab"),
         start_new_session=True,
     )
 

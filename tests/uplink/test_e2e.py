@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.uplink.lab import Mosquitto, Pki
-from tests.fixtures.pki import DEVICE_A
 from tests.uplink.harness import (
     all_delivered,
     assert_delivered,
@@ -13,13 +12,14 @@ from tests.uplink.harness import (
     make_platform,
     running_ingest,
     running_uplink,
+    unique_id,
     wait_for,
 )
 
 
 def test_every_stream_delivered_once(tmp_path: Path, pki: Pki, broker_alive: Mosquitto) -> None:
     platform = make_platform(tmp_path / "platform")
-    dev = make_device(tmp_path / "dev", DEVICE_A, pki, platform, broker_alive.port)
+    dev = make_device(tmp_path / "dev", unique_id(tmp_path), pki, platform, broker_alive.port)
     spool = dev.open_spool()
     dev.fill(spool, video_mib=2, videos=2, gps=30)
     store_dir = tmp_path / "store"

@@ -1,0 +1,144 @@
+"""The wire protocol: topics, chunks and acks round-trip; anything malformed is a FormatError."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.errors import FormatError, UplinkError
+from agent.uplink import protocol as proto
+from agent.uplink.forwarder import TokenBucket
+from agent.uplink.lab import Pki
+from agent.uplink.mqtt import LinkConfig, MqttLink, check_certificate, explain_connack
+
+H = "ab" * 32
+
+
+def test_topics_are_under_the_device() -> None:
+    t = proto.Topics("cam-1")
+    for topic in (t.state, t.live("fix"), t.key, t.segment("video"), t.ack, t.command):
+        assert topic.startswith("devices/cam-1/")
+        parsed = proto.parse_topic(topic)
+        assert parsed.device_id == "cam-1"
+    assert proto.parse_topic(t.segment("gps")).arg == "gps"
+    with pytest.raises(FormatError):
+        proto.Topics("cam/1")
+    with pytest.raises(FormatError):
+        proto.parse_topic("devices/cam-1/up/seg/../x")
+
+
+def test_chunk_round_trip() -> None:
+    h = proto.ChunkHeader("video", 7, "boot1", H, 1000, 100)
+    header, data = proto.decode_chunk(proto.encode_chunk(h, b"x" * 50))
+    assert header == h and bytes(data) == b"x" * 50
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "why"),
+    [
+        (proto.ChunkHeader("video", 1, "b", H, 100, 90), b"x" * 20, "outside"),
+        (proto.ChunkHeader("video", 1, "b", H, 100, 0), b"", "no bytes"),
+        (proto.ChunkHeader("video", -1, "b", H, 100, 0), b"x", "negative"),
+        (proto.ChunkHeader("Video", 1, "b", H, 100, 0), b"x", "malformed"),
+        (proto.ChunkHeader("video", 1, "b", "zz", 100, 0), b"x", "malformed"),
+    ],
+)
+def test_bad_chunks_are_refused(header: proto.ChunkHeader, data: bytes, why: str) -> None:
+    with pytest.raises(FormatError, match=why):
+        proto.decode_chunk(proto.encode_chunk(header, data))
+
+
+@given(st.binary(max_size=300))
+def test_decode_chunk_only_raises_format_error(payload: bytes) -> None:
+    with contextlib.suppress(FormatError):
+        proto.decode_chunk(payload)
+
+
+@given(st.binary(max_size=300))
+def test_parse_ack_only_raises_format_error(payload: bytes) -> None:
+    with contextlib.suppress(FormatError):
+        proto.parse_ack(payload)
+
+
+@pytest.mark.parametrize(
+    "ack",
+    [
+        proto.SegmentAck("gps", 3, H, "stored"),
+        proto.Progress("video", 1, H, 4096),
+        proto.Progress("video", 1, H, 4096, got=8192),
+        proto.KeyAck("0011223344556677"),
+        proto.Reject("seg", "chain broken", "gps", 2, H),
+        proto.Reject("key", "wrong platform key", key_id="0011223344556677"),
+    ],
+)
+def test_ack_round_trip(ack: proto.Ack) -> None:
+    assert proto.parse_ack(proto.encode_ack(ack)) == ack
+
+
+def test_chunk_size_follows_the_broker() -> None:
+    assert proto.chunk_size_for(None, 128 * 1024) == 128 * 1024
+    assert proto.chunk_size_for(64 * 1024, 128 * 1024) == 64 * 1024 - proto.PACKET_OVERHEAD
+    with pytest.raises(FormatError):
+        proto.chunk_size_for(1500, 128 * 1024)
+
+
+def test_token_bucket() -> None:
+    now = [0.0]
+    b = TokenBucket(1000, clock=lambda: now[0])
+    assert b.delay(1000) == 0
+    assert b.delay(500) == pytest.approx(0.5)
+    now[0] += 0.5
+    assert b.delay(500) == 0
+    assert TokenBucket(0).delay(10**9) == 0
+
+
+def test_clear_error_messages(tmp_path: Path, pki: Pki) -> None:
+    cfg = LinkConfig(host="127.0.0.1", port=1, client_id="cam-a")
+    msg = explain_connack(ReasonCode(PacketTypes.CONNACK, "Not authorized"), cfg)
+    assert "not authorised" in msg
+    old = pki.issue(
+        "cam-a",
+        not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3),
+        not_after=dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
+        name="cam-a-expired",
+    )
+    with pytest.raises(UplinkError, match="expired on"):
+        check_certificate(old.cert)
+
+
+def test_refused_and_wrong_ca(tmp_path: Path, pki: Pki) -> None:
+    import threading
+
+    from agent.uplink.lab import free_port, other_ca
+
+    c = pki.client("cam-a")
+    stop = threading.Event()
+    refused = MqttLink(LinkConfig("127.0.0.1", free_port(), "cam-a", pki.ca, c.cert, c.key), stop)
+    with pytest.raises(UplinkError, match="connection refused"):
+        refused._connect_once()
+    from agent.uplink.lab import Mosquitto
+
+    m = Mosquitto(tmp_path / "mq", pki)
+    m.start()
+    try:
+        wrong = MqttLink(
+            LinkConfig("127.0.0.1", m.port, "cam-a", other_ca(tmp_path / "o"), c.cert, c.key),
+            stop,
+        )
+        with pytest.raises(UplinkError, match="wrong CA"):
+            wrong._connect_once()
+        named = MqttLink(
+            LinkConfig("127.0.0.1", m.port, "cam-a", pki.ca, c.cert, c.key, server_name="x.y"),
+            stop,
+        )
+        with pytest.raises(UplinkError, match="server name"):
+            named._connect_once()
+    finally:
+        m.kill()
