@@ -101,25 +101,26 @@ class _Sink:
         pass
 
 
-def _box_offset(data: bytes, path: tuple[bytes, ...]) -> int | None:
-    """Offset of the box at ``path`` (a top-level box first) inside ``data``, or None."""
-    pos, end = 0, len(data)
-    for depth, kind in enumerate(path):
-        found = None
-        while pos + 8 <= end:
-            size, sub = struct.unpack_from(">I4s", data, pos)
-            if size < 8 or pos + size > end:
-                return None
-            if sub == kind:
-                found = pos
-                break
-            pos += size
-        if found is None:
+def _box_offset(
+    data: bytes, path: tuple[bytes, ...], pos: int = 0, end: int | None = None
+) -> int | None:
+    """Offset of the first box at ``path`` (a top-level box first) in ``data``, or None.
+
+    Every sibling of a kind is searched (an MP4 with video and audio has two ``trak`` boxes).
+    """
+    end = len(data) if end is None else end
+    kind, rest = path[0], path[1:]
+    while pos + 8 <= end:
+        size, sub = struct.unpack_from(">I4s", data, pos)
+        if size < 8 or pos + size > end:
             return None
-        if depth == len(path) - 1:
-            return found
-        (size,) = struct.unpack_from(">I", data, found)
-        pos, end = found + _SKIP.get(kind, 8), found + size
+        if sub == kind:
+            if not rest:
+                return pos
+            found = _box_offset(data, rest, pos + _SKIP.get(kind, 8), pos + size)
+            if found is not None:
+                return found
+        pos += size
     return None
 
 

@@ -141,3 +141,20 @@ def test_missing_microphone_gives_silent_track_without_stalling_video() -> None:
     assert len(audio) / rate == pytest.approx(3.0, abs=0.1)
     assert float(np.max(np.abs(audio))) < 1e-3
     assert enc.filled_samples > 0
+
+
+def test_preskip_can_be_cleared_in_an_init_with_two_tracks() -> None:
+    from agent.capture.audio_encoder import preskip_of, zero_preskip
+
+    segs = record(frames=FPS * 3)
+    later = segs[1].segment
+    init = later.init
+    assert preskip_of(init) == round(312 * RATE / 48000) * 3  # dOps counts 48 kHz samples
+    fixed = zero_preskip(init)
+    assert preskip_of(fixed) == 0 and len(fixed) == len(init)
+    # The later segment with the cleared init keeps all of its audio, and its video.
+    body = b"".join(f.data for f in later.fragments)
+    v1, a1, _s1, _r1 = decode(init + body)
+    v2, a2, _s2, _ = decode(fixed + body)
+    assert v1 == v2
+    assert len(a2) - len(a1) == 312
