@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import AgentConfig, load_config
-from agent.errors import ConfigError
+from agent.errors import CommandError, ConfigError
 from agent.model import Alarm, ClockState, Severity
 from agent.storage.durable import write_atomic
 from agent.storage.keys import load_platform_public, load_signing_key
@@ -31,12 +31,19 @@ from agent.storage.spool import Spool
 from agent.systemd import Notifier
 
 if TYPE_CHECKING:
+    from agent.capture.audio import AudioBlock
+    from agent.capture.audio_recorder import AudioRecorder
+    from agent.capture.av_mux import AvEncoder
+    from agent.capture.encoder import H264Encoder
     from agent.capture.service import VideoService
+    from agent.capture.settings import VideoSettings
     from agent.gps.clock import ClockMonitor
     from agent.gps.service import GpsService
     from agent.uplink.service import Uplink
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
 TICK_S = 5.0
@@ -155,8 +162,48 @@ class Agent:
                 clock=self.clock,
                 live=self.uplink.forwarder.report_fix if self.uplink else None,
             )
+        self.audio: AudioRecorder | None = None
+        muxed: list[AvEncoder] = []  # the video encoder carrying the audio track, once open
+        if cfg.audio.enabled:
+            from agent.capture.audio_recorder import AudioRecorder
+
+            def to_video(block: AudioBlock) -> None:
+                if muxed:
+                    muxed[0].push_audio(block)
+
+            # With video on, the microphone is a track in the video segments (its own
+            # recorder stays idle, so no separate audio stream is written); else its own stream.
+            self.audio = AudioRecorder(
+                cfg.audio,
+                self.spool,
+                self.stop,
+                alarm=self.alarms.raise_,
+                clock=self.clock.state,
+                meta={"device": cfg.device.id},
+                tap=to_video if cfg.video.enabled else None,
+            )
         if cfg.video.enabled:
             from agent.capture.service import VideoService
+
+            factory = None
+            if self.audio is not None:
+                audio_cfg = cfg.audio
+
+                def factory(s: VideoSettings) -> H264Encoder:
+                    from agent.capture.av_mux import AvEncoder
+
+                    enc = AvEncoder(
+                        s.width,
+                        s.height,
+                        s.fps,
+                        codec=s.encoder,
+                        bitrate_kbps=s.bitrate_kbps,
+                        preset=s.preset,
+                        rate=audio_cfg.rate,
+                        audio_bitrate_kbps=audio_cfg.bitrate_kbps,
+                    )
+                    muxed[:] = [enc]
+                    return enc
 
             gps = self.gps
             self.video = VideoService.from_config(
@@ -166,26 +213,54 @@ class Agent:
                 fix=(lambda: gps.latest) if gps else (lambda: None),
                 alarm=self.alarms.raise_,
                 clock=self.clock.state,
+                encoder_factory=factory,
             )
-        if self.uplink is not None and self.uplink.control is not None:
-            self.uplink.control.register("status", lambda _args: self.status())
-            if self.video is not None:
-                from agent.capture.triggers import command_handlers
-
-                for name, handler in command_handlers(self.video).items():
-                    self.uplink.control.register(name, handler)
         from agent.local_control import LocalControl
 
         self.local = LocalControl(cfg.health.control_socket, self.stop)
-        self.local.register("status", lambda _args: self.status())
-        if self.video is not None:
-            from agent.capture.triggers import command_handlers
-
-            for name, handler in command_handlers(self.video, trigger="device").items():
-                self.local.register(name, handler)
+        for name, handler in self._command_handlers("device").items():
+            self.local.register(name, handler)
+        if self.uplink is not None and self.uplink.control is not None:
+            for name, handler in self._command_handlers("platform").items():
+                self.uplink.control.register(name, handler)
         self.notifier = Notifier()
         self._status_warned = False
         self._status_thread = threading.Thread(target=self._heartbeat, name="health")
+
+    def _command_handlers(self, origin: str) -> dict[str, Handler]:
+        """What the platform (signed) or the device's own control socket may ask; ``origin``
+        ("platform" or "device") is recorded as the trigger of what they start."""
+        handlers: dict[str, Handler] = {"status": lambda _args: self.status()}
+        video, audio = self.video, self.audio
+        if video is not None:
+            from agent.capture.triggers import command_handlers
+
+            handlers.update(command_handlers(video, trigger=origin))
+        if audio is not None:
+            from agent.capture.audio_recorder import command_handlers as audio_handlers
+
+            handlers.update(audio_handlers(audio, source=origin))
+
+        def record(action: str) -> Handler:
+            def handle(args: dict[str, Any]) -> dict[str, Any]:
+                trigger = origin
+                note = str(args.get("note", ""))[:200]
+                if video is not None:
+                    {"start": lambda: video.start(trigger), "stop": lambda: video.stop(trigger),
+                     "mark": lambda: video.mark(trigger, note)}[action]()  # fmt: skip
+                elif audio is not None and action in ("start", "stop"):
+                    (audio.start if action == "start" else audio.stop)(trigger)
+                elif action == "mark":
+                    self.spool.put_event("mark", {"trigger": trigger, "note": note})
+                else:
+                    raise CommandError("this device has no camera or microphone to record")
+                return {"ok": True, "action": action}
+
+            return handle
+
+        for action in ("start", "stop", "mark"):
+            handlers[f"record.{action}"] = record(action)
+        return handlers
 
     def status(self) -> dict[str, Any]:
         """Health figures (the heartbeat on the status topic, and ``edge-agent status``)."""
@@ -217,6 +292,19 @@ class Agent:
             }
         if self.uplink is not None:
             out["uplink"] = {"connected": self.uplink.link.connected}
+        if self.video is not None:
+            st = self.video.recorder.stats
+            out["video"] = {
+                "recording": st.recording,
+                "encoder": st.encoder,
+                "frames_captured": st.captured,
+                "frames_dropped": st.dropped,
+                "camera_losses": st.losses,
+                "segments": st.segments,
+                "refused": st.refused,
+            }
+        if self.audio is not None:
+            out["audio"] = self.audio.health()
         return out
 
     def _alive(self) -> list[str]:
@@ -228,6 +316,8 @@ class Agent:
             dead.append("uplink")
         if self.video is not None and self.video.join(0):
             dead.append("video")
+        if self.audio is not None and self.audio.join(0):
+            dead.append("audio")
         return dead
 
     def _heartbeat(self) -> None:
@@ -282,6 +372,8 @@ class Agent:
             self.uplink.start()
         if self.gps is not None:
             self.gps.start()
+        if self.audio is not None:
+            self.audio.start_threads()
         if self.video is not None:
             self.video.start_threads()
         self._status_thread.start()
@@ -305,6 +397,8 @@ class Agent:
         self.notifier.notify("STOPPING=1\nSTATUS=sealing and stopping")
         if self.video is not None:
             self.video.join(timeout)
+        if self.audio is not None:
+            self.audio.join(timeout)
         if self.gps is not None:
             self.gps.join(timeout)
         if self.uplink is not None:

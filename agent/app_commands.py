@@ -12,6 +12,7 @@ def register(sub: Any) -> None:
     register_run(sub)
     register_status(sub)
     register_record(sub)
+    register_mute(sub)
     config = sub.add_parser("config", help="check a configuration file")
     csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = csub.add_parser("check", help="load FILE and report the first problem, if any")
@@ -114,4 +115,21 @@ def _still(args: argparse.Namespace) -> int:
     cfg = read_config(args.config)
     send(cfg.health.control_socket, "video.still")
     print("still: taken")
+    return 0
+
+
+def register_mute(sub: Any) -> None:
+    for name, help_ in (("mute", "mute the microphone"), ("unmute", "unmute the microphone")):
+        p = sub.add_parser(name, help=help_ + " (an event record)")
+        p.add_argument("--config", help="agent config (default /etc/edge-agent/agent.toml)")
+        p.set_defaults(func=_mute, action=name)
+
+
+def _mute(args: argparse.Namespace) -> int:
+    from agent.app import read_config
+    from agent.local_control import send
+
+    cfg = read_config(args.config)
+    send(cfg.health.control_socket, f"audio.{args.action}")
+    print(f"microphone: {args.action}d")
     return 0

@@ -1,111 +1,204 @@
-"""``make demo``: the agent's main job on simulated sources, and what the platform sees.
+"""``make demo``: the agent's main job on simulated sources, against a local broker.
 
-Today it seals synthetic evidence (event records, stills, a minute of GPS fixes, video-sized
-segments) into a fresh spool, simulates a power cut in the middle of a batch of fixes,
-reopens the spool, and verifies and decrypts everything with the platform key, as the
-platform would. Output goes to ./demo-out.
+1. a throwaway PKI, platform and device keys, and mosquitto with mutual TLS on loopback;
+2. the platform's reference ingest (``edge-agent ingest``) subscribed to it;
+3. the agent in the ``bodycam`` profile: synthetic camera, a replayed GPS drive, (where
+   PulseAudio runs, the microphone is left off here: see docs/audio.md);
+4. a recording started and stopped with ``edge-agent record``, a mark and a still;
+5. once the spool is empty (everything acknowledged by the platform), everything stops and
+   ``edge-agent verify`` checks what the platform holds and decrypts it for playback.
+
+Every process it starts is stopped at the end, whatever happens. Output: ./demo-out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
-import math
 import os
 import shutil
-import struct
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from agent.model import ClockSource, ClockState
-from agent.storage.keys import (
-    init_device_keys,
-    init_platform_keys,
-    load_platform_public,
-    load_signing_key,
-)
-from agent.storage.records import RecordLog
-from agent.storage.sealer import Sealer
-from agent.storage.settings import SealSettings, SpoolSettings
-from agent.storage.spool import Spool
+from agent.gps.synth import truck_log
+from agent.storage.keys import init_device_keys, init_platform_keys
+from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 
-OUT = Path("demo-out")
+OUT = Path("demo-out").resolve()
+DEVICE = "cam-demo-01"
+RECORD_S = 30.0
 
 
-def _sealer(keys: Path, boot: str) -> Sealer:
-    return Sealer(
-        device_id="cam-demo-01",
-        boot_id=boot,
-        signing_key=load_signing_key(keys / "device" / "device.key"),
-        platform_public=load_platform_public(keys / "platform" / "platform.pub"),
-        settings=SealSettings(),
+def say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, check=False
     )
+    if check and res.returncode != 0:
+        raise SystemExit(f"edge-agent {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
+    return res
 
 
-def _fix(i: int) -> bytes:
-    """A 28-byte binary fix: time, lat, lon, speed, course."""
-    t = time.time() - 60 + i
-    lat = 52.52 + 0.0005 * math.sin(i / 10)
-    lon = 13.405 + 0.0001 * i
-    return struct.pack(">dddHH", t, lat, lon, 830, (i * 3) % 360)[:28]
+@contextlib.contextmanager
+def process(name: str, args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A child in its own process group, always stopped (SIGTERM, then SIGKILL)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        print(f"   stopped {name} (log: {log})")
+
+
+def wait_for(cond: Callable[[], bool], what: str, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def write_config(pki: Pki, port: int, keys: Path) -> Path:
+    device = pki.client(DEVICE)
+    g = time.gmtime(time.time() - 2)
+    (OUT / "drive.nmea").write_bytes(
+        truck_log(900, start=(g.tm_year, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec))
+    )
+    cfg = OUT / "agent.toml"
+    cfg.write_text(
+        f"""# written by make demo
+[device]
+id = "{DEVICE}"
+profile = "bodycam"
+officer = "A1234"
+unit = "ENF-03"
+[keys]
+device_key = "{keys}/device/device.key"
+platform_public = "{keys}/platform/platform.pub"
+[spool]
+dir = "{OUT}/device/spool"
+reserve_mb = 0
+batch_s = 10
+[gps]
+source = "replay"
+replay_file = "{OUT}/drive.nmea"
+replay_speed = 1.0
+[gps.strategy]
+interval_s = 5.0
+[uplink]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+ca = "{pki.ca}"
+cert = "{device.cert}"
+key = "{device.key}"
+state_dir = "{OUT}/device/uplink"
+[video]
+enabled = true
+source = "synthetic"
+width = 640
+height = 360
+fps = 15
+segment_s = 10
+prebuffer_s = 5
+[health]
+heartbeat_s = 10.0
+status_file = "{OUT}/device/run/status.json"
+control_socket = "{OUT}/device/run/control.sock"
+"""
+    )
+    return cfg
+
+
+def backlog_empty(status_file: Path) -> bool:
+    try:
+        status = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return not status.get("backlog")
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if OUT.exists():
         shutil.rmtree(OUT)
+    OUT.mkdir()
+    say("keys and a throwaway PKI")
     keys = OUT / "keys"
     init_device_keys(keys / "device")
     init_platform_keys(keys / "platform")
-    spool_dir = OUT / "spool"
-    settings = SpoolSettings(dir=spool_dir, reserve_mb=0)
-    clock = ClockState(ClockSource.GNSS, 0.004)
-    print("1. sealing synthetic evidence into", spool_dir)
-    with Spool(settings, _sealer(keys, "boot-1"), clock=lambda: clock) as spool:
-        spool.put_event("record_start", {"trigger": "button", "officer": "A1234"})
-        for _ in range(3):
-            spool.put_bytes("video", os.urandom(2_000_000), content_type="video/mp4")
-        spool.put_bytes(
-            "still", b"\xff\xd8\xff\xe0" + os.urandom(40_000), content_type="image/jpeg"
-        )
-        fixes = RecordLog(spool, "gps", content_type="application/x-edge-fix", batch_max_records=60)
-        for i in range(60):
-            fixes.append(_fix(i), durable=False)
-        fixes.commit()
-        for i in range(60, 75):
-            fixes.append(_fix(i))  # durable each; then the power fails mid-batch
-        spool.put_event("record_stop", {"trigger": "button"})
-        print("2. power cut: 15 GPS fixes are still in the encrypted journal")
-        # No close(): this is what a power cut leaves behind.
-    with Spool(settings, _sealer(keys, "boot-2"), clock=lambda: clock) as spool:
-        log = RecordLog(spool, "gps", content_type="application/x-edge-fix")
-        rec = spool.recovery
-        print(
-            "3. reopened after the cut:",
-            json.dumps(rec),
-            "- journal sealed as gps seq",
-            log.recovered.seq if log.recovered else None,
-        )
-    print("4. the platform verifies and decrypts (edge-agent verify):\n")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "verify",
-            str(spool_dir),
-            "--platform-key",
-            str(keys / "platform" / "platform.key"),
-            "--device-key",
-            str(keys / "device" / "device.pub"),
-            "--decrypt-to",
-            str(OUT / "platform"),
-        ],
+    pki = make_pki(OUT / "pki", identities=(DEVICE, INGEST_IDENTITY))
+    print(f"   device key, platform key and certificates under {OUT}")
+    broker = Mosquitto(OUT / "broker", pki)
+    say(f"mosquitto with mutual TLS on 127.0.0.1:{broker.port}")
+    broker.start()
+    try:
+        return run(broker, pki, keys)
+    finally:
+        broker.stop()
+        print("   stopped mosquitto")
+
+
+def run(broker: Mosquitto, pki: Pki, keys: Path) -> int:
+    cfg = write_config(pki, broker.port, keys)
+    store = OUT / "platform"
+    ingest = pki.client(INGEST_IDENTITY)
+    ingest_args = [
+        sys.executable, "-m", "agent.cli", "ingest", "--store", str(store),
+        "--broker", f"127.0.0.1:{broker.port}", "--ca", str(pki.ca), "--cert", str(ingest.cert),
+        "--cert-key", str(ingest.key), "--client-id", INGEST_IDENTITY,
+        "--platform-key", str(keys / "platform" / "platform.key"),
+    ]  # fmt: skip
+    say("the platform's ingest, then the agent (bodycam: synthetic camera, replayed GPS)")
+    with (
+        process("ingest", ingest_args, OUT / "ingest.log"),
+        process(
+            "agent",
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+            OUT / "agent.log",
+        ) as agent,
+    ):
+        sock = OUT / "device" / "run" / "control.sock"
+        wait_for(sock.exists, "the agent to start", 60)
+        say(f"recording for {RECORD_S:.0f} s (edge-agent record start / mark / still / stop)")
+        cli("record", "start", "--config", str(cfg))
+        time.sleep(RECORD_S / 2)
+        cli("record", "mark", "--note", "demo: something happened", "--config", str(cfg))
+        cli("still", "--config", str(cfg))
+        time.sleep(RECORD_S / 2)
+        cli("record", "stop", "--config", str(cfg))
+        status_file = OUT / "device" / "run" / "status.json"
+        say("waiting until the platform has acknowledged everything")
+        time.sleep(12)  # let the last GPS batch be sealed
+        wait_for(lambda: backlog_empty(status_file) or agent.poll() is not None, "delivery", 120)
+        print(cli("status", "--config", str(cfg)).stdout)
+    say("what the platform received and verified (edge-agent verify)")
+    device_store = store / DEVICE
+    res = cli(
+        "verify", str(device_store / "seg"), str(device_store / "keys"),
+        "--platform-key", str(keys / "platform" / "platform.key"),
+        "--device-key", str(keys / "device" / "device.pub"),
+        "--decrypt-to", str(OUT / "decrypted"),
         check=False,
-    )
-    print(f"\ndecrypted evidence is under {OUT / 'platform'}")
+    )  # fmt: skip
+    print(res.stdout + res.stderr)
+    videos = sorted((OUT / "decrypted" / DEVICE / "video").glob("*.mp4"))
+    if videos:
+        print(f"play the decrypted video: ffplay {videos[0]}   ({len(videos)} segments)")
+    print(f"everything is under {OUT}")
     return res.returncode
 
 

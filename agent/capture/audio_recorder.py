@@ -746,9 +746,10 @@ class AudioRecorder:
 
 
 def command_handlers(
-    recorder: AudioRecorder,
+    recorder: AudioRecorder, source: str = "platform"
 ) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-    """Handlers for the platform command channel: ``audio.mute`` and ``audio.unmute``.
+    """Handlers for the platform command channel (or, with ``source="device"``, the local
+    control socket): ``audio.mute`` and ``audio.unmute``.
 
     ``audio.mute`` takes an optional ``{"note": "..."}``; ``{"mute": false}`` unmutes.
     """
@@ -760,9 +761,9 @@ def command_handlers(
         note = str(args.get("note", ""))[:200]
         try:
             if want:
-                recorder.mute("platform", note)
+                recorder.mute(source, note)
             else:
-                recorder.unmute("platform", note)
+                recorder.unmute(source, note)
         except AgentError as exc:
             raise CommandError(str(exc)) from None
         return {"muted": want}

@@ -92,6 +92,17 @@ class AvEncoder(H264Encoder):
 
     # ------------------------------------------------------------------ any thread
 
+    def segment_meta(self) -> dict[str, Any]:
+        return {
+            "audio": {
+                "codec": "opus",
+                "rate": self.rate,
+                "filled_samples": self.filled_samples,
+                "late_samples": self.late_samples,
+                "dropped_blocks": self.dropped_blocks,
+            }
+        }
+
     def push_audio(self, block: AudioBlock) -> None:
         """Queue a (muted where muted) block for the next frame; full queue: drop and count."""
         if block.rate != self.rate:

@@ -238,6 +238,10 @@ class H264Encoder:
         self._closed = False
         self.frames_in = 0
 
+    def segment_meta(self) -> dict[str, Any]:
+        """Facts for the manifest of the segment just cut (a muxed audio track adds its own)."""
+        return {}
+
     def add_stream(self, codec: str, **kwargs: Any) -> Any:
         """Add another stream (e.g. ``"libopus"``) before the first frame; returns it."""
         if self.frames_in:

@@ -345,6 +345,7 @@ class VideoPipeline:
             "duration_s": round(seg.duration_s, 6),
             "dropped_frames": dropped - self._dropped_reported,
         }
+        meta.update(self.encoder.segment_meta())
         if rec.parts == 0:
             meta["pre_event_s"] = rec.pre_event_s
         if rec.marks:
@@ -417,8 +418,10 @@ class Recorder:
         clock: Callable[[], ClockState] = ClockState,
         meta: dict[str, Any] | None = None,
         on_frame: Callable[[Frame], None] | None = None,
+        encoder_factory: Callable[[VideoSettings], H264Encoder] | None = None,
     ) -> None:
         self.settings = settings
+        self._encoder_factory = encoder_factory
         self.source = source
         self.spool = spool
         self.stop_event = stop
@@ -538,13 +541,17 @@ class Recorder:
     def _encode_main(self) -> None:
         s = self.settings
         try:
-            encoder = H264Encoder(
-                s.width,
-                s.height,
-                s.fps,
-                codec=s.encoder,
-                bitrate_kbps=s.bitrate_kbps,
-                preset=s.preset,
+            encoder = (
+                self._encoder_factory(s)
+                if self._encoder_factory is not None
+                else H264Encoder(
+                    s.width,
+                    s.height,
+                    s.fps,
+                    codec=s.encoder,
+                    bitrate_kbps=s.bitrate_kbps,
+                    preset=s.preset,
+                )
             )
         except Exception as exc:
             log.critical("video: cannot open the H.264 encoder: %s", exc)

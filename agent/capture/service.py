@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.capture.camera import CameraSource
+from agent.capture.encoder import H264Encoder
 from agent.capture.frames import FrameSource
 from agent.capture.overlay import Overlay
 from agent.capture.recorder import Recorder, SpoolLike
@@ -58,6 +59,7 @@ class VideoService:
         fix: Callable[[], Fix | None] = lambda: None,
         alarm: Callable[[Alarm], None] | None = None,
         clock: Callable[[], ClockState] = ClockState,
+        encoder_factory: Callable[[VideoSettings], H264Encoder] | None = None,
     ) -> None:
         self.settings = settings
         overlay = None
@@ -78,7 +80,15 @@ class VideoService:
             if v
         }
         self.recorder = Recorder(
-            settings, source, spool, stop, overlay=overlay, alarm=alarm, clock=clock, meta=meta
+            settings,
+            source,
+            spool,
+            stop,
+            overlay=overlay,
+            alarm=alarm,
+            clock=clock,
+            meta=meta,
+            encoder_factory=encoder_factory,
         )
         self.stills = Stills(
             spool,
@@ -106,6 +116,7 @@ class VideoService:
         fix: Callable[[], Fix | None] = lambda: None,
         alarm: Callable[[Alarm], None] | None = None,
         clock: Callable[[], ClockState] = ClockState,
+        encoder_factory: Callable[[VideoSettings], H264Encoder] | None = None,
     ) -> VideoService:
         d = cfg.device
         return cls(
@@ -120,6 +131,7 @@ class VideoService:
             fix=fix,
             alarm=alarm,
             clock=clock,
+            encoder_factory=encoder_factory,
         )
 
     def start_threads(self) -> None:
