@@ -76,3 +76,44 @@ def test_values_are_typed_and_frozen() -> None:
     assert cfg.uplink.priority == ("video",)
     with pytest.raises(AttributeError):
         cfg.device.id = "other"  # type: ignore[misc]
+
+
+def _leaves(cls: type, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    out: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += _leaves(tp, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def test_example_config_documents_every_setting() -> None:
+    """deploy/agent.example.toml names every setting (set or commented), in its table."""
+    import re
+
+    from agent.config import AgentConfig
+
+    text = (REPO / "deploy" / "agent.example.toml").read_text()
+    tables: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        m = re.match(r"^\[([a-z_.]+)\]", line)
+        if m:
+            current = m.group(1)
+            continue
+        k = re.match(r"^#?\s*([a-z_]+)\s*=", line)
+        if k:
+            tables.setdefault(current, "")
+            tables[current] += f" {k.group(1)} "
+    missing = []
+    for leaf in _leaves(AgentConfig):
+        table, _, name = leaf.rpartition(".")
+        if f" {name} " not in tables.get(table, ""):
+            missing.append(leaf)
+    assert not missing, f"not in deploy/agent.example.toml: {missing}"
