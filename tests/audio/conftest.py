@@ -13,129 +13,21 @@ audio path).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import shutil
-import signal
-import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.capture.pulse_lab import PulseServer
+from agent.errors import SourceError
 from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info, verify_segment
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet
-
-SINE_HZ = 440
-CONFIG = """\
-load-module module-native-protocol-unix auth-anonymous=1 socket={socket}
-load-module module-null-sink sink_name=null
-load-module module-sine-source source_name=sine frequency={hz} rate=48000
-set-default-source sine
-set-default-sink null
-"""
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    """Poll ``cond`` until true or ``timeout`` seconds pass (tests only: an Event as a clock)."""
-    clock = threading.Event()
-    waited = 0.0
-    while not cond():
-        if waited >= timeout:
-            return cond()
-        clock.wait(step)
-        waited += step
-    return True
-
-
-class PulseServer:
-    """One PulseAudio process on a private socket; ``start``/``stop`` may be called again."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.runtime = root / "run"
-        self.socket = self.runtime / "native"
-        self.log_path = root / "pulseaudio.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def server(self) -> str:
-        return f"unix:{self.socket}"
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "HOME": str(self.root),
-            "PULSE_RUNTIME_PATH": str(self.runtime),
-            "XDG_RUNTIME_DIR": str(self.runtime),
-            "PULSE_STATE_PATH": str(self.root / "state"),
-            "PULSE_SERVER": self.server,
-        }
-
-    def start(self, timeout: float = 15.0) -> None:
-        exe = shutil.which("pulseaudio")
-        if exe is None:
-            pytest.fail("pulseaudio is not installed (make setup installs Debian 'pulseaudio')")
-        self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-        conf = self.root / "pulse.pa"
-        conf.write_text(CONFIG.format(socket=self.socket, hz=SINE_HZ))
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--daemonize=no",
-                "--system=false",
-                "--exit-idle-time=-1",
-                "--disallow-exit",
-                "--use-pid-file=false",
-                "--log-target=stderr",
-                "-n",
-                "-F",
-                str(conf),
-            ],
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
-        if not wait_for(self._ready, timeout):
-            reason = self._tail()
-            self.stop()
-            pytest.fail(f"PulseAudio did not start within {timeout:.0f} s:\n{reason}")
-
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            pytest.fail(f"PulseAudio exited with {self.proc.returncode}:\n{self._tail()}")
-        if not self.socket.exists():
-            return False
-        r = subprocess.run(
-            ["pactl", "info"], env=self.env(), capture_output=True, text=True, check=False
-        )
-        return r.returncode == 0 and "Default Source: sine" in r.stdout
-
-    def _tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        self.socket.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +35,10 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
     """A running PulseAudio with a 440 Hz default source; PULSE_SERVER points at it."""
     server = PulseServer(tmp_path_factory.mktemp("pulse"))
     saved = os.environ.get("PULSE_SERVER")
-    server.start()
+    try:
+        server.start()
+    except SourceError as exc:
+        pytest.fail(str(exc))
     os.environ["PULSE_SERVER"] = server.server
     try:
         yield server

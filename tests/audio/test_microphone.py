@@ -17,18 +17,10 @@ import pytest
 
 from agent.capture.audio import MicState, load_sounddevice
 from agent.capture.audio_recorder import AudioRecorder, command_handlers
+from agent.capture.pulse_lab import SINE_HZ, PulseServer, wait_for
 from agent.capture.settings import AudioSettings
 from agent.storage.spool import Spool
-from tests.audio.conftest import (
-    SINE_HZ,
-    PulseServer,
-    Sealed,
-    decode_audio,
-    decrypt_all,
-    peak_hz,
-    rms,
-    wait_for,
-)
+from tests.audio.conftest import Sealed, decode_audio, decrypt_all, peak_hz, rms
 from tests.fixtures.keys import KeySet
 
 PAD_S = 312 / 48000  # Opus encoder delay: the stream's first segment is this much shorter
