@@ -138,3 +138,94 @@ def test_record_without_a_running_agent_is_a_clear_error(tmp_path: Path) -> None
     res = cli("record", "start", "--config", str(cfg))
     assert res.returncode == 1
     assert "no control socket: is the agent running?" in res.stderr
+
+
+def test_bodycam_with_microphone_records_audio_inside_video(tmp_path: Path, keyset: KeySet) -> None:
+    """A real PulseAudio sine microphone: the video segments carry an Opus track."""
+    from agent.capture.pulse_lab import PulseServer
+
+    pulse = PulseServer(tmp_path / "pulse")
+    pulse.start()
+    spool = tmp_path / "spool"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f"""
+[device]
+id = "cam-a"
+profile = "bodycam"
+[keys]
+device_key = "{keyset.device_key_path}"
+platform_public = "{keyset.platform_pub_path}"
+[spool]
+dir = "{spool}"
+reserve_mb = 0
+[video]
+enabled = true
+width = 160
+height = 120
+fps = 10
+segment_s = 1
+prebuffer_s = 0
+[audio]
+enabled = true
+[health]
+status_file = "{tmp_path / "status.json"}"
+control_socket = "{tmp_path / "control.sock"}"
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+        cwd=REPO,
+        env=pulse.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait(lambda: (tmp_path / "control.sock").exists(), "the control socket", proc)
+        assert cli("record", "start", "--config", str(cfg)).returncode == 0
+        video = spool / "seg" / "video"
+        _wait(lambda: len(list(video.glob("*.seg"))) >= 3, "three video segments", proc)
+
+        def mic_state() -> str:
+            status = json.loads((tmp_path / "status.json").read_text())
+            return str(status["audio"]["state"])
+
+        # The health loop rewrites the status file every few seconds.
+        _wait(lambda: mic_state() == "ok", "the microphone reported ok", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pulse.stop()
+    assert proc.returncode == 0, out
+    plain = tmp_path / "plain"
+    res = cli(
+        "verify",
+        str(spool),
+        "--platform-key",
+        str(keyset.platform_key_path),
+        "--decrypt-to",
+        str(plain),
+    )
+    assert res.returncode == 0, res.stderr
+    # No separate audio stream: the microphone is a track of each video segment.
+    assert not (plain / "cam-a" / "audio").exists()
+    mp4 = sorted((plain / "cam-a" / "video").glob("*.mp4"))[1]
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+            str(mp4),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.split() == ["h264", "opus"]
