@@ -2,8 +2,8 @@
 
 1. a throwaway PKI, platform and device keys, and mosquitto with mutual TLS on loopback;
 2. the platform's reference ingest (``edge-agent ingest``) subscribed to it;
-3. the agent in the ``bodycam`` profile: synthetic camera, a replayed GPS drive, (where
-   PulseAudio runs, the microphone is left off here: see docs/audio.md);
+3. the agent in the ``bodycam`` profile: synthetic camera, a replayed GPS drive and, where
+   PulseAudio can run, a 440 Hz sine microphone (an Opus track in the video segments);
 4. a recording started and stopped with ``edge-agent record``, a mark and a still;
 5. once the spool is empty (everything acknowledged by the platform), everything stops and
    ``edge-agent verify`` checks what the platform holds and decrypts it for playback.
@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from agent.capture.pulse_lab import PulseServer
+from agent.errors import SourceError
 from agent.gps.synth import truck_log
 from agent.storage.keys import init_device_keys, init_platform_keys
 from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
@@ -72,7 +74,7 @@ def wait_for(cond: Callable[[], bool], what: str, limit: float) -> None:
         time.sleep(0.25)
 
 
-def write_config(pki: Pki, port: int, keys: Path) -> Path:
+def write_config(pki: Pki, port: int, keys: Path, audio: bool) -> Path:
     device = pki.client(DEVICE)
     g = time.gmtime(time.time() - 2)
     (OUT / "drive.nmea").write_bytes(
@@ -115,6 +117,8 @@ height = 360
 fps = 15
 segment_s = 10
 prebuffer_s = 5
+[audio]
+enabled = {"true" if audio else "false"}
 [health]
 heartbeat_s = 10.0
 status_file = "{OUT}/device/run/status.json"
@@ -152,8 +156,31 @@ def main() -> int:
         print("   stopped mosquitto")
 
 
+def start_microphone() -> PulseServer | None:
+    """A sine microphone where PulseAudio can run here (else the demo goes on without)."""
+    pulse = PulseServer(OUT / "pulse")
+    try:
+        pulse.start()
+    except SourceError as exc:
+        print(f"   no microphone in this demo: {exc}")
+        return None
+    os.environ.update(pulse.env())
+    print("   PulseAudio with a 440 Hz sine source as the microphone")
+    return pulse
+
+
 def run(broker: Mosquitto, pki: Pki, keys: Path) -> int:
-    cfg = write_config(pki, broker.port, keys)
+    pulse = start_microphone()
+    try:
+        return run_agent(broker, pki, keys, audio=pulse is not None)
+    finally:
+        if pulse is not None:
+            pulse.stop()
+            print("   stopped PulseAudio")
+
+
+def run_agent(broker: Mosquitto, pki: Pki, keys: Path, audio: bool) -> int:
+    cfg = write_config(pki, broker.port, keys, audio)
     store = OUT / "platform"
     ingest = pki.client(INGEST_IDENTITY)
     ingest_args = [
@@ -198,6 +225,8 @@ def run(broker: Mosquitto, pki: Pki, keys: Path) -> int:
     videos = sorted((OUT / "decrypted" / DEVICE / "video").glob("*.mp4"))
     if videos:
         print(f"play the decrypted video: ffplay {videos[0]}   ({len(videos)} segments)")
+    left = cli("spool", "--config", str(cfg), check=False).stdout.strip()
+    print(f"left on the device for its next connection:\n{left}")
     print(f"everything is under {OUT}")
     return res.returncode
 

@@ -51,6 +51,21 @@ def format_status(s: dict[str, Any], now: float) -> str:
     up = s.get("uplink")
     if up is not None:
         lines.append(f"uplink  {'connected' if up.get('connected') else 'DISCONNECTED'}")
+    video = s.get("video")
+    if video is not None:
+        lines.append(
+            f"camera  {'RECORDING' if video.get('recording') else 'standby'} "
+            f"({video.get('encoder') or '-'}), frames {video.get('frames_captured')}, "
+            f"dropped {video.get('frames_dropped')}, camera lost {video.get('camera_losses')}x"
+        )
+    audio = s.get("audio")
+    if audio is not None:
+        state = str(audio.get("state", "?"))
+        why = f" ({audio.get('reason')})" if audio.get("reason") else ""
+        lines.append(
+            f"mic     {state if state in ('ok', 'off') else state.upper()}{why} "
+            f"{audio.get('device', '')}"
+        )
     storage = s.get("storage") or {}
     lines.append(
         f"storage evidence {_mb(storage.get('evidence', 0))}, "
