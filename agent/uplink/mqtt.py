@@ -428,6 +428,12 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_log = self._on_log
+        # Only the loop thread touches the socket: with a write-registration callback set, paho
+        # queues packets published from other threads and wakes the loop instead of writing
+        # inline (an SSL socket must not be read and written by two threads at once; doing so
+        # stalled the link for a second at a time).
+        client.on_socket_register_write = _no_op
+        client.on_socket_unregister_write = _no_op
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(0)
         client.connect_timeout = cfg.connect_timeout_s
@@ -573,6 +579,10 @@ class MqttLink:
             self._log_state(f"connection lost: {self._explain_loss(err, default)}")
         _close(client)
         self.wake.set()
+
+
+def _no_op(client: paho.Client, userdata: Any, sock: Any) -> None:
+    return None
 
 
 def _strip_share(pattern: str) -> str:
