@@ -4,4 +4,6 @@ from __future__ import annotations
 
 pytest_plugins = [
     "tests.fixtures.keys",
+    "tests.fixtures.pki",
+    "tests.fixtures.broker",
 ]
