@@ -24,6 +24,8 @@ from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 
 log = logging.getLogger(__name__)
 
+BATCH = 128  # messages stored per group commit (one syncfs) before their acknowledgements
+
 
 class Ingest:
     """One ingest worker: an MQTT link and a thread feeding the store."""
@@ -51,26 +53,47 @@ class Ingest:
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                msg = self.inbox.get(timeout=0.5)
+                first = self.inbox.get(timeout=0.5)
             except queue.Empty:
                 continue
-            try:
-                self.handle(msg)
-            except AgentError as exc:
-                log.error("ingest: %s: %s", msg.topic, exc)
-                continue  # not acknowledged: the broker or the device will send it again
-            except OSError as exc:
-                log.error("ingest: store error on %s: %s", msg.topic, exc)
-                continue
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self._handle_batch(batch)
+
+    def _handle_batch(self, batch: list[Inbound]) -> None:
+        """Store a batch, make it durable together, and only then acknowledge it."""
+        done: list[tuple[Inbound, list[tuple[str, proto.Ack]]]] = []
+        try:
+            with self.store.batch():
+                for msg in batch:
+                    try:
+                        done.append((msg, self.handle(msg)))
+                    except AgentError as exc:
+                        log.error("ingest: %s: %s", msg.topic, exc)
+                        # not acknowledged: the broker or the device will send it again
+                    except OSError as exc:
+                        log.error("ingest: store error on %s: %s", msg.topic, exc)
+        except OSError as exc:
+            log.error("ingest: cannot make the batch durable: %s", exc)
+            return  # nothing acknowledged: it will all come again
+        for msg, acks in done:
+            for topic, ack in acks:
+                if self.link.publish(topic, proto.encode_ack(ack), qos=1) is None:
+                    log.debug("ingest: not connected; the device will ask again")
             self.link.ack(msg)
 
-    def handle(self, msg: Inbound) -> None:
+    def handle(self, msg: Inbound) -> list[tuple[str, proto.Ack]]:
+        """Store one message; returns the (topic, ack) pairs to publish once it is durable."""
         try:
             topic = proto.parse_topic(msg.topic)
         except FormatError as exc:
             self.malformed += 1
             log.warning("ingest: ignoring %s", exc)
-            return
+            return []
         acks: list[proto.Ack] = []
         if topic.kind == "seg":
             try:
@@ -78,7 +101,7 @@ class Ingest:
             except FormatError as exc:
                 self.malformed += 1
                 log.warning("ingest: dropping a chunk from %s: %s", topic.device_id, exc)
-                return
+                return []
             if header.stream != topic.arg:
                 self.malformed += 1
                 log.warning(
@@ -87,17 +110,15 @@ class Ingest:
                     topic.arg,
                     header.stream,
                 )
-                return
+                return []
             acks = self.store.put_chunk(topic.device_id, header, data)
         elif topic.kind == "key":
             ack = self.store.put_key(topic.device_id, msg.payload)
             acks = [ack] if ack is not None else []
         elif topic.kind == "cmd-result":
             log.info("ingest: %s answered a command: %s", topic.device_id, msg.payload[:500])
-            return
+            return []
         else:
-            return
+            return []
         out = proto.Topics(topic.device_id).ack
-        for ack in acks:
-            if self.link.publish(out, proto.encode_ack(ack), qos=1) is None:
-                log.debug("ingest: not connected; the device will ask again")
+        return [(out, ack) for ack in acks]

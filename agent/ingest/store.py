@@ -26,6 +26,8 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -35,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import AgentError, FormatError, KeyFileError, VerificationError
-from agent.storage.durable import fsync_dir, write_atomic
+from agent.storage.durable import fsync_dir, syncfs, write_atomic
 from agent.storage.keys import fingerprint, raw_public
 from agent.storage.seal import (
     SegmentInfo,
@@ -117,6 +119,9 @@ class Store:
         self._pins: dict[str, Ed25519PublicKey] = {}
         self.tmp = root / ".tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # Group commit: inside ``batch()`` each fsync is replaced by one syncfs at its end.
+        self._batching = False
+        self._dirty = False
         for stale in self.tmp.iterdir():
             stale.unlink(missing_ok=True)
 
@@ -243,7 +248,37 @@ class Store:
         self._partials[key] = p
         return p
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: what is stored inside becomes durable together when it ends (one
+        ``syncfs`` of the store's filesystem instead of an fsync per file and directory).
+        Acknowledge what the batch stored only after it has ended."""
+        self._batching, self._dirty = True, False
+        try:
+            yield
+        finally:
+            self._batching = False
+            if self._dirty:
+                self._dirty = False
+                syncfs(self.root)
+
+    def _fsync_fd(self, fd: int) -> None:
+        if self._batching:
+            self._dirty = True
+        else:
+            os.fsync(fd)
+
+    def _fsync_dir(self, path: Path) -> None:
+        if self._batching:
+            self._dirty = True
+        else:
+            fsync_dir(path)
+
     def _sync(self, p: _Partial) -> None:
+        if self._batching:
+            self._dirty = self._dirty or bool(p.unsynced)
+            p.unsynced = []
+            return
         for path in p.unsynced:
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -351,7 +386,7 @@ class Store:
                     assert p is not None
                     self._assemble(p, f)
                 f.flush()
-                os.fsync(f.fileno())
+                self._fsync_fd(f.fileno())
                 try:
                     info = read_segment_info(f)
                 except FormatError as exc:
@@ -374,7 +409,7 @@ class Store:
                 plain = self.plain_path(device, h.stream, h.seq)
                 plain.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(plain_tmp, plain)
-                fsync_dir(plain.parent)
+                self._fsync_dir(plain.parent)
                 plain_tmp = None
             try:
                 os.link(tmp, final)
@@ -385,7 +420,7 @@ class Store:
                     self.stats.duplicates += 1
                     return [proto.SegmentAck(h.stream, h.seq, h.hash, "duplicate")]
                 return [proto.Reject("seg", f"{h.label}: conflict", h.stream, h.seq, h.hash)]
-            fsync_dir(final.parent)
+            self._fsync_dir(final.parent)
             self._remember(final, h.hash)
             self._drop_partial(device, h)
             self.stats.stored += 1
@@ -463,7 +498,7 @@ class Store:
             with out.open("wb") as g:
                 decrypt_segment(f, info, data_key, g.write)
                 g.flush()
-                os.fsync(g.fileno())
+                self._fsync_fd(g.fileno())
         except BaseException:
             out.unlink(missing_ok=True)
             raise

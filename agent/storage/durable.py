@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -31,3 +32,23 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def syncfs(path: Path) -> None:
+    """Make everything written to ``path``'s filesystem durable, in one call (syncfs(2)).
+
+    One journal commit for many files, where an fsync per file and directory costs one each.
+    Falls back to sync(2) where the C library has no syncfs.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter already uses
+    fn = getattr(libc, "syncfs", None)
+    if fn is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)

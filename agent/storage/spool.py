@@ -46,8 +46,9 @@ from agent.storage.settings import MIB, SpoolSettings
 log = logging.getLogger(__name__)
 
 READY = "ready"
-INFLIGHT = "inflight"
+INFLIGHT = "inflight"  # written by older versions only; in flight is now kept in memory
 ACKED = "acked"
+REFUSED = "refused"  # the platform refused it: kept (evidence), not resent until retried
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -133,6 +134,7 @@ class Spool:
         self._stream_locks: dict[str, threading.Lock] = {}
         self._chains: dict[str, tuple[int, str | None]] = {}
         self._stored_keys: set[str] = set()
+        self._inflight: set[int] = set()
         self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
         for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -273,6 +275,13 @@ class Spool:
             seen.add(key)
             return
         next_seq, last_hash = self._chains.get(info.stream, (0, None))
+        if info.seq < next_seq:
+            # Its index row was deleted (the platform acknowledged it, or telemetry was
+            # overwritten) and the stop came before the file's removal: finish the removal.
+            path.unlink()
+            stats["removed_acked"] = stats.get("removed_acked", 0) + 1
+            log.info("spool: removed %s, acknowledged just before the last stop", info.label)
+            return
         if info.seq == next_seq and info.manifest["prev"] == last_hash:
             # Renamed into place, cut before its index row: complete and sealed, so keep it.
             batch = info.manifest["meta"].get("batch_id")
@@ -514,12 +523,22 @@ class Spool:
             )
 
     def _remove(self, sid: int, stream: str, seq: int, size: int, cls: Retention) -> None:
+        self._remove_many([(sid, stream, seq, size, cls)])
+
+    def _remove_many(self, rows: Sequence[tuple[int, str, int, int, Retention]]) -> None:
+        """Delete index rows in one transaction, then their files.
+
+        A stop between the two leaves files whose rows are gone; recovery recognises them
+        (their seq is below the chain's next) and finishes the removal.
+        """
+        if not rows:
+            return
         with self._tx() as db:
-            db.execute("UPDATE segments SET state=? WHERE id=?", (ACKED, sid))
-        self._seg_path(stream, seq).unlink(missing_ok=True)
-        with self._tx() as db:
-            db.execute("DELETE FROM segments WHERE id=?", (sid,))
-        self._used[cls] -= size
+            db.executemany("DELETE FROM segments WHERE id=?", [(r[0],) for r in rows])
+        for sid, stream, seq, size, cls in rows:
+            self._seg_path(stream, seq).unlink(missing_ok=True)
+            self._used[cls] -= size
+            self._inflight.discard(sid)
 
     # ------------------------------------------------------------------ reading (uplink)
 
@@ -534,13 +553,26 @@ class Spool:
     def next_ready(self, priority: Sequence[str] = (), limit: int = 1) -> list[SpoolItem]:
         """Oldest ready segments, streams in ``priority`` order first, then the rest."""
         with self._db_lock:
-            rows = self._db.execute(
-                f"SELECT {self._COLS} FROM segments WHERE state=? ORDER BY seq",
-                (READY,),
-            ).fetchall()
-        rank = {s: i for i, s in enumerate(priority)}
-        rows.sort(key=lambda r: (rank.get(r[1], len(rank)), r[1], r[2]))
-        return [self._item(r) for r in rows[:limit]]
+            streams = [
+                s
+                for (s,) in self._db.execute(
+                    "SELECT DISTINCT stream FROM segments WHERE state=?", (READY,)
+                )
+            ]
+            rank = {s: i for i, s in enumerate(priority)}
+            streams.sort(key=lambda s: (rank.get(s, len(rank)), s))
+            out: list[SpoolItem] = []
+            for stream in streams:
+                want = limit - len(out)
+                if want <= 0:
+                    break
+                rows = self._db.execute(
+                    f"SELECT {self._COLS} FROM segments WHERE state=? AND stream=?"
+                    " ORDER BY seq LIMIT ?",
+                    (READY, stream, want + len(self._inflight)),
+                ).fetchall()
+                out += [self._item(r) for r in rows if r[0] not in self._inflight][:want]
+        return out
 
     def items(self, stream: str | None = None) -> list[SpoolItem]:
         q = f"SELECT {self._COLS} FROM segments WHERE state != ?"
@@ -553,35 +585,64 @@ class Spool:
         return [self._item(r) for r in rows]
 
     def mark_inflight(self, item_id: int) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE segments SET state=? WHERE id=?", (INFLIGHT, item_id))
+        """Being sent: not offered again by ``next_ready`` until released or acknowledged.
+
+        Kept in memory only: after any stop, everything unacknowledged is ready again.
+        """
+        with self._db_lock:
+            self._inflight.add(item_id)
 
     def release(self, item_id: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE segments SET state=? WHERE id=? AND state=?", (READY, item_id, INFLIGHT)
-            )
+        with self._db_lock:
+            self._inflight.discard(item_id)
 
-    def set_progress(self, item_id: int, chunks_done: int) -> None:
-        """Remember how many chunks of a segment the platform has (survives power cuts)."""
+    def park(self, item_id: int, reason: str) -> None:
+        """The platform refused this segment: keep it (it is evidence), stop resending it.
+
+        ``retry_refused`` (``edge-agent spool --retry``) offers it again, e.g. after the
+        platform's problem is fixed.
+        """
+        log.error("spool: segment %d parked after the platform refused it: %s", item_id, reason)
         with self._tx() as db:
-            db.execute("UPDATE segments SET progress=? WHERE id=?", (chunks_done, item_id))
+            db.execute("UPDATE segments SET state=? WHERE id=?", (REFUSED, item_id))
+        with self._db_lock:
+            self._inflight.discard(item_id)
+
+    def retry_refused(self) -> int:
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE segments SET state=? WHERE state=?", (READY, REFUSED)
+            ).rowcount
+
+    def set_progress(self, item_id: int, bytes_done: int) -> None:
+        """Remember how many bytes of a segment the platform holds (survives power cuts)."""
+        with self._tx() as db:
+            db.execute("UPDATE segments SET progress=? WHERE id=?", (bytes_done, item_id))
 
     def ack(self, stream: str, seq: int, manifest_hash: str) -> bool:
         """The platform has this segment: remove it. False if unknown or the hash differs."""
+        return self.ack_many([(stream, seq, manifest_hash)])[0]
+
+    def ack_many(self, acks: Sequence[tuple[str, int, str]]) -> list[bool]:
+        """Several acknowledgements in one transaction (stream, seq, manifest hash each)."""
+        results: list[bool] = []
+        victims: list[tuple[int, str, int, int, Retention]] = []
         with self._db_lock:
-            row = self._db.execute(
-                "SELECT id, size, manifest_hash, class FROM segments WHERE stream=? AND seq=?",
-                (stream, seq),
-            ).fetchone()
-        if row is None:
-            return False
-        sid, size, mhash, cls = row
-        if mhash != manifest_hash:
-            log.warning("spool: ack for %s#%d names a different manifest hash; kept", stream, seq)
-            return False
-        self._remove(sid, stream, seq, size, Retention(cls))
-        return True
+            for stream, seq, manifest_hash in acks:
+                row = self._db.execute(
+                    "SELECT id, size, manifest_hash, class FROM segments WHERE stream=? AND seq=?",
+                    (stream, seq),
+                ).fetchone()
+                ok = row is not None and row[2] == manifest_hash
+                if row is not None and not ok:
+                    log.warning(
+                        "spool: ack for %s#%d names a different manifest hash; kept", stream, seq
+                    )
+                if ok and all(v[0] != row[0] for v in victims):
+                    victims.append((row[0], stream, seq, row[1], Retention(row[3])))
+                results.append(ok)
+        self._remove_many(victims)
+        return results
 
     def open_segment(self, item: SpoolItem) -> BinaryIO:
         return item.path.open("rb")

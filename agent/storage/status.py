@@ -15,7 +15,7 @@ class StreamFigures:
     stream: str
     count: int
     bytes: int
-    inflight: int
+    refused: int  # refused by the platform, parked until `edge-agent spool --retry`
     oldest_age_s: float | None
 
 
@@ -28,7 +28,7 @@ def read_figures(spool_dir: Path) -> list[StreamFigures]:
         try:
             rows = db.execute(
                 "SELECT stream, COUNT(*), COALESCE(SUM(size), 0),"
-                " SUM(CASE WHEN state='inflight' THEN 1 ELSE 0 END), MIN(created)"
+                " SUM(CASE WHEN state='refused' THEN 1 ELSE 0 END), MIN(created)"
                 " FROM segments WHERE state != 'acked' GROUP BY stream ORDER BY stream"
             ).fetchall()
         finally:
@@ -47,5 +47,5 @@ def format_figures(figures: list[StreamFigures]) -> str:
     lines = [f"{'stream':<10} {'segments':>9} {'bytes':>14} {'in flight':>10} {'oldest':>10}"]
     for f in figures:
         age = "-" if f.oldest_age_s is None else f"{f.oldest_age_s:.0f}s"
-        lines.append(f"{f.stream:<10} {f.count:>9} {f.bytes:>14} {f.inflight:>10} {age:>10}")
+        lines.append(f"{f.stream:<10} {f.count:>9} {f.bytes:>14} {f.refused:>10} {age:>10}")
     return "\n".join(lines)

@@ -48,6 +48,7 @@ KIB = 1024
 IDLE_POLL_S = 0.5
 READY_REFRESH_S = 1.0
 MAX_ALARMS = 256
+ACK_BATCH = 256  # acknowledgements handled (and removed from the spool) per transaction
 
 
 class TokenBucket:
@@ -248,12 +249,38 @@ class Forwarder:
     # ------------------------------------------------------------------ acks
 
     def _drain_acks(self) -> None:
-        while True:
+        """Handle every acknowledgement waiting; segment acks go to the spool in one batch."""
+        batch: list[tuple[proto.SegmentAck, _Upload | None]] = []
+        handled: list[Inbound] = []
+        while len(handled) < ACK_BATCH:
             try:
                 msg = self.acks.get_nowait()
             except queue.Empty:
-                return
-            self._handle_ack(msg)
+                break
+            handled.append(msg)
+            try:
+                ack = proto.parse_ack(msg.payload)
+            except FormatError as exc:
+                self.stats.bad_acks += 1
+                log.warning(
+                    "uplink: ignoring a malformed acknowledgement on %s: %s", msg.topic, exc
+                )
+                continue
+            if isinstance(ack, proto.SegmentAck):
+                batch.append((ack, self._find(ack.stream, ack.seq, ack.hash)))
+            else:
+                self._handle_ack(ack)
+        if batch:
+            done = self.spool.ack_many([(a.stream, a.seq, a.hash) for a, _u in batch])
+            for (ack, u), ok in zip(batch, done, strict=True):
+                if ok:
+                    self.stats.segments_acked += 1
+                    log.debug("uplink: platform has %s#%d (%s)", ack.stream, ack.seq, ack.result)
+                if u is not None and u in self._uploads:
+                    self._uploads.remove(u)
+                    self._drop_upload(u, release=False)
+        # Acknowledged to the broker only once handled (and, for segments, removed).
+        for msg in handled:
             self.link.ack(msg)
 
     def _find(self, stream: str, seq: int, mhash: str) -> _Upload | None:
@@ -262,23 +289,9 @@ class Forwarder:
                 return u
         return None
 
-    def _handle_ack(self, msg: Inbound) -> None:
-        try:
-            ack = proto.parse_ack(msg.payload)
-        except FormatError as exc:
-            self.stats.bad_acks += 1
-            log.warning("uplink: ignoring a malformed acknowledgement on %s: %s", msg.topic, exc)
-            return
+    def _handle_ack(self, ack: proto.Progress | proto.KeyAck | proto.Reject) -> None:
         now = self._clock()
-        if isinstance(ack, proto.SegmentAck):
-            u = self._find(ack.stream, ack.seq, ack.hash)
-            if self.spool.ack(ack.stream, ack.seq, ack.hash):
-                self.stats.segments_acked += 1
-                log.debug("uplink: platform has %s#%d (%s)", ack.stream, ack.seq, ack.result)
-            if u is not None:
-                self._uploads.remove(u)
-                self._drop_upload(u, release=False)
-        elif isinstance(ack, proto.Progress):
+        if isinstance(ack, proto.Progress):
             u = self._find(ack.stream, ack.seq, ack.hash)
             if u is None or ack.next > u.size:
                 return
@@ -286,7 +299,10 @@ class Forwarder:
             if ack.next > u.confirmed:
                 u.confirmed = ack.next
                 try:
-                    self.spool.set_progress(u.item.id, ack.next)
+                    # A whole segment's progress is worth nothing after a restart (it is
+                    # resent from zero unless acknowledged), so only partial progress is kept.
+                    if ack.next < u.size:
+                        self.spool.set_progress(u.item.id, ack.next)
                 except SpoolError as exc:
                     log.warning("uplink: cannot record progress of %s: %s", u.item.stream, exc)
                 u.next = max(u.next, u.confirmed)
@@ -333,6 +349,11 @@ class Forwarder:
             self._rejected.add(u.item.id)
             self._uploads.remove(u)
             self._drop_upload(u, release=True)
+            if ack.what != "key":
+                try:
+                    self.spool.park(u.item.id, ack.reason)
+                except (SpoolError, sqlite3.Error) as exc:
+                    log.warning("uplink: cannot park %s: %s", u.item.stream, exc)
 
     def _check_silence(self) -> None:
         now = self._clock()

@@ -67,10 +67,10 @@ def test_reopen_resets_inflight_and_keeps_chain(tmp_path: Path, keyset: KeySet) 
     item = sp.next_ready()[0]
     sp.mark_inflight(item.id)
     sp.set_progress(item.id, 3)
+    assert sp.next_ready() == []  # in flight: not offered twice
     sp.close()
     sp2 = Spool(settings, make_sealer(keyset, boot_id="boot-b"))
-    assert sp2.recovery["inflight_reset"] == 1
-    again = sp2.next_ready()[0]
+    again = sp2.next_ready()[0]  # after a stop, everything unacknowledged is ready again
     assert (again.seq, again.progress) == (0, 3)
     r = sp2.put_bytes("video", b"b")
     assert r.seq == 1
@@ -205,3 +205,42 @@ def test_one_writer_and_one_reader_at_once(spool: Spool) -> None:
     t.join(timeout=60)
     assert sorted(acked) == list(range(200))
     assert spool.items() == []
+
+
+def test_refused_segments_are_parked_until_retried(spool: Spool) -> None:
+    spool.put_bytes("video", b"a")
+    spool.put_bytes("video", b"b")
+    first = spool.next_ready()[0]
+    spool.park(first.id, "platform says: unknown device")
+    assert [i.seq for i in spool.next_ready(limit=5)] == [1]
+    assert [i.seq for i in spool.items("video")] == [0, 1]  # kept: it is evidence
+    assert spool.retry_refused() == 1
+    assert [i.seq for i in spool.next_ready(limit=5)] == [0, 1]
+
+
+def test_ack_many_in_one_go(spool: Spool) -> None:
+    rs = [spool.put_bytes("gps", bytes([i]) * 50) for i in range(5)]
+    acks = [(r.stream, r.seq, r.manifest_hash) for r in rs[:3]] + [("gps", 4, "bad")]
+    assert spool.ack_many(acks) == [True, True, True, False]
+    assert [i.seq for i in spool.items("gps")] == [3, 4]
+    assert not rs[0].path.exists() and rs[4].path.exists()
+
+
+def test_acked_file_left_by_a_cut_is_removed_at_open(tmp_path: Path, keyset: KeySet) -> None:
+    """Ack deletes the row, then the file: a cut between leaves a file recovery removes."""
+    import shutil
+
+    settings = SpoolSettings(dir=tmp_path / "sp", reserve_mb=0)
+    sp = Spool(settings, make_sealer(keyset))
+    r = sp.put_bytes("video", b"delivered")
+    sp.put_bytes("video", b"waiting")
+    keep = tmp_path / "copy.seg"
+    shutil.copy(r.path, keep)
+    assert sp.ack("video", 0, r.manifest_hash)
+    sp.close()
+    shutil.copy(keep, r.path)  # as if the stop came before the unlink
+    sp2 = Spool(settings, make_sealer(keyset))
+    assert sp2.recovery.get("removed_acked") == 1 and sp2.recovery["quarantined"] == 0
+    assert not r.path.exists()
+    assert [i.seq for i in sp2.items("video")] == [1]
+    sp2.close()
