@@ -46,6 +46,9 @@ def register(sub: Any) -> None:
 
     spool = sub.add_parser("spool", help="show what waits in the spool")
     spool.add_argument("--config", help="agent config (default /etc/edge-agent/agent.toml)")
+    spool.add_argument(
+        "--retry", action="store_true", help="offer segments the platform refused again"
+    )
     spool.set_defaults(func=_spool_status)
 
 
@@ -138,8 +141,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _spool_status(args: argparse.Namespace) -> int:
     from agent.app import read_config
-    from agent.storage.status import format_figures, read_figures
+    from agent.storage.status import format_figures, read_figures, retry_refused
 
     cfg = read_config(args.config)
+    if args.retry:
+        print(f"{retry_refused(cfg.spool.dir)} refused segment(s) will be sent again")
     print(format_figures(read_figures(cfg.spool.dir)))
     return 0

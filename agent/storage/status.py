@@ -49,3 +49,20 @@ def format_figures(figures: list[StreamFigures]) -> str:
         age = "-" if f.oldest_age_s is None else f"{f.oldest_age_s:.0f}s"
         lines.append(f"{f.stream:<10} {f.count:>9} {f.bytes:>14} {f.refused:>10} {age:>10}")
     return "\n".join(lines)
+
+
+def retry_refused(spool_dir: Path) -> int:
+    """Offer segments the platform refused again (safe while the agent runs: one UPDATE)."""
+    db_path = spool_dir / "index.sqlite3"
+    if not db_path.exists():
+        raise SpoolError(f"{spool_dir}: no spool here (no index.sqlite3)")
+    try:
+        db = sqlite3.connect(db_path, timeout=10)
+        try:
+            with db:
+                n = db.execute("UPDATE segments SET state='ready' WHERE state='refused'").rowcount
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise SpoolError(f"{db_path}: cannot update the spool index: {exc}") from exc
+    return int(n)

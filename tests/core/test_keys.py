@@ -82,3 +82,31 @@ def test_seal_cli_puts_a_file_into_the_spool(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert (out / "tech-1" / "still" / "000000000000.jpg").read_bytes() == src.read_bytes()
+
+
+def test_spool_retry_reoffers_refused_segments(tmp_path: Path) -> None:
+    from agent.storage.keys import load_platform_public
+    from agent.storage.sealer import Sealer
+    from agent.storage.settings import SealSettings, SpoolSettings
+    from agent.storage.spool import Spool
+
+    keys = tmp_path / "keys"
+    assert cli("keys", "init", "--dir", str(keys)).returncode == 0
+    assert cli("keys", "platform-init", str(keys)).returncode == 0
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[device]\nid="t"\n[spool]\ndir="{tmp_path}/spool"\n')
+    sealer = Sealer(
+        device_id="t",
+        boot_id="b",
+        signing_key=load_signing_key(keys / "device.key"),
+        platform_public=load_platform_public(keys / "platform.pub"),
+        settings=SealSettings(),
+    )
+    with Spool(SpoolSettings(dir=tmp_path / "spool", reserve_mb=0), sealer) as sp:
+        sp.put_bytes("video", b"x")
+        sp.park(sp.next_ready()[0].id, "unknown device")
+        assert sp.next_ready() == []
+        res = cli("spool", "--retry", "--config", str(cfg))
+        assert res.returncode == 0, res.stderr
+        assert "1 refused segment(s) will be sent again" in res.stdout
+        assert [i.seq for i in sp.next_ready()] == [0]
