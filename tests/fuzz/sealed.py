@@ -1,0 +1,69 @@
+"""A few real sealed segments and their key record, made once per session for the fuzzers."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from agent.errors import FormatError, VerificationError
+from agent.storage.seal import (
+    decrypt_segment,
+    parse_key_record,
+    read_segment_info,
+    verify_segment,
+)
+from agent.storage.settings import SpoolSettings
+from agent.storage.spool import Spool
+from tests.fixtures.keys import KeySet, make_sealer
+
+
+@dataclass(frozen=True, repr=False)
+class Sealed:
+    segments: dict[str, bytes]  # name -> sealed file bytes
+    key_record: bytes
+    trusted: Ed25519PublicKey
+    platform: X25519PrivateKey
+    spool_dir: Path
+
+
+def make_sealed(directory: Path, keyset: KeySet) -> Sealed:
+    sealer = make_sealer(keyset, "fuzz-dev", "boot-f", chunk_size=1024)
+    sp = Spool(SpoolSettings(dir=directory / "spool", reserve_mb=0), sealer)
+    try:
+        segs = {
+            "small": sp.put_bytes("video", os.urandom(2500)).path.read_bytes(),  # 3 chunks
+            "empty": sp.put_bytes("still", b"").path.read_bytes(),
+            "event": sp.put_event("mark", {"note": "fuzz"}).path.read_bytes(),
+        }
+    finally:
+        sp.close()
+    keys = sorted((directory / "spool" / "keys").glob("*.key"))
+    assert len(keys) == 1
+    return Sealed(
+        segs,
+        keys[0].read_bytes(),
+        keyset.signing_key.public_key(),
+        keyset.platform_private,
+        directory / "spool",
+    )
+
+
+def check_all(data: bytes, sealed: Sealed) -> None:
+    """Everything a verifier does with a segment file; raises only FormatError or
+    VerificationError for a bad one."""
+    f = io.BytesIO(data)
+    info = read_segment_info(f)
+    verify_segment(f, info, sealed.trusted)
+    rec = parse_key_record(sealed.key_record, sealed.trusted)
+    if info.key_id != rec.key_id:
+        raise VerificationError("segment names another key")
+    out = bytearray()
+    decrypt_segment(f, info, rec.unwrap(sealed.platform), out.extend)
+
+
+ALLOWED = (FormatError, VerificationError)
