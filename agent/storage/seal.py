@@ -523,8 +523,14 @@ def _iter_frames(f: BinaryIO, info: SegmentInfo) -> Iterator[tuple[bytes, bytes]
         yield head, ct
 
 
-def verify_segment(f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | None = None) -> None:
-    """Check the signature and the body hash (no key needed: anyone can do this)."""
+def verify_segment(
+    f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | None = None, *, body: bool = True
+) -> None:
+    """Check the signature and the body hash (no key needed: anyone can do this).
+
+    ``body=False`` skips the body hash, for a caller that decrypts next: every chunk's AEAD
+    tag and the signed plaintext hash then prove the body, and one hash pass is saved.
+    """
     pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(info.manifest["device_pub"]))
     if fingerprint(raw_public(pub)) != info.manifest["signer"]:
         raise VerificationError(f"{info.label}: signer does not match device_pub")
@@ -539,6 +545,8 @@ def verify_segment(f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | N
         raise VerificationError(
             f"{info.label}: bad signature (manifest or signature altered)"
         ) from None
+    if not body:
+        return
     h = hashlib.sha256()
     count = 0
     for head, ct in _iter_frames(f, info):
