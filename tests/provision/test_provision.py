@@ -1,0 +1,195 @@
+"""``edge-agent provision`` end to end in a temporary root, non-interactive (stdin not a TTY)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from agent.provision import Layout
+from agent.uplink.lab import Pki, other_ca
+from tests.fixtures.keys import KeySet
+from tests.provision.helpers import edge_agent, sign_csr
+
+DEVICE = "cam-0042"
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def provision_args(root: Path, keyset: KeySet, pki: Pki, *extra: str) -> list[str]:
+    return [
+        "provision",
+        "--root", str(root),
+        "--device-id", DEVICE,
+        "--profile", "dashcam",
+        "--vehicle", "TRK-7",
+        "--unit", "SAN-2",
+        "--broker", "mqtts://127.0.0.1:18883",
+        "--platform-key", str(keyset.platform_pub_path),
+        "--ca", str(pki.ca),
+        "--gps-source", "none",
+        "--video-source", "synthetic",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def provisioned(tmp_path: Path, keyset: KeySet, pki: Pki) -> Layout:
+    root = tmp_path / "root"
+    res = edge_agent(*provision_args(root, keyset, pki))
+    assert res.returncode == 0, res.stderr + res.stdout
+    return Layout(root)
+
+
+def test_blank_to_enrolled(provisioned: Layout, pki: Pki, tmp_path: Path) -> None:
+    lay = provisioned
+    # Keys, CSR, platform files, config: with the modes of docs/deploy.md.
+    for private in (lay.device_key, lay.tls_key):
+        assert mode(private) == 0o600, private
+    assert mode(lay.config) == 0o640
+    assert mode(lay.etc) == 0o750
+    assert mode(lay.keys) == mode(lay.tls) == 0o700
+    assert lay.platform_pub.read_bytes() and lay.ca.read_bytes() == pki.ca.read_bytes()
+    csr = x509.load_pem_x509_csr(lay.csr.read_bytes())
+    assert csr.is_signature_valid
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == DEVICE
+    assert not lay.cert.exists()
+    cfg = tomllib.loads(lay.config.read_text())
+    assert cfg["device"] == {
+        "id": DEVICE, "profile": "dashcam", "officer": "", "vehicle": "TRK-7", "unit": "SAN-2",
+    }  # fmt: skip
+    assert cfg["uplink"]["enabled"] is True
+    assert (cfg["uplink"]["host"], cfg["uplink"]["port"]) == ("127.0.0.1", 18883)
+    assert cfg["uplink"]["cert"] == str(lay.cert)
+    assert cfg["video"]["enabled"] is True and cfg["video"]["mode"] == "continuous"
+    assert cfg["keys"]["device_key"] == str(lay.device_key)
+
+    # The CA signs the CSR; the certificate is checked and installed.
+    cert = sign_csr(lay.csr, tmp_path / "signed.pem", ca=pki.ca, ca_key=pki.ca_key)
+    res = edge_agent("provision", "--root", str(lay.root), "--install-cert", str(cert),
+                     "--no-selftest")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "certificate installed" in res.stdout
+    assert lay.cert.read_bytes() == cert.read_bytes()
+    assert not lay.csr.exists()
+
+    res = edge_agent("config", "check", str(lay.config))
+    assert res.returncode == 0, res.stderr
+    assert f"OK (device {DEVICE}, profile dashcam" in res.stdout
+
+
+def test_rerun_keeps_keys_and_answers(provisioned: Layout, pki: Pki, tmp_path: Path) -> None:
+    lay = provisioned
+    sign_csr(lay.csr, tmp_path / "signed.pem", ca=pki.ca, ca_key=pki.ca_key)
+    assert edge_agent("provision", "--root", str(lay.root), "--install-cert",
+                      str(tmp_path / "signed.pem"), "--no-selftest").returncode == 0  # fmt: skip
+    before = {p: p.read_bytes() for p in (lay.device_key, lay.tls_key, lay.cert)}
+
+    # No answers at all: the previous config's are the defaults; one answer changes.
+    res = edge_agent("provision", "--root", str(lay.root), "--unit", "SAN-3", "--no-selftest")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "refusing to replace it without --force" in res.stdout
+    assert {p: p.read_bytes() for p in before} == before
+    cfg = tomllib.loads(lay.config.read_text())
+    assert cfg["device"]["id"] == DEVICE and cfg["device"]["vehicle"] == "TRK-7"
+    assert cfg["device"]["unit"] == "SAN-3"
+    assert cfg["uplink"]["port"] == 18883
+    assert "installed and matching this device" in res.stdout
+    assert mode(lay.config) == 0o640
+
+    # Another identity on the same keys is refused ...
+    res = edge_agent("provision", "--root", str(lay.root), "--device-id", "cam-0043",
+                     "--no-selftest")  # fmt: skip
+    assert res.returncode == 1
+    assert "provisioned as 'cam-0042'" in res.stderr and "--force" in res.stderr
+    assert lay.device_key.read_bytes() == before[lay.device_key]
+
+    # ... and --force makes new keys (and drops the certificate of the old TLS key).
+    res = edge_agent("provision", "--root", str(lay.root), "--device-id", "cam-0043",
+                     "--force", "--no-selftest")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert lay.device_key.read_bytes() != before[lay.device_key]
+    assert lay.tls_key.read_bytes() != before[lay.tls_key]
+    assert not lay.cert.exists() and lay.csr.exists()
+    assert mode(lay.device_key) == mode(lay.tls_key) == 0o600
+
+
+def test_missing_answers_are_named(tmp_path: Path, keyset: KeySet) -> None:
+    res = edge_agent("provision", "--root", str(tmp_path / "root"), "--device-id", "cam-1",
+                     "--platform-key", str(keyset.platform_pub_path))  # fmt: skip
+    assert res.returncode == 1
+    assert "missing answers" in res.stderr
+    assert "--broker" in res.stderr and "--ca (or --from-dir)" in res.stderr
+    assert not (tmp_path / "root" / "etc" / "edge-agent" / "agent.toml").exists()
+
+
+def test_bad_inputs_refused_before_anything_changes(
+    tmp_path: Path, keyset: KeySet, pki: Pki
+) -> None:
+    root = tmp_path / "root"
+    args = provision_args(root, keyset, pki)
+    bad_url = [*args]
+    bad_url[bad_url.index("--broker") + 1] = "mqtt://broker:1883"
+    res = edge_agent(*bad_url)
+    assert res.returncode == 1 and "must be mqtts://HOST:PORT" in res.stderr
+    swapped = [*args]
+    swapped[swapped.index("--ca") + 1] = str(keyset.platform_pub_path)
+    res = edge_agent(*swapped)
+    assert res.returncode == 1 and "not a PEM certificate" in res.stderr
+    bad_id = [*args]
+    bad_id[bad_id.index("--device-id") + 1] = "cam 42"
+    res = edge_agent(*bad_id)
+    assert res.returncode == 1 and "--device-id: must be 1-64 letters" in res.stderr
+    assert not (root / "etc" / "edge-agent" / "keys" / "device.key").exists()
+
+
+def test_from_dir_reads_a_usb_stick(tmp_path: Path, keyset: KeySet, pki: Pki) -> None:
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    (usb / "platform.pub").write_bytes(keyset.platform_pub_path.read_bytes())
+    (usb / "ca.crt").write_bytes(pki.ca.read_bytes())
+    res = edge_agent("provision", "--root", str(tmp_path / "root"), "--device-id", "trk-9",
+                     "--profile", "tracker", "--broker", "broker.example:8883",
+                     "--gps-source", "gpsd", "--from-dir", str(usb))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lay = Layout(tmp_path / "root")
+    assert lay.ca.read_bytes() == pki.ca.read_bytes()
+    cfg = tomllib.loads(lay.config.read_text())
+    assert cfg["video"]["enabled"] is False and cfg["gps"]["source"] == "gpsd"
+    assert cfg["uplink"]["host"] == "broker.example"
+
+
+@pytest.mark.parametrize("fault", ["wrong key", "wrong CN", "expired", "other CA"])
+def test_bad_certificate_refused(
+    fault: str, provisioned: Layout, pki: Pki, tmp_path: Path
+) -> None:
+    lay = provisioned
+    out = tmp_path / "bad.pem"
+    if fault == "wrong key":
+        issued = pki.issue(DEVICE, name="stolen")  # a certificate for another key pair
+        out.write_bytes(issued.cert.read_bytes())
+        expect = "for a different key"
+    elif fault == "wrong CN":
+        sign_csr(lay.csr, out, ca=pki.ca, ca_key=pki.ca_key, cn="cam-0099")
+        expect = "issued to CN 'cam-0099', but this device is 'cam-0042'"
+    elif fault == "expired":
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        sign_csr(lay.csr, out, ca=pki.ca, ca_key=pki.ca_key,
+                 not_before=past - dt.timedelta(days=30), not_after=past)  # fmt: skip
+        expect = "expired on"
+    else:
+        ca = other_ca(tmp_path / "other")
+        sign_csr(lay.csr, out, ca=ca, ca_key=ca.with_suffix(".key"))
+        expect = "not issued by the CA in"
+    res = edge_agent("provision", "--root", str(lay.root), "--install-cert", str(out),
+                     "--no-selftest")  # fmt: skip
+    assert res.returncode == 1
+    assert expect in res.stderr
+    assert not lay.cert.exists()
