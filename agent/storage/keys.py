@@ -81,47 +81,51 @@ def _read_public(path: Path) -> bytes:
         raise KeyFileError(f"{path}: cannot read: {exc}") from None
 
 
-def load_signing_key(path: Path) -> Ed25519PrivateKey:
+def _load_private(path: Path) -> object:
     data = _read_private(path)
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM private key: {exc}") from None
+
+
+def _load_public(path: Path) -> object:
+    data = _read_public(path)
+    try:
+        return serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path}: not a PEM public key: {exc}") from None
+
+
+def _wrong(path: Path, what: str, key: object) -> KeyFileError:
+    return KeyFileError(f"{path}: expected {what}, got {type(key).__name__}")
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    key = _load_private(path)
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path}: expected an Ed25519 device key, got {type(key).__name__}")
+        raise _wrong(path, "an Ed25519 device key", key)
     return key
 
 
 def load_verify_key(path: Path) -> Ed25519PublicKey:
-    data = _read_public(path)
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not a PEM public key: {exc}") from None
+    key = _load_public(path)
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path}: expected an Ed25519 device public key")
+        raise _wrong(path, "an Ed25519 device public key", key)
     return key
 
 
 def load_platform_public(path: Path) -> X25519PublicKey:
-    data = _read_public(path)
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not a PEM public key: {exc}") from None
+    key = _load_public(path)
     if not isinstance(key, X25519PublicKey):
-        raise KeyFileError(f"{path}: expected the platform's X25519 public key")
+        raise _wrong(path, "the platform's X25519 public key", key)
     return key
 
 
 def load_platform_private(path: Path) -> X25519PrivateKey:
-    data = _read_private(path)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not a PEM private key: {exc}") from None
+    key = _load_private(path)
     if not isinstance(key, X25519PrivateKey):
-        raise KeyFileError(f"{path}: expected the platform's X25519 private key")
+        raise _wrong(path, "the platform's X25519 private key", key)
     return key
 
 
