@@ -54,6 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="self-test report as JSON")
     p.add_argument("--gps-timeout", type=float, default=60.0, help="self-test: wait for a fix")
     p.add_argument("--ack-timeout", type=float, default=60.0, help="self-test: wait for the ack")
+    p.add_argument("--max-clock-offset", type=float, default=2.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_provision)
 
     s = sub.add_parser(
@@ -64,6 +65,12 @@ def register(sub: Any) -> None:
     s.add_argument("--json", action="store_true", help="print a machine-readable report")
     s.add_argument("--gps-timeout", type=float, default=60.0, help="seconds to wait for a fix")
     s.add_argument("--ack-timeout", type=float, default=60.0, help="seconds to wait for the ack")
+    s.add_argument(
+        "--max-clock-offset",
+        type=float,
+        default=2.0,
+        help="largest GNSS-minus-system offset that passes (seconds, default %(default)s)",
+    )
     s.set_defaults(func=cmd_selftest)
 
 
@@ -262,6 +269,7 @@ def _after(args: argparse.Namespace, layout: Any) -> int:
         json_out=args.json,
         gps_timeout=args.gps_timeout,
         ack_timeout=args.ack_timeout,
+        max_clock_offset_s=args.max_clock_offset,
     )
 
 
@@ -274,4 +282,5 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         json_out=args.json,
         gps_timeout=args.gps_timeout,
         ack_timeout=args.ack_timeout,
+        max_clock_offset_s=args.max_clock_offset,
     )

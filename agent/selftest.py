@@ -493,6 +493,7 @@ def run_selftest(
     json_out: bool = False,
     gps_timeout: float = 60.0,
     ack_timeout: float = 60.0,
+    max_clock_offset_s: float = MAX_CLOCK_OFFSET_S,
     overrides: Path | None = None,
 ) -> int:
     """The CLI's entry: load the config (with remote overrides), run, print; exit code."""
@@ -509,7 +510,22 @@ def run_selftest(
         stream.flush()
 
     progress(f"self-test of {cfg.device.id} ({cfg.device.profile}), config {config}\n")
-    report = SelfTest(cfg, gps_timeout=gps_timeout, ack_timeout=ack_timeout).run(progress)
+    test = SelfTest(
+        cfg,
+        gps_timeout=gps_timeout,
+        ack_timeout=ack_timeout,
+        max_clock_offset_s=max_clock_offset_s,
+    )
+    # The parts' INFO lines (connected, disconnected) would break the one-line-per-item
+    # display; warnings still show, and -v shows everything.
+    quiet = logging.getLogger("agent")
+    level = quiet.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        quiet.setLevel(logging.WARNING)
+    try:
+        report = test.run(progress)
+    finally:
+        quiet.setLevel(level)
     c = report.counts()
     progress(
         f"self-test {'PASSED' if report.ok else 'FAILED'}: {c['PASS']} pass, {c['FAIL']} fail, "

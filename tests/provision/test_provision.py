@@ -167,9 +167,7 @@ def test_from_dir_reads_a_usb_stick(tmp_path: Path, keyset: KeySet, pki: Pki) ->
 
 
 @pytest.mark.parametrize("fault", ["wrong key", "wrong CN", "expired", "other CA"])
-def test_bad_certificate_refused(
-    fault: str, provisioned: Layout, pki: Pki, tmp_path: Path
-) -> None:
+def test_bad_certificate_refused(fault: str, provisioned: Layout, pki: Pki, tmp_path: Path) -> None:
     lay = provisioned
     out = tmp_path / "bad.pem"
     if fault == "wrong key":
