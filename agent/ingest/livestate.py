@@ -1,0 +1,159 @@
+"""What the devices say on their state and live topics, kept in the store for the review page.
+
+The ingest worker's segment subscription (``$share/<group>/devices/+/up/#``) does not carry a
+device's retained birth / last will (``devices/<id>/state``) nor its heartbeats, alarms and
+fixes (``devices/<id>/live/{status,alarm,fix}``). :class:`LiveRecorder` subscribes to both on
+the worker's own MQTT link, *without* a shared subscription (a broker sends retained messages
+to plain subscriptions only), and writes::
+
+    <store>/<device>/live/state.json     the latest birth or last will
+    <store>/<device>/live/status.json    the latest heartbeat (Agent.status())
+    <store>/<device>/live/fix.json       the latest live fix (gpsd-style TPV)
+    <store>/<device>/live/alarms.jsonl   alarms, newest last (the file keeps the last 1,000)
+
+each as ``{"received": <unix s>, "topic": ..., "payload": {...}}``. These are facts about the
+device, not evidence: files are replaced by rename without fsync, and several workers sharing
+one store write the same facts (an alarm already among the last lines is not appended again).
+
+Wiring: build it on the worker's link before the link starts, then start it::
+
+    self.live = LiveRecorder(store.root, self.link, stop)   # in Ingest.__init__
+    self.live.start()                                       # in Ingest.start
+    self.live.join(timeout)                                 # in Ingest.join
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agent.errors import FormatError
+from agent.uplink import protocol as proto
+from agent.uplink.mqtt import Inbound, MqttLink
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD = 64 * 1024
+MAX_ALARM_LINES = 1000
+DEDUPE_LINES = 50
+
+
+class LiveRecorder:
+    """Records state and live messages under the store (see the module docstring)."""
+
+    def __init__(self, root: Path, link: MqttLink, stop: threading.Event) -> None:
+        self.root = root
+        self.stop = stop
+        self.link = link
+        self.state_inbox = link.route(proto.STATE_FILTER, qos=1)
+        self.live_inbox = link.route(proto.LIVE_FILTER, qos=1)
+        self.recorded = 0
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="ingest-live")
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            handled = False
+            for inbox in (self.state_inbox, self.live_inbox):
+                try:
+                    msg = inbox.get_nowait()
+                except queue.Empty:
+                    continue
+                handled = True
+                try:
+                    self.record(msg.topic, msg.payload, msg.retain)
+                except OSError as exc:
+                    log.error("ingest: cannot record %s: %s", msg.topic, exc)
+                self.link.ack(msg)
+            if not handled:
+                self.stop.wait(0.2)
+
+    def handle(self, msg: Inbound) -> None:
+        """Record one message (for callers that route the messages themselves)."""
+        self.record(msg.topic, msg.payload, msg.retain)
+
+    def record(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """Write what ``payload`` says about its device; False when it was not recorded."""
+        try:
+            parsed = proto.parse_topic(topic)
+        except FormatError as exc:
+            self.dropped += 1
+            log.warning("ingest: ignoring %s", exc)
+            return False
+        if parsed.kind not in ("state", "live") or parsed.device_id.startswith("."):
+            self.dropped += 1
+            return False
+        if not payload:
+            return False  # a cleared retained message
+        if len(payload) > MAX_PAYLOAD:
+            self.dropped += 1
+            log.warning(
+                "ingest: %s sent %d bytes on %s; dropped", parsed.device_id, len(payload), topic
+            )
+            return False
+        try:
+            obj = proto.loads_object(payload, topic)
+        except FormatError as exc:
+            self.dropped += 1
+            log.warning("ingest: %s", exc)
+            return False
+        entry: dict[str, Any] = {
+            "received": round(time.time(), 3),
+            "topic": topic,
+            "retained": retain,
+            "payload": obj,
+        }
+        d = self.root / parsed.device_id / "live"
+        d.mkdir(parents=True, exist_ok=True)
+        if parsed.kind == "state":
+            _replace(d / "state.json", entry)
+        elif parsed.arg == "alarm":
+            _append_alarm(d / "alarms.jsonl", entry)
+        else:
+            _replace(d / f"{parsed.arg}.json", entry)
+        self.recorded += 1
+        return True
+
+
+def _replace(path: Path, entry: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_bytes(json.dumps(entry, sort_keys=True).encode())
+    os.replace(tmp, path)
+
+
+def _append_alarm(path: Path, entry: dict[str, Any]) -> None:
+    payload = json.dumps(entry["payload"], sort_keys=True)
+    lines: list[bytes] = []
+    if path.exists():
+        lines = path.read_bytes().splitlines()
+        for line in lines[-DEDUPE_LINES:]:
+            try:
+                old = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(old, dict) and json.dumps(old.get("payload"), sort_keys=True) == payload:
+                return  # another worker (or a redelivery) recorded it already
+    line = json.dumps(entry, sort_keys=True).encode()
+    if len(lines) >= MAX_ALARM_LINES:
+        keep = [*lines[-(MAX_ALARM_LINES // 2) :], line]
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_bytes(b"\n".join(keep) + b"\n")
+        os.replace(tmp, path)
+        return
+    with path.open("ab") as f:
+        f.write(line + b"\n")

@@ -1,0 +1,1 @@
+"""Pages people look at: the platform's review page and the technician's device page."""

@@ -1,0 +1,68 @@
+"""The ``[web]`` table of the device config: the technician's device page (off by default).
+
+    [web]
+    enabled = true
+    host = "192.168.7.1"     # the interface a technician reaches (never 0.0.0.0 by default)
+    port = 8080
+    pin = "482913"           # or: token = "<at least 16 characters>"
+
+The page shows a live preview, the GPS fix, the self-test and the health figures; it never
+exposes sealed or plaintext evidence (see ``docs/web.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.errors import ConfigError
+from agent.settings import check, in_range, port_number
+
+MIN_TOKEN = 16
+
+
+def _host(v: object) -> str | None:
+    if not isinstance(v, str) or not v:
+        return "must be an address to bind (e.g. 127.0.0.1 or the technician's interface)"
+    if any(c.isspace() for c in v) or "/" in v:
+        return f"must be an address, got {v!r}"
+    return None
+
+
+def _pin(v: object) -> str | None:
+    if v == "":
+        return None
+    if not isinstance(v, str) or not v.isdigit() or not 4 <= len(v) <= 12:
+        return "must be 4-12 digits"
+    return None
+
+
+def _token(v: object) -> str | None:
+    if v == "":
+        return None
+    if not isinstance(v, str) or len(v) < MIN_TOKEN or any(c.isspace() for c in v):
+        return f"must be at least {MIN_TOKEN} characters without spaces"
+    return None
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    # Serve the device page at all (off unless a technician needs it).
+    enabled: bool = False
+    # The address to bind: loopback by default; set the technician's interface explicitly.
+    host: str = field(default="127.0.0.1", metadata=check(_host))
+    port: int = field(default=8080, metadata=check(port_number))
+    # The PIN set at provisioning (4-12 digits) ...
+    pin: str = field(default="", metadata=check(_pin))
+    # ... or a token (sent as "Authorization: Bearer <token>" or entered on the page).
+    token: str = field(default="", metadata=check(_token))
+    # Failed PIN/token attempts before the page refuses logins for lockout_s.
+    max_failures: int = field(default=5, metadata=check(in_range(1, 100)))
+    lockout_s: float = field(default=60.0, metadata=check(in_range(1.0, 86400.0)))
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.pin or self.token):
+            raise ConfigError("web.pin: the device page needs a pin or a token when enabled")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.pin, self.token) if s)
