@@ -11,7 +11,7 @@ import sys
 import agent.cli as cli
 
 if "agent.provision_commands" not in cli.COMMAND_MODULES:
-    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, "agent.provision_commands")
+    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, "agent.provision_commands")  # type: ignore[assignment]
 
 if __name__ == "__main__":
     sys.exit(cli.main())
