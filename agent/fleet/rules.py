@@ -52,6 +52,8 @@ from agent.model import Fix, Severity, format_utc
 
 UNKNOWN, INSIDE, OUTSIDE = 0, 1, 2
 JUMP_CONFIRMATIONS = 3
+#: Coverage of this many shifts per route is kept for ``fleet.coverage``.
+KEEP_SHIFTS = 7
 
 SEVERITY: dict[str, Severity] = {
     "area_enter": Severity.INFO,
@@ -376,6 +378,9 @@ class RuleEngine:
             out.append(
                 FleetEvent("route_coverage", t, route.id, {"name": route.name, **rep.to_json()})
             )
+            kept = sorted(k for k in self.coverage if k[0] == route.id)
+            for old in kept[:-KEEP_SHIFTS]:
+                del self.coverage[old]
         return out
 
     def _assigned_rule(self, t: float, here: dict[str, Any]) -> list[FleetEvent]:
@@ -487,9 +492,75 @@ class RuleEngine:
         info = {"since": format_utc(since), "duration_s": round(t - since, 3), "why": why, **here}
         return [FleetEvent("idle_end", t, "", info)]
 
+    # ------------------------------------------------------------------ plan changes
+    _CARRIED = (
+        "accepted",
+        "rejected",
+        "_last",
+        "_suspects",
+        "_off",
+        "_speeding",
+        "_speed_run",
+        "_speed_max",
+        "_speed_since",
+        "_stop_since",
+        "_moving_run",
+        "_stopped_fired",
+        "_idle_since",
+        "_idle_fired",
+    )
+
+    def _item(self, i: int) -> tuple[str, dict[str, Any]]:
+        if i < self._na:
+            return "a:" + self._areas[i].id, self._areas[i].to_json()
+        r = self._routes[i - self._na]
+        return "r:" + r.id, r.to_json()
+
+    def adopt(self, old: RuleEngine) -> None:
+        """Carry the state of the engine this one replaces (a new plan was installed).
+
+        The vehicle's own state (stopped, idle, speeding, the last fix) carries over; so does
+        each area's and route's boundary state and coverage, **if** the item is unchanged
+        (same id, same geometry and settings). A changed or new item starts unknown: being
+        inside it is reported as ``area_enter`` with ``initial``.
+        """
+        for name in self._CARRIED:
+            setattr(self, name, getattr(old, name))
+        old_items = {old._item(i)[0]: i for i in range(len(old._shapes))}
+        kept_routes: set[str] = set()
+        for i in range(len(self._shapes)):
+            key, body = self._item(i)
+            oi = old_items.get(key)
+            if oi is None or old._item(oi)[1] != body:
+                continue
+            edge = old._edges.get(oi)
+            if edge is not None:
+                self._edges[i] = edge
+            if oi in old._watch:
+                self._watch.add(i)
+            if oi in old._inside:
+                self._inside.add(i)
+            if i >= self._na:
+                j, oj = i - self._na, oi - old._na
+                kept_routes.add(self._routes[j].id)
+                if oj in old._route_on:
+                    self._route_on[j] = old._route_on[oj]
+                if oj in old._route_left:
+                    self._route_left.add(j)
+                if oj in old._open_cov:
+                    self._open_cov[j] = old._open_cov[oj]
+        for key2, cov in old.coverage.items():
+            if key2[0] in kept_routes:
+                self.coverage[key2] = cov
+
     # ------------------------------------------------------------------ reports
     def coverage_report(self, route_id: str | None = None) -> list[CoverageReport]:
         return [c.report() for (rid, _), c in self.coverage.items() if route_id in (None, rid)]
+
+    @property
+    def last_fix(self) -> Fix | None:
+        """The last accepted fix."""
+        return self._last
 
     def inside(self) -> list[str]:
         """Ids of the areas and route corridors the vehicle is in now."""
