@@ -290,9 +290,7 @@ class Monitor:
         self.acks: Counter[str] = Counter()
         self.alarms: Counter[str] = Counter()
         self._lock = threading.Lock()
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=MONITOR, protocol=mqtt.MQTTv5
-        )
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=MONITOR, protocol=mqtt.MQTTv5)
         c.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
         c.reconnect_delay_set(0.05, 0.2)
         c.on_connect = self._on_connect
@@ -370,7 +368,7 @@ class Result:
     parts_unexplained: int = 0
 
     def table(self) -> str:
-        rows = [("fault", "injected")] + sorted(self.faults.items())
+        rows = [("fault", "injected"), *sorted(self.faults.items())]
         rows += [(f"{k} (NOT EXERCISED)", "0") for k in sorted(self.not_exercised)]
         w = max(len(r[0]) for r in rows)
         out = [f"chaos seed {self.seed}, {self.minutes:g} min of faults"]
@@ -698,7 +696,9 @@ control_socket = "{self.root}/device/run/control.sock"
         self.stop.wait(1)
         rc = self.agent.terminate(60)
         if rc != 0:
-            raise AssertionError(f"the agent exited with {rc} on SIGTERM; see {self.agent.log_path}")
+            raise AssertionError(
+                f"the agent exited with {rc} on SIGTERM; see {self.agent.log_path}"
+            )
         self.watcher.sweep()
         fwd = Proc(
             "forwarder",
@@ -739,9 +739,11 @@ control_socket = "{self.root}/device/run/control.sock"
         leftover = sorted(self.spool.glob("seg/*/*.seg"))
         res.lost += [f"{p.relative_to(self.spool)} (still in the spool)" for p in leftover]
         # Sealed = what the platform holds plus what never got there (the chain numbers all).
-        res.sealed = len({p.relative_to(dev_store) for p in stored} | {
-            p.relative_to(self.archive) for p in archived
-        } | {p.relative_to(self.spool) for p in leftover})
+        res.sealed = len(
+            {p.relative_to(dev_store) for p in stored}
+            | {p.relative_to(self.archive) for p in archived}
+            | {p.relative_to(self.spool) for p in leftover}
+        )
         names = Counter((p.parent.name, int(p.stem)) for p in stored)
         res.duplicated = sum(n - 1 for n in names.values() if n > 1)
         report = verify_paths(
