@@ -444,12 +444,17 @@ def render_config(data: dict[str, Any], layout: Layout) -> str:
     return render_toml(data, CONFIG_HEADER.format(when=when, path=layout.config))
 
 
-def write_config(text: str, layout: Layout, owner: Owner) -> AgentConfig:
-    """Validate ``text`` as the loader will read it, then replace the config atomically."""
+def _validate(text: str, layout: Layout) -> AgentConfig:
     from agent.app import check_profile
 
     cfg = parse_config(text, str(layout.config))
     check_profile(cfg)
+    return cfg
+
+
+def write_config(text: str, layout: Layout, owner: Owner) -> AgentConfig:
+    """Validate ``text`` as the loader will read it, then replace the config atomically."""
+    cfg = _validate(text, layout)
     tmp = layout.etc / f".agent.toml.{os.getpid()}.check"
     try:
         write_file(tmp, text.encode(), 0o640, owner.config)
@@ -503,6 +508,8 @@ def provision(
             f"belong to that id. Refusing to make it {answers.device_id!r} without --force "
             "(which makes new keys: the platform must enrol it again)"
         )
+    # The config these answers make must load before anything is written.
+    _validate(render_config(build_config(answers, layout, previous), layout), layout)
     owner = Owner(layout)
     out = Outcome(config=layout.config, ownership=owner.summary())
     _mkdir(layout.etc, 0o750)
@@ -510,8 +517,9 @@ def provision(
     for d in (layout.keys, layout.tls):
         _mkdir(d, 0o700)
         owner.service(d)
-    _mkdir(layout.state, 0o700)
-    owner.service(layout.state)
+    for d in (layout.state, layout.state / "spool", layout.state / "uplink"):
+        _mkdir(d, 0o700)
+        owner.service(d)
 
     # Files from the platform first: a wrong one stops us before anything changes.
     if answers.platform_key is not None:

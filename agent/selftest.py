@@ -33,6 +33,7 @@ import enum
 import json
 import logging
 import math
+import os
 import queue
 import socket
 import ssl
@@ -387,6 +388,21 @@ class SelfTest:
         finally:
             stop.set()
             spool.close()
+            give_back(cfg.spool.dir)
+
+
+def give_back(path: Path) -> None:
+    """Run as root, files the self-test created in the service's spool would be root's, and
+    the agent (user edge-agent) could not open them: give the tree to its parent's owner."""
+    if os.geteuid() != 0 or not path.exists():
+        return
+    owner = path.parent.stat()
+    if owner.st_uid == 0:
+        return
+    for p in [path, *path.rglob("*")]:
+        st = p.lstat()
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.lchown(p, owner.st_uid, owner.st_gid)
 
 
 def probe_broker(cfg: Any, timeout: float | None = None) -> str:

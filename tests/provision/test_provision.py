@@ -191,3 +191,53 @@ def test_bad_certificate_refused(fault: str, provisioned: Layout, pki: Pki, tmp_
     assert res.returncode == 1
     assert expect in res.stderr
     assert not lay.cert.exists()
+
+
+def test_interactive_prompts_on_a_terminal(tmp_path: Path, keyset: KeySet, pki: Pki) -> None:
+    """stdin a terminal: every missing answer is asked, a bad one asked again."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.provision.helpers import REPO, SHIM
+
+    answers = [
+        "cam 7",  # refused: a space
+        "cam-0007",
+        "",  # profile: the default (bodycam)
+        "B5678",  # officer
+        "ENF-1",  # unit
+        "mqtt://nope",  # refused: not mqtts
+        "mqtts://127.0.0.1:18883",
+        str(keyset.platform_pub_path),
+        str(tmp_path / "missing.pem"),  # refused: no such file
+        str(pki.ca),
+        "",  # no command key
+        "none",  # GPS
+        "synthetic",  # camera
+    ]
+    master, slave = os.openpty()
+    os.write(master, ("\n".join(answers) + "\n").encode())
+    proc = subprocess.run(
+        [sys.executable, str(SHIM), "provision", "--root", str(tmp_path / "root")],
+        cwd=REPO,
+        stdin=slave,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    os.close(slave)
+    os.close(master)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Device id (e.g. cam-0042): " in proc.stdout
+    assert "must be 1-64 letters" in proc.stdout
+    assert "Profile (bodycam, tracker, dashcam) [bodycam]: " in proc.stdout
+    assert "must be mqtts://HOST:PORT" in proc.stdout
+    assert "no such file" in proc.stdout
+    cfg = tomllib.loads(Layout(tmp_path / "root").config.read_text())
+    assert cfg["device"] == {
+        "id": "cam-0007", "profile": "bodycam", "officer": "B5678", "vehicle": "", "unit": "ENF-1",
+    }  # fmt: skip
+    assert cfg["audio"]["enabled"] is True and cfg["video"]["source"] == "synthetic"
+    assert "NEXT: send the certificate request" in proc.stdout
