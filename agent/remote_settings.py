@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
-from agent.errors import CommandError, ConfigError
+from agent.errors import AgentError, CommandError, ConfigError
 from agent.settings import load_dataclass
 from agent.storage.durable import write_atomic
 from agent.toml_render import config_to_dict, render_toml
@@ -213,6 +213,19 @@ def load_with_overrides(config_path: Path, overrides_path: Path | None = None) -
 # --------------------------------------------------------------------------- settings
 
 
+def record_event(spool: Any, kind: str, details: dict[str, Any]) -> bool:
+    """Seal an event record; a spool that cannot take it is logged, never fatal to a command
+    whose change has already been made (the answer says ``recorded: false``)."""
+    if spool is None:
+        return False
+    try:
+        spool.put_event(kind, details)
+    except (AgentError, OSError) as exc:
+        log.error("cannot record the %s event %s: %s", kind, details, exc)
+        return False
+    return True
+
+
 def _value(cfg: AgentConfig, key: str) -> Any:
     d: Any = config_to_dict(cfg)
     for part in key.split("."):
@@ -228,22 +241,26 @@ class RemoteSettings:
     def __init__(
         self,
         *,
-        config_path: Path,
         running: AgentConfig,
         overrides_path: Path,
+        config_path: Path | None = None,
         spool: Any = None,
         gps: GpsService | None = None,
     ) -> None:
-        self.config_path = config_path
         self.overrides_path = overrides_path
         self.spool = spool
         self.gps = gps
         self._lock = threading.Lock()  # the local socket and the platform may both set
         self.running = running  # what the running parts use
-        try:
-            self.base = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{config_path}: cannot read: {exc}") from None
+        # The base the overrides are laid over: agent.toml itself when we know where it is,
+        # else the running config (which already holds the earlier overrides: the same result,
+        # since overrides only ever replace keys).
+        self.base: dict[str, Any] = config_to_dict(running)
+        if config_path is not None:
+            try:
+                self.base = tomllib.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"{config_path}: cannot read: {exc}") from None
         try:
             self.overrides = read_overrides(overrides_path)
         except ConfigError as exc:
@@ -305,12 +322,10 @@ class RemoteSettings:
         self.overrides = overrides
         self.effective = new
         live, restart = self._apply(new, list(diff))
-        if diff and self.spool is not None:
-            self.spool.put_event(
-                "settings_changed",
-                {"changes": diff, "origin": origin, "applied_live": live,
-                 "on_restart": restart},
-            )  # fmt: skip
+        recorded = self._record(
+            "settings_changed",
+            {"changes": diff, "origin": origin, "applied_live": live, "on_restart": restart},
+        ) if diff else False  # fmt: skip
         log.info(
             "settings changed by %s: %s (live: %s; at restart: %s)",
             origin,
@@ -318,7 +333,10 @@ class RemoteSettings:
             ", ".join(live) or "-",
             ", ".join(restart) or "-",
         )
-        return {"changed": diff, "applied_live": live, "on_restart": restart}
+        return {"changed": diff, "applied_live": live, "on_restart": restart, "recorded": recorded}
+
+    def _record(self, kind: str, details: dict[str, Any]) -> bool:
+        return record_event(self.spool, kind, details)
 
     def _persist(self, overrides: Mapping[str, Any]) -> None:
         header = (
@@ -427,8 +445,9 @@ class TimeSync:
         except OSError as exc:
             raise CommandError(f"cannot set the clock: {exc}") from None
         report["stepped"] = True
-        if self.spool is not None:
-            self.spool.put_event("time_sync", {"stepped_by_s": st.offset_s, "to": target})
+        report["recorded"] = record_event(
+            self.spool, "time_sync", {"stepped_by_s": st.offset_s, "to": target}
+        )
         log.warning("system clock stepped by %+.3f s to GNSS time", st.offset_s)
         return report
 
@@ -444,11 +463,11 @@ class RemoteCommands:
     def __init__(
         self,
         *,
-        config_path: Path,
         config: AgentConfig,
         spool: Any,
         clock: ClockMonitor,
         gps: GpsService | None = None,
+        config_path: Path | None = None,
         overrides_path: Path | None = None,
         may_step_clock: bool = False,
     ) -> None:
@@ -471,12 +490,12 @@ class RemoteCommands:
 
 def remote_command_handlers(
     *,
-    config_path: Path,
     config: AgentConfig,
     spool: Any,
     clock: ClockMonitor,
     gps: GpsService | None = None,
     overrides_path: Path | None = None,
+    config_path: Path | None = None,
     origin: str = "platform",
     may_step_clock: bool = False,
 ) -> dict[str, Handler]:

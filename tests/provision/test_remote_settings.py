@@ -122,8 +122,9 @@ def test_persisted_across_a_reload_and_recorded(device: Device, keyset: KeySet) 
     assert cfg.video.segment_s == 20 and cfg.gps.strategy.interval_s == 10.0
     assert cfg.video.bitrate_kbps == 4000  # untouched keys keep the config's values
     # A fresh set of handlers (the next start) sees the overrides as the current values.
-    again = RemoteCommands(config_path=device.config, config=cfg, spool=device.spool,
-                           clock=device.clock).handlers()  # fmt: skip
+    # The next start's handlers (wired as the agent does: the running config, no file name)
+    # see the overrides as the current values.
+    again = RemoteCommands(config=cfg, spool=device.spool, clock=device.clock).handlers()
     got = again["settings.get"]({"keys": ["video.segment_s"]})
     assert got["settings"] == {"video.segment_s": 20} and got["pending_restart"] == []
 
@@ -188,3 +189,44 @@ def test_time_sync_reports_and_refuses_to_step(device: Device) -> None:
     assert len(device.spool.items("event")) == 1
     # Through the channel, the report.
     assert send(device.socket, "time.sync")["source"] in ("none", "gnss")
+
+
+def test_platform_signed_commands(device: Device, tmp_path: Path) -> None:
+    """The same handlers on the uplink's signed command channel: answered, refusals with the
+    loader's reason, and what the channel itself refuses (unsigned, replayed)."""
+    from agent.uplink.control import (
+        CommandChannel,
+        SeenIds,
+        init_command_keys,
+        load_command_private,
+        load_command_public,
+    )
+    from agent.uplink.control import sign_command as sign
+
+    key_path = init_command_keys(tmp_path / "cmdkeys")
+    key = load_command_private(key_path)
+    channel = CommandChannel(
+        "cam-rs",
+        load_command_public(key_path.with_name("command.pub")),
+        SeenIds(tmp_path / "seen.json"),
+    )
+    for name, handler in device.commands.handlers("platform").items():
+        channel.register(name, handler)
+
+    ok = channel.handle(sign(key, "cam-rs", "settings.set", {"audio.bitrate_kbps": 32}))
+    assert ok["ok"] is True, ok
+    assert ok["result"]["on_restart"] == ["audio.bitrate_kbps"]
+    assert ok["result"]["recorded"] is True
+    bad = channel.handle(sign(key, "cam-rs", "settings.set", {"gps.strategy.interval_s": 0.1}))
+    assert bad == {**bad, "ok": False,
+                   "reason": "gps.strategy.interval_s: must be 1..86400, got 0.1"}  # fmt: skip
+    payload = sign(key, "cam-rs", "settings.get", {"keys": ["audio.bitrate_kbps"]})
+    got = channel.handle(payload)
+    assert got["result"]["settings"] == {"audio.bitrate_kbps": 32}
+    assert "replayed" in channel.handle(payload)["reason"]
+    forged = sign(load_command_private(init_command_keys(tmp_path / "other")), "cam-rs",
+                  "settings.set", {"audio.bitrate_kbps": 6})  # fmt: skip
+    assert "bad signature" in channel.handle(forged)["reason"]
+    assert load_with_overrides(device.config).audio.bitrate_kbps == 32
+    report = channel.handle(sign(key, "cam-rs", "time.sync", {}))
+    assert report["ok"] is True and "offset_s" in report["result"]
