@@ -62,7 +62,8 @@ class RouteCoverage:
         self.piece_m = piece_m
         self.max_gap_m = max_gap_m
         self.max_gap_s = max_gap_s
-        self.pieces = max(1, math.ceil(length_m / piece_m - 1e-9))
+        # a remainder under 1 % of a piece (rounding of the coordinates) joins the last piece
+        self.pieces = max(1, math.ceil(length_m / piece_m - 0.01))
         self.covered = bytearray(self.pieces)
         self._last: tuple[float, float] | None = None  # (s along route, time) of the last cover
 
