@@ -1,0 +1,172 @@
+"""Press-to-talk buttons: the serial line protocol's ``PTT DOWN`` / ``PTT UP``, and a GPIO line.
+
+Serial (same framing as agent/capture/triggers.py: ASCII lines, case-insensitive)::
+
+    PTT DOWN     start talking          -> OK PTT DOWN  | ERR <reason, e.g. no microphone>
+    PTT UP       stop talking (send)    -> OK PTT UP
+
+:func:`ptt_line` answers one line (None when it is not a PTT line), so the video trigger's
+reader can hand PTT lines over when the button box shares its serial line (a two-line hook in
+``triggers.handle_line``, see docs/talk.md); :class:`SerialPtt` reads a dedicated line.
+
+GPIO: no GPIO binding exists elsewhere in the agent (agent/fleet has no inputs module), so
+:class:`GpioPtt` uses ``gpiozero`` (Raspberry Pi OS ships it: ``python3-gpiozero``), imported
+only when ``talk.ptt_gpio`` is set; a missing library or pin is logged and reported, and the
+agent runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 256
+
+
+class Ptt(Protocol):
+    def press(self, source: str = ...) -> dict[str, Any]: ...
+
+    def release(self, source: str = ...) -> dict[str, Any]: ...
+
+
+def ptt_line(line: str, talk: Ptt, source: str = "button") -> str | None:
+    """The reply to a ``PTT DOWN|UP`` line; None if the line is not for us."""
+    words = line.strip().upper().split()
+    if not words or words[0] != "PTT":
+        return None
+    action = words[1] if len(words) > 1 else ""
+    try:
+        if action in ("DOWN", "PRESS", "1"):
+            talk.press(source)
+        elif action in ("UP", "RELEASE", "0"):
+            talk.release(source)
+        else:
+            return "ERR PTT needs DOWN or UP"
+    except AgentError as exc:
+        return f"ERR {exc}"
+    return f"OK PTT {action}"
+
+
+class SerialPtt:
+    """Reads PTT lines from a dedicated serial port (or a pyserial URL) in its own thread; a
+    vanished port is reported once and reopened with a growing pause on the stop event."""
+
+    def __init__(
+        self,
+        url: str,
+        talk: Ptt,
+        stop: threading.Event,
+        *,
+        baudrate: int = 9600,
+        reopen_s: float = 1.0,
+        reopen_max_s: float = 10.0,
+        port: Any = None,
+    ) -> None:
+        self.url = url
+        self._talk = talk
+        self._stop = stop
+        self.baudrate = baudrate
+        self._reopen_s = reopen_s
+        self._reopen_max_s = reopen_max_s
+        self._port = port
+        self.lines = 0
+        self.thread = threading.Thread(target=self.run, name="talk-ptt-serial")
+
+    def start(self) -> threading.Thread:
+        self.thread.start()
+        return self.thread
+
+    def run(self) -> None:
+        import serial
+
+        pause = self._reopen_s
+        lost = False
+        while not self._stop.is_set():
+            if self._port is None:
+                try:
+                    self._port = serial.serial_for_url(
+                        self.url, baudrate=self.baudrate, timeout=0.2
+                    )
+                except (serial.SerialException, OSError, ValueError) as exc:
+                    if not lost:
+                        lost = True
+                        log.error("talk: cannot open PTT line %s: %s; retrying", self.url, exc)
+                    self._stop.wait(pause)
+                    pause = min(pause * 2, self._reopen_max_s)
+                    continue
+                lost, pause = False, self._reopen_s
+            try:
+                self._serve(self._port)
+            except (serial.SerialException, OSError) as exc:
+                if not lost:
+                    lost = True
+                    log.error("talk: PTT line %s lost: %s; reopening", self.url, exc)
+                self._close()
+                self._talk.release("button")  # a cut cable must not leave the mic open
+                self._stop.wait(pause)
+        self._close()
+
+    def _serve(self, port: Any) -> None:
+        buf = bytearray()
+        while not self._stop.is_set():
+            data = port.read(max(1, getattr(port, "in_waiting", 0) or 1))
+            if not data:
+                continue
+            buf += data
+            while b"\n" in buf:
+                raw, _, rest = bytes(buf).partition(b"\n")
+                buf = bytearray(rest)
+                line = raw[:MAX_LINE].decode("ascii", "replace")
+                self.lines += 1
+                reply = ptt_line(line, self._talk) or f"ERR unknown command {line.strip()[:32]!r}"
+                log.info("talk: %r -> %s", line.strip(), reply)
+                port.write(reply.encode("ascii", "replace") + b"\n")
+            if len(buf) > MAX_LINE:
+                buf.clear()
+
+    def _close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except (OSError, ValueError) as exc:
+                log.debug("talk: close of %s failed: %s", self.url, exc)
+
+
+class GpioPtt:
+    """A push button on a GPIO line (BCM numbering, to ground, internal pull-up)."""
+
+    def __init__(self, pin: int, talk: Ptt) -> None:
+        self.pin = pin
+        self._talk = talk
+        self._button: Any = None
+        self.reason = ""
+
+    def start(self) -> bool:
+        try:
+            from gpiozero import Button  # type: ignore[import-not-found, unused-ignore]
+
+            self._button = Button(self.pin, pull_up=True, bounce_time=0.02)
+        except Exception as exc:  # ImportError, BadPinFactory, GPIOPinInUse ...
+            self.reason = f"GPIO {self.pin}: {exc}"
+            log.warning("talk: no GPIO press-to-talk: %s", self.reason)
+            return False
+        self._button.when_pressed = lambda: self._safe(self._talk.press)
+        self._button.when_released = lambda: self._safe(self._talk.release)
+        return True
+
+    def _safe(self, action: Any) -> None:
+        try:
+            action("button")
+        except AgentError as exc:
+            log.warning("talk: GPIO press-to-talk: %s", exc)
+
+    def close(self) -> None:
+        if self._button is not None:
+            self._button.close()
+            self._button = None
