@@ -21,7 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig
 from agent.errors import CommandError, ConfigError
 from agent.model import Alarm, ClockState, Severity
 from agent.storage.durable import write_atomic
@@ -58,7 +58,10 @@ def config_path(given: str | None) -> Path:
 
 
 def read_config(given: str | None) -> AgentConfig:
-    return load_config(config_path(given))
+    """The config file with the platform's remote overrides merged over it."""
+    from agent.remote_settings import load_with_overrides
+
+    return load_with_overrides(config_path(given))
 
 
 def boot_id() -> str:
@@ -215,6 +218,9 @@ class Agent:
                 clock=self.clock.state,
                 encoder_factory=factory,
             )
+        from agent.remote_settings import RemoteCommands
+
+        self.remote = RemoteCommands(config=cfg, spool=self.spool, clock=self.clock, gps=self.gps)
         from agent.local_control import LocalControl
 
         self.local = LocalControl(cfg.health.control_socket, self.stop)
@@ -231,6 +237,7 @@ class Agent:
         """What the platform (signed) or the device's own control socket may ask; ``origin``
         ("platform" or "device") is recorded as the trigger of what they start."""
         handlers: dict[str, Handler] = {"status": lambda _args: self.status()}
+        handlers.update(self.remote.handlers(origin))
         video, audio = self.video, self.audio
         if video is not None:
             from agent.capture.triggers import command_handlers

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "agent.ingest.commands",
     "agent.capture.commands",
     "agent.app_commands",
+    "agent.provision_commands",
 )
 
 log = logging.getLogger("edge-agent")
