@@ -14,13 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO = Path(__file__).resolve().parents[2]
-SHIM = Path(__file__).with_name("cli_shim.py")
 
 
 def edge_agent(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     """``edge-agent ARGS`` with stdin not a terminal (so nothing is asked)."""
     return subprocess.run(
-        [sys.executable, str(SHIM), *args],
+        [sys.executable, "-m", "agent.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

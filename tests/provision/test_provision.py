@@ -199,7 +199,7 @@ def test_interactive_prompts_on_a_terminal(tmp_path: Path, keyset: KeySet, pki: 
     import subprocess
     import sys
 
-    from tests.provision.helpers import REPO, SHIM
+    from tests.provision.helpers import REPO
 
     answers = [
         "cam 7",  # refused: a space
@@ -219,7 +219,7 @@ def test_interactive_prompts_on_a_terminal(tmp_path: Path, keyset: KeySet, pki: 
     master, slave = os.openpty()
     os.write(master, ("\n".join(answers) + "\n").encode())
     proc = subprocess.run(
-        [sys.executable, str(SHIM), "provision", "--root", str(tmp_path / "root")],
+        [sys.executable, "-m", "agent.cli", "provision", "--root", str(tmp_path / "root")],
         cwd=REPO,
         stdin=slave,
         capture_output=True,
