@@ -213,13 +213,17 @@ class Polygon:
             a, b = xy[i], xy[(i + 1) % n]
             if math.hypot(b[0] - a[0], b[1] - a[1]) < MIN_EDGE_M:
                 raise ConfigError(f"{what}: points {i} and {(i + 1) % n} are the same place")
-        area2 = sum(xy[i][0] * xy[(i + 1) % n][1] - xy[(i + 1) % n][0] * xy[i][1] for i in range(n))
-        if abs(area2) / 2 < 1.0:
+        (x0, y0), (x1, y1) = xy[0], xy[1]
+        base = math.hypot(x1 - x0, y1 - y0)
+        if all(abs((x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)) / base < 0.01 for x, y in xy):
             raise ConfigError(f"{what}: the polygon encloses no area (points in a line)")
         crossing = _self_intersection(xy)
         if crossing is not None:
             i, j = crossing
             raise ConfigError(f"{what}: self-intersecting polygon (edges {i} and {j} cross)")
+        area2 = sum(xy[i][0] * xy[(i + 1) % n][1] - xy[(i + 1) % n][0] * xy[i][1] for i in range(n))
+        if abs(area2) / 2 < 1.0:
+            raise ConfigError(f"{what}: the polygon encloses less than 1 square metre")
         self.points = tuple(pts)
         self.xs = tuple(p[0] for p in xy)
         self.ys = tuple(p[1] for p in xy)

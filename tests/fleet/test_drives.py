@@ -4,14 +4,16 @@ coverage, and events recorded in order with capture times while the link is down
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.fleet.plan import parse_plan
-from agent.fleet.rules import FleetEvent, RuleEngine, RuleSettings
-from agent.model import Alarm, Severity, format_utc
+from agent.fleet.drive import Drive
+from agent.fleet.plan import Plan, parse_plan
+from agent.fleet.rules import FleetEvent, Inputs, RuleEngine, RuleSettings
+from agent.model import Alarm, FixMode, Severity, format_utc
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet
 from tests.fleet import drives
@@ -189,3 +191,32 @@ def test_sealed_records_carry_the_event_fields(
     assert [r["type"] for r in recs] == ["fleet_area_enter", "fleet_area_exit"]
     enter = recs[0]
     assert {"time", "t", "subject", "lat", "lon", "speed_kmh", "crossed_at"} <= set(enter)
+
+
+def test_parked_with_the_ignition_off_is_stopped_not_idle() -> None:
+    d = Drive(drives.LAT0, drives.LON0, t0=drives.T0)
+    d.go(100, 0, speed_mps=10.0).stay(400)
+    engine = RuleEngine(Plan(), RULES)
+    kinds = [e.kind for f in d.fixes() for e in engine.feed(f, Inputs(ignition=False))]
+    assert kinds == ["stopped"]
+    engine = RuleEngine(Plan(), RULES)
+    kinds = [e.kind for f in d.fixes() for e in engine.feed(f, Inputs(ignition=True))]
+    assert kinds == ["idle", "stopped"]
+
+
+def test_poor_fixes_neither_fire_nor_confirm() -> None:
+    drive = load_drive("jitter_edge")
+    engine = RuleEngine(parse_plan(drive.plan), RULES)
+    kinds = []
+    for f in drive.fixes:
+        kinds += [e.kind for e in engine.feed(f)]
+        # every fix is followed by bad ones: no position, poor HDOP, a jump, not later
+        for bad in (
+            replace(f, mode=FixMode.NO_FIX, lat=None, lon=None),
+            replace(f, time=f.time + 0.5, hdop=20.0),
+            replace(f, time=f.time + 0.5, lat=(f.lat or 0) + 0.1),
+            replace(f, time=f.time - 5),
+        ):
+            assert engine.feed(bad) == []
+    assert kinds == ["area_enter", "area_exit"]
+    assert engine.rejected == 4 * len(drive.fixes)
