@@ -32,7 +32,7 @@ from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 
 OUT = Path("demo-out").resolve()
 DEVICE = "cam-demo-01"
-RECORD_S = 30.0
+RECORD_S = 30.0  # EDGE_AGENT_DEMO_RECORD_S shortens it (CI runs the demo in ~20 s)
 
 
 def say(text: str) -> None:
@@ -200,16 +200,17 @@ def run_agent(broker: Mosquitto, pki: Pki, keys: Path, audio: bool) -> int:
     ):
         sock = OUT / "device" / "run" / "control.sock"
         wait_for(sock.exists, "the agent to start", 60)
-        say(f"recording for {RECORD_S:.0f} s (edge-agent record start / mark / still / stop)")
+        record_s = float(os.environ.get("EDGE_AGENT_DEMO_RECORD_S", RECORD_S))
+        say(f"recording for {record_s:.0f} s (edge-agent record start / mark / still / stop)")
         cli("record", "start", "--config", str(cfg))
-        time.sleep(RECORD_S / 2)
+        time.sleep(record_s / 2)
         cli("record", "mark", "--note", "demo: something happened", "--config", str(cfg))
         cli("still", "--config", str(cfg))
-        time.sleep(RECORD_S / 2)
+        time.sleep(record_s / 2)
         cli("record", "stop", "--config", str(cfg))
         status_file = OUT / "device" / "run" / "status.json"
         say("waiting until the platform has acknowledged everything")
-        time.sleep(12)  # let the last GPS batch be sealed
+        time.sleep(min(12.0, record_s))  # let the last GPS batch be sealed
         wait_for(lambda: backlog_empty(status_file) or agent.poll() is not None, "delivery", 120)
         print(cli("status", "--config", str(cfg)).stdout)
     say("what the platform received and verified (edge-agent verify)")
