@@ -167,7 +167,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
         raise ConfigError("talk listen: give --save DIR and/or --play")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     link = MqttLink(broker_config(args, session_expiry_s=0), stop)
     got = [0]
 

@@ -172,6 +172,7 @@ class Talk:
         self._session: _Session | None = None
         self._sent: OrderedDict[str, _Sent] = OrderedDict()
         self._receipts: list[tuple[str, bytes]] = []  # not yet published (link down)
+        self._waiting = 0  # delivered messages not yet played (queued or held by talk-play)
         self._mic_reason = "not checked"
         self._speaker_reason = "not checked"
         self.stats = TalkStats()
@@ -221,7 +222,7 @@ class Talk:
                 "microphone": {"state": "missing" if mic else "ok", "reason": mic},
                 "speaker": {"state": "missing" if spk else "ok", "reason": spk},
                 "talking": self._talking.is_set(),
-                "waiting_to_play": self._play.qsize(),
+                "waiting_to_play": self._waiting,
                 "uplink": self.link is not None and self.link.connected,
                 "sent": st.sent,
                 "received": st.received,
@@ -586,6 +587,8 @@ class Talk:
         self._queue_seal(_SealJob(done.body, meta, now - duration, now))
         try:
             self._play.put_nowait(_Playable(done.id, done.body, done.msg))
+            with self._lock:
+                self._waiting += 1
         except queue.Full:
             self._not_played(done.id, f"{self.settings.queue_messages} messages already waiting")
 
@@ -648,7 +651,11 @@ class Talk:
             while self._talking.is_set():
                 if self.stop.wait(POLL_S):
                     return
-            self._play_one(item)
+            try:
+                self._play_one(item)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
 
     def _play_one(self, item: _Playable) -> None:
         from agent.talk.codec import decode_to_pcm, silence, tone
