@@ -108,9 +108,17 @@ def link_config(broker: Mosquitto, identity: str) -> LinkConfig:
 def broker_argv(broker: Mosquitto, identity: str) -> list[str]:
     c = broker.pki.client(identity)
     return [
-        "--broker", f"{broker.host}:{broker.port}", "--ca", str(broker.pki.ca),
-        "--cert", str(c.cert), "--cert-key", str(c.key), "--client-id", identity,
-    ]  # fmt: skip
+        "--broker",
+        f"{broker.host}:{broker.port}",
+        "--ca",
+        str(broker.pki.ca),
+        "--cert",
+        str(c.cert),
+        "--cert-key",
+        str(c.key),
+        "--client-id",
+        identity,
+    ]
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -142,9 +150,12 @@ class Device:
 
 @pytest.fixture
 def make_device(
-    talk_broker: Mosquitto, talk_pulse: PulseServer, keyset: KeySet, command_key: Path,
+    talk_broker: Mosquitto,
+    talk_pulse: PulseServer,
+    keyset: KeySet,
+    command_key: Path,
     tmp_path: Path,
-) -> Iterator[Callable[..., Device]]:  # fmt: skip
+) -> Iterator[Callable[..., Device]]:
     made: list[Device] = []
 
     def make(device_id: str, **settings: Any) -> Device:
@@ -267,7 +278,7 @@ class MonitorRecorder:
                 "--channels=1",
                 "--format=s16le",
                 "--latency-msec=20",
-            ],  # fmt: skip
+            ],
             env=pulse.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

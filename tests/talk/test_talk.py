@@ -68,7 +68,7 @@ def test_messages_wait_while_talking_then_play_in_order_and_voice_goes_out(
             "--timeout",
             "40",
             *broker_argv(talk_broker, "control-listen"),
-        ]  # fmt: skip
+        ]
     )
     listen = threading.Thread(target=listen_args.func, args=(listen_args,))
     listen.start()
@@ -93,7 +93,7 @@ def test_messages_wait_while_talking_then_play_in_order_and_voice_goes_out(
                 "--chunk-bytes",
                 "1500",
                 *broker_argv(talk_broker, "control-send"),
-            ]  # fmt: skip
+            ]
         )
         rc: list[int] = []
         sender = threading.Thread(target=lambda: rc.append(send_args.func(send_args)))
@@ -101,8 +101,13 @@ def test_messages_wait_while_talking_then_play_in_order_and_voice_goes_out(
         wait_for(lambda: any(r["status"] == "delivered" for r in control.poll()), 10, "A delivered")
         a_id = next(r["id"] for r in control.poll() if r["status"] == "delivered")
         chunks_b = message_chunks(command_key, b, wire.device_address("talk-a"))
-        publish_all(control.link, wire.in_topic("talk-a"), [c.encode() for c in chunks_b],
-                    threading.Event(), 10)  # fmt: skip
+        publish_all(
+            control.link,
+            wire.in_topic("talk-a"),
+            [c.encode() for c in chunks_b],
+            threading.Event(),
+            10,
+        )
         control.wait_status(chunks_b[0].id, "delivered")
         time.sleep(0.5)
         # The officer still talks: nothing is played.
@@ -163,9 +168,11 @@ def test_cut_off_messages_are_completed_or_reported_never_played(
     try:
         # C: the link drops after 3 of its chunks; the device asks; the rest comes; played.
         c = message_chunks(
-            command_key, write_tone_wav(tmp_path / "c.wav", 1000, 0.8), wire.device_address("talk-b"),
+            command_key,
+            write_tone_wav(tmp_path / "c.wav", 1000, 0.8),
+            wire.device_address("talk-b"),
             chunk_bytes=600,
-        )  # fmt: skip
+        )
         assert len(c) >= 5
         publish_all(control.link, topic, [x.encode() for x in c[:3]], never, 5)
         asked = control.wait_status(c[0].id, "incomplete")
@@ -174,9 +181,11 @@ def test_cut_off_messages_are_completed_or_reported_never_played(
         control.wait_status(c[0].id, "played")
         # D: cut off for good: reported incomplete (final), never delivered nor played.
         d = message_chunks(
-            command_key, write_tone_wav(tmp_path / "d.wav", 600, 0.8), wire.device_address("talk-b"),
+            command_key,
+            write_tone_wav(tmp_path / "d.wav", 600, 0.8),
+            wire.device_address("talk-b"),
             chunk_bytes=600,
-        )  # fmt: skip
+        )
         publish_all(control.link, topic, [x.encode() for x in d[:-2]], never, 5)
         wait_for(
             lambda: any(r.get("final") for r in control.poll() if r["id"] == d[0].id),
@@ -187,9 +196,11 @@ def test_cut_off_messages_are_completed_or_reported_never_played(
         publish_all(control.link, topic, [x.encode() for x in d[-2:]], never, 5)
         # E: tampered (a byte of the Ogg changed): rejected, not played.
         e = message_chunks(
-            command_key, write_tone_wav(tmp_path / "e.wav", 600, 0.5), wire.device_address("talk-b"),
+            command_key,
+            write_tone_wav(tmp_path / "e.wav", 600, 0.5),
+            wire.device_address("talk-b"),
             chunk_bytes=600,
-        )  # fmt: skip
+        )
         assert not e[0].last
         bad = wire.Chunk(e[0].id, 0, False, b"X" + e[0].data[1:])
         publish_all(control.link, topic, [bad.encode()] + [x.encode() for x in e[1:]], never, 5)

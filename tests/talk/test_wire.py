@@ -39,8 +39,12 @@ def test_verify_refuses_tampering_other_keys_and_expiry() -> None:
     key = Ed25519PrivateKey.generate()
     _, chunks = _message(key)
     r = wire.Reassembler(1 << 20)
-    bad = [chunks[0].__class__(c.id, c.index, c.last, b"x" + c.data[1:], c.msg, c.sig)
-           if c.index == 1 else c for c in chunks]  # fmt: skip
+    bad = [
+        chunks[0].__class__(c.id, c.index, c.last, b"x" + c.data[1:], c.msg, c.sig)
+        if c.index == 1
+        else c
+        for c in chunks
+    ]
     done = None
     for c in bad:
         done = r.add(c, "t", 0.0)
