@@ -149,7 +149,7 @@ class DeviceApp:
         return [
             ("Content-Security-Policy", csp),
             ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "no-referrer"),
+            ("Referrer-Policy", "same-origin"),
             ("X-Frame-Options", "DENY"),
         ]
 
@@ -166,7 +166,7 @@ class DeviceApp:
             return bool(sid) and any(secret_matches(sid, (k,)) for k in self._sessions)
 
     def _same_origin(self, req: Request) -> bool:
-        if req.header("X-Edge-Agent") == "1":
+        if req.header("X-Edge-Agent") == "1" or req.header("Sec-Fetch-Site") == "same-origin":
             return True
         origin = req.header("Origin")
         return bool(origin) and origin == f"http://{req.header('Host')}"

@@ -191,7 +191,7 @@ class ReviewApp:
         return [
             ("Content-Security-Policy", csp),
             ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "no-referrer"),
+            ("Referrer-Policy", "same-origin"),
             ("X-Frame-Options", "DENY"),
         ]
 
@@ -533,7 +533,12 @@ class ReviewApp:
         pts = track.points
         step = max(1, math.ceil(len(pts) / MAX_MARKERS))
         line = " ".join(f"{px:.1f},{py:.1f}" for px, py in xy)
-        out = [f"<polyline class=route points='{line}' />"]
+        a, b = xy[0], xy[-1]
+        out = [
+            f"<polyline class=route points='{line}' />",
+            f"<circle class=start cx={a[0]:.1f} cy={a[1]:.1f} r=7 />",
+            f"<circle class=end cx={b[0]:.1f} cy={b[1]:.1f} r=7 />",
+        ]
         for i in range(0, len(pts), step):
             p, (px, py) = pts[i], xy[i]
             speed = f", {p.speed * 3.6:.0f} km/h" if p.speed is not None else ""
@@ -543,9 +548,6 @@ class ReviewApp:
                 f"data-time='{esc(fmt_utc(p.time))}' "
                 f"data-label='{esc(label)}'><title>{esc(label)}</title></circle>"
             )
-        a, b = xy[0], xy[-1]
-        out.append(f"<circle class=start cx={a[0]:.1f} cy={a[1]:.1f} r=6 />")
-        out.append(f"<circle class=end cx={b[0]:.1f} cy={b[1]:.1f} r=6 />")
         return "".join(out)
 
     def _grid_map(self, track: Track) -> str:

@@ -38,6 +38,7 @@
       next();
     });
     img.addEventListener("error", next);
+    load();  // the first picture may have loaded before this script ran
   }
 
   function fixed(v, n) { return (typeof v === "number") ? v.toFixed(n) : "-"; }
@@ -81,17 +82,21 @@
     if (!box) return;
     state.textContent = t.running ? "running..." : (t.finished_utc ? "last run " + new Date(t.finished_utc * 1000).toISOString() : "not run since the agent started");
     if (button) button.disabled = !!t.running;
+    if (t.running) window.setTimeout(loadTest, 500);
     box.textContent = "";
     var r = t.result;
     if (!r) return;
-    var checks = Array.isArray(r.checks) ? r.checks : (Array.isArray(r.results) ? r.results : null);
+    // edge-agent selftest --json: {"ok", "counts", "items": [{"name", "status", "detail"}]}
+    var checks = Array.isArray(r.items) ? r.items : (Array.isArray(r.checks) ? r.checks : null);
     if (checks) {
       var table = el("table", null, "segs");
+      table.id = "selftest-items";
       checks.forEach(function (c) {
         var tr = el("tr");
-        var ok = c.ok === true || c.status === "pass" || c.status === "ok";
-        tr.appendChild(el("td", c.name || c.check || "?"));
-        tr.appendChild(el("td", ok ? "pass" : (c.status || "FAIL"), ok ? "result-pass" : "result-fail"));
+        var st = String(c.status || (c.ok ? "PASS" : "FAIL")).toUpperCase();
+        var cls = st === "PASS" ? "result-pass" : (st === "SKIP" ? "sub" : "result-fail");
+        tr.appendChild(el("td", c.name || c.item || "?"));
+        tr.appendChild(el("td", st, cls));
         tr.appendChild(el("td", c.detail || c.message || ""));
         table.appendChild(tr);
       });
@@ -99,8 +104,8 @@
     } else {
       box.appendChild(el("pre", JSON.stringify(r, null, 1)));
     }
-    if (r.ok !== undefined) box.insertBefore(el("p", r.ok ? "all checks pass" : "SOME CHECKS FAIL", r.ok ? "result-pass" : "result-fail"), box.firstChild);
-    if (t.running) window.setTimeout(loadTest, 1000);
+    if (r.error) box.insertBefore(el("p", r.error, "result-fail"), box.firstChild);
+    if (r.ok !== undefined) box.insertBefore(el("p", r.ok ? "no check failed" : "SOME CHECKS FAIL", r.ok ? "result-pass" : "result-fail"), box.firstChild);
   }
   function loadTest() { getJSON("/api/selftest", showTest); }
   if (box) loadTest();
