@@ -347,6 +347,7 @@ class Result:
     not_exercised: dict[str, str] = field(default_factory=dict)
     live_resume_s: list[float] = field(default_factory=list)
     live_resume_missing: int = 0
+    gps_resume_s: list[float] = field(default_factory=list)
     sealed: int = 0
     observed: int = 0
     delivered: int = 0
@@ -400,6 +401,9 @@ class Result:
                 f" (limit {LIVE_RESUME_LIMIT_S}; none seen: {self.live_resume_missing})",
             ),
         ]
+        figures.append(
+            ("live fix back after the GNSS receiver was plugged in again (s)", self.gps_resume_s)
+        )
         out += [f"  {a}: {b}" for a, b in figures]
         for k, v in self.not_exercised.items():
             out.append(f"  NOT EXERCISED {k}: {v}")
@@ -592,16 +596,20 @@ control_socket = "{self.root}/device/run/control.sock"
         self.stop.wait(d)
         return d
 
-    def _live_resume(self, back_at: float) -> None:
+    def _live_resume(self, back_at: float, into: list[float] | None = None) -> None:
         """How long after the link came back the next live fix reached the platform side."""
+        out = self.result.live_resume_s if into is None else into
         deadline = back_at + 15
         while time.monotonic() < deadline:
             t = self.monitor.first_fix_after(back_at)
             if t is not None:
-                self.result.live_resume_s.append(round(t - back_at, 3))
+                out.append(round(t - back_at, 3))
                 return
             time.sleep(0.05)
-        self.result.live_resume_missing += 1
+        if into is None:
+            self.result.live_resume_missing += 1
+        else:
+            out.append(float("inf"))
 
     def inject(self, fault: str) -> None:
         self.result.faults[fault] += 1
@@ -657,6 +665,7 @@ control_socket = "{self.root}/device/run/control.sock"
             self._hold(3, 8)
             self.gps.replug()
             log("GNSS receiver plugged in again")
+            self._live_resume(time.monotonic(), self.result.gps_resume_s)
         elif fault == "camera_lost":
             log("camera lost")
             self.camera.lose()
@@ -820,6 +829,8 @@ def violations(res: Result, *, live_threshold: bool = True) -> list[str]:
         out.append(f"chain problems: {res.chain_problems[:10]}")
     if res.parts_unexplained:
         out.append(f"{res.parts_unexplained} video parts missing with no record of why")
+    if any(x == float("inf") for x in res.gps_resume_s):
+        out.append(f"no position after the GNSS receiver came back: {res.gps_resume_s}")
     if res.rejected:
         out.append(f"{res.rejected} segments refused by the platform")
     if res.sealed == 0 or not res.streams.get("video") or not res.streams.get("gps"):
