@@ -184,6 +184,7 @@ class RuleEngine:
         self._shapes: list[Circle | Polygon | Polyline] = [a.shape for a in plan.areas] + [
             r.line for r in plan.routes
         ]
+        self._hyst = [effective_hysteresis(sh, s.hysteresis_m) for sh in self._shapes]
         boxes = [sh.bbox for sh in self._shapes]
         self.index: GridIndex | BruteIndex = (
             BruteIndex(len(boxes))
@@ -275,7 +276,8 @@ class RuleEngine:
             speed = 0.0
         self._refresh_shifts(t)
         s = self.s
-        h, k = s.hysteresis_m, s.dwell_fixes
+        k = s.dwell_fixes
+        hyst = self._hyst
         here = {"lat": round(lat, 7), "lon": round(lon, 7), "speed_kmh": round(speed * 3.6, 1)}
         out: list[FleetEvent] = []
         out.extend(self._coverage_closed(t))
@@ -297,7 +299,7 @@ class RuleEngine:
             edge = self._edges.get(i)
             if edge is None:
                 edge = self._edges[i] = _Edge()
-            tr = edge.update(d, t, h, k)
+            tr = edge.update(d, t, hyst[i], k)
             if edge.settled_out:
                 self._watch.discard(i)
             else:
@@ -568,6 +570,17 @@ class RuleEngine:
             self._areas[i].id if i < self._na else self._routes[i - self._na].id
             for i in self._inside
         )
+
+
+def effective_hysteresis(shape: Circle | Polygon | Polyline, h: float) -> float:
+    """``h``, but at most half the shape's size, so a small shape can still be entered: half a
+    circle's radius, half a corridor's width either side, a quarter of the square root of a
+    polygon's area (half the inradius of a square)."""
+    if isinstance(shape, Circle):
+        return min(h, shape.radius_m / 2)
+    if isinstance(shape, Polyline):
+        return min(h, shape.corridor_m / 2)
+    return min(h, math.sqrt(shape.area_m2) / 4)
 
 
 def _dist_m(a: Fix, b: Fix) -> float:

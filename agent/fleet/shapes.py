@@ -194,7 +194,7 @@ class Circle:
 class Polygon:
     """A simple polygon (no self-intersection), at least 3 distinct vertices, non-zero area."""
 
-    __slots__ = ("bbox", "points", "proj", "xs", "ys")
+    __slots__ = ("area_m2", "bbox", "points", "proj", "xs", "ys")
 
     def __init__(self, points: Sequence[LatLon], what: str = "polygon") -> None:
         pts = [check_point(f"{what}: point {i}", p[0], p[1]) for i, p in enumerate(points)]
@@ -224,6 +224,7 @@ class Polygon:
         area2 = sum(xy[i][0] * xy[(i + 1) % n][1] - xy[(i + 1) % n][0] * xy[i][1] for i in range(n))
         if abs(area2) / 2 < 1.0:
             raise ConfigError(f"{what}: the polygon encloses less than 1 square metre")
+        self.area_m2 = abs(area2) / 2
         self.points = tuple(pts)
         self.xs = tuple(p[0] for p in xy)
         self.ys = tuple(p[1] for p in xy)

@@ -150,6 +150,8 @@ def work_day() -> Built:
         along = min(max(p.x, 0), 1000)
         return math.hypot(p.x - along, p.y) - 15
 
+    hr = min(H, 15 / 2)  # a corridor's hysteresis is at most half its width either side
+
     ev: list[dict[str, Any]] = []
     # district-3 (assigned, in shift): inside from the first fix -> entered (initial)
     a, b = _confirm(s, lambda p: poly(p) <= -H, 0)
@@ -162,8 +164,8 @@ def work_day() -> Built:
     ev.append(_ev("area_exit", "market", s, b2, a2))
     ev.append(_ev("speeding_end", "", s, b2))  # no limit any more: ends at once
     # north: off the route corridor, then out of the district (outside every assigned area)
-    on_route = _confirm(s, lambda p: route(p) <= -H, 0)[1]
-    a, b = _confirm(s, lambda p: route(p) >= H, on_route + 1)
+    on_route = _confirm(s, lambda p: route(p) <= -hr, 0)[1]
+    a, b = _confirm(s, lambda p: route(p) >= hr, on_route + 1)
     ev.append(_ev("route_left", "r1", s, b, a))
     a, b = _confirm(s, lambda p: poly(p) >= H, 0)
     ev.append(_ev("area_exit", "district-3", s, b, a))
@@ -182,7 +184,7 @@ def work_day() -> Built:
     a, b = _confirm(s, lambda p: poly(p) <= -H, moving)
     ev.append(_ev("area_enter", "district-3", s, b, a))
     ev.append(_ev("on_assigned", "district-3", s, b))
-    a, b = _confirm(s, lambda p: route(p) <= -H, moving)
+    a, b = _confirm(s, lambda p: route(p) <= -hr, moving)
     ev.append(_ev("route_back", "r1", s, b, a))
     # westward through the market again (speed limit again)
     a, b = _confirm(s, lambda p: circ(p) <= -H, moving)

@@ -220,3 +220,13 @@ def test_poor_fixes_neither_fire_nor_confirm() -> None:
             assert engine.feed(bad) == []
     assert kinds == ["area_enter", "area_exit"]
     assert engine.rejected == 4 * len(drive.fixes)
+
+
+def test_a_small_circle_can_still_be_entered() -> None:
+    d = Drive(drives.LAT0, drives.LON0, t0=drives.T0)
+    d.go(0, 100, speed_mps=2.0)  # through a bin collection point of radius 8 m at y = 50
+    lat, lon = d.proj.to_latlon(0, 50)
+    plan = parse_plan({"areas": [{"id": "bin", "circle": {"lat": lat, "lon": lon, "radius_m": 8}}]})
+    engine = RuleEngine(plan, RULES)  # hysteresis 10 m, capped at 4 m for this circle
+    kinds = [e.kind for f in d.fixes() for e in engine.feed(f)]
+    assert kinds == ["area_enter", "area_exit"]
