@@ -88,6 +88,7 @@ ROUTES: list[tuple[str, re.Pattern[str]]] = [
 ]
 TILE_VARS_RE = re.compile(r"\{[zxy]\}")
 MAX_MARKERS = 20000
+DEFAULT_RANGE_S = 86400.0
 MAP_W, MAP_H = 800, 500
 TL_W = 1000
 
@@ -314,10 +315,11 @@ class ReviewApp:
         span = review.span
         start = parse_when(req.query.get("from", ""), "from")
         end = parse_when(req.query.get("to", ""), "to")
-        if start is None:
-            start = span[0]
         if end is None:
             end = span[1]
+        if start is None and span[0] is not None:
+            # By default the last day with data (a device's months would not fit one page).
+            start = max(span[0], (end or span[0]) - DEFAULT_RANGE_S)
         if start is not None and end is not None and end < start:
             raise WebError(400, "the range ends before it starts")
         track = self.view.track(device, start, end)
