@@ -64,7 +64,7 @@ class OggOpusWriter:
             stream.bit_rate = bitrate_kbps * 1000
             ctx = stream.codec_context
             ctx.time_base = Fraction(1, rate)
-            ctx.options = {"application": application}
+            ctx.options = {"application": application, "vbr": "constrained"}
             ctx.open()
         except (av.FFmpegError, ValueError) as exc:
             self._container.close()

@@ -1,0 +1,151 @@
+"""Talk: release of the talk button to the last chunk at the platform, and bytes on the wire.
+
+Real parts on loopback: PulseAudio (440 Hz sine microphone), mosquitto with mTLS, the device's
+:class:`Talk` on its own MQTT link, the platform's :class:`Listener` on another. Each message
+is 5 s (press, wait, release); latency is the release to the arrival of the message's last
+chunk at the listener. Wire bytes are the chunk payloads (Ogg pages + chunk headers) per second
+of speech, against raw 48 kHz s16 mono PCM.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import Reporter
+
+GROUP = "talk"
+MESSAGES = int(os.environ.get("BENCH_TALK_MESSAGES", "8"))
+SECONDS = 5.0
+BUDGET_MS = 500.0
+RATE = 48000
+
+
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    ev = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench talk: timed out waiting for {what}")
+        ev.wait(0.01)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
+    return s[k]
+
+
+def run(report: Reporter) -> None:
+    from agent.capture.pulse_lab import PulseServer
+    from agent.storage.keys import (
+        init_device_keys,
+        init_platform_keys,
+        load_platform_public,
+        load_signing_key,
+    )
+    from agent.storage.sealer import Sealer
+    from agent.storage.settings import SealSettings, SpoolSettings
+    from agent.storage.spool import Spool
+    from agent.talk.device import Talk
+    from agent.talk.platform import Listener
+    from agent.talk.settings import TalkSettings
+    from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, make_pki
+    from agent.uplink.mqtt import LinkConfig, MqttLink
+
+    device = "talk-bench"
+    with tempfile.TemporaryDirectory(prefix="bench-talk-") as tmp:
+        root = Path(tmp)
+        pulse = PulseServer(root / "pulse")
+        pulse.start()
+        os.environ["PULSE_SERVER"] = pulse.server
+        pki = make_pki(root / "pki", (device, INGEST_IDENTITY))
+        broker = Mosquitto(root / "mosquitto", pki)
+        broker.start()
+        stop = threading.Event()
+
+        def cfg(identity: str) -> LinkConfig:
+            c = pki.client(identity)
+            return LinkConfig(broker.host, broker.port, identity, ca=pki.ca, cert=c.cert, key=c.key)
+
+        dev_key, _ = init_device_keys(root / "dev")
+        plat_key, _ = init_platform_keys(root / "plat")
+        sealer = Sealer(
+            device_id=device,
+            boot_id="bench",
+            signing_key=load_signing_key(dev_key),
+            platform_public=load_platform_public(plat_key.with_suffix(".pub")),
+            settings=SealSettings(),
+        )
+        spool = Spool(SpoolSettings(dir=root / "spool", reserve_mb=0), sealer)
+        dev_link = MqttLink(cfg(device), stop)
+        talk = Talk(
+            TalkSettings(enabled=True),
+            device_id=device,
+            spool=spool,
+            stop=stop,
+            link=dev_link,
+            command_key=None,
+            signing_key=load_signing_key(dev_key),
+        )
+        plat_link = MqttLink(cfg(INGEST_IDENTITY), stop)
+        done: dict[str, float] = {}
+        listener = Listener(
+            plat_link,
+            stop,
+            on_event=lambda e: done.__setitem__(e["id"], time.monotonic()),
+        )
+        threads = [threading.Thread(target=listener.run)]
+        try:
+            dev_link.start()
+            plat_link.start()
+            talk.start_threads()
+            threads[0].start()
+            _wait(lambda: dev_link.connected and plat_link.connected, 10, "links")
+            stop.wait(0.5)
+            latencies: list[float] = []
+            speech_s = 0.0
+            for _ in range(MESSAGES):
+                mid = talk.press("bench")["id"]
+                stop.wait(SECONDS)
+                released = time.monotonic()
+                speech_s += talk.release("bench")["duration_s"]
+                _wait(lambda m=mid: m in done, 10, f"message {mid}")  # type: ignore[misc]
+                last = max(listener.chunk_times[mid])
+                latencies.append((last - released) * 1000)
+                stop.wait(0.3)
+            wire_bytes = talk.stats.sent_bytes
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+            talk.join(10)
+            dev_link.join(5)
+            plat_link.join(5)
+            spool.close()
+            broker.kill()
+            pulse.stop()
+    p50 = statistics.median(latencies)
+    p99 = _percentile(latencies, 0.99)
+    report.figure(
+        GROUP, "release_to_last_chunk_p50", p50, "ms",
+        ratio=p50 / BUDGET_MS, baseline=f"the {BUDGET_MS:.0f} ms budget", target=1.0,
+        higher_is_better=False,
+    )  # fmt: skip
+    report.figure(
+        GROUP, "release_to_last_chunk_p99", p99, "ms",
+        ratio=p99 / BUDGET_MS, baseline=f"the {BUDGET_MS:.0f} ms budget ({len(latencies)} "
+        f"messages of {SECONDS:g} s)", target=1.0, higher_is_better=False,
+    )  # fmt: skip
+    bps = wire_bytes / speech_s
+    raw = RATE * 2
+    report.figure(
+        GROUP, "wire_bytes_per_s", bps, "B/s of speech",
+        ratio=bps / raw, baseline=f"raw PCM 48 kHz s16 mono ({raw} B/s)", target=0.05,
+        higher_is_better=False,
+    )  # fmt: skip
