@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.config import AgentConfig
 from agent.errors import CommandError, ConfigError
-from agent.model import Alarm, ClockState, Severity
+from agent.model import Alarm, ClockState, Fix, Severity
 from agent.storage.durable import write_atomic
 from agent.storage.keys import load_platform_public, load_signing_key
 from agent.storage.sealer import Sealer
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from agent.capture.encoder import H264Encoder
     from agent.capture.service import VideoService
     from agent.capture.settings import VideoSettings
+    from agent.fleet.service import FleetService
     from agent.gps.clock import ClockMonitor
     from agent.gps.service import GpsService
     from agent.uplink.service import Uplink
@@ -155,6 +156,11 @@ class Agent:
                 alarm=self.alarms.raise_,
             )
             self.alarms.add_sink(self.uplink.forwarder.report_alarm)
+        self.fleet: FleetService | None = None
+        if cfg.fleet.enabled:
+            from agent.fleet.service import FleetService
+
+            self.fleet = FleetService(cfg.fleet, self.spool, self.stop, alarm=self.alarms.raise_)
         if cfg.gps.source != "none":
             from agent.gps.service import GpsService
 
@@ -163,7 +169,8 @@ class Agent:
                 self.spool,
                 self.stop,
                 clock=self.clock,
-                live=self.uplink.forwarder.report_fix if self.uplink else None,
+                live=self._live_fix if self.uplink else None,
+                fleet=self.fleet,
             )
         self.audio: AudioRecorder | None = None
         muxed: list[AvEncoder] = []  # the video encoder carrying the audio track, once open
@@ -233,11 +240,21 @@ class Agent:
         self._status_warned = False
         self._status_thread = threading.Thread(target=self._heartbeat, name="health")
 
+    def _live_fix(self, fix: Fix) -> None:
+        """A reported position, with the vehicle's inputs when a fleet part runs."""
+        if self.uplink is not None:
+            self.uplink.forwarder.report_fix(fix, self.fleet.live_fields() if self.fleet else None)
+
     def _command_handlers(self, origin: str) -> dict[str, Handler]:
         """What the platform (signed) or the device's own control socket may ask; ``origin``
         ("platform" or "device") is recorded as the trigger of what they start."""
         handlers: dict[str, Handler] = {"status": lambda _args: self.status()}
         handlers.update(self.remote.handlers(origin))
+        if self.fleet is not None:
+            fleet_handlers = self.fleet.command_handlers()
+            if origin != "platform":
+                fleet_handlers.pop("fleet.set_areas", None)  # the plan comes signed, or not at all
+            handlers.update(fleet_handlers)
         video, audio = self.video, self.audio
         if video is not None:
             from agent.capture.triggers import command_handlers
@@ -312,6 +329,14 @@ class Agent:
             }
         if self.audio is not None:
             out["audio"] = self.audio.health()
+        if self.fleet is not None:
+            out["fleet"] = {
+                "plan": self.fleet.plan.version,
+                "origin": self.fleet.store.origin,
+                "inputs": self.fleet.inputs.to_json(),
+                "events": self.fleet.events_recorded,
+                "sos": self.fleet.sos_count,
+            }
         return out
 
     def _alive(self) -> list[str]:
@@ -377,6 +402,8 @@ class Agent:
     def start(self) -> None:
         if self.uplink is not None:
             self.uplink.start()
+        if self.fleet is not None:
+            self.fleet.start()
         if self.gps is not None:
             self.gps.start()
         if self.audio is not None:
@@ -408,6 +435,8 @@ class Agent:
             self.audio.join(timeout)
         if self.gps is not None:
             self.gps.join(timeout)
+        if self.fleet is not None:
+            self.fleet.join(timeout)
         if self.uplink is not None:
             self.uplink.join(timeout)
         if self._status_thread.is_alive():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agent.capture.settings import AudioSettings, VideoSettings
 from agent.errors import ConfigError
+from agent.fleet.settings import FleetSettings
 from agent.gps.settings import GpsSettings
 from agent.health_settings import HealthSettings
 from agent.settings import check, load_dataclass, one_of
@@ -61,6 +62,7 @@ class AgentConfig:
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     log: LogSettings = field(default_factory=LogSettings)
 

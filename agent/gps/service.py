@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agent.errors import AgentError
 from agent.gps.clock import ClockMonitor
@@ -23,6 +24,9 @@ from agent.gps.wire import encode_fix
 from agent.model import Fix
 from agent.storage.records import RecordLog
 from agent.storage.spool import Spool
+
+if TYPE_CHECKING:
+    from agent.fleet.service import FleetService
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,10 @@ class GpsService:
         clock: ClockMonitor,
         live: Callable[[Fix], None] | None = None,
         source: FixSource | None = None,
+        fleet: FleetService | None = None,
     ) -> None:
         self.settings = settings
+        self.fleet = fleet
         self.stop = stop
         self.clock = clock
         self._live = live
@@ -88,7 +94,13 @@ class GpsService:
         """One fix through the clock, the strategy, the live lane and the record log."""
         self.fixes_seen += 1
         self.clock.observe(fix)
-        decision = self.strategy.decide(fix)
+        fleet = self.fleet
+        events = fleet.on_fix(fix) if fleet is not None else []
+        # A fleet event (area entered, speeding, ...) sends the position at once; with the
+        # ignition off the parked (stopped) interval applies.
+        decision = self.strategy.decide(
+            fix, alarm=bool(events), parked=fleet is not None and fleet.parked
+        )
         if fix.has_position and decision.reason not in ("impossible-date", "no-fix"):
             with self._lock:
                 self._latest = fix

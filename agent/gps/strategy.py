@@ -73,12 +73,14 @@ class ReportingStrategy:
         self.last_kept: Fix | None = None
         self._suspects: list[Fix] = []
 
-    def decide(self, fix: Fix, *, alarm: bool = False) -> Decision:
+    def decide(self, fix: Fix, *, alarm: bool = False, parked: bool = False) -> Decision:
+        """``alarm``: report now whatever the rules say; ``parked`` (ignition off): report at
+        the stopped interval whatever the speed says."""
         fault = self._fault(fix)
         if fault:
             return Decision(report_live=False, keep=False, reason=fault)
         self.last_good = fix
-        reason = "alarm" if alarm else self._report_reason(fix)
+        reason = "alarm" if alarm else self._report_reason(fix, parked)
         report = bool(reason)
         if report:
             self.last_reported = fix
@@ -122,7 +124,7 @@ class ReportingStrategy:
         dt = b.time - a.time
         return dt > 0 and distance_m(a.lat, a.lon, b.lat, b.lon) / dt <= self.s.max_speed_mps
 
-    def _report_reason(self, fix: Fix) -> str:
+    def _report_reason(self, fix: Fix, parked: bool = False) -> str:
         last = self.last_reported
         if last is None:
             return "first"
@@ -130,9 +132,10 @@ class ReportingStrategy:
         assert last.lat is not None and last.lon is not None
         s = self.s
         speed = fix.speed
-        moving = speed is None or speed >= s.stopped_speed_mps
+        moving = not parked and (speed is None or speed >= s.stopped_speed_mps)
         if (
-            s.heading_deg > 0
+            not parked
+            and s.heading_deg > 0
             and fix.track is not None
             and last.track is not None
             and speed is not None

@@ -441,16 +441,28 @@ class Spool:
         )
         return self.put(header, [data])
 
-    def put_event(self, kind: str, details: dict[str, Any]) -> PutResult:
-        """An event record (trigger, mark, refusal, eviction, ...) in the ``event`` stream."""
+    def put_event(
+        self, kind: str, details: dict[str, Any], *, public: dict[str, Any] | None = None
+    ) -> PutResult:
+        """An event record (trigger, mark, refusal, eviction, ...) in the ``event`` stream.
+
+        ``details`` are encrypted like any evidence; ``public`` facts also go into the signed
+        (unencrypted) manifest, for what a verifier without the key must see: the sequence
+        numbers a ``telemetry_evicted`` record explains.
+        """
         body = json.dumps({"type": kind, **details}, sort_keys=True).encode()
         return self.put_bytes(
-            EVENT_STREAM, body, content_type="application/json", meta={"type": kind}
+            EVENT_STREAM,
+            body,
+            content_type="application/json",
+            meta={"type": kind, **(public or {})},
         )
 
-    def _put_event_safe(self, kind: str, details: dict[str, Any]) -> None:
+    def _put_event_safe(
+        self, kind: str, details: dict[str, Any], public: dict[str, Any] | None = None
+    ) -> None:
         try:
-            self.put_event(kind, details)
+            self.put_event(kind, details, public=public)
         except (OSError, SpoolError) as exc:
             log.critical("spool: cannot record event %s %s: %s", kind, details, exc)
 
@@ -517,9 +529,9 @@ class Spool:
             log.warning(
                 "spool: telemetry quota full: overwrote %d oldest %s segments", len(seqs), stream
             )
+            gap = {"stream": stream, "seqs": sorted(seqs)}
             self._put_event_safe(
-                "telemetry_evicted",
-                {"stream": stream, "seqs": sorted(seqs), "reason": "telemetry quota full"},
+                "telemetry_evicted", {**gap, "reason": "telemetry quota full"}, public=gap
             )
 
     def _remove(self, sid: int, stream: str, seq: int, size: int, cls: Retention) -> None:

@@ -149,8 +149,9 @@ class Forwarder:
 
     # ------------------------------------------------------------------ live lane (any thread)
 
-    def report_fix(self, fix: Fix) -> None:
-        payload = proto.dumps(fix.to_tpv())
+    def report_fix(self, fix: Fix, extra: dict[str, Any] | None = None) -> None:
+        """The newest position for the live lane; ``extra`` adds fields (vehicle inputs)."""
+        payload = proto.dumps({**fix.to_tpv(), **(extra or {})})
         with self._live_lock:
             self._fix = payload
         self.wake.set()

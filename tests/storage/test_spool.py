@@ -142,20 +142,32 @@ def test_evidence_quota_refuses_with_event_and_alarm(tmp_path: Path, keyset: Key
 
 
 def test_telemetry_overwrites_its_oldest_and_says_so(tmp_path: Path, keyset: KeySet) -> None:
+    import shutil
+
     settings = SpoolSettings(dir=tmp_path / "sp", telemetry_quota_mb=1, reserve_mb=0)
     sp = Spool(settings, make_sealer(keyset))
     ev = sp.put_bytes("video", b"evidence stays")
+    # The platform already has gps seq 0 (delivered, acknowledged).
+    platform = tmp_path / "platform"
+    platform.mkdir()
+    first = sp.put_bytes("gps", b"fix")
+    shutil.copy(first.path, platform / "gps-0.seg")
+    shutil.copytree(settings.dir / "keys", platform / "keys")
+    assert sp.ack("gps", 0, first.manifest_hash)
     for _ in range(5):
         sp.put_bytes("gps", os.urandom(300_000))
-    gps = [i.seq for i in sp.items("gps")]
-    assert gps == [2, 3, 4]
+    assert [i.seq for i in sp.items("gps")] == [3, 4, 5]
     assert sp.usage()["telemetry"] <= 1024 * 1024
     assert ev.path.exists()
-    report = verify_paths([settings.dir])
-    # The evicted segments are a gap the device recorded, so the chain still verifies.
+    # seq 1 and 2 are gone from the middle of the chain, but the device said why (in the
+    # signed manifest of its event records), so a verifier without the key accepts the gap.
+    report = verify_paths([platform, settings.dir])
     assert report.ok, report.problems
     kinds = [i.manifest["meta"].get("type") for _p, i in report.segments if i.stream == "event"]
     assert kinds.count("telemetry_evicted") == 2
+    # Without those event records the same gap is a failure, named.
+    bare = verify_paths([platform, settings.dir / "seg" / "gps"])
+    assert [(p.kind, p.where) for p in bare.problems] == [("gap", "dev-1/gps#1")]
     sp.close()
 
 
