@@ -341,9 +341,11 @@ class Talk:
                 if target is None and s.released.is_set():
                     target = max(0, round((s.release_mono - s.press_mono) * rate))
                     deadline = time.monotonic() + RELEASE_GRACE_S
-                if target is None and enc.samples >= max_samples:
+                too_long = s.paced and time.monotonic() - s.press_mono > max_samples / rate
+                if target is None and (enc.samples >= max_samples or too_long):
                     log.warning("talk: message %s reached %g s: released", s.id, enc.samples / rate)
                     target = enc.samples
+                    deadline = time.monotonic()
                 if target is not None and (
                     enc.samples >= target or (s.paced and time.monotonic() > deadline)
                 ):

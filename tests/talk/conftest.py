@@ -36,7 +36,7 @@ from agent.uplink.lab import Mosquitto, Pki, acl_text
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from tests.fixtures.keys import KeySet, make_sealer
 
-DEVICES = ("talk-a", "talk-b", "talk-c", "talk-d")
+DEVICES = ("talk-a", "talk-b", "talk-c", "talk-d", "talk-e")
 CONTROL = ("control", "control-send", "control-listen")
 GROUP = "north"
 RATE = 48000

@@ -275,3 +275,47 @@ def test_duplicates_and_wrong_addressee(
     other = message_chunks(command_key, wav, wire.device_address("talk-c"))
     publish_all(control.link, wire.in_topic("talk-d"), [x.encode() for x in other], never, 5)
     assert "addressed to" in control.wait_status(other[0].id, "rejected")["reason"]
+
+
+def test_lost_chunk_of_an_outgoing_message_is_asked_for_and_resent(
+    make_device: Any, talk_broker: Mosquitto, tmp_path: Path
+) -> None:
+    from agent.talk.platform import Listener
+    from agent.uplink.mqtt import MqttLink
+    from tests.talk.conftest import link_config
+
+    dev = make_device("talk-e", io=SoundDeviceIO("", "no-such-speaker"), chunk_ms=100)
+    stop = threading.Event()
+    link = MqttLink(link_config(talk_broker, "control-listen"), stop)
+    events: list[dict[str, Any]] = []
+    listener = Listener(link, stop, out_dir=tmp_path / "heard", on_event=events.append, gap_s=0.3)
+    handle = listener.handle
+    dropped: list[int] = []
+
+    def lossy(msg: Any) -> None:  # the first copy of chunk 1 is lost on the way
+        chunk = wire.parse_chunk(msg.payload)
+        if chunk.index == 1 and not dropped:
+            dropped.append(1)
+            return
+        handle(msg)
+
+    listener.handle = lossy  # type: ignore[method-assign]
+    link.start()
+    t = threading.Thread(target=listener.run)
+    t.start()
+    try:
+        wait_for(lambda: link.connected, 10, "listener connected")
+        time.sleep(0.3)
+        said = dev.talk.say(write_tone_wav(tmp_path / "s.wav", 440, 1.0))
+        wait_for(lambda: any(e["event"] == "message" for e in events), 10, "message complete")
+    finally:
+        stop.set()
+        t.join(5)
+        link.join(5)
+    assert dropped == [1]
+    assert dev.talk.stats.resent_chunks >= 1
+    (event,) = [e for e in events if e["event"] == "message"]
+    assert event["id"] == said["id"] and event["chunks"] > 3
+    heard = decode_audio(Path(event["path"]).read_bytes())
+    assert peak_hz(heard.samples, heard.rate) == pytest.approx(440, abs=5)
+    assert heard.duration_s == pytest.approx(1.0, abs=0.03)
