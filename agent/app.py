@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.errors import CommandError, ConfigError
+from agent.errors import AgentError, CommandError, ConfigError
 from agent.model import Alarm, ClockState, Fix, Severity
 from agent.storage.durable import write_atomic
 from agent.storage.keys import load_platform_public, load_signing_key
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from agent.gps.clock import ClockMonitor
     from agent.gps.service import GpsService
     from agent.uplink.service import Uplink
+    from agent.web.device import DevicePage
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,7 @@ class Agent:
         if self.uplink is not None and self.uplink.control is not None:
             for name, handler in self._command_handlers("platform").items():
                 self.uplink.control.register(name, handler)
+        self.web: DevicePage | None = None
         self.notifier = Notifier()
         self._status_warned = False
         self._status_thread = threading.Thread(target=self._heartbeat, name="health")
@@ -415,6 +417,8 @@ class Agent:
             self.local.start()
         except OSError as exc:
             log.warning("no local control socket at %s: %s", self.cfg.health.control_socket, exc)
+        if self.cfg.web.enabled:
+            self._start_device_page()
         self._write_status(self.status())
         self.notifier.notify("READY=1\nSTATUS=running")
         log.info(
@@ -424,6 +428,21 @@ class Agent:
             self.cfg.device.profile,
             self.boot,
         )
+
+    def _start_device_page(self) -> None:
+        from agent.web.device import DevicePage, selftest_command
+
+        try:
+            self.web = DevicePage(
+                self.cfg.web,
+                status=self.status,
+                stop=self.stop,
+                frame=self.video.recorder.latest_frame if self.video is not None else None,
+                selftest=selftest_command(),
+            )
+            self.web.start()
+        except AgentError as exc:
+            log.warning("device page not served: %s", exc)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop every part, seal what they hold, close the spool."""
@@ -442,6 +461,8 @@ class Agent:
         if self._status_thread.is_alive():
             self._status_thread.join(timeout)
         self.local.join(timeout)
+        if self.web is not None:
+            self.web.join(timeout)
         self.spool.close()
         log.info("edge-agent stopped")
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "agent.capture.commands",
     "agent.app_commands",
     "agent.provision_commands",
+    "agent.web.commands",
 )
 
 log = logging.getLogger("edge-agent")

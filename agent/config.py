@@ -19,6 +19,7 @@ from agent.health_settings import HealthSettings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.uplink.settings import UplinkSettings
+from agent.web.settings import WebSettings
 
 
 def _device_id(v: object) -> str | None:
@@ -64,6 +65,7 @@ class AgentConfig:
     audio: AudioSettings = field(default_factory=AudioSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 

@@ -228,6 +228,11 @@ def run_agent(broker: Mosquitto, pki: Pki, keys: Path, audio: bool) -> int:
         print(f"play the decrypted video: ffplay {videos[0]}   ({len(videos)} segments)")
     left = cli("spool", "--config", str(cfg), check=False).stdout.strip()
     print(f"left on the device for its next connection:\n{left}")
+    print(
+        f"review page: .venv/bin/edge-agent review --store {store} --web 127.0.0.1:8090 "
+        f"--token demo-review-token-0001 --platform-key {keys / 'platform' / 'platform.key'}\n"
+        "   then open http://127.0.0.1:8090/?token=demo-review-token-0001"
+    )
     print(f"everything is under {OUT}")
     return res.returncode
 

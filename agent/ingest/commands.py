@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
         "--devices", type=Path, help="directory of <device>.pub keys (default: pin on first use)"
     )
     p.add_argument("--group", default="ingest", help="shared-subscription group")
+    from agent.web.commands import add_web_args
+
+    add_web_args(p, required=False)
     add_broker_args(p, identity_help="client id = the ingest certificate's identity")
     p.set_defaults(func=cmd_ingest)
 
@@ -45,6 +48,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     store = Store(args.store, platform_key=key, devices=args.devices)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    web = None
+    if args.web:
+        from agent.web.commands import start_from_args
+
+        web = start_from_args(args, stop, key)
     ingest = Ingest(store, broker_config(args), stop, group=args.group)
     ingest.start()
     try:
@@ -55,5 +63,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         ingest.join()
+        if web is not None:
+            web.join()
         logging.getLogger("edge-agent").info("ingest: %s", store.stats)
     return 0

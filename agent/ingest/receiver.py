@@ -18,6 +18,7 @@ import queue
 import threading
 
 from agent.errors import AgentError, FormatError
+from agent.ingest.livestate import LiveRecorder
 from agent.ingest.store import Store
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
@@ -37,11 +38,13 @@ class Ingest:
         self.stop = stop
         self.link = MqttLink(cfg, stop)
         self.inbox = self.link.route(f"$share/{group}/{proto.UP_FILTER}", qos=1)
+        self.live = LiveRecorder(store.root, self.link, stop)
         self.malformed = 0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.link.start()
+        self.live.start()
         self._thread = threading.Thread(target=self.run, name="ingest")
         self._thread.start()
 
@@ -49,6 +52,7 @@ class Ingest:
         if self._thread is not None:
             self._thread.join(timeout)
         self.link.join(timeout)
+        self.live.join(timeout)
 
     def run(self) -> None:
         while not self.stop.is_set():
