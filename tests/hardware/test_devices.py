@@ -109,12 +109,17 @@ segment_s = 5
         while not list((tmp_path / "spool").glob("seg/audio/*.seg")):
             assert agent.poll() is None and time.monotonic() < deadline, "no audio segment"
             time.sleep(0.5)
-        audio = rig.status_json().get("audio")
-        assert isinstance(audio, dict) and audio.get("state") == "ok", audio
+        # The status file is rewritten every few seconds.
+        while True:
+            audio = rig.status_json().get("audio")
+            if isinstance(audio, dict) and audio.get("state") == "ok":
+                break
+            assert agent.poll() is None and time.monotonic() < deadline, audio
+            time.sleep(0.5)
 
     rig.run(during)
     plain = rig.verify()
-    tracks = sorted((plain / "audio").glob("*.mp4"))
+    tracks = sorted((plain / "audio").glob("*.m4a"))
     assert tracks and ffprobe_codecs(tracks[-1]) == ["opus"]
 
 
