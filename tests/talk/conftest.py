@@ -289,7 +289,7 @@ class MonitorRecorder:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        while chunk := self.proc.stdout.read1(65536):
+        while chunk := self.proc.stdout.read1(65536):  # type: ignore[attr-defined]
             self._data += chunk
 
     def seconds(self) -> float:
