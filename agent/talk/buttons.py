@@ -9,10 +9,9 @@ Serial (same framing as agent/capture/triggers.py: ASCII lines, case-insensitive
 reader can hand PTT lines over when the button box shares its serial line (a two-line hook in
 ``triggers.handle_line``, see docs/talk.md); :class:`SerialPtt` reads a dedicated line.
 
-GPIO: no GPIO binding exists elsewhere in the agent (agent/fleet has no inputs module), so
-:class:`GpioPtt` uses ``gpiozero`` (Raspberry Pi OS ships it: ``python3-gpiozero``), imported
-only when ``talk.ptt_gpio`` is set; a missing library or pin is logged and reported, and the
-agent runs on.
+GPIO: :class:`GpioPtt` reuses the fleet inputs' binding (PyPI ``gpiod``, libgpiod v2, imported
+only when the line is opened; a missing library or line is logged and retried, the agent runs
+on).
 """
 
 from __future__ import annotations
@@ -139,34 +138,37 @@ class SerialPtt:
 
 
 class GpioPtt:
-    """A push button on a GPIO line (BCM numbering, to ground, internal pull-up)."""
+    """A push button on a GPIO line, through the fleet inputs' libgpiod v2 binding
+    (:class:`agent.fleet.inputs.GpioInputSource`, kernel debounce, active low with a pull-up)
+    and its :class:`InputThread` (debounce, one thread, the stop event). ``source`` replaces the
+    GPIO source (tests: ``SimInputSource``)."""
 
-    def __init__(self, pin: int, talk: Ptt) -> None:
-        self.pin = pin
+    def __init__(
+        self,
+        talk: Ptt,
+        stop: threading.Event,
+        *,
+        chip: str = "/dev/gpiochip0",
+        line: int = 0,
+        debounce_s: float = 0.02,
+        source: Any = None,
+    ) -> None:
+        from agent.fleet.inputs import GpioInputSource, InputThread
+
         self._talk = talk
-        self._button: Any = None
-        self.reason = ""
+        src = source or GpioInputSource(chip, {"ptt": line}, debounce_s=debounce_s)
+        self.inputs = InputThread(src, stop, debounce_s=debounce_s, on_event=self._on_event)
 
-    def start(self) -> bool:
+    def start(self) -> None:
+        self.inputs.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.inputs.join(timeout)
+
+    def _on_event(self, event: Any) -> None:
+        if event.name != "ptt":
+            return
         try:
-            from gpiozero import Button  # type: ignore[import-not-found, unused-ignore]
-
-            self._button = Button(self.pin, pull_up=True, bounce_time=0.02)
-        except Exception as exc:  # ImportError, BadPinFactory, GPIOPinInUse ...
-            self.reason = f"GPIO {self.pin}: {exc}"
-            log.warning("talk: no GPIO press-to-talk: %s", self.reason)
-            return False
-        self._button.when_pressed = lambda: self._safe(self._talk.press)
-        self._button.when_released = lambda: self._safe(self._talk.release)
-        return True
-
-    def _safe(self, action: Any) -> None:
-        try:
-            action("button")
+            (self._talk.press if event.value else self._talk.release)("button")
         except AgentError as exc:
             log.warning("talk: GPIO press-to-talk: %s", exc)
-
-    def close(self) -> None:
-        if self._button is not None:
-            self._button.close()
-            self._button = None

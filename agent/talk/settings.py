@@ -54,5 +54,7 @@ class TalkSettings:
     # two-line hook in agent/capture/triggers.py, see docs/talk.md).
     ptt_port: str = ""
     ptt_baud: int = field(default=9600, metadata=check(in_range(300, 4000000)))
-    # A GPIO button (BCM number, -1 none; needs gpiozero), pressed = line low.
-    ptt_gpio: int = field(default=-1, metadata=check(in_range(-1, 64)))
+    # A GPIO button: chip and line offset (-1 none), to ground with the internal pull-up; via
+    # libgpiod v2 (PyPI gpiod), the binding agent/fleet/inputs.py uses.
+    ptt_gpio_chip: str = "/dev/gpiochip0"
+    ptt_gpio_line: int = field(default=-1, metadata=check(in_range(-1, 1023)))

@@ -54,3 +54,22 @@ def test_serial_ptt_over_a_loop_port() -> None:
     stop.set()
     reader.thread.join(5)
     assert t.calls[:1] == ["press:button"]
+
+
+def test_gpio_ptt_through_the_fleet_inputs_thread() -> None:
+    from agent.fleet.inputs import Reading, SimInputSource
+    from agent.talk.buttons import GpioPtt
+
+    t = FakeTalk()
+    stop = threading.Event()
+    src = SimInputSource(script=[(0.0, [Reading("ptt", True)]), (0.2, [Reading("ptt", False)])])
+    ptt = GpioPtt(t, stop, source=src, debounce_s=0.02)
+    ptt.start()
+    ev = threading.Event()
+    for _ in range(100):
+        if len(t.calls) == 2:
+            break
+        ev.wait(0.02)
+    stop.set()
+    ptt.join(5)
+    assert t.calls == ["press:button", "release:button"]
