@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from agent.fleet.service import FleetService
     from agent.gps.clock import ClockMonitor
     from agent.gps.service import GpsService
+    from agent.talk.device import Talk
     from agent.uplink.service import Uplink
     from agent.web.device import DevicePage
 
@@ -101,8 +102,14 @@ def build_spool(
 def check_profile(cfg: AgentConfig) -> None:
     """Refuse a config whose parts do not fit its profile, naming the field."""
     profile = cfg.device.profile
-    if profile == "tracker" and (cfg.video.enabled or cfg.audio.enabled):
-        field = "video.enabled" if cfg.video.enabled else "audio.enabled"
+    if profile == "tracker" and (cfg.video.enabled or cfg.audio.enabled or cfg.talk.enabled):
+        field = (
+            "video.enabled"
+            if cfg.video.enabled
+            else "audio.enabled"
+            if cfg.audio.enabled
+            else "talk.enabled"
+        )
         raise ConfigError(
             f"{field}: the tracker profile records no video or audio "
             "(set device.profile to dashcam or bodycam)"
@@ -226,6 +233,9 @@ class Agent:
                 clock=self.clock.state,
                 encoder_factory=factory,
             )
+        self.talk: Talk | None = None
+        if cfg.talk.enabled:
+            self.talk = self._build_talk()
         from agent.remote_settings import RemoteCommands
 
         self.remote = RemoteCommands(config=cfg, spool=self.spool, clock=self.clock, gps=self.gps)
@@ -242,6 +252,24 @@ class Agent:
         self._status_warned = False
         self._status_thread = threading.Thread(target=self._heartbeat, name="health")
 
+    def _build_talk(self) -> Talk:
+        from agent.storage.keys import load_signing_key
+        from agent.talk.device import Talk
+        from agent.uplink.control import SeenIds, load_command_public
+
+        up = self.cfg.uplink
+        # Built before the uplink starts: it adds its MQTT routes to the link.
+        return Talk(
+            self.cfg.talk,
+            device_id=self.cfg.device.id,
+            spool=self.spool,
+            stop=self.stop,
+            link=self.uplink.link if self.uplink is not None else None,
+            command_key=load_command_public(up.command_key) if up.command_key else None,
+            signing_key=load_signing_key(self.cfg.keys.device_key),
+            seen=SeenIds(up.state_dir / "talk-seen.json"),
+        )
+
     def _live_fix(self, fix: Fix) -> None:
         """A reported position, with the vehicle's inputs when a fleet part runs."""
         if self.uplink is not None:
@@ -252,6 +280,10 @@ class Agent:
         ("platform" or "device") is recorded as the trigger of what they start."""
         handlers: dict[str, Handler] = {"status": lambda _args: self.status()}
         handlers.update(self.remote.handlers(origin))
+        if self.talk is not None:
+            from agent.talk.device import command_handlers as talk_handlers
+
+            handlers.update(talk_handlers(self.talk, origin))
         if self.fleet is not None:
             fleet_handlers = self.fleet.command_handlers()
             if origin != "platform":
@@ -331,6 +363,8 @@ class Agent:
             }
         if self.audio is not None:
             out["audio"] = self.audio.health()
+        if self.talk is not None:
+            out["talk"] = self.talk.health()
         if self.fleet is not None:
             out["fleet"] = {
                 "plan": self.fleet.plan.version,
@@ -352,6 +386,8 @@ class Agent:
             dead.append("video")
         if self.audio is not None and self.audio.join(0):
             dead.append("audio")
+        if self.talk is not None and not self.talk.is_alive():
+            dead.append("talk")
         return dead
 
     def _heartbeat(self) -> None:
@@ -410,6 +446,8 @@ class Agent:
             self.gps.start()
         if self.audio is not None:
             self.audio.start_threads()
+        if self.talk is not None:
+            self._start_talk(self.talk)
         if self.video is not None:
             self.video.start_threads()
         self._status_thread.start()
@@ -428,6 +466,20 @@ class Agent:
             self.cfg.device.profile,
             self.boot,
         )
+
+    def _start_talk(self, talk: Talk) -> None:
+        from agent.talk.buttons import GpioPtt, SerialPtt
+
+        talk.start_threads()
+        if self.video is not None and self.video.trigger is not None:
+            from agent.talk.buttons import ptt_line
+
+            self.video.trigger.ptt = lambda line: ptt_line(line, talk)
+        t = self.cfg.talk
+        if t.ptt_port:
+            SerialPtt(t.ptt_port, talk, self.stop, baudrate=t.ptt_baud).start()
+        if t.ptt_gpio_line >= 0:
+            GpioPtt(talk, self.stop, chip=t.ptt_gpio_chip, line=t.ptt_gpio_line).start()
 
     def _start_device_page(self) -> None:
         from agent.web.device import DevicePage, selftest_command
@@ -452,6 +504,8 @@ class Agent:
             self.video.join(timeout)
         if self.audio is not None:
             self.audio.join(timeout)
+        if self.talk is not None:
+            self.talk.join(timeout)
         if self.gps is not None:
             self.gps.join(timeout)
         if self.fleet is not None:

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "agent.app_commands",
     "agent.provision_commands",
     "agent.web.commands",
+    "agent.talk.commands",
 )
 
 log = logging.getLogger("edge-agent")

@@ -18,6 +18,7 @@ from agent.gps.settings import GpsSettings
 from agent.health_settings import HealthSettings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
+from agent.talk.settings import TalkSettings
 from agent.uplink.settings import UplinkSettings
 from agent.web.settings import WebSettings
 
@@ -63,6 +64,7 @@ class AgentConfig:
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
+    talk: TalkSettings = field(default_factory=TalkSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     web: WebSettings = field(default_factory=WebSettings)

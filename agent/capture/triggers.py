@@ -42,11 +42,21 @@ class Controls(Protocol):
     def still(self, trigger: str = ...) -> None: ...
 
 
-def handle_line(line: str, controls: Controls, trigger: str = "button") -> str:
-    """Run one protocol line; return the reply line (without its newline)."""
+def handle_line(
+    line: str,
+    controls: Controls,
+    trigger: str = "button",
+    ptt: Callable[[str], str | None] | None = None,
+) -> str:
+    """Run one protocol line; return the reply line (without its newline).
+
+    ``ptt`` handles the push-to-talk lines (``PTT DOWN``/``PTT UP``) of a shared button line.
+    """
     text = line.strip()
     if not text:
         return "ERR empty line"
+    if ptt is not None and (reply := ptt(text)) is not None:
+        return reply
     word, _, rest = text.partition(" ")
     cmd = word.upper()
     try:
@@ -120,6 +130,8 @@ class SerialTrigger:
         self._port = port
         self.lines = 0
         self.losses = 0
+        # Push-to-talk on the same line (set by the composition root when talk is on).
+        self.ptt: Callable[[str], str | None] | None = None
         self.thread = threading.Thread(target=self.run, name="video-trigger", daemon=True)
 
     def _open(self) -> Any:
@@ -175,7 +187,7 @@ class SerialTrigger:
                     continue
                 self.lines += 1
                 line = raw.decode("ascii", "replace")
-                reply = handle_line(line, self._controls)
+                reply = handle_line(line, self._controls, ptt=self.ptt)
                 log.info("trigger: %r -> %s", line.strip(), reply)
                 port.write(reply.encode("ascii", "replace") + b"\n")
             if len(buf) > MAX_LINE:
