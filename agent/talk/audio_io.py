@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from agent.errors import SourceError
 
 SAMPLE_BYTES = 2
 INPUT_QUEUE_BLOCKS = 500  # 10 s of 20 ms blocks (PulseAudio may hand over 2 s at once)
+
+log = logging.getLogger(__name__)
 
 
 class Input(Protocol):
@@ -158,14 +161,40 @@ class SoundDeviceIO:
             return f"{name} {device if device is not None else 'default'}: {exc}"
         return ""
 
+    def _refresh(self) -> None:
+        """PortAudio lists devices only when it initialises: look again (a device plugged in,
+        or a sound server started, after the first look)."""
+        sd = self._module()
+        try:
+            sd._terminate()
+            sd._initialize()
+        except Exception as exc:  # PortAudioError: keep the old list
+            log.debug("talk: PortAudio re-initialisation failed: %s", exc)
+
     def probe_input(self) -> str:
-        return self._probe(self.microphone, "input")
+        problem = self._probe(self.microphone, "input")
+        if problem and self._sd is not None:
+            self._refresh()
+            problem = self._probe(self.microphone, "input")
+        return problem
 
     def probe_output(self) -> str:
-        return self._probe(self.speaker, "output")
+        problem = self._probe(self.speaker, "output")
+        if problem and self._sd is not None:
+            self._refresh()
+            problem = self._probe(self.speaker, "output")
+        return problem
 
     def open_input(self, rate: int, block: int) -> Input:
-        return _SdInput(self._module(), self.microphone, rate, block)
+        try:
+            return _SdInput(self._module(), self.microphone, rate, block)
+        except SourceError:
+            self._refresh()
+            return _SdInput(self._module(), self.microphone, rate, block)
 
     def open_output(self, rate: int) -> Output:
-        return _SdOutput(self._module(), self.speaker, rate)
+        try:
+            return _SdOutput(self._module(), self.speaker, rate)
+        except SourceError:
+            self._refresh()
+            return _SdOutput(self._module(), self.speaker, rate)
