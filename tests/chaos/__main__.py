@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.chaos.harness import run_chaos, violations
+from tests.chaos.harness import known_bug, run_chaos, violations
 
 
 def main() -> int:
@@ -25,7 +25,8 @@ def main() -> int:
     print(res.table())
     bad = violations(res)
     for v in bad:
-        print(f"INVARIANT BROKEN: {v}")
+        bug = known_bug(v)
+        print(f"INVARIANT BROKEN: {v}" + (f"\n  known bug: {bug}" if bug else ""))
     print(f"logs and stores under {root}")
     return 1 if bad else 0
 
