@@ -112,18 +112,26 @@ class GpsService:
             self.fixes_reported += 1
 
     def _consume(self) -> None:
+        failing = ""
         try:
             while not (self.stop.is_set() and self.pump.queue.empty()):
                 try:
                     fix = self.pump.queue.get(timeout=POLL_S)
                 except queue.Empty:
                     fix = None
-                if fix is not None:
-                    self.handle(fix)
-                if self.records.due():
-                    self.records.roll()
-        except AgentError as exc:
-            log.error("gps: %s", exc)
+                try:
+                    if fix is not None:
+                        self.handle(fix)
+                    if self.records.due():
+                        self.records.roll()
+                    failing = ""
+                except AgentError as exc:
+                    # A full disk must not stop positions: the fixes stay in the encrypted
+                    # journal and the batch is sealed when space returns.
+                    if str(exc) != failing:
+                        log.error("gps: %s (retrying)", exc)
+                    failing = str(exc)
+                    self.stop.wait(1.0)
         finally:
             try:
                 self.records.close()

@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS keys (
 """
 
 EVENT_STREAM = "event"
+BALLAST = ".ballast"
+BALLAST_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Spool:
         self._chains: dict[str, tuple[int, str | None]] = {}
         self._stored_keys: set[str] = set()
         self._inflight: set[int] = set()
+        self._ballast_released = False
         self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
         for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -145,6 +148,7 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self.recovery = self._recover()
+        self._ensure_ballast()
 
     # ------------------------------------------------------------------ open / recovery
 
@@ -160,14 +164,52 @@ class Spool:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._disk_free() < BALLAST_BYTES:
+            self._release_ballast("the disk is nearly full")
         with self._db_lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    self._release_ballast(str(exc))
+                    raise SpoolError(f"spool index: {exc} (retried when space returns)") from exc
                 raise
-            self._db.execute("COMMIT")
+
+    def _ensure_ballast(self) -> None:
+        """Keep a few MB allocated that can be given back when the disk fills up, so the
+        index can still record acknowledgements (which free space) and refusals."""
+        path = self.root / BALLAST
+        if path.exists():
+            return
+        if self._disk_free() < self.settings.reserve_mb * MIB + 4 * BALLAST_BYTES:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, BALLAST_BYTES)
+            os.fsync(fd)
+        except OSError as exc:
+            log.debug("spool: no ballast: %s", exc)
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            return
+        os.close(fd)
+        self._ballast_released = False
+
+    def _release_ballast(self, why: str) -> bool:
+        path = self.root / BALLAST
+        if not path.exists():
+            return False
+        path.unlink()
+        if not self._ballast_released:
+            log.warning("spool: released the %d-byte ballast: %s", BALLAST_BYTES, why)
+        self._ballast_released = True
+        return True
 
     def _seg_path(self, stream: str, seq: int) -> Path:
         return self.root / "seg" / stream / f"{seq:012d}.seg"
@@ -461,10 +503,17 @@ class Spool:
     def _put_event_safe(
         self, kind: str, details: dict[str, Any], public: dict[str, Any] | None = None
     ) -> None:
-        try:
-            self.put_event(kind, details, public=public)
-        except (OSError, SpoolError) as exc:
-            log.critical("spool: cannot record event %s %s: %s", kind, details, exc)
+        for attempt in (1, 2):
+            try:
+                self.put_event(kind, details, public=public)
+                return
+            except (OSError, SpoolError) as exc:
+                # The record of why evidence is missing matters most when the disk is full:
+                # give back the ballast for it.
+                if attempt == 1 and self._release_ballast(f"recording {kind}"):
+                    continue
+                log.critical("spool: cannot record event %s %s: %s", kind, details, exc)
+                return
 
     def _quota(self, cls: Retention) -> int:
         mb = (
@@ -654,6 +703,8 @@ class Spool:
                     victims.append((row[0], stream, seq, row[1], Retention(row[3])))
                 results.append(ok)
         self._remove_many(victims)
+        if victims and self._ballast_released:
+            self._ensure_ballast()
         return results
 
     def open_segment(self, item: SpoolItem) -> BinaryIO:

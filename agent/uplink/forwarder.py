@@ -183,12 +183,22 @@ class Forwarder:
             self._thread.join(timeout)
 
     def run(self) -> None:
+        failing = ""
         try:
             while not self.stop.is_set():
                 self.wake.clear()
-                wait = self._step()
+                try:
+                    wait = self._step()
+                    failing = ""
+                except (AgentError, sqlite3.Error, OSError) as exc:
+                    # The forwarder must outlive a full disk or a broken file: log the
+                    # problem once, retry after a pause.
+                    if str(exc) != failing:
+                        log.error("uplink: forwarding failed, retrying: %s", exc)
+                    failing = str(exc)
+                    wait = 1.0
                 if wait > 0:
-                    self.wake.wait(min(wait, IDLE_POLL_S))
+                    self.wake.wait(min(wait, IDLE_POLL_S) if not failing else wait)
         finally:
             for u in self._uploads:
                 self._drop_upload(u, release=True)
@@ -272,7 +282,13 @@ class Forwarder:
             else:
                 self._handle_ack(ack)
         if batch:
-            done = self.spool.ack_many([(a.stream, a.seq, a.hash) for a, _u in batch])
+            try:
+                done = self.spool.ack_many([(a.stream, a.seq, a.hash) for a, _u in batch])
+            except (SpoolError, sqlite3.Error, OSError) as exc:
+                # Not removed: the platform will be asked again (it answers "duplicate").
+                # The broker messages are not acknowledged either, so they come again.
+                log.error("uplink: cannot record %d acknowledgements: %s", len(batch), exc)
+                return
             for (ack, u), ok in zip(batch, done, strict=True):
                 if ok:
                     self.stats.segments_acked += 1
