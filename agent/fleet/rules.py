@@ -46,6 +46,7 @@ from typing import Any
 from agent.fleet.coverage import CoverageReport, RouteCoverage
 from agent.fleet.index import BruteIndex, GridIndex
 from agent.fleet.plan import Plan
+from agent.fleet.rule_settings import RuleSettings
 from agent.fleet.schedule import LocalClock, Schedule, shift_id
 from agent.fleet.shapes import K_LAT, Circle, Polygon, Polyline
 from agent.model import Fix, Severity, format_utc
@@ -91,20 +92,6 @@ class Inputs:
         if self.ignition is not None:
             out["ignition"] = self.ignition
         return out
-
-
-@dataclass(frozen=True)
-class RuleSettings:
-    hysteresis_m: float = 10.0
-    dwell_fixes: int = 3
-    idle_s: float = 300.0
-    stopped_s: float = 600.0
-    moving_mps: float = 1.0
-    speed_margin_kmh: float = 3.0
-    max_hdop: float = 5.0
-    max_speed_mps: float = 70.0
-    piece_m: float = 10.0
-    cell_m: float = 250.0
 
 
 @dataclass(frozen=True, slots=True)
