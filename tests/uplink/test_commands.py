@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -127,6 +128,21 @@ def test_ping_and_status_over_the_broker(tmp_path: Path, pki: Pki, broker_alive:
             deadline = threading.Event()
             while not (ops.connected and up.link.connected):
                 deadline.wait(0.05)
+            # CONNACK comes before the device's SUBACK: until a probe is answered, a command
+            # may reach the broker before the device listens (and, with no session yet, be
+            # dropped). Probe with fresh ids until one is answered.
+            for _ in range(50):
+                ops.publish(topics.command, sign_command(signer, dev.id, "ping"))
+                try:
+                    ops.ack(answers.get(timeout=0.5))
+                    break
+                except queue.Empty:
+                    continue
+            while True:  # drain answers to probes that were still on their way
+                try:
+                    ops.ack(answers.get(timeout=0.5))
+                except queue.Empty:
+                    break
             ping = sign_command(signer, dev.id, "ping")
             status = sign_command(signer, dev.id, "status")
             ops.publish(topics.command, ping)
