@@ -250,6 +250,9 @@ class Agent:
         self.web: DevicePage | None = None
         self.notifier = Notifier()
         self._status_warned = False
+        self._gps_lost = False
+        self._clock_untrusted = False
+        self._clock_was_trusted = False
         self._status_thread = threading.Thread(target=self._heartbeat, name="health")
 
     def _build_talk(self) -> Talk:
@@ -422,6 +425,46 @@ class Agent:
                     )
                 )
             storage_alarmed = full
+            self._state_alarms(status)
+
+    def _state_alarms(self, status: dict[str, Any]) -> None:
+        """Alarms on the live lane when the GNSS receiver or the clock's trust changes."""
+        gps = status.get("gps")
+        if gps is not None:
+            lost = gps.get("state") == "lost"
+            if lost != self._gps_lost:
+                self.alarms.raise_(
+                    Alarm(
+                        "receiver_lost" if lost else "receiver_restored",
+                        "GNSS receiver lost: no positions" if lost else "GNSS receiver back",
+                        Severity.WARNING if lost else Severity.INFO,
+                        time.time(),
+                    )
+                )
+            self._gps_lost = lost
+        clock = self.clock.state()
+        limit = self.clock.warn_offset_s
+        untrusted = (self._clock_was_trusted and clock.offset_s is None) or (
+            clock.offset_s is not None and abs(clock.offset_s) > limit
+        )
+        if clock.offset_s is not None and abs(clock.offset_s) <= limit:
+            self._clock_was_trusted = True
+        if untrusted != self._clock_untrusted:
+            why = (
+                f"system clock differs from GNSS time by {clock.offset_s:+.1f} s"
+                if clock.offset_s is not None
+                else "no time reference any more"
+            )
+            self.alarms.raise_(
+                Alarm(
+                    "clock_untrusted" if untrusted else "clock_trusted",
+                    why if untrusted else "system clock agrees with GNSS time again",
+                    Severity.WARNING if untrusted else Severity.INFO,
+                    time.time(),
+                    clock.to_json(),
+                )
+            )
+        self._clock_untrusted = untrusted
 
     def _write_status(self, status: dict[str, Any]) -> None:
         path = self.cfg.health.status_file

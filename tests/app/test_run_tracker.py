@@ -159,9 +159,12 @@ def test_status_file_watchdog_and_status_command(
         proc.send_signal(signal.SIGTERM)
         while "STOPPING=1" not in messages:
             messages += sock.recv(4096).decode().split("\n")
-        proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         sock.close()
     assert proc.returncode == 0
+    # The replayed drive's times lag the system clock by minutes: the clock is not trusted,
+    # and the agent raises the alarm (logged here; on the live lane when the uplink runs).
+    assert "alarm clock_untrusted: system clock differs from GNSS time by" in out, out
