@@ -29,10 +29,10 @@ from tests.uplink.harness import (
     wait_for,
 )
 
-# The issue asks for a 30 s cut; CI uses a shorter one that still outlasts MQTT keep-alive on
-# both sides (5 s here: the device gives up after at most 2x, the broker after 1.5x), so the
-# same thing is proven: both ends drop the connection and the upload resumes afterwards.
-CUT_S = float(os.environ.get("EDGE_AGENT_CUT_S", "12"))
+# A 30 s cut, as a dead cellular zone: it outlasts MQTT keep-alive on both sides (5 s here:
+# the device gives up after at most 2x, the broker after 1.5x), so both ends drop the
+# connection and the upload must resume afterwards. EDGE_AGENT_CUT_S changes it.
+CUT_S = float(os.environ.get("EDGE_AGENT_CUT_S", "30"))
 
 
 def _partial_chunks(store_dir: Path, device: str) -> int:
