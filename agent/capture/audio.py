@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from agent import wallclock
 from agent.capture.settings import AudioSettings
 from agent.errors import SourceError
 from agent.model import Alarm, Severity, format_utc
@@ -143,7 +144,7 @@ class Microphone:
         self.stats = MicStats()
         self._state = MicState.OFF
         self._reason = ""
-        self._since = time.time()
+        self._since = wallclock.now()
         self._lost_mono: float | None = None
         self._stream: Any = None
         self._sd: ModuleType | None = None
@@ -292,7 +293,7 @@ class Microphone:
         self._lost_mono = time.monotonic()
 
     def _set(self, state: MicState, reason: str) -> None:
-        self._state, self._reason, self._since = state, reason, time.time()
+        self._state, self._reason, self._since = state, reason, wallclock.now()
 
     def _missing(self, reason: str) -> None:
         if self._state is MicState.MISSING:
@@ -306,7 +307,10 @@ class Microphone:
         self._on_event("microphone_missing", {"reason": reason, "device": self.settings.device})
         self._alarm(
             Alarm(
-                "microphone_missing", f"microphone missing: {reason}", Severity.WARNING, time.time()
+                "microphone_missing",
+                f"microphone missing: {reason}",
+                Severity.WARNING,
+                wallclock.now(),
             )
         )
 
@@ -346,7 +350,7 @@ class Microphone:
             bytes(indata),
             index,
             mono,
-            time.time() - (now - mono) / 1e9,
+            wallclock.now() - (now - mono) / 1e9,
             self.rate,
             self._session,
         )

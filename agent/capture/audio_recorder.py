@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent import wallclock
 from agent.capture.audio import SAMPLE_BYTES, AudioBlock, Microphone, load_sounddevice
 from agent.capture.audio_encoder import CONTENT_TYPE, AudioFragment, OpusEncoder
 from agent.capture.settings import AudioSettings
@@ -450,7 +451,7 @@ class AudioPipeline:
 
     def _utc_at(self, mono_ns: int) -> str:
         if self.last_mono_ns is None or self.last_utc is None:
-            return format_utc(time.time() - (time.monotonic_ns() - mono_ns) / 1e9)
+            return format_utc(wallclock.now() - (time.monotonic_ns() - mono_ns) / 1e9)
         return format_utc(self.last_utc + (mono_ns - self.last_mono_ns) / 1e9)
 
     def _end_recording(self) -> None:
@@ -564,7 +565,10 @@ def store(
         log.critical("audio: cannot store %s: %s", what, exc)
         alarm(
             Alarm(
-                "audio_store_failed", f"cannot store {what}: {exc}", Severity.CRITICAL, time.time()
+                "audio_store_failed",
+                f"cannot store {what}: {exc}",
+                Severity.CRITICAL,
+                wallclock.now(),
             )
         )
 
@@ -741,7 +745,9 @@ class AudioRecorder:
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
         self._alarm(
-            Alarm("audio_failed", f"audio recording failed: {exc}", Severity.CRITICAL, time.time())
+            Alarm(
+                "audio_failed", f"audio recording failed: {exc}", Severity.CRITICAL, wallclock.now()
+            )
         )
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent import wallclock
 from agent.capture.frames import Frame, FrameSource
 from agent.capture.overlay import Overlay
 from agent.errors import SourceError
@@ -91,7 +92,7 @@ class CameraSource:
             if file_fps > 0:
                 self._fps = file_fps
             self._file_t0_mono = time.monotonic_ns()
-            self._file_t0_utc = time.time()
+            self._file_t0_utc = wallclock.now()
         self._cap = cap
         got_w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         got_h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
@@ -127,7 +128,7 @@ class CameraSource:
             mono = self._file_t0_mono + round(i * 1e9 / self._fps)
             utc = self._file_t0_utc + i / self._fps
         else:
-            mono, utc = time.monotonic_ns(), time.time()
+            mono, utc = time.monotonic_ns(), wallclock.now()
         return Frame(image, i, mono, utc)
 
     def close(self) -> None:
@@ -226,7 +227,7 @@ class CaptureLoop:
                 "camera_lost",
                 f"camera {self.source.name} lost: {exc}",
                 Severity.CRITICAL,
-                time.time(),
+                wallclock.now(),
                 details,
             )
         )

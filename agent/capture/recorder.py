@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent import wallclock
 from agent.capture.camera import CaptureLoop
 from agent.capture.encoder import Fragment, H264Encoder
 from agent.capture.frames import Frame, FrameSource
@@ -294,7 +295,7 @@ class VideoPipeline:
 
     def _utc_at(self, mono_ns: int) -> str:
         if self.last_mono_ns is None or self.last_utc is None:
-            return format_utc(time.time())
+            return format_utc(wallclock.now())
         return format_utc(self.last_utc + (mono_ns - self.last_mono_ns) / 1e9)
 
     def _end_recording(self) -> None:
@@ -395,7 +396,10 @@ def store(
         log.critical("video: cannot store %s: %s", what, exc)
         alarm(
             Alarm(
-                "video_store_failed", f"cannot store {what}: {exc}", Severity.CRITICAL, time.time()
+                "video_store_failed",
+                f"cannot store {what}: {exc}",
+                Severity.CRITICAL,
+                wallclock.now(),
             )
         )
 
@@ -615,7 +619,9 @@ class Recorder:
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
         self._alarm(
-            Alarm("video_failed", f"video recording failed: {exc}", Severity.CRITICAL, time.time())
+            Alarm(
+                "video_failed", f"video recording failed: {exc}", Severity.CRITICAL, wallclock.now()
+            )
         )
 
     # ------------------------------------------------------------------ writer thread

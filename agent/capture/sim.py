@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from agent import wallclock
 from agent.capture.frames import Frame, draw_counter
 from agent.model import format_utc
 
@@ -54,7 +55,7 @@ class SyntheticSource:
         self._fps = float(fps)
         self.paced = paced
         self._stop = stop or threading.Event()
-        self._start_utc = time.time() if start_utc is None else start_utc
+        self._start_utc = wallclock.now() if start_utc is None else start_utc
         self._start_mono = time.monotonic_ns()
         self.limit = limit
         self.text = text
@@ -107,7 +108,7 @@ class SyntheticSource:
             if delay > 0 and self._stop.wait(delay):
                 return None
             self._next_due = max(self._next_due + 1.0 / self._fps, time.monotonic() - 1.0)
-            mono, utc = time.monotonic_ns(), time.time()
+            mono, utc = time.monotonic_ns(), wallclock.now()
         else:
             mono, utc = self.mono_ns_of(i), self.utc_of(i)
         self._index = i + 1

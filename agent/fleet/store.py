@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from agent import wallclock
 from agent.errors import ConfigError
 from agent.fleet.plan import Plan, parse_plan
 from agent.storage.durable import write_atomic
@@ -78,7 +78,7 @@ class PlanStore:
                 raise ConfigError(f"format must be {FORMAT_VERSION}")
             plan = parse_plan({"areas": doc.get("areas", []), "routes": doc.get("routes", [])})
         except (ValueError, ConfigError) as exc:
-            aside = self.path.with_name(f"{PLAN_FILE}.bad-{int(time.time())}")
+            aside = self.path.with_name(f"{PLAN_FILE}.bad-{int(wallclock.now())}")
             log.error("fleet: %s does not load (%s); moved to %s", self.path, exc, aside.name)
             self.path.replace(aside)
             return None
@@ -89,7 +89,7 @@ class PlanStore:
     def save(self, plan: Plan, *, now: float | None = None) -> None:
         """Persist ``plan`` atomically (it was validated by whoever built it)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.installed_at = time.time() if now is None else now
+        self.installed_at = wallclock.now() if now is None else now
         doc: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "version": plan.version,

@@ -23,10 +23,10 @@ from __future__ import annotations
 import calendar
 import logging
 import statistics
-import time
 from collections import deque
 from collections.abc import Callable
 
+from agent import wallclock
 from agent.model import ClockSource, ClockState, Fix
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class ClockMonitor:
     def __init__(
         self,
         *,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] = wallclock.now,
         samples: int = 15,
         max_age_s: float = 3600.0,
         warn_offset_s: float = 2.0,

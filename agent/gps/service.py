@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from agent import wallclock
 from agent.errors import AgentError
 from agent.gps.clock import ClockMonitor
 from agent.gps.settings import GpsSettings
@@ -78,7 +78,7 @@ class GpsService:
         if link is not None and link.state is LinkState.DOWN:
             return "lost"
         fix = self.latest
-        if fix is None or time.time() - fix.time > 10 + abs(self.clock.state().offset_s or 0):
+        if fix is None or wallclock.now() - fix.time > 10 + abs(self.clock.state().offset_s or 0):
             return "no-fix"
         return "fix"
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from agent import wallclock
 from agent.errors import FormatError, SpoolError
 from agent.storage.durable import fsync_dir
 from agent.storage.seal import TAG_LEN, SegmentHeader, aead_for, chunk_nonce, segment_key
@@ -132,14 +133,14 @@ class RecordLog:
         try:
             header, frames = parse_journal(data)
         except FormatError as exc:
-            dest = self.spool.root / "quarantine" / f"{int(time.time())}-{self._path.name}"
+            dest = self.spool.root / "quarantine" / f"{int(wallclock.now())}-{self._path.name}"
             log.error("records: journal %s unreadable (%s): moved to %s", self._path, exc, dest)
             os.replace(self._path, dest)
             return None
         result: PutResult | None = None
         if frames and not self.spool.batch_sealed(header.batch_id):
             whole = data[: JOURNAL_HEADER.size + sum(4 + len(f) for f in frames)]
-            now = time.time()
+            now = wallclock.now()
             mono = time.monotonic_ns()
             result = self.spool.put(
                 SegmentHeader(
@@ -206,7 +207,7 @@ class RecordLog:
             if durable:
                 os.fsync(self._fd)
             self._records.append(record)
-            self._times.append(time.time() if t is None else t)
+            self._times.append(wallclock.now() if t is None else t)
             due = len(self._records) >= self.batch_max
         if due:
             self.roll()

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from agent import wallclock
 from agent.storage.seal import ChainLink, DataKey, SegmentHeader, make_data_key, seal_segment
 from agent.storage.settings import SealSettings
 
@@ -30,7 +31,7 @@ class Sealer:
         signing_key: Ed25519PrivateKey,
         platform_public: X25519PublicKey,
         settings: SealSettings,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wallclock.now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device_id = device_id

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from agent import wallclock
 from agent.errors import EvidenceRefused, FormatError, SpoolError
 from agent.model import Alarm, ClockState, Severity
 from agent.storage.durable import fsync_dir, write_atomic
@@ -218,7 +219,9 @@ class Spool:
         return self.root / "keys" / f"{key_id}.key"
 
     def _quarantine(self, path: Path, why: str) -> None:
-        dest = self.root / "quarantine" / f"{int(time.time())}-{uuid.uuid4().hex[:8]}-{path.name}"
+        dest = (
+            self.root / "quarantine" / f"{int(wallclock.now())}-{uuid.uuid4().hex[:8]}-{path.name}"
+        )
         log.error("spool: moving %s to quarantine: %s", path, why)
         os.replace(path, dest)
         fsync_dir(dest.parent)
@@ -262,7 +265,7 @@ class Spool:
                 stats["quarantined"] += 1
                 continue
             with self._tx() as db:
-                db.execute("INSERT INTO keys VALUES (?, ?, 0)", (rec.key_id, time.time()))
+                db.execute("INSERT INTO keys VALUES (?, ?, 0)", (rec.key_id, wallclock.now()))
             self._stored_keys.add(rec.key_id)
         seen: set[tuple[str, int]] = set()
         seg_root = self.root / "seg"
@@ -366,7 +369,7 @@ class Spool:
                     cls.value,
                     size,
                     manifest_hash,
-                    time.time(),
+                    wallclock.now(),
                     READY,
                     batch_id,
                 ),
@@ -400,7 +403,9 @@ class Spool:
                 return key.key_id
             write_atomic(self._key_path(key.key_id), key.record, self.root / "tmp")
             with self._tx() as db:
-                db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?, 0)", (key.key_id, time.time()))
+                db.execute(
+                    "INSERT OR IGNORE INTO keys VALUES (?, ?, 0)", (key.key_id, wallclock.now())
+                )
             self._stored_keys.add(key.key_id)
             return key.key_id
 
@@ -469,7 +474,7 @@ class Spool:
         end_utc: float | None = None,
     ) -> PutResult:
         """Seal a byte string captured just now (stills, event records, small files)."""
-        now = time.time()
+        now = wallclock.now()
         mono = time.monotonic_ns()
         header = SegmentHeader(
             stream=stream,
@@ -530,7 +535,7 @@ class Spool:
                 "evidence_refused",
                 f"new {stream} evidence refused: {reason}",
                 Severity.CRITICAL,
-                time.time(),
+                wallclock.now(),
                 {"stream": stream, "reason": reason},
             )
         )
@@ -752,7 +757,7 @@ class Spool:
     # ------------------------------------------------------------------ figures
 
     def backlog(self) -> dict[str, StreamBacklog]:
-        now = time.time()
+        now = wallclock.now()
         with self._db_lock:
             rows = self._db.execute(
                 "SELECT stream, COUNT(*), SUM(size), MIN(created) FROM segments"

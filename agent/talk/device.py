@@ -36,6 +36,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent import wallclock
 from agent.errors import (
     AgentError,
     CommandError,
@@ -141,7 +142,7 @@ class Talk:
         signing_key: Ed25519PrivateKey | None,
         seen: SeenIds | None = None,
         io: AudioIO | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wallclock.now,
     ) -> None:
         self.settings = settings
         self.device_id = device_id
@@ -250,7 +251,7 @@ class Talk:
             raise CommandError(f"talk refused: no microphone ({exc})") from None
         with self._lock:
             self._mic_reason = ""
-        s = _Session(wire.new_id(), source, inp, time.monotonic(), time.time())
+        s = _Session(wire.new_id(), source, inp, time.monotonic(), wallclock.now())
         return {"id": self._begin(s)}
 
     def release(self, source: str = "device") -> dict[str, Any]:
@@ -272,7 +273,9 @@ class Talk:
         except SourceError as exc:
             raise CommandError(str(exc)) from None
         n = len(pcm) // SAMPLE_BYTES
-        s = _Session(wire.new_id(), source, _PcmInput(pcm, self.block), 0.0, time.time(), n, False)
+        s = _Session(
+            wire.new_id(), source, _PcmInput(pcm, self.block), 0.0, wallclock.now(), n, False
+        )
         s.released.set()
         with self._lock:
             if self._session is not None:
@@ -573,7 +576,7 @@ class Talk:
         self._reasm.finish(done.id, "delivered")
         self._receipt(done.id, "delivered", n=done.msg["n"], size=len(done.body))
         log.info("talk: message %s from %s delivered (%.1f s)", done.id, done.msg["from"], duration)
-        now = time.time()
+        now = wallclock.now()
         meta = {
             "talk": True,
             "direction": "in",

@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent import wallclock
 from agent.errors import CommandError, FormatError, KeyFileError
 from agent.storage.durable import write_atomic
 from agent.storage.keys import write_private, write_public
@@ -165,7 +166,7 @@ def parse_command(payload: bytes) -> dict[str, Any]:
 class SeenIds:
     """Command ids seen, with their expiry, kept in a small JSON file (survives reboots)."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = wallclock.now) -> None:
         self.path = path
         self._clock = clock
         self._seen: dict[str, float] = {}
@@ -205,7 +206,7 @@ class CommandChannel:
         *,
         max_ttl_s: float = 3600,
         skew_s: float = 300,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wallclock.now,
     ) -> None:
         self.device_id = device_id
         self.topics = proto.Topics(device_id)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from agent import wallclock
 from agent.errors import AgentError, FormatError, SpoolError
 from agent.model import Alarm, Fix, Severity
 from agent.storage.seal import read_segment_info
@@ -358,7 +359,7 @@ class Forwarder:
                 "upload_refused",
                 f"the platform refused {what}: {ack.reason}",
                 Severity.CRITICAL,
-                time.time(),
+                wallclock.now(),
                 {"what": what, "reason": ack.reason},
             )
         )
