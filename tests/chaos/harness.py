@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from agent.storage.keys import (
 )
 from agent.storage.verify import verify_paths
 from agent.uplink.lab import INGEST_IDENTITY, BlackHole, Mosquitto, free_port, make_pki
+from agent.wallclock import OFFSET_FILE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -60,17 +62,18 @@ FAULTS = (
     "disk_full",
     "gps_unplug",
     "camera_lost",
+    "clock_jump",
 )
-NOT_EXERCISED = {
-    "clock_jump": (
-        "the agent reads time.time()/time.monotonic() directly and has no time-offset hook "
-        "(no env var, no injectable clock in `edge-agent run`); changing the real clock would "
-        "disturb every other process on this machine. Needed: an env var such as "
-        "EDGE_AGENT_CLOCK_OFFSET_S read by one clock function (agent/model.py or "
-        "agent/gps/clock.py) that the sealer, the segmenters, the command channel and the "
-        "ClockMonitor all use for wall-clock time"
-    ),
-}
+# Kinds of fault that cannot run here, with the reason (filled at run time: disk_full without
+# mount, the microphone without PulseAudio).
+NOT_EXERCISED: dict[str, str] = {}
+# The clock_jump fault steps the agent's wall clock (agent.wallclock's test hook, an offset
+# file) back by an hour, then forward by two hours from the true time, then back to true time.
+CLOCK_JUMPS_S = (-3600.0, 7200.0)
+# A segment "was sealed during a jump" when its sealed_utc differs from the real time the
+# watcher saw it by the jump (within this); its GNSS offset "shows the jump" when
+# clock.offset_s (GNSS - system) is within this of minus the jump.
+CLOCK_TOLERANCE_S = 3.0
 LIVE_RESUME_LIMIT_S = 2.0
 # Open bugs the suite reproduces (violation prefix -> the bug). The CI test reports these as
 # an expected failure naming the bug; anything else fails it. Remove an entry once fixed.
@@ -256,6 +259,8 @@ class SealedWatcher:
     def __init__(self, spool: Path, archive: Path, stop: threading.Event) -> None:
         self.spool, self.archive, self._stop = spool, archive, stop
         self.seen: set[tuple[str, str]] = set()
+        # relative path -> real time (time.time()) when it was first seen
+        self.seen_at: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
 
     def start(self) -> None:
@@ -272,6 +277,7 @@ class SealedWatcher:
                         kind = entry.name if sub == "seg" else "keys"
                         if (kind, rel) in self.seen or not p.name.endswith((".seg", ".key")):
                             continue
+                        self.seen_at.setdefault(rel, time.time())
                         dst = self.archive / rel
                         dst.parent.mkdir(parents=True, exist_ok=True)
                         try:
@@ -377,6 +383,12 @@ class Result:
     parts_explained_by_event: int = 0
     parts_explained_by_live_alarm_only: int = 0
     parts_unexplained: int = 0
+    # Clock jumps applied (s), and per jump the segments sealed while it was in effect by what
+    # their manifest's clock.offset_s says: "shows the jump", "no offset", "stale offset".
+    clock_jumps: list[float] = field(default_factory=list)
+    clock_segments: dict[float, Counter[str]] = field(default_factory=dict)
+    # Segments sealed on the true clock whose offset still says a jump (the monitor's lag).
+    clock_stale_after_repair: int = 0
 
     def table(self) -> str:
         rows = [("fault", "injected"), *sorted(self.faults.items())]
@@ -415,6 +427,22 @@ class Result:
             ("live fix back after the GNSS receiver was plugged in again (s)", self.gps_resume_s)
         )
         figures.append(("live fix after every fault was repaired (s)", self.final_live_s))
+        for jump in sorted(set(self.clock_jumps)):
+            c = self.clock_segments.get(jump, Counter())
+            figures.append(
+                (
+                    f"clock jump {jump:+g} s: segments sealed during it / offset shows the jump"
+                    " / no offset / stale offset",
+                    f"{c['sealed']} / {c['shows']} / {c['none']} / {c['stale']}",
+                )
+            )
+        if self.clock_jumps:
+            figures.append(
+                (
+                    "segments sealed on the true clock with an offset still showing a jump",
+                    self.clock_stale_after_repair,
+                )
+            )
         if self.thread_deaths:
             figures.append(("agent threads that died", self.thread_deaths))
         out += [f"  {a}: {b}" for a, b in figures]
@@ -489,6 +517,10 @@ class Chaos:
         self.camera.start()
         self._cleanup.append(self.camera.close)
         self.cfg = self._write_config()
+        # The agent's wall clock (and only the device side's): agent.wallclock's test hook.
+        self.clock_file = r / "clock-offset"
+        self._set_clock(0.0)
+        self.device_env = {**self.env, OFFSET_FILE_ENV: str(self.clock_file)}
         ing = self.pki.client(INGEST_IDENTITY)
         self.ingest = Proc(
             "ingest",
@@ -506,7 +538,7 @@ class Chaos:
             "agent",
             [PYTHON, "-m", "agent.cli", "run", "--config", str(self.cfg)],
             r / "agent.log",
-            self.env,
+            self.device_env,
         )
         self._cleanup.append(self.ingest.kill)
         self._cleanup.append(self.agent.kill)
@@ -607,6 +639,13 @@ control_socket = "{self.root}/device/run/control.sock"
 
     # -- faults -----------------------------------------------------------------------------
 
+    def _set_clock(self, offset: float) -> None:
+        """Step the agent's wall clock to true time + ``offset`` (atomically: a reader never
+        sees a half-written file)."""
+        tmp = self.clock_file.with_suffix(".tmp")
+        tmp.write_text(f"{offset:g}\n")
+        os.replace(tmp, self.clock_file)
+
     def _hold(self, lo: float, hi: float) -> float:
         d = self.rng.uniform(lo, hi)
         self.stop.wait(d)
@@ -685,6 +724,16 @@ control_socket = "{self.root}/device/run/control.sock"
             self.gps.replug()
             log("GNSS receiver plugged in again")
             self._live_resume(fault, time.monotonic(), self.result.gps_resume_s)
+        elif fault == "clock_jump":
+            # Each step held long enough for the ClockMonitor's median (15 fixes at 1 Hz) to
+            # follow it and for a few 2 s video segments to be sealed after that.
+            for jump in CLOCK_JUMPS_S:
+                log(f"system clock jumps to true time {jump:+g} s")
+                self._set_clock(jump)
+                self.result.clock_jumps.append(jump)
+                self._hold(11, 14)
+            self._set_clock(0.0)
+            log("system clock back to true time")
         elif fault == "camera_lost":
             log("camera lost")
             self.camera.lose()
@@ -697,11 +746,15 @@ control_socket = "{self.root}/device/run/control.sock"
         self.result.minutes = round(seconds / 60, 2)
         end = time.monotonic() + seconds
         order: list[str] = []
+        rounds = 0
         self.stop.wait(self.rng.uniform(4, 8))  # some evidence before the first fault
-        while time.monotonic() < end:
-            if not order:  # every kind of fault once per round, in a seeded order
+        # Every kind of fault once per round, in a seeded order; the first round is always
+        # completed, so a short run still injects every kind.
+        while time.monotonic() < end or (rounds == 1 and order):
+            if not order:
                 order = list(FAULTS)
                 self.rng.shuffle(order)
+                rounds += 1
             self.inject(order.pop())
             if not self.agent.alive():
                 raise AssertionError(f"the agent died; see {self.agent.log_path}")
@@ -715,6 +768,7 @@ control_socket = "{self.root}/device/run/control.sock"
         """Stop recording, stop the agent (it seals what it holds), forward the rest."""
         self.proxy.restore()
         self.camera.restore()
+        self._set_clock(0.0)
         if not self.gps.plugged:
             self.gps.replug()
         self.broker.start()
@@ -738,7 +792,7 @@ control_socket = "{self.root}/device/run/control.sock"
             [PYTHON, "-m", "agent.cli", "uplink", "forward", "--until-empty",
              "--config", str(self.cfg)],
             self.root / "forwarder.log",
-            self.env,
+            self.device_env,
         )  # fmt: skip
         fwd.start()
         try:
@@ -805,7 +859,40 @@ control_socket = "{self.root}/device/run/control.sock"
                     if line.startswith("Exception in thread")
                 ]
         self._check_parts(report.segments, res)
+        self._check_clock(report.segments, res)
         return res
+
+    def _check_clock(self, segments: list[tuple[Path, Any]], res: Result) -> None:
+        """Which clock each segment was sealed on (its sealed_utc against the real time the
+        watcher saw it) and whether its clock.offset_s (GNSS - system) shows the jump."""
+        dev_store = self.store / DEVICE
+        jumps = sorted(set(res.clock_jumps))
+        for p, info in segments:
+            seen = self.watcher.seen_at.get(str(p.relative_to(dev_store)))
+            if seen is None:
+                continue
+            sealed = (
+                datetime.strptime(info.manifest["sealed_utc"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                .replace(tzinfo=UTC)
+                .timestamp()
+            )
+            clock = info.manifest.get("clock") or {}
+            offset = clock.get("offset_s")
+            shift = sealed - seen
+            for jump in jumps:
+                if abs(shift - jump) > CLOCK_TOLERANCE_S:
+                    continue
+                c = res.clock_segments.setdefault(jump, Counter())
+                c["sealed"] += 1
+                if offset is None:
+                    c["none"] += 1
+                elif abs(offset + jump) <= CLOCK_TOLERANCE_S:
+                    c["shows"] += 1
+                else:
+                    c["stale"] += 1
+            on_true_clock = abs(shift) <= CLOCK_TOLERANCE_S and offset is not None
+            if on_true_clock and any(abs(offset + j) <= CLOCK_TOLERANCE_S for j in jumps):
+                res.clock_stale_after_repair += 1
 
     @staticmethod
     def _check_parts(segments: list[tuple[Path, Any]], res: Result) -> None:
@@ -878,6 +965,15 @@ def violations(res: Result, *, live_threshold: bool = True) -> list[str]:
         out.append(f"no position after the GNSS receiver came back: {res.gps_resume_s}")
     if res.rejected:
         out.append(f"{res.rejected} segments refused by the platform")
+    for jump in sorted(set(res.clock_jumps)):
+        c = res.clock_segments.get(jump, Counter())
+        if not c["sealed"]:
+            out.append(f"clock jump {jump:+g} s: no segment was sealed on the jumped clock")
+        elif not c["shows"]:
+            out.append(
+                f"clock jump {jump:+g} s: no segment sealed during it records a GNSS offset of "
+                f"the jump's size (the clock monitor did not notice): {dict(c)}"
+            )
     if res.sealed == 0 or not res.streams.get("video") or not res.streams.get("gps"):
         out.append(f"too little evidence to judge: {res.streams}")
     if live_threshold:
