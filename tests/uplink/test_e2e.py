@@ -26,6 +26,10 @@ def test_every_stream_delivered_once(tmp_path: Path, pki: Pki, broker_alive: Mos
     with running_ingest(store_dir, pki, broker_alive.port, platform) as ingest:
         with running_uplink(dev, spool) as up:
             wait_for(lambda: not spool.items(), 60, "the spool to drain")
+            # The spool empties inside a batch of acknowledgements; the counters follow it.
+            wait_for(
+                lambda: up.forwarder.stats.segments_acked >= len(dev.expected), 10, "the counters"
+            )
             assert up.forwarder.stats.segments_acked == len(dev.expected)
         assert ingest.store.stats.stored == len(dev.expected)
         assert ingest.store.stats.decrypted == len(dev.expected)
