@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from agent import __version__
+from agent import __version__, wallclock
 from agent.config import AgentConfig
 from agent.errors import AgentError, CommandError, ConfigError
 from agent.model import Alarm, ClockState, Fix, Severity
@@ -340,7 +340,7 @@ class Agent:
             "clock": clock.to_json(),
             "cpu_temp_c": cpu_temperature(),
             "battery_pct": battery_level(self.cfg.health.battery_file),
-            "updated_utc": time.time(),
+            "updated_utc": wallclock.now(),
         }
         if self.gps is not None:
             fix = self.gps.latest
@@ -420,7 +420,7 @@ class Agent:
                         "storage_nearly_full",
                         f"evidence storage above {health.storage_alarm_pct:.0f}% of its quota",
                         Severity.WARNING,
-                        time.time(),
+                        wallclock.now(),
                         {"usage": self.spool.usage()},
                     )
                 )
@@ -438,7 +438,7 @@ class Agent:
                         "receiver_lost" if lost else "receiver_restored",
                         "GNSS receiver lost: no positions" if lost else "GNSS receiver back",
                         Severity.WARNING if lost else Severity.INFO,
-                        time.time(),
+                        wallclock.now(),
                     )
                 )
             self._gps_lost = lost
@@ -460,7 +460,7 @@ class Agent:
                     "clock_untrusted" if untrusted else "clock_trusted",
                     why if untrusted else "system clock agrees with GNSS time again",
                     Severity.WARNING if untrusted else Severity.INFO,
-                    time.time(),
+                    wallclock.now(),
                     clock.to_json(),
                 )
             )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import calendar
 import logging
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -49,11 +50,19 @@ class ClockMonitor:
         self,
         *,
         now: Callable[[], float] = wallclock.now,
+        monotonic: Callable[[], float] = time.monotonic,
         samples: int = 15,
+        step_s: float = 1.0,
         max_age_s: float = 3600.0,
         warn_offset_s: float = 2.0,
     ) -> None:
         self._now = now
+        self._monotonic = monotonic
+        # A step of the system clock shows as a jump of (wall - monotonic); the offsets
+        # measured before it no longer describe the clock, so they are dropped at once.
+        self.step_s = step_s
+        self._wall_minus_mono: float | None = None
+        self.steps = 0
         self._offsets: deque[float] = deque(maxlen=samples)
         self._last_sample_at: float | None = None  # system time of the last sample
         self.max_age_s = max_age_s
@@ -68,6 +77,7 @@ class ClockMonitor:
             if fix.has_position:
                 self.rejected += 1
             return self.state()
+        self._check_step()
         offset = fix.time - now
         self._offsets.append(offset)
         self._last_sample_at = now
@@ -80,8 +90,17 @@ class ClockMonitor:
         self._warned = big
         return state
 
+    def _check_step(self) -> None:
+        wm = self._now() - self._monotonic()
+        prev, self._wall_minus_mono = self._wall_minus_mono, wm
+        if prev is not None and abs(wm - prev) > self.step_s:
+            self.steps += 1
+            self._offsets.clear()
+            log.warning("system clock stepped by %+.1f s: measuring its offset afresh", wm - prev)
+
     def state(self) -> ClockState:
         """The clock state to put on a segment sealed now."""
+        self._check_step()
         if not self._offsets or self._last_sample_at is None:
             return ClockState(ClockSource.NONE, None)
         age = self._now() - self._last_sample_at

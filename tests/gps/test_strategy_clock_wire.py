@@ -147,7 +147,7 @@ class FakeNow:
 
 def test_clock_offset_from_gnss() -> None:
     now = FakeNow(1000.0)  # a Pi booted without RTC or network: 1970
-    clock = ClockMonitor(now=now)
+    clock = ClockMonitor(now=now, monotonic=now)
     assert clock.state().source == ClockSource.NONE
     for i in range(5):
         now.t = 1000.0 + i
@@ -159,7 +159,7 @@ def test_clock_offset_from_gnss() -> None:
 
 def test_clock_ignores_impossible_dates_and_no_fix() -> None:
     now = FakeNow(T0)
-    clock = ClockMonitor(now=now)
+    clock = ClockMonitor(now=now, monotonic=now)
     clock.observe(Fix(time=946684800.0, mode=FixMode.FIX_3D, lat=1.0, lon=1.0))  # 2000: WKRO
     clock.observe(Fix(time=T0 + 3, mode=FixMode.NO_FIX))
     assert clock.state() == clock.state().__class__(ClockSource.NONE, None)
@@ -169,7 +169,7 @@ def test_clock_ignores_impossible_dates_and_no_fix() -> None:
 
 def test_clock_median_resists_one_late_sentence_and_expires() -> None:
     now = FakeNow(T0)
-    clock = ClockMonitor(now=now, max_age_s=60)
+    clock = ClockMonitor(now=now, monotonic=now, max_age_s=60)
     for i in range(9):
         now.t = T0 + i + (5.0 if i == 4 else 0.3)  # one fix received 5 s late
         clock.observe(fix(i, 0))
@@ -244,3 +244,19 @@ def test_wire_no_fix_and_errors() -> None:
 def test_wire_decode_random_raises_only_format_error(data: bytes) -> None:
     with contextlib.suppress(FormatError):
         decode_fix(data)
+
+
+def test_clock_step_drops_old_offsets_at_once() -> None:
+    """A step of the system clock (NTP, an operator) must not leave the old offset in force."""
+    wall, mono = FakeNow(T0), FakeNow(500.0)
+    clock = ClockMonitor(now=wall, monotonic=mono)
+    for i in range(10):
+        wall.t, mono.t = T0 + i + 0.2, 500.0 + i
+        clock.observe(fix(i, 0))
+    assert clock.state().offset_s == pytest.approx(-0.2)
+    wall.t += 3600  # the system clock jumps an hour ahead; monotonic time does not
+    assert clock.state().source == ClockSource.NONE  # no stale offset is claimed
+    assert clock.steps == 1
+    wall.t, mono.t = wall.t + 1, mono.t + 1
+    st_ = clock.observe(fix(10, 0))
+    assert st_.offset_s == pytest.approx(-3600.2)
