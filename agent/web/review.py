@@ -329,6 +329,7 @@ class ReviewApp:
             self._timeline(review, start, end),
             self._track_section(track),
             self._stills(review, start, end),
+            self._talk(review, start, end),
             self._tables(review, start, end),
         ]
         if review.problems or review.notes:
@@ -667,6 +668,38 @@ class ReviewApp:
             return ""
         return (
             f"<section><h2>stills</h2><div class=gallery id=stills>{''.join(figs)}</div></section>"
+        )
+
+    def _talk(self, review: DeviceReview, start: float | None, end: float | None) -> str:
+        """Push-to-talk messages (sealed into the audio stream with ``meta.talk``)."""
+        rows = []
+        for s in review.streams.get("audio", []):
+            if not s.meta.get("talk") or not self._in_range(s, start, end):
+                continue
+            direction = (
+                "officer → control room"
+                if s.meta.get("direction") == "out"
+                else ("control room → officer")
+            )
+            dur = s.meta.get("duration_s")
+            player = (
+                f"<audio controls preload=none src='/d/{esc(review.device)}/m/audio/{s.seq}'>"
+                "</audio>"
+                if s.verified
+                else "<span class=failed>failed verification</span>"
+            )
+            rows.append(
+                f"<tr class='talk {s.state}'><td>{esc(fmt_utc(s.start))}</td>"
+                f"<td>{esc(direction)}</td><td>{esc(str(s.meta.get('message_id', '')))}</td>"
+                f"<td>{esc(f'{dur:.1f} s' if isinstance(dur, int | float) else '')}</td>"
+                f"<td>{player}</td></tr>"
+            )
+        if not rows:
+            return ""
+        return (
+            "<section><h2>talk messages</h2><table id=talk><thead><tr><th>time</th>"
+            "<th>direction</th><th>message</th><th>length</th><th>play</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></section>"
         )
 
     def _tables(self, review: DeviceReview, start: float | None, end: float | None) -> str:

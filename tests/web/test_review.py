@@ -290,3 +290,43 @@ def test_the_track_over_the_operators_own_tiles(context: Any, pipeline: Pipeline
     finally:
         tiles.shutdown()
         tiles.server_close()
+
+
+def test_talk_messages_are_listed_and_playable(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Push-to-talk messages sealed in the audio stream are listed with a player."""
+    from agent.storage.sealer import Sealer
+    from agent.storage.settings import SealSettings, SpoolSettings
+    from agent.storage.spool import Spool
+
+    store = tmp_path / "store"
+    shutil.copytree(pipeline.snapshot, store)
+    sealer = Sealer(
+        device_id=DEVICE,
+        boot_id="talk-boot",
+        signing_key=pipeline.keyset.signing_key,
+        platform_public=pipeline.keyset.platform_public,
+        settings=SealSettings(),
+    )
+    voice = b"OggS" + bytes(range(256)) * 8  # the page serves bytes; it does not decode them
+    with Spool(SpoolSettings(dir=tmp_path / "spool", reserve_mb=0), sealer) as spool:
+        assert not (store / DEVICE / "seg" / "audio").exists()
+        r = spool.put_bytes(
+            "audio",
+            voice,
+            content_type="audio/ogg",
+            meta={"talk": True, "direction": "in", "message_id": "msg-42", "duration_s": 2.5},
+        )
+        (store / DEVICE / "seg" / "audio").mkdir(parents=True)
+        shutil.copy(r.path, store / DEVICE / "seg" / "audio" / r.path.name)
+        for key in (tmp_path / "spool" / "keys").glob("*.key"):
+            shutil.copy(key, store / DEVICE / "keys" / key.name)
+    for server in _serve(store, pipeline):
+        resp, body = _get(server, f"/d/{DEVICE}", AUTH)
+        assert resp.status == 200
+        html = body.decode()
+        assert "talk messages" in html and "msg-42" in html
+        assert "control room → officer" in html and "2.5 s" in html
+        assert f"/d/{DEVICE}/m/audio/{r.seq}" in html
+        resp, body = _get(server, f"/d/{DEVICE}/m/audio/{r.seq}", AUTH)
+        assert resp.status == 200 and resp.getheader("Content-Type") == "audio/ogg"
+        assert body == voice
