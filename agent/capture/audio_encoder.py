@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from agent.capture.encoder import BoxReader, moof_samples
+from agent.capture.encoder import FragmentSink, moof_samples
 from agent.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -76,29 +76,6 @@ class AudioFragment:
     @property
     def duration_s(self) -> float:
         return (self.end - self.start) / self.rate
-
-
-class _Sink:
-    """The muxer's output: bytes go to a BoxReader, never to disk."""
-
-    def __init__(self) -> None:
-        self.reader = BoxReader()
-        self.boxes: deque[tuple[bytes, bytes]] = deque()
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        self.boxes.extend(self.reader.feed(bytes(data)))
-        self.written += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.written
-
-    def seekable(self) -> bool:
-        return False
-
-    def flush(self) -> None:
-        pass
 
 
 def _box_offset(
@@ -155,7 +132,7 @@ class OpusEncoder:
 
         self.rate = rate
         self.bitrate_kbps = bitrate_kbps
-        self._sink = _Sink()
+        self._sink = FragmentSink("audio")
         self._container: Any = av.open(
             self._sink,
             "w",
@@ -184,10 +161,7 @@ class OpusEncoder:
         self._pending: deque[tuple[int, int]] = deque()  # (pts, duration) of muxed packets
         self.pad: int | None = None
         self._fragments = 0
-        self.init: bytes | None = None
         self._init_mid: bytes | None = None
-        self._ftyp = b""
-        self._moof: bytes | None = None
         self._closed = False
         self.bytes_out = 0
 
@@ -264,23 +238,13 @@ class OpusEncoder:
             self._init_mid = zero_preskip(self.init)
         return self._init_mid
 
+    @property
+    def init(self) -> bytes | None:
+        """The init boxes (ftyp + moov), once the muxer has written them."""
+        return self._sink.init
+
     def _collect(self) -> list[AudioFragment]:
-        out: list[AudioFragment] = []
-        boxes = self._sink.boxes
-        while boxes:
-            kind, box = boxes.popleft()
-            if kind == b"ftyp":
-                self._ftyp = box
-            elif kind == b"moov":
-                self.init = self._ftyp + box
-            elif kind == b"moof":
-                self._moof = box
-            elif kind == b"mdat" and self._moof is not None:
-                out.append(self._fragment(self._moof, box))
-                self._moof = None
-            elif kind not in (b"mfra", b"free", b"styp", b"sidx"):
-                log.warning("audio: unexpected %r box from the muxer (ignored)", kind)
-        return out
+        return [self._fragment(moof, mdat) for moof, mdat in self._sink.take()]
 
     def _fragment(self, moof: bytes, mdat: bytes) -> AudioFragment:
         n = moof_samples(moof, self.track_id)

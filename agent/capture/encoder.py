@@ -138,18 +138,46 @@ def moof_samples(moof: bytes, track_id: int) -> int:
     return count
 
 
-class _Sink:
-    """The file-like object the muxer writes to: bytes go to a BoxReader, never to disk."""
+class FragmentSink:
+    """The file-like object a fragmented-MP4 muxer writes to, in memory (never to disk).
 
-    def __init__(self) -> None:
+    Bytes are split into boxes as they come; ``init`` is ``ftyp`` + ``moov`` once seen, and each
+    ``moof`` + ``mdat`` pair waits in :meth:`take` until the encoder turns it into a fragment.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
         self.reader = BoxReader()
-        self.boxes: deque[tuple[bytes, bytes]] = deque()
         self.written = 0
+        self.init: bytes | None = None
+        self._ftyp = b""
+        self._moof: bytes | None = None
+        self._pairs: deque[tuple[bytes, bytes]] = deque()
 
     def write(self, data: bytes) -> int:
-        self.boxes.extend(self.reader.feed(bytes(data)))
+        for kind, box in self.reader.feed(bytes(data)):
+            self._box(kind, box)
         self.written += len(data)
         return len(data)
+
+    def _box(self, kind: bytes, box: bytes) -> None:
+        if kind == b"ftyp":
+            self._ftyp = box
+        elif kind == b"moov":
+            self.init = self._ftyp + box
+        elif kind == b"moof":
+            self._moof = box
+        elif kind == b"mdat" and self._moof is not None:
+            self._pairs.append((self._moof, box))
+            self._moof = None
+        elif kind not in (b"mfra", b"free", b"styp", b"sidx"):
+            log.warning("%s: unexpected %r box from the muxer (ignored)", self.what, kind)
+
+    def take(self) -> list[tuple[bytes, bytes]]:
+        """The (moof, mdat) pairs completed since the last call."""
+        out = list(self._pairs)
+        self._pairs.clear()
+        return out
 
     def tell(self) -> int:
         return self.written
@@ -202,7 +230,7 @@ class H264Encoder:
             raise SourceError(f"video size {width}x{height}: width and height must be even")
         self.width, self.height, self.fps = width, height, fps
         self.codec = choose_codec(codec, width, height, fps)
-        self._sink = _Sink()
+        self._sink = FragmentSink("video")
         self._container: av.container.OutputContainer = av.open(
             self._sink, "w", format="mp4", options={"movflags": MOVFLAGS}
         )
@@ -232,9 +260,6 @@ class H264Encoder:
         self._pending: deque[FrameInfo] = deque()
         self._last_pts = -1
         self._fragments = 0
-        self.init: bytes | None = None
-        self._ftyp = b""
-        self._moof: bytes | None = None
         self._closed = False
         self.frames_in = 0
 
@@ -295,23 +320,13 @@ class H264Encoder:
             log.error("video: %d encoded frames did not reach a fragment", len(self._pending))
         return out
 
+    @property
+    def init(self) -> bytes | None:
+        """The init boxes (ftyp + moov), once the muxer has written them."""
+        return self._sink.init
+
     def _collect(self) -> list[Fragment]:
-        out: list[Fragment] = []
-        boxes = self._sink.boxes
-        while boxes:
-            kind, box = boxes.popleft()
-            if kind == b"ftyp":
-                self._ftyp = box
-            elif kind == b"moov":
-                self.init = self._ftyp + box
-            elif kind == b"moof":
-                self._moof = box
-            elif kind == b"mdat" and self._moof is not None:
-                out.append(self._fragment(self._moof, box))
-                self._moof = None
-            elif kind not in (b"mfra", b"free", b"styp", b"sidx"):
-                log.warning("video: unexpected %r box from the muxer (ignored)", kind)
-        return out
+        return [self._fragment(moof, mdat) for moof, mdat in self._sink.take()]
 
     def _fragment(self, moof: bytes, mdat: bytes) -> Fragment:
         n = moof_samples(moof, self.track_id)
