@@ -62,7 +62,8 @@ def _signal(rate: int, seconds: float) -> list[bytes]:
 def _pipeline_run(rate: int, blocks: list[bytes]) -> tuple[float, float, int]:
     """(CPU s, audio s, segment bytes) for the pipeline over ``blocks``."""
     from agent.capture.audio import AudioBlock
-    from agent.capture.audio_recorder import AudioPipeline, Job, SegmentJob
+    from agent.capture.audio_recorder import AudioPipeline
+    from agent.capture.jobs import Job, SegmentJob
     from agent.capture.settings import AudioSettings
 
     jobs: list[Job] = []

@@ -41,15 +41,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from agent import wallclock
 from agent.capture.audio import SAMPLE_BYTES, AudioBlock, Microphone, load_sounddevice
 from agent.capture.audio_encoder import CONTENT_TYPE, AudioFragment, OpusEncoder
+from agent.capture.jobs import EventJob, Job, SegmentJob, SpoolLike, store
 from agent.capture.settings import AudioSettings
-from agent.errors import AgentError, CommandError, EvidenceRefused
+from agent.errors import AgentError, CommandError
 from agent.model import Alarm, ClockState, Severity, format_utc
 from agent.storage.seal import SegmentHeader
 
@@ -59,35 +60,6 @@ AUDIO_STREAM = "audio"
 FRAGMENT_S = 1.0
 MAX_FILL_S = 2.0  # gaps up to this long are filled with silence; longer ones restart the timeline
 STOP_GRACE_S = 1.0  # a stop waits this long for the blocks that cover it, then seals anyway
-
-
-class SpoolLike(Protocol):
-    """What the recorder needs of :class:`agent.storage.spool.Spool`."""
-
-    def put(
-        self, header: SegmentHeader, pieces: Iterable[bytes], *, batch_id: str | None = None
-    ) -> Any: ...
-
-    def put_event(self, kind: str, details: dict[str, Any]) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SegmentJob:
-    header: SegmentHeader
-    pieces: list[bytes]
-
-    @property
-    def size(self) -> int:
-        return sum(len(p) for p in self.pieces)
-
-
-@dataclass(frozen=True)
-class EventJob:
-    kind: str
-    details: dict[str, Any]
-
-
-Job = SegmentJob | EventJob
 
 
 @dataclass
@@ -524,7 +496,7 @@ class AudioPipeline:
         rec.parts += 1
         rec.samples += last.end - first.start
         pieces = [enc.segment_init(first.seq), *(f.data for f in seg.frags)]
-        self._emit(SegmentJob(header, pieces))
+        self._emit(SegmentJob(header, tuple(pieces)))
 
     def _muted_spans(self, start: int, end: int, rate: int) -> list[list[float]]:
         """Muted spans within ``[start, end)`` as seconds from the segment's start."""
@@ -535,42 +507,6 @@ class AudioPipeline:
             if hi > lo:
                 out.append([round((lo - start) / rate, 3), round((hi - start) / rate, 3)])
         return out
-
-
-def store(
-    spool: SpoolLike,
-    job: Job,
-    stats: AudioStats,
-    alarm: Callable[[Alarm], None] = lambda a: None,
-) -> None:
-    """Write one job to the spool; refusals and failures are counted, logged and alarmed."""
-    what = (
-        f"audio segment {job.header.meta.get('recording')}/{job.header.meta.get('part')}"
-        if isinstance(job, SegmentJob)
-        else f"event {job.kind}"
-    )
-    try:
-        if isinstance(job, SegmentJob):
-            spool.put(job.header, job.pieces)
-            stats.segments += 1
-            stats.segment_bytes += job.size
-        else:
-            spool.put_event(job.kind, job.details)
-            stats.events += 1
-    except EvidenceRefused as exc:
-        stats.refused += 1
-        log.error("audio: %s refused by the spool: %s", what, exc)
-    except (AgentError, OSError) as exc:
-        stats.store_errors += 1
-        log.critical("audio: cannot store %s: %s", what, exc)
-        alarm(
-            Alarm(
-                "audio_store_failed",
-                f"cannot store {what}: {exc}",
-                Severity.CRITICAL,
-                wallclock.now(),
-            )
-        )
 
 
 class AudioRecorder:
@@ -740,7 +676,7 @@ class AudioRecorder:
             job = self._jobs.get()
             if job is None:
                 return
-            store(self.spool, job, self.stats, self._alarm)
+            store(self.spool, job, self.stats, self._alarm, what="audio")
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc

@@ -26,19 +26,20 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from agent import wallclock
 from agent.capture.camera import CaptureLoop
 from agent.capture.encoder import Fragment, H264Encoder
 from agent.capture.frames import Frame, FrameSource
+from agent.capture.jobs import EventJob, Job, SegmentJob, SpoolLike, store
 from agent.capture.overlay import Overlay
 from agent.capture.prebuffer import FragmentRing
 from agent.capture.segmenter import Segment, Segmenter
 from agent.capture.settings import VideoSettings
-from agent.errors import AgentError, EvidenceRefused
+from agent.errors import AgentError
 from agent.model import Alarm, ClockState, Severity, format_utc
 from agent.storage.seal import SegmentHeader
 
@@ -46,31 +47,6 @@ log = logging.getLogger(__name__)
 
 VIDEO_STREAM = "video"
 CONTENT_TYPE = "video/mp4"
-
-
-class SpoolLike(Protocol):
-    """What the recorder needs of :class:`agent.storage.spool.Spool`."""
-
-    def put(
-        self, header: SegmentHeader, pieces: Iterable[bytes], *, batch_id: str | None = None
-    ) -> Any: ...
-
-    def put_event(self, kind: str, details: dict[str, Any]) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SegmentJob:
-    header: SegmentHeader
-    segment: Segment
-
-
-@dataclass(frozen=True)
-class EventJob:
-    kind: str
-    details: dict[str, Any]
-
-
-Job = SegmentJob | EventJob
 
 
 @dataclass
@@ -364,44 +340,7 @@ class VideoPipeline:
         )
         rec.parts += 1
         self.segments_made += 1
-        self._emit(SegmentJob(header, seg))
-
-
-def store(
-    spool: SpoolLike,
-    job: Job,
-    stats: RecorderStats,
-    alarm: Callable[[Alarm], None] = lambda a: None,
-) -> None:
-    """Write one job to the spool; refusals and failures are counted, logged and alarmed."""
-    what = (
-        f"video segment {job.header.meta.get('recording')}/{job.header.meta.get('part')}"
-        if isinstance(job, SegmentJob)
-        else f"event {job.kind}"
-    )
-    try:
-        if isinstance(job, SegmentJob):
-            spool.put(job.header, job.segment.pieces())
-            stats.segments += 1
-            stats.segment_bytes += job.segment.size
-        else:
-            spool.put_event(job.kind, job.details)
-            stats.events += 1
-    except EvidenceRefused as exc:
-        # The spool has already alarmed and recorded the refusal as an event.
-        stats.refused += 1
-        log.error("video: %s refused by the spool: %s", what, exc)
-    except (AgentError, OSError) as exc:
-        stats.store_errors += 1
-        log.critical("video: cannot store %s: %s", what, exc)
-        alarm(
-            Alarm(
-                "video_store_failed",
-                f"cannot store {what}: {exc}",
-                Severity.CRITICAL,
-                wallclock.now(),
-            )
-        )
+        self._emit(SegmentJob(header, tuple(seg.pieces())))
 
 
 class Recorder:
@@ -631,4 +570,4 @@ class Recorder:
             job = self._jobs.get()
             if job is None:
                 return
-            store(self.spool, job, self.stats, self._alarm)
+            store(self.spool, job, self.stats, self._alarm, what="video")

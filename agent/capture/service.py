@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.capture.camera import CameraSource
 from agent.capture.encoder import H264Encoder
 from agent.capture.frames import FrameSource
+from agent.capture.jobs import SpoolLike
 from agent.capture.overlay import Overlay
-from agent.capture.recorder import Recorder, SpoolLike
+from agent.capture.recorder import Recorder
 from agent.capture.settings import VideoSettings
 from agent.capture.stills import Stills, StillSpool
 from agent.capture.triggers import SerialTrigger

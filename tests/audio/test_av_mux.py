@@ -11,7 +11,8 @@ import pytest
 from agent.capture.audio import AudioBlock
 from agent.capture.av_mux import AvEncoder
 from agent.capture.frames import Frame, draw_counter, read_counter
-from agent.capture.recorder import SegmentJob, VideoPipeline
+from agent.capture.jobs import SegmentJob
+from agent.capture.recorder import VideoPipeline
 from agent.capture.settings import VideoSettings
 
 W, H, FPS = 160, 120, 15
@@ -110,7 +111,7 @@ def test_audio_track_is_aligned_with_frames(ppm: float) -> None:
     assert len(segs) >= 2
     seen = 0
     for job in segs:
-        mp4 = b"".join(job.segment.pieces())
+        mp4 = b"".join(job.pieces)
         video, audio, a0, rate = decode(mp4)
         times = {counter: t for t, counter in video}
         for t in onsets(audio, rate, a0):
@@ -136,7 +137,7 @@ def test_missing_microphone_gives_silent_track_without_stalling_video() -> None:
     assert p.fragments >= 1  # fragments are not held back waiting for audio
     p.finish("end_of_source")
     segs = [j for j in jobs if isinstance(j, SegmentJob)]
-    video, audio, _a0, rate = decode(b"".join(segs[0].segment.pieces()))
+    video, audio, _a0, rate = decode(b"".join(segs[0].pieces))
     assert len(video) == FPS * 3
     assert len(audio) / rate == pytest.approx(3.0, abs=0.1)
     assert float(np.max(np.abs(audio))) < 1e-3
@@ -147,13 +148,13 @@ def test_preskip_can_be_cleared_in_an_init_with_two_tracks() -> None:
     from agent.capture.audio_encoder import preskip_of, zero_preskip
 
     segs = record(frames=FPS * 3)
-    later = segs[1].segment
-    init = later.init
+    later = segs[1].pieces  # the init boxes, then the fragments
+    init = later[0]
     assert preskip_of(init) == round(312 * RATE / 48000) * 3  # dOps counts 48 kHz samples
     fixed = zero_preskip(init)
     assert preskip_of(fixed) == 0 and len(fixed) == len(init)
     # The later segment with the cleared init keeps all of its audio, and its video.
-    body = b"".join(f.data for f in later.fragments)
+    body = b"".join(later[1:])
     v1, a1, _s1, _r1 = decode(init + body)
     v2, a2, _s2, _ = decode(fixed + body)
     assert v1 == v2

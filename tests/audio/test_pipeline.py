@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from agent.capture.audio import AudioBlock
-from agent.capture.audio_recorder import (
-    AudioPipeline,
-    AudioRecorder,
-    EventJob,
-    Job,
-    SegmentJob,
-    command_handlers,
-)
+from agent.capture.audio_recorder import AudioPipeline, AudioRecorder, command_handlers
+from agent.capture.jobs import EventJob, Job, SegmentJob
 from agent.capture.settings import AudioSettings
 from agent.errors import CommandError
 from tests.audio.conftest import decode_audio, peak_hz, rms

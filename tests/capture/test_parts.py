@@ -13,9 +13,10 @@ import pytest
 
 from agent.capture.encoder import Fragment, H264Encoder
 from agent.capture.frames import Frame, draw_counter, read_counter
+from agent.capture.jobs import EventJob, store
 from agent.capture.overlay import Overlay
 from agent.capture.prebuffer import FragmentRing
-from agent.capture.recorder import EventJob, Recorder, RecorderStats, store
+from agent.capture.recorder import Recorder, RecorderStats
 from agent.capture.segmenter import Segmenter
 from agent.capture.settings import VideoSettings
 from agent.capture.sim import SyntheticSource
@@ -128,9 +129,11 @@ class _NullSpool:
 def test_refused_evidence_is_counted_and_other_failures_alarm() -> None:
     stats = RecorderStats()
     alarms: list[Any] = []
-    store(_NullSpool(EvidenceRefused("video: quota full")), EventJob("mark", {}), stats)
+    store(
+        _NullSpool(EvidenceRefused("video: quota full")), EventJob("mark", {}), stats, what="video"
+    )
     assert stats.refused == 1 and stats.events == 0
-    store(_NullSpool(OSError("EIO")), EventJob("mark", {}), stats, alarms.append)
+    store(_NullSpool(OSError("EIO")), EventJob("mark", {}), stats, alarms.append, what="video")
     assert stats.store_errors == 1 and [a.kind for a in alarms] == ["video_store_failed"]
 
 
