@@ -24,10 +24,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent.errors import AgentError
+from agent.serial_lines import MAX_LINE, LineServer
 
 log = logging.getLogger(__name__)
-
-MAX_LINE = 256
 
 
 class Controls(Protocol):
@@ -104,7 +103,7 @@ def command_handlers(
     return {"video.start": start, "video.stop": stop, "video.mark": mark, "video.still": still}
 
 
-class SerialTrigger:
+class SerialTrigger(LineServer):
     """Reads the line protocol from a serial port (or a pyserial URL) in its own thread.
 
     A vanished port is reported once and reopened with a growing pause on the stop event.
@@ -121,83 +120,18 @@ class SerialTrigger:
         reopen_max_s: float = 10.0,
         port: Any = None,
     ) -> None:
-        self.url = url
+        super().__init__(
+            url,
+            stop,
+            name="video-trigger",
+            baudrate=baudrate,
+            reopen_s=reopen_s,
+            reopen_max_s=reopen_max_s,
+            port=port,
+        )
         self._controls = controls
-        self._stop = stop
-        self.baudrate = baudrate
-        self._reopen_s = reopen_s
-        self._reopen_max_s = reopen_max_s
-        self._port = port
-        self.lines = 0
-        self.losses = 0
         # Push-to-talk on the same line (set by the composition root when talk is on).
         self.ptt: Callable[[str], str | None] | None = None
-        self.thread = threading.Thread(target=self.run, name="video-trigger", daemon=True)
 
-    def _open(self) -> Any:
-        import serial
-
-        return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.2)
-
-    def run(self) -> None:
-        import serial
-
-        pause = self._reopen_s
-        lost = False
-        while not self._stop.is_set():
-            port = self._port
-            if port is None:
-                try:
-                    port = self._port = self._open()
-                except (serial.SerialException, OSError, ValueError) as exc:
-                    if not lost:
-                        lost = True
-                        self.losses += 1
-                        log.error("trigger: cannot open %s: %s; retrying", self.url, exc)
-                    self._stop.wait(pause)
-                    pause = min(pause * 2, self._reopen_max_s)
-                    continue
-                if lost:
-                    log.warning("trigger: %s is back", self.url)
-                lost = False
-                pause = self._reopen_s
-            try:
-                self._serve(port)
-            except (serial.SerialException, OSError) as exc:
-                if not lost:
-                    lost = True
-                    self.losses += 1
-                    log.error("trigger: %s lost: %s; reopening", self.url, exc)
-                self._close()
-                self._stop.wait(pause)
-        self._close()
-
-    def _serve(self, port: Any) -> None:
-        buf = bytearray()
-        while not self._stop.is_set():
-            data = port.read(max(1, getattr(port, "in_waiting", 0) or 1))
-            if not data:
-                continue
-            buf += data
-            while b"\n" in buf:
-                raw, _, rest = bytes(buf).partition(b"\n")
-                buf = bytearray(rest)
-                if len(raw) > MAX_LINE:
-                    port.write(b"ERR line too long\n")
-                    continue
-                self.lines += 1
-                line = raw.decode("ascii", "replace")
-                reply = handle_line(line, self._controls, ptt=self.ptt)
-                log.info("trigger: %r -> %s", line.strip(), reply)
-                port.write(reply.encode("ascii", "replace") + b"\n")
-            if len(buf) > MAX_LINE:
-                buf.clear()
-                port.write(b"ERR line too long\n")
-
-    def _close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            try:
-                port.close()
-            except (OSError, ValueError) as exc:
-                log.debug("trigger: close of %s failed: %s", self.url, exc)
+    def handle(self, line: str) -> str:
+        return handle_line(line, self._controls, ptt=self.ptt)

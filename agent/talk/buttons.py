@@ -21,10 +21,9 @@ import threading
 from typing import Any, Protocol
 
 from agent.errors import AgentError
+from agent.serial_lines import LineServer
 
 log = logging.getLogger(__name__)
-
-MAX_LINE = 256
 
 
 class Ptt(Protocol):
@@ -51,7 +50,7 @@ def ptt_line(line: str, talk: Ptt, source: str = "button") -> str | None:
     return f"OK PTT {action}"
 
 
-class SerialPtt:
+class SerialPtt(LineServer):
     """Reads PTT lines from a dedicated serial port (or a pyserial URL) in its own thread; a
     vanished port is reported once and reopened with a growing pause on the stop event."""
 
@@ -66,75 +65,26 @@ class SerialPtt:
         reopen_max_s: float = 10.0,
         port: Any = None,
     ) -> None:
-        self.url = url
+        super().__init__(
+            url,
+            stop,
+            name="talk-ptt-serial",
+            baudrate=baudrate,
+            reopen_s=reopen_s,
+            reopen_max_s=reopen_max_s,
+            port=port,
+        )
         self._talk = talk
-        self._stop = stop
-        self.baudrate = baudrate
-        self._reopen_s = reopen_s
-        self._reopen_max_s = reopen_max_s
-        self._port = port
-        self.lines = 0
-        self.thread = threading.Thread(target=self.run, name="talk-ptt-serial")
 
     def start(self) -> threading.Thread:
         self.thread.start()
         return self.thread
 
-    def run(self) -> None:
-        import serial
+    def handle(self, line: str) -> str:
+        return ptt_line(line, self._talk) or f"ERR unknown command {line.strip()[:32]!r}"
 
-        pause = self._reopen_s
-        lost = False
-        while not self._stop.is_set():
-            if self._port is None:
-                try:
-                    self._port = serial.serial_for_url(
-                        self.url, baudrate=self.baudrate, timeout=0.2
-                    )
-                except (serial.SerialException, OSError, ValueError) as exc:
-                    if not lost:
-                        lost = True
-                        log.error("talk: cannot open PTT line %s: %s; retrying", self.url, exc)
-                    self._stop.wait(pause)
-                    pause = min(pause * 2, self._reopen_max_s)
-                    continue
-                lost, pause = False, self._reopen_s
-            try:
-                self._serve(self._port)
-            except (serial.SerialException, OSError) as exc:
-                if not lost:
-                    lost = True
-                    log.error("talk: PTT line %s lost: %s; reopening", self.url, exc)
-                self._close()
-                self._talk.release("button")  # a cut cable must not leave the mic open
-                self._stop.wait(pause)
-        self._close()
-
-    def _serve(self, port: Any) -> None:
-        buf = bytearray()
-        while not self._stop.is_set():
-            data = port.read(max(1, getattr(port, "in_waiting", 0) or 1))
-            if not data:
-                continue
-            buf += data
-            while b"\n" in buf:
-                raw, _, rest = bytes(buf).partition(b"\n")
-                buf = bytearray(rest)
-                line = raw[:MAX_LINE].decode("ascii", "replace")
-                self.lines += 1
-                reply = ptt_line(line, self._talk) or f"ERR unknown command {line.strip()[:32]!r}"
-                log.info("talk: %r -> %s", line.strip(), reply)
-                port.write(reply.encode("ascii", "replace") + b"\n")
-            if len(buf) > MAX_LINE:
-                buf.clear()
-
-    def _close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            try:
-                port.close()
-            except (OSError, ValueError) as exc:
-                log.debug("talk: close of %s failed: %s", self.url, exc)
+    def lost(self) -> None:
+        self._talk.release("button")  # a cut cable must not leave the microphone open
 
 
 class GpioPtt:
