@@ -48,10 +48,10 @@ from typing import Any
 from agent import wallclock
 from agent.capture.audio import SAMPLE_BYTES, AudioBlock, Microphone, load_sounddevice
 from agent.capture.audio_encoder import CONTENT_TYPE, AudioFragment, OpusEncoder
-from agent.capture.jobs import EventJob, Job, SegmentJob, SpoolLike, store
+from agent.capture.jobs import EventJob, Job, RecorderThreads, SegmentJob, SpoolLike
 from agent.capture.settings import AudioSettings
 from agent.errors import AgentError, CommandError
-from agent.model import Alarm, ClockState, Severity, format_utc
+from agent.model import Alarm, ClockState, format_utc
 from agent.storage.seal import SegmentHeader
 
 log = logging.getLogger(__name__)
@@ -509,11 +509,13 @@ class AudioPipeline:
         return out
 
 
-class AudioRecorder:
+class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
     """Runs the microphone, encoder and writer threads around an :class:`AudioPipeline`.
 
     ``start``, ``stop``, ``mute`` and ``unmute`` may be called from any thread.
     """
+
+    what = "audio"
 
     def __init__(
         self,
@@ -557,17 +559,6 @@ class AudioRecorder:
 
     # ------------------------------------------------------------------ control (any thread)
 
-    def start_threads(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the threads (after the stop event); True if they all ended."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for t in self._threads:
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
-
     def start(self, trigger: str = "api", details: dict[str, Any] | None = None) -> None:
         at = time.monotonic_ns()
         self._command(lambda p: p.start(trigger, at, details))
@@ -604,12 +595,6 @@ class AudioRecorder:
             "store_errors": st.store_errors,
             "failed": None if self.error is None else str(self.error),
         }
-
-    def _command(self, fn: Callable[[AudioPipeline], object]) -> None:
-        try:
-            self._commands.put_nowait(fn)
-        except queue.Full:
-            raise AgentError("audio: too many commands waiting for the encoder") from None
 
     def _losses(self) -> dict[str, int]:
         st = self.mic.stats
@@ -670,21 +655,6 @@ class AudioRecorder:
                 fn(p)
             except AgentError as exc:
                 log.error("audio: command failed: %s", exc)
-
-    def _write_main(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            store(self.spool, job, self.stats, self._alarm, what="audio")
-
-    def _fail(self, exc: BaseException) -> None:
-        self.error = exc
-        self._alarm(
-            Alarm(
-                "audio_failed", f"audio recording failed: {exc}", Severity.CRITICAL, wallclock.now()
-            )
-        )
 
 
 def command_handlers(

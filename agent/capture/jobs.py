@@ -9,9 +9,12 @@ alarmed here, in one place.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from agent import wallclock
 from agent.errors import AgentError, EvidenceRefused
@@ -98,3 +101,58 @@ def store(
                 wallclock.now(),
             )
         )
+
+
+P = TypeVar("P")
+S = TypeVar("S", bound=StoreCounters)
+
+
+class RecorderThreads(Generic[P, S]):
+    """The thread skeleton both recorders share: a source thread, an encoder thread that owns
+    the pipeline ``P`` (commands reach it through a bounded queue), and a writer thread that
+    stores jobs, counting in ``S``. Subclasses set the attributes below in ``__init__``."""
+
+    what: str  # "video" | "audio"
+    spool: SpoolLike
+    stats: S
+    error: BaseException | None
+    _alarm: Callable[[Alarm], None]
+    _threads: list[threading.Thread]
+    _jobs: queue.Queue[Job | None]
+    _commands: queue.Queue[Callable[[P], object]]
+
+    def start_threads(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the threads (after the stop event, or the end of a file); True if they
+        all ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def _command(self, fn: Callable[[P], object]) -> None:
+        try:
+            self._commands.put_nowait(fn)
+        except queue.Full:
+            raise AgentError(f"{self.what}: too many commands waiting for the encoder") from None
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._alarm(
+            Alarm(
+                f"{self.what}_failed",
+                f"{self.what} recording failed: {exc}",
+                Severity.CRITICAL,
+                wallclock.now(),
+            )
+        )
+
+    def _write_main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            store(self.spool, job, self.stats, self._alarm, what=self.what)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -34,13 +33,13 @@ from agent import wallclock
 from agent.capture.camera import CaptureLoop
 from agent.capture.encoder import Fragment, H264Encoder
 from agent.capture.frames import Frame, FrameSource
-from agent.capture.jobs import EventJob, Job, SegmentJob, SpoolLike, store
+from agent.capture.jobs import EventJob, Job, RecorderThreads, SegmentJob, SpoolLike
 from agent.capture.overlay import Overlay
 from agent.capture.prebuffer import FragmentRing
 from agent.capture.segmenter import Segment, Segmenter
 from agent.capture.settings import VideoSettings
 from agent.errors import AgentError
-from agent.model import Alarm, ClockState, Severity, format_utc
+from agent.model import Alarm, ClockState, format_utc
 from agent.storage.seal import SegmentHeader
 
 log = logging.getLogger(__name__)
@@ -343,11 +342,13 @@ class VideoPipeline:
         self._emit(SegmentJob(header, tuple(seg.pieces())))
 
 
-class Recorder:
+class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
     """Runs the capture, encoder and writer threads around a :class:`VideoPipeline`.
 
     ``start``, ``stop``, ``mark`` and ``still`` may be called from any thread.
     """
+
+    what = "video"
 
     def __init__(
         self,
@@ -401,17 +402,6 @@ class Recorder:
 
     # ------------------------------------------------------------------ control (any thread)
 
-    def start_threads(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the threads (after the stop event, or at the end of a file)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for t in self._threads:
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
-
     def start(self, trigger: str = "api", details: dict[str, Any] | None = None) -> None:
         at = self._last_capture_ns
         self._command(lambda p: p.start(trigger, at, details))
@@ -431,12 +421,6 @@ class Recorder:
     @property
     def recording(self) -> bool:
         return self.stats.recording
-
-    def _command(self, fn: Callable[[VideoPipeline], object]) -> None:
-        try:
-            self._commands.put_nowait(fn)
-        except queue.Full:
-            raise AgentError("video: too many commands waiting for the encoder") from None
 
     # ------------------------------------------------------------------ capture thread
 
@@ -555,19 +539,4 @@ class Recorder:
         st.prebuffer_bytes, st.prebuffer_s = p.ring.bytes, p.ring.span_s
         st.recording = p.rec is not None
 
-    def _fail(self, exc: BaseException) -> None:
-        self.error = exc
-        self._alarm(
-            Alarm(
-                "video_failed", f"video recording failed: {exc}", Severity.CRITICAL, wallclock.now()
-            )
-        )
-
     # ------------------------------------------------------------------ writer thread
-
-    def _write_main(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            store(self.spool, job, self.stats, self._alarm, what="video")
