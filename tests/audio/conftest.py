@@ -14,8 +14,6 @@ audio path).
 from __future__ import annotations
 
 import io
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,30 +22,17 @@ from typing import Any
 import pytest
 
 from agent.capture.pulse_lab import PulseServer
-from agent.errors import SourceError
-from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info, verify_segment
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet
+from tests.fixtures.pulse import serving_pulse
+from tests.storage.helpers import Sealed, decrypt_stream
 
 
 @pytest.fixture(scope="session")
 def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
     """A running PulseAudio with a 440 Hz default source; PULSE_SERVER points at it."""
-    server = PulseServer(tmp_path_factory.mktemp("pulse"))
-    saved = os.environ.get("PULSE_SERVER")
-    try:
-        server.start()
-    except SourceError as exc:
-        pytest.fail(str(exc))
-    os.environ["PULSE_SERVER"] = server.server
-    try:
+    with serving_pulse(tmp_path_factory.mktemp("pulse")) as server:
         yield server
-    finally:
-        server.stop()
-        if saved is None:
-            os.environ.pop("PULSE_SERVER", None)
-        else:
-            os.environ["PULSE_SERVER"] = saved
 
 
 @pytest.fixture
@@ -62,34 +47,8 @@ def spare_pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pul
         server.stop()
 
 
-@dataclass(frozen=True)
-class Sealed:
-    stream: str
-    seq: int
-    manifest: dict[str, Any]
-    data: bytes
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self.manifest["meta"])
-
-    @property
-    def record(self) -> dict[str, Any]:
-        return dict(json.loads(self.data))
-
-
 def decrypt_all(spool: Spool, keyset: KeySet, stream: str) -> list[Sealed]:
-    """Every stored segment of ``stream``, verified and decrypted through the seal API."""
-    out = []
-    for item in spool.items(stream):
-        with item.path.open("rb") as f:
-            info = read_segment_info(f)
-            verify_segment(f, info)
-            dk = parse_key_record(spool.key_record(info.key_id)).unwrap(keyset.platform_private)
-            buf = bytearray()
-            decrypt_segment(f, info, dk, buf.extend)
-        out.append(Sealed(info.stream, info.seq, info.manifest, bytes(buf)))
-    return out
+    return decrypt_stream(spool, keyset.platform_private, stream)
 
 
 @dataclass(frozen=True)

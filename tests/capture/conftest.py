@@ -31,10 +31,10 @@ from agent.storage.keys import (
     load_platform_public,
     load_signing_key,
 )
-from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info, verify_segment
 from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
+from tests.storage.helpers import Sealed, decrypt_stream
 
 W, H, FPS = 320, 240, 15
 DEVICE = "cam-7"
@@ -67,37 +67,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     init_device_keys(d / "dev")
     init_platform_keys(d / "plat")
     return Keys(d, d / "plat" / "platform.key")
-
-
-@dataclass(frozen=True)
-class Sealed:
-    stream: str
-    seq: int
-    manifest: dict[str, Any]
-    data: bytes
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self.manifest["meta"])
-
-    @property
-    def record(self) -> dict[str, Any]:
-        return dict(json.loads(self.data))
-
-
-def decrypt_all(spool: Spool, keys: Keys, stream: str | None = None) -> list[Sealed]:
-    """Every stored segment, verified and decrypted through the seal API."""
-    pk = load_platform_private(keys.platform_key_path)
-    out = []
-    for item in spool.items(stream):
-        with item.path.open("rb") as f:
-            info = read_segment_info(f)
-            verify_segment(f, info)
-            dk = parse_key_record(spool.key_record(info.key_id)).unwrap(pk)
-            buf = bytearray()
-            decrypt_segment(f, info, dk, buf.extend)
-        out.append(Sealed(info.stream, info.seq, info.manifest, bytes(buf)))
-    return out
 
 
 def decode_counters(mp4: bytes) -> list[int]:
@@ -224,3 +193,7 @@ def event_run(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     yield run
     spool.close()
+
+
+def decrypt_all(spool: Spool, keys: Keys, stream: str | None = None) -> list[Sealed]:
+    return decrypt_stream(spool, load_platform_private(keys.platform_key_path), stream)

@@ -9,7 +9,6 @@ exactly what an officer would.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
@@ -24,7 +23,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.capture.pulse_lab import PulseServer
-from agent.errors import SourceError
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
 from agent.talk import wire
@@ -35,6 +33,7 @@ from agent.uplink.control import SeenIds
 from agent.uplink.lab import Mosquitto, Pki, acl_text
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from tests.fixtures.keys import KeySet, make_sealer
+from tests.fixtures.pulse import serving_pulse
 
 DEVICES = ("talk-a", "talk-b", "talk-c", "talk-d", "talk-e")
 CONTROL = ("control", "control-send", "control-listen")
@@ -54,21 +53,8 @@ def talk_acl() -> str:
 
 @pytest.fixture(scope="session")
 def talk_pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
-    server = PulseServer(tmp_path_factory.mktemp("talk-pulse"))
-    saved = os.environ.get("PULSE_SERVER")
-    try:
-        server.start()
-    except SourceError as exc:
-        pytest.fail(str(exc))
-    os.environ["PULSE_SERVER"] = server.server
-    try:
+    with serving_pulse(tmp_path_factory.mktemp("talk-pulse")) as server:
         yield server
-    finally:
-        server.stop()
-        if saved is None:
-            os.environ.pop("PULSE_SERVER", None)
-        else:
-            os.environ["PULSE_SERVER"] = saved
 
 
 @pytest.fixture(scope="session")
