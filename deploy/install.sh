@@ -24,6 +24,8 @@ set -euo pipefail
 readonly USER_NAME=edge-agent
 readonly EXAMPLE_DEVICE_ID=cam-0001
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/common.sh
+source "$SCRIPT_DIR/common.sh"
 readonly SCRIPT_DIR
 
 profile=""
@@ -62,44 +64,7 @@ while (($#)); do
 	shift
 done
 
-if [[ -n "$root" ]]; then
-	[[ "$root" == /* ]] || root="$PWD/$root"
-	root="${root%/}"
-	[[ -n "$root" ]] || die "--root / is the live system: leave --root out instead"
-elif [[ "$(id -u)" != 0 ]]; then
-	die "must run as root (sudo $0 ...), or stage with --root DIR"
-fi
-
-# Paths on the target (under the staging root when --root is given).
-readonly OPT="$root/opt/edge-agent"
-readonly ETC="$root/etc/edge-agent"
-readonly STATE="$root/var/lib/edge-agent"
-readonly UNIT_DIR="$root/etc/systemd/system"
-readonly BIN_LINK="$root/usr/local/bin/edge-agent"
-
-# ------------------------------------------------------------------ helpers
-
-say() { echo "==> $*"; }
-
-# A step that changes the target (under --root too): printed, then done unless --dry-run.
-run() {
-	printf '+'
-	printf ' %q' "$@"
-	echo
-	((dry_run)) || "$@"
-}
-
-# A step on the live system only (packages, users, ownership, systemd): printed; skipped under
-# --root and --dry-run.
-system() {
-	if [[ -n "$root" ]]; then
-		printf '+'
-		printf ' %q' "$@"
-		echo " # skipped: --root"
-	else
-		run "$@"
-	fi
-}
+check_root
 
 # make_dir PATH MODE OWNER:GROUP: create (or fix) one directory, not recursively.
 make_dir() {
@@ -243,6 +208,7 @@ fi
 run mkdir -p "$(dirname "$BIN_LINK")"
 run ln -sfn /opt/edge-agent/venv/bin/edge-agent "$BIN_LINK"
 run install -m 0755 "$SCRIPT_DIR/uninstall.sh" "$OPT/uninstall.sh"
+run install -m 0644 "$SCRIPT_DIR/common.sh" "$OPT/common.sh"
 if [[ -f "$SCRIPT_DIR/../docs/deploy.md" ]]; then
 	run mkdir -p "$OPT/docs"
 	run install -m 0644 "$SCRIPT_DIR/../docs/deploy.md" "$OPT/docs/deploy.md"

@@ -21,6 +21,8 @@ root=""
 dry_run=0
 
 die() { echo "uninstall.sh: $*" >&2; exit 1; }
+# shellcheck source=deploy/common.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; }
 
 while (($#)); do
@@ -37,36 +39,7 @@ while (($#)); do
 done
 ((force && !purge)) && die "--force only means something with --purge"
 
-if [[ -n "$root" ]]; then
-	[[ "$root" == /* ]] || root="$PWD/$root"
-	root="${root%/}"
-	[[ -n "$root" ]] || die "--root / is the live system: leave --root out instead"
-elif [[ "$(id -u)" != 0 ]]; then
-	die "must run as root (sudo $0 ...), or act on a staged tree with --root DIR"
-fi
-
-readonly OPT="$root/opt/edge-agent"
-readonly ETC="$root/etc/edge-agent"
-readonly STATE="$root/var/lib/edge-agent"
-readonly UNIT_DIR="$root/etc/systemd/system"
-readonly BIN_LINK="$root/usr/local/bin/edge-agent"
-
-say() { echo "==> $*"; }
-run() {
-	printf '+'
-	printf ' %q' "$@"
-	echo
-	((dry_run)) || "$@"
-}
-system() {
-	if [[ -n "$root" ]]; then
-		printf '+'
-		printf ' %q' "$@"
-		echo " # skipped: --root"
-	else
-		run "$@"
-	fi
-}
+check_root
 
 # Sealed segments still in the spool (not yet acknowledged by the platform), and anything the
 # agent set aside in quarantine (never deleted by the agent itself).

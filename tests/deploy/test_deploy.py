@@ -201,7 +201,9 @@ def test_shellcheck() -> None:
             pytest.fail("shellcheck is missing though the Makefile installs it: run make setup")
         pytest.skip("shellcheck is not installed (add the Debian package to DEB_PACKAGES)")
     res = subprocess.run(
-        [shellcheck, "-x", str(INSTALL), str(UNINSTALL)], capture_output=True, text=True
+        [shellcheck, "-x", str(INSTALL), str(UNINSTALL), str(DEPLOY / "common.sh")],
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -321,6 +323,7 @@ def test_staged_tracker_tree_and_modes(staged: tuple[Path, Path, str]) -> None:
     assert (opt / "profile").read_text().strip() == "tracker"
     assert os.readlink(root / "usr/local/bin/edge-agent") == EXEC
     assert os.access(opt / "uninstall.sh", os.X_OK)
+    assert (opt / "common.sh").read_bytes() == (DEPLOY / "common.sh").read_bytes()
     # The unit's Documentation= points at it.
     assert "Documentation=file:/opt/edge-agent/docs/deploy.md" in UNIT.read_text()
     assert (opt / "docs/deploy.md").read_bytes() == (REPO / "docs/deploy.md").read_bytes()
