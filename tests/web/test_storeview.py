@@ -70,7 +70,7 @@ def test_live_recorder_writes_what_the_review_page_reads(tmp_path: Path) -> None
     assert not rec.record("devices/../live/fix", b"{}")
     assert not rec.record("devices/cam-1/up/key", b"{}")
     view = StoreView(tmp_path).live("cam-1")
-    assert view.online is True and view.backlog["gps"]["count"] == 3
+    assert view.online is True and [(b.stream, b.count) for b in view.backlog()] == [("gps", 3)]
     assert len(view.alarms) == 1 and view.alarms[0].payload["kind"] == "storage_nearly_full"
     rec.record("devices/cam-1/state", json.dumps({"state": "offline", "boot": "b1"}).encode())
     assert StoreView(tmp_path).live("cam-1").online is False
