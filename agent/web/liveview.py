@@ -159,7 +159,10 @@ class LiveView:
         bits = []
         gps = s.get("gps")
         if isinstance(gps, dict):
-            bits.append(f"gps {text(gps.get('state'), 40) or '?'}")
+            state = text(gps.get("state"), 40)
+            if state is None and gps.get("state") is not None:
+                self._bad("status: gps 'state' is not text")
+            bits.append(f"gps {state or (MALFORMED if 'state' in gps else '?')}")
         up = s.get("uplink")
         if isinstance(up, dict):
             connected = up.get("connected") is True

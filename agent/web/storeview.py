@@ -165,6 +165,8 @@ class EventMark:
                 bits.append(f"{k}: {str(d[k])[:120]}")
         if isinstance(d.get("seqs"), list):
             bits.append(f"seqs {len(d['seqs'])}")
+        if d.get("malformed"):
+            bits.append("its record is malformed")
         return "; ".join(bits)
 
 
@@ -538,6 +540,9 @@ class StoreView:
                     continue
                 if fix.lat is None or fix.lon is None:
                     track.without_position += 1
+                    continue
+                if not (-90.0 <= fix.lat <= 90.0 and -180.0 <= fix.lon <= 180.0):
+                    track.without_position += 1  # a signed fix can still be nonsense
                     continue
                 track.points.append(TrackPoint(fix.time, fix.lat, fix.lon, fix.speed, s.seq))
         track.points.sort(key=lambda p: p.time)
