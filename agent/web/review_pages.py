@@ -21,11 +21,13 @@ from agent.gps.wire import SIZE as FIX_SIZE
 from agent.gps.wire import decode_fix
 from agent.storage.records import unpack_records
 from agent.web import fmt
+from agent.web.evidence import DeviceReview, SegmentView
 from agent.web.httpbase import Request, Response, WebError
 from agent.web.liveview import Alarm, BacklogItem, LiveView
 from agent.web.review_svg import gap_text, grid_map, stream_order, tile_map, timeline
-from agent.web.storeview import DeviceReview, SegmentView, StoreView
+from agent.web.storeview import StoreView
 from agent.web.templating import Templates
+from agent.web.track import read_track
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ class ReviewPages:
             start = max(span[0], (end or span[0]) - DEFAULT_RANGE_S)
         if start is not None and end is not None and end < start:
             raise WebError(400, "the range ends before it starts")
-        track = self.view.track(device, start, end)
+        track = read_track(self.view, device, start, end)
         track_map = None
         if track.points:
             track_map = tile_map(track, self.tile_url) if self.tile_url else grid_map(track)

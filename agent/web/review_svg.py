@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.web import fmt
-from agent.web.storeview import DeviceReview, GapView, Track
+from agent.web.evidence import DeviceReview, GapView
+from agent.web.track import Track
 
 STREAM_ORDER = ("video", "audio", "still", "event", "gps")
 MAX_MARKERS = 20000

@@ -26,33 +26,24 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent import boundedjson, ids
-from agent.errors import AgentError, FormatError, VerificationError
-from agent.gps.wire import SIZE as FIX_SIZE
-from agent.gps.wire import decode_fix
-from agent.model import Fix
+from agent.errors import FormatError, VerificationError
 from agent.storage.keys import load_verify_key
-from agent.storage.records import JOURNAL_CONTENT_TYPE, parse_journal, unpack_records
 from agent.storage.seal import (
-    CIPHERS,
     SegmentInfo,
-    aead_for,
-    chunk_nonce,
     decrypt_segment,
     parse_key_record,
     read_segment_info,
-    segment_key,
     verify_segment,
 )
 from agent.storage.verify import verify_paths
+from agent.web.evidence import DeviceReview, EventMark, SegmentView, chain_gaps
 from agent.web.fmt import parse_utc
 from agent.web.httpbase import WebError
 from agent.web.liveview import LiveView, read_live
@@ -61,7 +52,6 @@ log = logging.getLogger(__name__)
 
 SEQ_TEXT_RE = re.compile(r"^\d{1,12}$")
 SEG_NAME_RE = re.compile(r"^(\d{12})\.seg$")
-FIX_CONTENT_TYPE = "application/x-edge-fix"
 MAX_EVENT_JSON = 256 * 1024
 MAX_EVENT_DEPTH = 16
 # Problems that make a stored segment fail (a gap is shown as a gap, not as a failure).
@@ -118,103 +108,6 @@ def segment_meta(info: SegmentInfo) -> dict[str, Any]:
 
 def _manifest_time(manifest: dict[str, Any], name: str) -> float | None:
     return parse_utc(manifest.get(name))
-
-
-@dataclass(frozen=True)
-class SegmentView:
-    stream: str
-    seq: int
-    start: float | None
-    end: float | None
-    content_type: str
-    meta: dict[str, Any]
-    size: int
-    state: str  # verified | failed
-    problems: tuple[str, ...]
-    has_plain: bool
-    manifest: dict[str, Any]
-
-    @property
-    def verified(self) -> bool:
-        return self.state == "verified"
-
-
-@dataclass(frozen=True)
-class GapView:
-    stream: str
-    first: int
-    last: int
-    start: float | None  # end of the segment before it
-    end: float | None  # start of the segment after it
-    reason: str  # what the device recorded ("" when it said nothing)
-
-
-@dataclass(frozen=True)
-class EventMark:
-    time: float | None
-    type: str
-    seq: int
-    details: dict[str, Any]
-
-    @property
-    def summary(self) -> str:
-        d = self.details
-        bits = [self.type]
-        for k in ("note", "stream", "reason", "trigger"):
-            if isinstance(d.get(k), str | int | float) and d.get(k):
-                bits.append(f"{k}: {str(d[k])[:120]}")
-        if isinstance(d.get("seqs"), list):
-            bits.append(f"seqs {len(d['seqs'])}")
-        if d.get("malformed"):
-            bits.append("its record is malformed")
-        return "; ".join(bits)
-
-
-@dataclass
-class DeviceReview:
-    device: str
-    streams: dict[str, list[SegmentView]] = field(default_factory=dict)
-    gaps: dict[str, list[GapView]] = field(default_factory=dict)
-    events: list[EventMark] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    pinned: bool = False
-
-    @property
-    def span(self) -> tuple[float | None, float | None]:
-        starts = [s.start for segs in self.streams.values() for s in segs if s.start is not None]
-        ends = [s.end for segs in self.streams.values() for s in segs if s.end is not None]
-        return (min(starts) if starts else None, max(ends) if ends else None)
-
-    def segment(self, stream: str, seq: int) -> SegmentView | None:
-        for s in self.streams.get(stream, []):
-            if s.seq == seq:
-                return s
-        return None
-
-    def counts(self) -> dict[str, int]:
-        out = {"verified": 0, "failed": 0, "gaps": 0}
-        for segs in self.streams.values():
-            for s in segs:
-                out[s.state] = out.get(s.state, 0) + 1
-        out["gaps"] = sum(len(g) for g in self.gaps.values())
-        return out
-
-
-@dataclass(frozen=True)
-class TrackPoint:
-    time: float
-    lat: float
-    lon: float
-    speed: float | None
-    seq: int
-
-
-@dataclass
-class Track:
-    points: list[TrackPoint] = field(default_factory=list)
-    without_position: int = 0
-    skipped_segments: list[str] = field(default_factory=list)
 
 
 class StoreView:
@@ -387,7 +280,7 @@ class StoreView:
         for segs in review.streams.values():
             segs.sort(key=lambda s: s.seq)
         review.events = self._events(device, review)
-        review.gaps = _gaps(review)
+        review.gaps = chain_gaps(review)
         return review
 
     def _segment_view(
@@ -493,7 +386,8 @@ class StoreView:
                 self._plain_bytes -= len(old)
         return data
 
-    def _data_key(self, device: str, key_id: str) -> bytes:
+    def data_key(self, device: str, key_id: str) -> bytes:
+        """The data key ``key_id`` of ``device`` (needs the platform key)."""
         assert self.platform_key is not None
         ids.check_key_id(key_id)
         kpath = self._path(device, "keys", f"{key_id}.key")
@@ -507,68 +401,8 @@ class StoreView:
     def _decrypt(self, device: str, f: io.BufferedReader, info: SegmentInfo) -> bytes:
         verify_segment(f, info, self._trusted(device))
         out = io.BytesIO()
-        decrypt_segment(f, info, self._data_key(device, info.key_id), out.write)
+        decrypt_segment(f, info, self.data_key(device, info.key_id), out.write)
         return out.getvalue()
-
-    # ------------------------------------------------------------------ GPS
-
-    def track(self, device: str, start: float | None, end: float | None) -> Track:
-        """Fixes with a position from the verified GPS segments overlapping [start, end]."""
-        review = self.review(device)
-        track = Track()
-        for s in review.streams.get("gps", []):
-            if start is not None and s.end is not None and s.end < start:
-                continue
-            if end is not None and s.start is not None and s.start > end:
-                continue
-            if not s.verified:
-                track.skipped_segments.append(f"gps#{s.seq}: failed verification")
-                continue
-            try:
-                records = self._records(device, s)
-            except (WebError, AgentError, ValueError) as exc:
-                track.skipped_segments.append(f"gps#{s.seq}: {exc}")
-                continue
-            for rec in records:
-                if len(rec) != FIX_SIZE:
-                    continue
-                try:
-                    fix: Fix = decode_fix(rec)
-                except FormatError:
-                    continue
-                if (start is not None and fix.time < start) or (end is not None and fix.time > end):
-                    continue
-                if fix.lat is None or fix.lon is None:
-                    track.without_position += 1
-                    continue
-                if not (-90.0 <= fix.lat <= 90.0 and -180.0 <= fix.lon <= 180.0):
-                    track.without_position += 1  # a signed fix can still be nonsense
-                    continue
-                track.points.append(TrackPoint(fix.time, fix.lat, fix.lon, fix.speed, s.seq))
-        track.points.sort(key=lambda p: p.time)
-        return track
-
-    def _records(self, device: str, s: SegmentView) -> list[bytes]:
-        data = self.plaintext(device, "gps", s.seq)
-        if s.content_type == JOURNAL_CONTENT_TYPE:
-            # A journal recovered after a power cut: its frames are under the epoch key and
-            # the cipher it was written with, which its own header names (not the segment's).
-            if self.platform_key is None:
-                raise WebError(404, "a recovered journal needs the platform key")
-            return self._journal_records(device, data)
-        if s.content_type != FIX_CONTENT_TYPE:
-            raise WebError(415, f"content type {s.content_type!r} is not GPS fixes")
-        return unpack_records(data)
-
-    def _journal_records(self, device: str, data: bytes) -> list[bytes]:
-        header, frames = parse_journal(data)
-        key = segment_key(self._data_key(device, header.key_id), header.salt)
-        cipher = journal_cipher(header, frames, key)
-        aead = aead_for(cipher, key)
-        try:
-            return [aead.decrypt(chunk_nonce(i, False), ct, None) for i, ct in enumerate(frames)]
-        except InvalidTag:
-            raise VerificationError("a journal frame fails authentication") from None
 
     # ------------------------------------------------------------------ live state
 
@@ -587,30 +421,6 @@ class StoreView:
                 continue
             newest = t if newest is None else max(newest, t)
         return newest
-
-
-def journal_cipher(header: Any, frames: list[bytes], key: bytes) -> str:
-    """The cipher a recovered journal was written with.
-
-    A journal is written under the cipher the device was set to when the batch opened; it is
-    recovered (sealed as a segment) at the next start, possibly under another setting, so the
-    outer segment's ``cipher`` says nothing about the frames. A journal header that names its
-    cipher is taken at its word; the version-1 header (``agent.storage.records``) names none,
-    so the frames say it: each cipher in turn must authenticate the first frame, and an AEAD
-    tag authenticates under one (cipher, key) only.
-    """
-    named = getattr(header, "cipher", None)
-    if isinstance(named, str) and named:
-        return named
-    if not frames:
-        return CIPHERS[0]
-    for cipher in CIPHERS:
-        try:
-            aead_for(cipher, key).decrypt(chunk_nonce(0, False), frames[0], None)
-        except InvalidTag:
-            continue
-        return cipher
-    raise VerificationError("the journal's frames fail authentication under every known cipher")
 
 
 def _read_info(f: Path) -> tuple[SegmentInfo | None, str]:
@@ -663,71 +473,3 @@ def _check_plain(path: Path, info: SegmentInfo) -> str:
         return _plain_mismatch(path.read_bytes(), info)
     except OSError as exc:
         return f"unreadable: {exc}"
-
-
-def _gaps(review: DeviceReview) -> dict[str, list[GapView]]:
-    """Missing sequence numbers per stream, with what the device said about them."""
-    explained: dict[tuple[str, int], str] = {}
-    refusals: dict[str, list[EventMark]] = {}
-    for e in review.events:
-        stream = e.details.get("stream")
-        if not isinstance(stream, str):
-            continue
-        if e.type == "telemetry_evicted" and isinstance(e.details.get("seqs"), list):
-            why = str(e.details.get("reason") or "telemetry quota full")
-            for s in e.details["seqs"]:
-                if isinstance(s, int):
-                    explained[(stream, s)] = f"telemetry_evicted (event #{e.seq}): {why}"
-        elif e.type == "evidence_refused":
-            refusals.setdefault(stream, []).append(e)
-    out: dict[str, list[GapView]] = {}
-    for stream, segs in review.streams.items():
-        prev_end: float | None = None
-        expect = 0
-        for s in segs:
-            if s.seq > expect:
-                out.setdefault(stream, []).extend(
-                    _split_gap(stream, expect, s.seq - 1, prev_end, s.start, explained)
-                )
-            expect = s.seq + 1
-            prev_end = s.end
-        # Evidence the device refused never got a sequence number: a gap in time, not in seq.
-        for e in refusals.get(stream, []):
-            out.setdefault(stream, []).append(
-                GapView(
-                    stream,
-                    -1,
-                    -1,
-                    e.time,
-                    e.time,
-                    f"evidence_refused (event #{e.seq}): {e.details.get('reason', '')}",
-                )
-            )
-    return out
-
-
-def _split_gap(
-    stream: str,
-    first: int,
-    last: int,
-    start: float | None,
-    end: float | None,
-    explained: dict[tuple[str, int], str],
-) -> list[GapView]:
-    """One gap per run of missing seqs that share the same explanation (or none)."""
-    marks = sorted(
-        (s, r) for (st, s), r in explained.items() if st == stream and first <= s <= last
-    )
-    runs: list[list[Any]] = []  # [first, last, reason]
-    pos = first
-    for seq, reason in marks:
-        if seq > pos:
-            runs.append([pos, seq - 1, ""])
-        if runs and runs[-1][2] == reason and runs[-1][1] == seq - 1:
-            runs[-1][1] = seq
-        else:
-            runs.append([seq, seq, reason])
-        pos = seq + 1
-    if pos <= last:
-        runs.append([pos, last, ""])
-    return [GapView(stream, int(a), int(b), start, end, str(r)) for a, b, r in runs]

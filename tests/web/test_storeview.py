@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from agent.ingest.livestate import LiveRecorder
-from agent.web.storeview import DeviceReview, EventMark, SegmentView, StoreView, _gaps
+from agent.web.evidence import DeviceReview, EventMark, SegmentView, chain_gaps
+from agent.web.storeview import StoreView
+from agent.web.track import read_track
 from tests.fixtures.keys import KeySet, make_sealer
 
 
@@ -28,7 +30,7 @@ def test_gaps_carry_the_reason_the_device_recorded() -> None:
         EventMark(12, "telemetry_evicted", 3, {"stream": "gps", "seqs": [5, 6], "reason": "full"}),
         EventMark(5, "evidence_refused", 4, {"stream": "video", "reason": "quota"}),
     ]
-    gaps = _gaps(r)
+    gaps = chain_gaps(r)
     got = [(g.first, g.last, g.reason) for g in gaps["gps"]]
     assert got == [
         (1, 3, ""),
@@ -44,7 +46,7 @@ def test_gaps_carry_the_reason_the_device_recorded() -> None:
 def test_a_huge_seq_jump_is_one_gap() -> None:
     r = DeviceReview("d")
     r.streams["gps"] = [_seg("gps", 0, 0), _seg("gps", 999_999_999_999, 10)]
-    (gap,) = _gaps(r)["gps"]
+    (gap,) = chain_gaps(r)["gps"]
     assert (gap.first, gap.last) == (1, 999_999_999_998)
 
 
@@ -120,7 +122,7 @@ def test_a_journal_recovered_under_another_cipher_reads_back(
     (seg,) = view.review(dev).streams["gps"]
     assert seg.verified and seg.content_type == JOURNAL_CONTENT_TYPE
     assert seg.manifest["cipher"] == "aes-256-gcm"  # the outer segment's, not the journal's
-    track = view.track(dev, None, None)
+    track = read_track(view, dev, None, None)
     assert track.skipped_segments == []
     assert [round(p.lat, 4) for p in track.points] == [round(f.lat or 0, 4) for f in fixes]
 
