@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.web.auth import client_key
 from agent.web.markup import Markup, html, join
 
@@ -239,7 +239,7 @@ def _networks(specs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IP
         try:
             out.append(ipaddress.ip_network(spec.strip(), strict=False))
         except ValueError:
-            raise WebError(500, f"trusted proxy {spec!r}: not an address or network") from None
+            raise ConfigError(f"--trusted-proxy {spec!r}: not an address or network") from None
     return out
 
 
@@ -259,6 +259,8 @@ class _Server(ThreadingHTTPServer):
         self.refused = 0
         self._refused_logged = -1e18
         self._refused_since_log = 0
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def is_proxy(self, address: str) -> bool:
