@@ -2,6 +2,7 @@
 
     edge-agent review --store DIR --web HOST:PORT --token T [--platform-key KEY]
         [--devices DIR] [--tile-url https://tiles.example/{z}/{x}/{y}.png]
+        [--allowed-host review.example.org] [--trusted-proxy 127.0.0.1]
 
 The token may also come from $EDGE_AGENT_REVIEW_TOKEN (so it stays out of ``ps``). The same
 page runs inside the ingest worker with ``edge-agent ingest --web HOST:PORT``. Nothing heavy is
@@ -18,7 +19,8 @@ TOKEN_ENV = "EDGE_AGENT_REVIEW_TOKEN"
 
 
 def add_web_args(p: argparse.ArgumentParser, *, required: bool) -> None:
-    """--web, --token, --tile-url (shared with ``edge-agent ingest``)."""
+    """--web, --token, --tile-url, --allowed-host, --trusted-proxy (shared with
+    ``edge-agent ingest``)."""
     p.add_argument(
         "--web",
         metavar="HOST:PORT",
@@ -33,6 +35,22 @@ def add_web_args(p: argparse.ArgumentParser, *, required: bool) -> None:
         "--tile-url",
         help="the operator's own map tiles, e.g. https://tiles.example/{z}/{x}/{y}.png "
         "(default: the track on a plain metre grid)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the page is reached by (repeatable); IP addresses and localhost "
+        "always work, any other Host header is refused (DNS rebinding)",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="a reverse proxy (address or network, repeatable) whose X-Forwarded-For names "
+        "the client: the page's throttles and connection caps then count that client",
     )
 
 
@@ -62,9 +80,11 @@ def review_token(args: argparse.Namespace) -> str:
 
 def start_from_args(args: argparse.Namespace, stop: Any, platform_key: Any = None) -> Any:
     """Start the review page named by ``--web`` (used by ``ingest --web`` too)."""
+    from agent.web.httpbase import Limits
     from agent.web.review import parse_address, serve_review
 
     host, port = parse_address(args.web)
+    proxies = tuple(getattr(args, "trusted_proxy", None) or ())
     server = serve_review(
         args.store,
         host,
@@ -74,6 +94,8 @@ def start_from_args(args: argparse.Namespace, stop: Any, platform_key: Any = Non
         args.tile_url,
         stop,
         devices_dir=getattr(args, "devices", None),
+        allowed_hosts=getattr(args, "allowed_host", None) or (),
+        limits=Limits(trusted_proxies=proxies),
     )
     print(f"review page: {server.url}", flush=True)
     return server

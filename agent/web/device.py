@@ -1,24 +1,31 @@
 """The technician's device page: a live preview, the GPS fix, the self-test and the health
 figures, served by the running agent when ``[web] enabled = true`` (off by default).
 
-    /               the page (after the PIN or token)
-    /login          PIN/token form (POST); failures beyond ``max_failures`` lock it for a while
+    /               the page (after a login)
+    /login          the login form (POST): the PIN or the token, throttled per client
     /preview.jpg    the newest camera frame as JPEG (from the capture pipeline, never the spool)
     /api/status     the agent's health figures (Agent.status()) as JSON
     /api/selftest   GET: the last self-test result; POST: run it again
     /static/<name>  the package's CSS and JS
 
+Who may ask (:mod:`agent.web.auth`): a session from the login form (a cookie that expires),
+or ``Authorization: Bearer <token>`` with the configured token (16+ characters; a PIN is
+never accepted as a bearer). Each kind of credential is throttled per client: wrong attempts
+lock that client out of that kind (the right PIN is refused too while it lasts), and are
+logged; other clients are not affected. A request whose ``Host`` is not an IP address,
+``localhost`` or a configured host name is refused (DNS rebinding).
+
 It never serves sealed or plaintext evidence: it has no access to the spool at all, only to
 the callables it is given (``status``, ``frame``, ``selftest``). A POST must carry the
 ``X-Edge-Agent: 1`` header (or come from the page's own form, same origin): a page on another
-site cannot make the technician's browser rerun the self-test.
+site cannot make the technician's browser rerun the self-test. Every piece of HTML is built
+by :func:`agent.web.markup.html`, which escapes each value.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import secrets
 import subprocess
 import sys
 import threading
@@ -29,26 +36,32 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from agent.errors import ConfigError
+from agent.web.auth import HostCheck, Policy, Sessions, Throttle, secret_matches
 from agent.web.httpbase import (
+    Limits,
     Request,
     Response,
     WebError,
     WebServer,
     bearer,
     error_page,
-    esc,
     page,
     redirect,
-    secret_matches,
+    session_cookie,
     static_file,
+    too_many,
 )
+from agent.web.markup import Markup, html
 from agent.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
 
 COOKIE = "edge_device"
-SESSION_S = 8 * 3600
 MAX_SESSIONS = 32
+# Credential kinds, each throttled on its own (a stale cookie after a restart is not a guess,
+# so sessions get a wider margin).
+LOGIN, BEARER, SESSION = "login", "bearer", "session"
+SESSION_FAILURE_FACTOR = 4
 PREVIEW_MIN_S = 0.5  # encode at most twice a second, whoever asks
 PREVIEW_WIDTH = 640
 JPEG_QUALITY = 70
@@ -130,12 +143,20 @@ class DeviceApp:
         self._status = status
         self._frame = frame
         self._selftest = selftest
-        self._clock = clock
         self._lock = threading.Lock()
+        policy = Policy(settings.max_failures, settings.lockout_s)
+        wide = Policy(settings.max_failures * SESSION_FAILURE_FACTOR, settings.lockout_s)
+        self.throttle = Throttle(
+            "device-web", {LOGIN: policy, BEARER: policy, SESSION: wide}, clock
+        )
+        self.sessions = Sessions(
+            clock,
+            lifetime_s=settings.session_s,
+            idle_s=settings.session_idle_s,
+            max_sessions=MAX_SESSIONS,
+        )
+        self.hosts = HostCheck((settings.host, *settings.hostnames))
         # guarded by _lock:
-        self._sessions: dict[str, float] = {}  # session id -> expiry (monotonic)
-        self._failures = 0
-        self._locked_until = 0.0
         self._jpeg: tuple[int, float, bytes] | None = None  # frame index, when, bytes
         self._test_result = selftest_result
         self._test_finished: float | None = time.time() if selftest_result else None
@@ -155,15 +176,37 @@ class DeviceApp:
 
     # ------------------------------------------------------------------ auth
 
-    def _authorized(self, req: Request) -> bool:
-        if secret_matches(bearer(req), self.settings.secrets):
-            return True
+    def _authorize(self, req: Request) -> Response | None:
+        """None when the request may go on; else the refusal (401, or 429 when locked)."""
+        given = bearer(req)
+        if given is not None:
+            # Only the long token is a bearer credential: a PIN is for a person at the form.
+            left = self.throttle.locked(req.client, BEARER)
+            if left:
+                return too_many(left, "bearer tokens")
+            if secret_matches(given, (self.settings.token,)):
+                self.throttle.success(req.client, BEARER)
+                return None
+            self.throttle.failure(req.client, BEARER)
+            return self._login_form("the bearer token is not valid for this device", 401)
         sid = req.cookies.get(COOKIE, "")
-        now = self._clock()
-        with self._lock:
-            for k in [k for k, exp in self._sessions.items() if exp < now]:
-                del self._sessions[k]
-            return bool(sid) and any(secret_matches(sid, (k,)) for k in self._sessions)
+        if sid:
+            left = self.throttle.locked(req.client, SESSION)
+            if left:
+                return too_many(left, "sessions")
+            if self.sessions.valid(sid):
+                return None
+            self.throttle.failure(req.client, SESSION)
+            if req.path == "/" and req.method == "GET":
+                return redirect("/login", [self._clear_cookie()])
+            return self._login_form("the session has ended: log in again", 401)
+        if req.path == "/" and req.method == "GET":
+            return redirect("/login")
+        return self._login_form("this page needs the PIN or token", 401)
+
+    @staticmethod
+    def _clear_cookie() -> tuple[str, str]:
+        return ("Set-Cookie", f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict")
 
     def _same_origin(self, req: Request) -> bool:
         if req.header("X-Edge-Agent") == "1" or req.header("Sec-Fetch-Site") == "same-origin":
@@ -174,38 +217,32 @@ class DeviceApp:
     def _login(self, req: Request) -> Response:
         if not self._same_origin(req):
             return error_page(403, "a login must come from this page")
-        now = self._clock()
-        with self._lock:
-            if now < self._locked_until:
-                wait = self._locked_until - now
-                return self._login_form(f"too many wrong attempts: try again in {wait:.0f} s", 429)
+        left = self.throttle.locked(req.client, LOGIN)
+        if left:
+            r = self._login_form(
+                f"too many wrong attempts from this address: try again in {left:.0f} s", 429
+            )
+            r.headers.append(("Retry-After", str(max(1, round(left)))))
+            return r
         fields = parse_qs(req.body.decode("utf-8", "replace"))
         given = (fields.get("secret") or [""])[-1].strip()
         if not secret_matches(given, self.settings.secrets):
-            with self._lock:
-                self._failures += 1
-                if self._failures >= self.settings.max_failures:
-                    self._failures = 0
-                    self._locked_until = now + self.settings.lockout_s
-            log.warning("web: a wrong PIN/token from %s", req.client)
+            self.throttle.failure(req.client, LOGIN)
             return self._login_form("wrong PIN or token", 403)
-        sid = secrets.token_hex(24)
-        with self._lock:
-            self._failures = 0
-            if len(self._sessions) >= MAX_SESSIONS:
-                oldest = min(self._sessions, key=lambda k: self._sessions[k])
-                del self._sessions[oldest]
-            self._sessions[sid] = now + SESSION_S
-        cookie = f"{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_S}"
+        self.throttle.success(req.client, LOGIN)
+        sid = self.sessions.create()
+        log.info("device-web: a login from %s", req.client)
+        cookie = session_cookie(COOKIE, sid, self.settings.session_s, secure=req.https)
         return redirect("/", [("Set-Cookie", cookie)])
 
     def _login_form(self, message: str = "", status: int = 200) -> Response:
-        note = f"<p class=bad id=login-error>{esc(message)}</p>" if message else ""
-        body = (
+        note = html("<p class=bad id=login-error>{m}</p>", m=message) if message else Markup()
+        body = html(
             "<header><h1>edge-agent device</h1><p class=sub>technician's page</p></header><main>"
-            f"{note}<form method=post action='/login' class=login>"
+            "{note}<form method=post action='/login' class=login>"
             "<label>PIN or token <input type=password name=secret id=secret autocomplete=off "
-            "required autofocus></label> <button id=login>open</button></form></main>"
+            "required autofocus></label> <button id=login>open</button></form></main>",
+            note=note,
         )
         r = page("edge-agent device: log in", body, status=status)
         if status == 401:
@@ -215,6 +252,16 @@ class DeviceApp:
     # ------------------------------------------------------------------ routes
 
     def handle(self, req: Request) -> Response:
+        if not self.hosts.allowed(req.header("Host")):
+            log.warning(
+                "device-web: refused a request for host %r from %s",
+                req.header("Host")[:80],
+                req.client,
+            )
+            return error_page(
+                421,
+                "this page answers only to its own addresses (add the name to [web] hostnames)",
+            )
         path = req.path
         if path.startswith("/static/"):
             return static_file(path[len("/static/") :])
@@ -222,19 +269,17 @@ class DeviceApp:
             if req.method == "POST":
                 return self._login(req)
             return self._login_form()
-        if not self._authorized(req):
-            if path == "/" and req.method == "GET":
-                return redirect("/login")
-            return self._login_form("this page needs the PIN or token", 401)
+        refused = self._authorize(req)
+        if refused is not None:
+            return refused
         if req.method == "POST":
             if not self._same_origin(req):
                 return error_page(403, "this request must come from the device page")
             if path == "/api/selftest":
                 return self._json(self.start_selftest())
             if path == "/logout":
-                with self._lock:
-                    self._sessions.pop(req.cookies.get(COOKIE, ""), None)
-                return redirect("/login", [("Set-Cookie", f"{COOKIE}=; Max-Age=0; Path=/")])
+                self.sessions.drop(req.cookies.get(COOKIE, ""))
+                return redirect("/login", [self._clear_cookie()])
             return error_page(405, "nothing to post here")
         if req.method not in ("GET", "HEAD"):
             return error_page(405, "not allowed")
@@ -267,7 +312,7 @@ class DeviceApp:
         frame = self._frame()
         if frame is None:
             raise WebError(503, "no frame from the camera yet")
-        now = self._clock()
+        now = time.monotonic()  # the encode rate is real time, whatever clock auth uses
         with self._lock:
             cached = self._jpeg
         if cached is not None and (cached[0] == frame.index or now - cached[1] < PREVIEW_MIN_S):
@@ -318,25 +363,30 @@ class DeviceApp:
         s = self.status()
         title = f"{s.get('device', 'device')} ({s.get('profile', '?')})"
         camera = (
-            "<section><h2>camera</h2><img class=preview id=preview alt='live preview' "
-            "src='/preview.jpg'><p class=sub id=preview-note>refreshed about once a second</p>"
-            "</section>"
+            html(
+                "<section><h2>camera</h2><img class=preview id=preview alt='live preview' "
+                "src='/preview.jpg'><p class=sub id=preview-note>refreshed about once a second"
+                "</p></section>"
+            )
             if self._frame is not None
-            else "<section><h2>camera</h2><p>this device has no camera</p></section>"
+            else html("<section><h2>camera</h2><p>this device has no camera</p></section>")
         )
         button = (
-            "<button id=rerun type=button>run the self-test again</button>"
+            html("<button id=rerun type=button>run the self-test again</button>")
             if self._selftest is not None
-            else "<p class=sub>no self-test hook on this device</p>"
+            else html("<p class=sub>no self-test hook on this device</p>")
         )
-        body = (
-            f"<header><h1>{esc(title)}</h1><p class=sub>technician's page: live figures, "
+        body = html(
+            "<header><h1>{title}</h1><p class=sub>technician's page: live figures, "
             "no evidence</p></header><main><div class=cols>"
-            f"{camera}<section><h2>GPS</h2><table class=kv id=gps><tr><td>waiting</td></tr>"
+            "{camera}<section><h2>GPS</h2><table class=kv id=gps><tr><td>waiting</td></tr>"
             "</table><h2>health</h2><table class=kv id=health><tr><td>waiting</td></tr></table>"
-            f"</section></div><section><h2>self-test</h2>{button}<p class=sub id=selftest-state>"
+            "</section></div><section><h2>self-test</h2>{button}<p class=sub id=selftest-state>"
             "</p><div id=selftest></div></section>"
-            "<form method=post action='/logout'><button>log out</button></form></main>"
+            "<form method=post action='/logout'><button>log out</button></form></main>",
+            title=title,
+            camera=camera,
+            button=button,
         )
         return page(f"{title}: edge-agent device", body, scripts=["device.js"])
 
@@ -354,6 +404,7 @@ class DevicePage:
         frame: FrameFn | None = None,
         selftest: SelfTestFn | None = None,
         selftest_result: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = DeviceApp(
             settings,
@@ -361,8 +412,13 @@ class DevicePage:
             frame=frame,
             selftest=selftest,
             selftest_result=selftest_result,
+            clock=clock,
         )
-        self.server = WebServer(self.app, settings.host, settings.port, stop, "device-web")
+        limits = Limits(
+            max_connections=settings.max_connections,
+            max_per_client=settings.max_connections_per_client,
+        )
+        self.server = WebServer(self.app, settings.host, settings.port, stop, "device-web", limits)
 
     @property
     def url(self) -> str:

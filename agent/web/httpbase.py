@@ -2,31 +2,44 @@
 ``ThreadingHTTPServer`` run in a thread until a stop event is set.
 
 Why the standard library's ``http.server``: no dependency to install, audit or update on a
-device, and a thread per request is plenty for the handful of people who ever look at one of
-these pages (a technician at a truck, a few supervisors). Every response is built by an
+device, and a thread per connection is plenty for the handful of people who ever look at one
+of these pages (a technician at a truck, a few supervisors). Every response is built by an
 application object (``App.handle(Request) -> Response``); the handler here only parses, writes
 and turns any unexpected exception into an error page (never a traceback to the browser).
+
+**Bounded.** A thread per connection, but at most ``Limits.max_connections`` at once and at
+most ``Limits.max_per_client`` from one client (one IPv4 address or IPv6 /64): the next
+connection gets a short ``503`` and is closed at once, so one visitor holding idle
+connections cannot starve the others. A connection that sends nothing for
+``Limits.idle_timeout_s`` is closed. Behind a reverse proxy (``trusted_proxies``), the client
+is the last address the proxy appended to ``X-Forwarded-For``, and the proxy itself is held
+only to the global cap.
+
+**Nothing secret in the log.** Request lines are logged (at debug level) with any
+``token=`` value replaced by ``<redacted>``; headers are never logged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import html
 import importlib.resources
+import ipaddress
 import logging
 import re
+import socket
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
+from agent.web.auth import client_key
+from agent.web.markup import Markup, html, join
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +49,29 @@ RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # Static files the pages use: name -> content type. Nothing else under static/ is served.
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 STATIC_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}\.(css|js)$")
+SECRET_IN_TEXT_RE = re.compile(r"(?i)((?:token|secret)=)[^&\s\"'#]*")
+REFUSED_LOG_S = 60.0
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Retry-After: 5\r\nConnection: close\r\nContent-Length: 40\r\n\r\n"
+    b"too many connections: try again shortly\n"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` (a request line, a path) with every ``token=``/``secret=`` value hidden."""
+    return SECRET_IN_TEXT_RE.sub(r"\1<redacted>", text)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much of the server one page may use (see the module docstring)."""
+
+    max_connections: int = 32
+    max_per_client: int = 8
+    idle_timeout_s: float = 20.0
+    # Reverse proxies whose X-Forwarded-For names the real client (addresses or networks).
+    trusted_proxies: tuple[str, ...] = ()
 
 
 class WebError(AgentError):
@@ -54,7 +90,8 @@ class Request:
     headers: Mapping[str, str]
     cookies: dict[str, str]
     body: bytes = b""
-    client: str = ""
+    client: str = ""  # the client's address (behind a trusted proxy: the one it named)
+    https: bool = False  # a trusted proxy said the browser used https
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "") or ""
@@ -77,46 +114,68 @@ class App(Protocol):
 # --------------------------------------------------------------------------- HTML
 
 
-def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def page(
     title: str,
-    body: str,
+    body: Markup,
     *,
     status: int = 200,
     scripts: Iterable[str] = (),
     css: str = "web.css",
     headers: list[tuple[str, str]] | None = None,
 ) -> Response:
-    tags = "".join(f'<script src="/static/{esc(s)}" defer></script>' for s in scripts)
-    doc = (
+    """A whole HTML document around ``body`` (built with :func:`agent.web.markup.html`)."""
+    tags = join(html('<script src="/static/{s}" defer></script>', s=s) for s in scripts)
+    doc = html(
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title>"
-        f'<link rel=stylesheet href="/static/{esc(css)}">{tags}</head>'
-        f"<body>{body}</body></html>\n"
+        '<title>{title}</title><link rel=stylesheet href="/static/{css}">{tags}</head>'
+        "<body>{body}</body></html>\n",
+        title=title,
+        css=css,
+        tags=tags,
+        body=body,
     )
     return Response(status, doc.encode(), headers=list(headers or []))
 
 
-def error_page(status: int, message: str, extra: str = "") -> Response:
+def error_page(status: int, message: str, extra: Markup | None = None) -> Response:
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    body = (
-        f"<main class=error><h1>{status} {esc(phrase)}</h1><p>{esc(message)}</p>{extra}"
-        '<p><a href="/">back to the start</a></p></main>'
+    body = html(
+        "<main class=error><h1>{status} {phrase}</h1><p>{message}</p>{extra}"
+        '<p><a href="/">back to the start</a></p></main>',
+        status=status,
+        phrase=phrase,
+        message=message,
+        extra=extra or Markup(),
     )
     return page(f"{status} {phrase}", body, status=status)
+
+
+def too_many(seconds: float, what: str) -> Response:
+    """429 for a client locked out of a kind of credential (see :mod:`agent.web.auth`)."""
+    wait = max(1, round(seconds))
+    r = error_page(
+        429,
+        f"too many wrong {what} from this address: try again in {wait} s "
+        "(other addresses are not affected)",
+    )
+    r.headers.append(("Retry-After", str(wait)))
+    return r
 
 
 def redirect(location: str, headers: list[tuple[str, str]] | None = None) -> Response:
     r = Response(303, b"", "text/plain; charset=utf-8", list(headers or []))
     r.headers.append(("Location", location))
     return r
+
+
+def session_cookie(name: str, value: str, max_age: float, *, secure: bool) -> str:
+    """A session cookie: HttpOnly, SameSite=Strict, expiring with the session."""
+    flags = "; Secure" if secure else ""
+    return f"{name}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(max_age)}{flags}"
 
 
 # --------------------------------------------------------------------------- bytes
@@ -163,37 +222,120 @@ def static_file(name: str) -> Response:
 # --------------------------------------------------------------------------- secrets
 
 
-def secret_matches(given: str, secrets: Iterable[str]) -> bool:
-    """Constant-time comparison against each configured secret."""
-    ok = False
-    for s in secrets:
-        if s and hmac.compare_digest(given.encode(), s.encode()):
-            ok = True
-    return ok
-
-
-def session_value(secret: str, purpose: str) -> str:
-    """What a cookie carries instead of the secret itself (changes when the secret does)."""
-    return hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).hexdigest()
-
-
-def bearer(req: Request) -> str:
+def bearer(req: Request) -> str | None:
+    """The credential of an ``Authorization: Bearer`` header ("" when empty), else None."""
     auth = req.header("Authorization")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return ""
+    return None
 
 
 # --------------------------------------------------------------------------- server
 
 
+def _networks(specs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    out = []
+    for spec in specs:
+        try:
+            out.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"--trusted-proxy {spec!r}: not an address or network") from None
+    return out
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 16
 
-    def __init__(self, address: tuple[str, int], app: App) -> None:
+    def __init__(self, address: tuple[str, int], app: App, limits: Limits, name: str) -> None:
         self.app = app
+        self.limits = limits
+        self.name = name
+        self.proxies = _networks(limits.trusted_proxies)
+        self._conn_lock = threading.Lock()
+        self._open: dict[str, int] = {}  # client key -> open connections
+        self._total = 0
+        self.refused = 0
+        self._refused_logged = -1e18
+        self._refused_since_log = 0
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def is_proxy(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self.proxies)
+
+    def _admit(self, key: str, proxy: bool) -> bool:
+        with self._conn_lock:
+            if self._total >= self.limits.max_connections:
+                return False
+            if not proxy and self._open.get(key, 0) >= self.limits.max_per_client:
+                return False
+            self._total += 1
+            self._open[key] = self._open.get(key, 0) + 1
+            return True
+
+    def _release(self, key: str) -> None:
+        with self._conn_lock:
+            self._total -= 1
+            n = self._open.get(key, 0) - 1
+            if n > 0:
+                self._open[key] = n
+            else:
+                self._open.pop(key, None)
+
+    @property
+    def open_connections(self) -> int:
+        with self._conn_lock:
+            return self._total
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        peer = str(client_address[0])
+        key = client_key(peer)
+        if not self._admit(key, self.is_proxy(peer)):
+            self._refuse(request, key)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(key)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(client_key(str(client_address[0])))
+
+    def _refuse(self, request: socket.socket, key: str) -> None:
+        """Answer 503 at once and close: never a thread for a connection over the cap."""
+        now = time.monotonic()
+        with self._conn_lock:
+            self.refused += 1
+            self._refused_since_log += 1
+            report = now - self._refused_logged >= REFUSED_LOG_S
+            if report:
+                n, self._refused_since_log = self._refused_since_log, 0
+                self._refused_logged = now
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(BUSY)
+        self.shutdown_request(request)
+        if report:
+            log.warning(
+                "%s: refused %d connection(s) over the cap (%d at once, %d per client; "
+                "last from %s)",
+                self.name,
+                n,
+                self.limits.max_connections,
+                self.limits.max_per_client,
+                key,
+            )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -201,10 +343,14 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edge-agent"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    timeout = 30
+
+    def setup(self) -> None:
+        super().setup()
+        # A connection that sends nothing for this long is closed (and its slot freed).
+        self.connection.settimeout(self.server.limits.idle_timeout_s)
 
     def log_message(self, format: str, *args: object) -> None:
-        log.debug("web: %s %s", self.address_string(), format % args)
+        log.debug("web: %s %s", self.address_string(), redact(format % args))
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -222,12 +368,20 @@ class _Handler(BaseHTTPRequestHandler):
         except WebError as exc:
             resp = error_page(exc.status, str(exc))
         except Exception:
-            log.exception("web: %s %s failed", method, self.path[:200])
+            log.exception("web: %s %s failed", method, redact(self.path[:200]))
             resp = error_page(500, "the page failed; the details are in the server's log")
         try:
             self._write(resp, head=method == "HEAD")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
+
+    def _client(self) -> tuple[str, bool]:
+        peer = str(self.client_address[0])
+        if not self.server.is_proxy(peer):
+            return peer, False
+        forwarded = [a.strip() for a in self.headers.get("X-Forwarded-For", "").split(",")]
+        https = self.headers.get("X-Forwarded-Proto", "").strip().lower() == "https"
+        return (forwarded[-1] if forwarded and forwarded[-1] else peer), https
 
     def _request(self, method: str) -> Request:
         if len(self.path) > MAX_QUERY:
@@ -254,7 +408,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise WebError(413, "the request is too large")
             body = self.rfile.read(n)
         headers = {k: v for k, v in self.headers.items()}
-        return Request(method, parts.path, query, headers, cookies, body, self.client_address[0])
+        client, https = self._client()
+        return Request(method, parts.path, query, headers, cookies, body, client, https)
 
     def _write(self, resp: Response, head: bool) -> None:
         self.send_response(resp.status)
@@ -275,11 +430,19 @@ class WebServer:
     """A ``ThreadingHTTPServer`` for ``app`` on (host, port), served in a thread until ``stop``
     is set (or :meth:`close`). The port is bound in the constructor (``port`` 0 picks one)."""
 
-    def __init__(self, app: App, host: str, port: int, stop: threading.Event, name: str) -> None:
+    def __init__(
+        self,
+        app: App,
+        host: str,
+        port: int,
+        stop: threading.Event,
+        name: str,
+        limits: Limits | None = None,
+    ) -> None:
         self.stop = stop
         self.name = name
         try:
-            self._server = _Server((host, port), app)
+            self._server = _Server((host, port), app, limits or Limits(), name)
         except OSError as exc:
             raise WebError(500, f"{name}: cannot listen on {host}:{port}: {exc}") from exc
         self._threads: list[threading.Thread] = []
@@ -289,6 +452,15 @@ class WebServer:
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def refused(self) -> int:
+        """Connections refused over the cap so far."""
+        return self._server.refused
+
+    @property
+    def open_connections(self) -> int:
+        return self._server.open_connections
 
     @property
     def url(self) -> str:

@@ -4,10 +4,14 @@
     enabled = true
     host = "192.168.7.1"     # the interface a technician reaches (never 0.0.0.0 by default)
     port = 8080
-    pin = "482913"           # or: token = "<at least 16 characters>"
+    pin = "482913"           # typed on the page's login form only
+    token = "<at least 16 characters>"   # for tools: Authorization: Bearer <token>
+    hostnames = ["truck-17.local"]       # names the page may be reached by (IPs always)
 
 The page shows a live preview, the GPS fix, the self-test and the health figures; it never
-exposes sealed or plaintext evidence (see ``docs/web.md``).
+exposes sealed or plaintext evidence (see ``docs/web.md``). The PIN is for a person at the
+login form (throttled per client); an ``Authorization: Bearer`` header must carry the token,
+never the PIN.
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ def _pin(v: object) -> str | None:
     return None
 
 
+def _hostnames(v: object) -> str | None:
+    if not isinstance(v, tuple):
+        return "must be a list of host names"
+    for name in v:
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > 253
+            or not all(c.isalnum() or c in ".-" for c in name)
+            or not name.isascii()
+        ):
+            return f"must be host names (letters, digits, '.', '-'), got {name!r}"
+    return None
+
+
 def _token(v: object) -> str | None:
     if v == "":
         return None
@@ -53,11 +72,23 @@ class WebSettings:
     port: int = field(default=8080, metadata=check(port_number))
     # The PIN set at provisioning (4-12 digits) ...
     pin: str = field(default="", metadata=check(_pin))
-    # ... or a token (sent as "Authorization: Bearer <token>" or entered on the page).
+    # ... and/or a token: the only credential accepted as "Authorization: Bearer <token>"
+    # (a PIN is for the login form only), and accepted on the form too.
     token: str = field(default="", metadata=check(_token))
-    # Failed PIN/token attempts before the page refuses logins for lockout_s.
+    # Wrong attempts of one kind (login form, bearer token) from one client before that
+    # client is refused that kind for lockout_s; each further lockout doubles it (max 1 h).
+    # Other clients are not affected.
     max_failures: int = field(default=5, metadata=check(in_range(1, 100)))
     lockout_s: float = field(default=60.0, metadata=check(in_range(1.0, 86400.0)))
+    # A login lasts this long at most, and ends after session_idle_s without a request.
+    session_s: float = field(default=8 * 3600.0, metadata=check(in_range(60.0, 7 * 86400.0)))
+    session_idle_s: float = field(default=1800.0, metadata=check(in_range(60.0, 86400.0)))
+    # Host names the page may be reached by besides IP addresses and localhost (a request
+    # naming any other host is refused: DNS rebinding).
+    hostnames: tuple[str, ...] = field(default=(), metadata=check(_hostnames))
+    # Connections served at once, and from one client at once (more get 503 and are closed).
+    max_connections: int = field(default=16, metadata=check(in_range(2, 256)))
+    max_connections_per_client: int = field(default=8, metadata=check(in_range(1, 256)))
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.pin or self.token):

@@ -14,8 +14,10 @@ browser test fails with the reason (``make setup`` installs it).
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +56,56 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         ev.wait(0.1)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (session lifetimes, lockouts)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def ask(
+    address: tuple[str, int],
+    path: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    source: str = "127.0.0.1",
+) -> tuple[http.client.HTTPResponse, bytes]:
+    """One request from ``source`` (any 127.x address is this machine: a different client to
+    the server's per-client throttles and caps)."""
+    host, port = address
+    conn = http.client.HTTPConnection(host, port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    return resp, data
+
+
+def idle_connection(address: tuple[str, int], source: str) -> socket.socket:
+    """A connection from ``source`` that sends nothing (what a slow or hostile client holds)."""
+    return socket.create_connection(address, timeout=10, source_address=(source, 0))
+
+
+def busy_reply(sock: socket.socket) -> bytes:
+    """What the server says at once on a connection it does not take (b"" if it said nothing
+    within 5 s)."""
+    sock.settimeout(5)
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        return b""
 
 
 @dataclass

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import http.client
+import json
+import logging
 import shutil
+import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,15 +19,17 @@ import pytest
 
 from agent.gps.wire import decode_fix
 from agent.storage.records import unpack_records
-from agent.web.httpbase import WebServer
-from agent.web.review import serve_review
-from tests.web.conftest import DEVICE, TOKEN, Pipeline, screenshot
+from agent.web.httpbase import Limits, WebServer
+from agent.web.review import COOKIE, serve_review
+from tests.web.conftest import DEVICE, TOKEN, Clock, Pipeline, ask, screenshot
 
 
-def _serve(store: Path, pipeline: Pipeline, tile_url: str | None = None) -> Iterator[WebServer]:
+def _serve(
+    store: Path, pipeline: Pipeline, tile_url: str | None = None, **kw: Any
+) -> Iterator[WebServer]:
     stop = threading.Event()
     server = serve_review(
-        store, "127.0.0.1", 0, TOKEN, pipeline.keyset.platform_private, tile_url, stop
+        store, "127.0.0.1", 0, TOKEN, pipeline.keyset.platform_private, tile_url, stop, **kw
     )
     try:
         yield server
@@ -141,6 +148,7 @@ def test_media_is_served_with_its_type_and_ranges(review: WebServer) -> None:
     resp, body = _get(review, f"/d/{DEVICE}/m/video/0", {**AUTH, "Range": "bytes=0-99"})
     assert resp.status == 206
     assert resp.getheader("Content-Type") == "video/mp4"
+    assert resp.getheader("Cache-Control") == "no-store"  # evidence is never cached
     assert resp.getheader("Accept-Ranges") == "bytes"
     total = int(resp.getheader("Content-Range").split("/")[1])
     assert resp.getheader("Content-Range") == f"bytes 0-99/{total}"
@@ -151,7 +159,10 @@ def test_media_is_served_with_its_type_and_ranges(review: WebServer) -> None:
     assert resp.status == 416
     resp, body = _get(review, f"/d/{DEVICE}/m/still/0", AUTH)
     assert resp.status == 200 and resp.getheader("Content-Type") == "image/jpeg"
+    assert resp.getheader("Cache-Control") == "no-store"
     assert body[:2] == b"\xff\xd8"
+    for path in ("/", f"/d/{DEVICE}", f"/d/{DEVICE}/s/video/0"):
+        assert _get(review, path, AUTH)[0].getheader("Cache-Control") == "no-store", path
 
 
 def test_without_the_token_nothing_is_shown(context: Any, review: WebServer) -> None:
@@ -330,3 +341,213 @@ def test_talk_messages_are_listed_and_playable(pipeline: Pipeline, tmp_path: Pat
         resp, body = _get(server, f"/d/{DEVICE}/m/audio/{r.seq}", AUTH)
         assert resp.status == 200 and resp.getheader("Content-Type") == "audio/ogg"
         assert body == voice
+
+
+# --------------------------------------------------------------------------- issue 15
+
+
+def _live(path: Path, payload: object, received: object = None) -> bytes:
+    line = json.dumps({"received": received or time.time(), "topic": "t", "payload": payload})
+    return line.encode()
+
+
+DEEP = b"[" * 30000 + b"]" * 30000  # 60 kB of nested JSON
+
+
+def _poison_device(store: Path, pipeline: Pipeline, tmp: Path, dev: str = "cam-evil") -> None:
+    """A second device in the store whose every file is hostile (it holds a device key)."""
+    from agent.storage.sealer import Sealer
+    from agent.storage.settings import SealSettings, SpoolSettings
+    from agent.storage.spool import Spool
+
+    live = store / dev / "live"
+    live.mkdir(parents=True)
+    (live / "state.json").write_bytes(_live(live, {"state": "online", "boot": "b-evil"}))
+    status = {
+        "backlog": {"video": {"count": "lots", "bytes": "many"}, "gps": 7},
+        "battery_pct": "full",
+        "cpu_temp_c": 1e300,
+        "gps": {"state": {"x": 1}},
+    }
+    (live / "status.json").write_bytes(_live(live, status))
+    (live / "fix.json").write_bytes(b'{"received": 1, "payload": ' + DEEP + b"}")
+    alarms = [
+        _live(live, {"kind": "<script>alert(1)</script>", "message": "<b>x</b>"}),
+        b"not json",
+        _live(live, {"kind": "k"}, received=1e300),
+        _live(live, {"kind": {"a": 1}, "message": ["m"], "severity": "' onmouseover='x"}),
+        b'{"received": 1e999, "payload": {}}',
+    ]
+    (live / "alarms.jsonl").write_bytes(b"\n".join(alarms) + b"\n")
+    sealer = Sealer(
+        device_id=dev,
+        boot_id="evil-boot",
+        signing_key=pipeline.keyset.signing_key,
+        platform_public=pipeline.keyset.platform_public,
+        settings=SealSettings(),
+    )
+    seg = store / dev / "seg" / "event"
+    seg.mkdir(parents=True)
+    (store / dev / "keys").mkdir()
+    with Spool(SpoolSettings(dir=tmp / "evil-spool", reserve_mb=0), sealer) as spool:
+        # A properly sealed event whose JSON is 60 kB deep.
+        r = spool.put_bytes("event", DEEP, content_type="application/json", meta={"type": "x"})
+        shutil.copy(r.path, seg / r.path.name)
+        for key in (tmp / "evil-spool" / "keys").glob("*.key"):
+            shutil.copy(key, store / dev / "keys" / key.name)
+    # A segment whose manifest is 60 kB of nested JSON (a JSON parser recurses on it).
+    manifest = b'{"meta":' + DEEP + b"}"
+    trailer = manifest + bytes(64) + struct.pack(">I", len(manifest))
+    (seg / "000000000001.seg").write_bytes(b"EASEG\x00" + struct.pack(">H", 1) + trailer)
+
+
+def test_the_overview_stays_up_with_poison_from_one_device(
+    context: Any, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(pipeline.snapshot, store)
+    _poison_device(store, pipeline, tmp_path)
+    for server in _serve(store, pipeline):
+        page = context.new_page()
+        r = page.goto(f"{server.url}?token={TOKEN}")
+        assert r is not None and r.status == 200
+        good = page.locator(f"tr[data-device='{DEVICE}']").inner_text()
+        assert "online" in good and "verified" in good and "malformed" not in good
+        evil = page.locator("tr[data-device='cam-evil']")
+        text = evil.inner_text()
+        assert "online" in text and "malformed" in text, text  # what is valid, and the rest
+        assert "1 verified" in text and "1 failed" in text, text
+        # Nothing the device sent became markup: the page's own script only.
+        assert page.locator("script").count() == 0
+        assert page.locator("tr[data-device='cam-evil'] b").count() == 1  # the page's <b>
+        screenshot(page, "review-poison-overview")
+        r = page.goto(f"{server.url}d/cam-evil")
+        assert r is not None and r.status == 200
+        section = page.locator("section", has_text="last seen").inner_text()
+        assert "malformed" in section and "b-evil" in section
+        assert page.locator("script").count() == 1  # review.js
+        assert page.locator("rect.seg[data-stream='event'][data-state='verified']").count() == 1
+        # The unreadable one has no time to be drawn at: it is listed, failed.
+        assert page.locator("tr.failed[data-seq='1']").count() == 1
+        screenshot(page, "review-poison-device")
+        for seq in (0, 1):
+            r = page.goto(f"{server.url}d/cam-evil/s/event/{seq}")
+            assert r is not None and r.status == 200, seq
+        assert "nested too deep" in page.locator("#verdict").inner_text()
+        # The good device's pages are as before.
+        r = page.goto(f"{server.url}d/{DEVICE}")
+        assert r is not None and r.status == 200
+        assert page.locator("rect.seg.failed").count() == 0
+
+
+def _throttled_server(pipeline: Pipeline, **kw: Any) -> Iterator[tuple[WebServer, Clock]]:
+    clock = Clock()
+    for server in _serve(pipeline.snapshot, pipeline, monotonic=clock, **kw):
+        yield server, clock
+
+
+def test_token_guessing_is_throttled_per_client_and_logged(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.web")
+    for server, clock in _throttled_server(pipeline):
+
+        def login(token: str, source: str, addr: tuple[str, int] = server.address) -> int:
+            return ask(addr, f"/?token={token}", source=source)[0].status
+
+        def bearer(token: str, source: str, addr: tuple[str, int] = server.address) -> int:
+            return ask(addr, "/", headers={"Authorization": f"Bearer {token}"}, source=source)[
+                0
+            ].status
+
+        guesses = [f"guess-{n:02d}-0123456789abc" for n in range(5)]
+        assert [login(g, "127.0.0.2") for g in guesses] == [403] * 5
+        assert login(TOKEN, "127.0.0.2") == 429  # locked, the right token too
+        assert [bearer(g, "127.0.0.3") for g in guesses] == [401] * 5
+        assert bearer(TOKEN, "127.0.0.3") == 429
+        assert login(TOKEN, "127.0.0.1") == 303  # another client is not locked out
+        assert bearer(TOKEN, "127.0.0.1") == 200
+        logged = [r.getMessage() for r in caplog.records]
+        assert sum("wrong token from 127.0.0.2" in m for m in logged) == 5
+        assert sum("wrong bearer from 127.0.0.3" in m for m in logged) == 5
+        assert all(TOKEN not in m and "guess-" not in m for m in logged)
+        clock.advance(61)
+        assert login(TOKEN, "127.0.0.2") == 303
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_throttled(pipeline: Pipeline) -> None:
+    limits = Limits(trusted_proxies=("127.0.0.9",))
+    for server, _ in _throttled_server(pipeline, limits=limits):
+
+        def login(
+            token: str,
+            client: str,
+            source: str = "127.0.0.9",
+            addr: tuple[str, int] = server.address,
+        ) -> int:
+            headers = {"X-Forwarded-For": f"203.0.113.50, {client}"}
+            return ask(addr, f"/?token={token}", headers=headers, source=source)[0].status
+
+        assert [login(f"wrong-{n}-0123456789abcdef", "198.51.100.7") for n in range(5)] == [403] * 5
+        assert login(TOKEN, "198.51.100.7") == 429
+        assert login(TOKEN, "198.51.100.8") == 303  # the proxy's other clients are not locked
+        # A client that is not the proxy cannot pick its identity with the header.
+        assert [
+            login(f"wrong-{n}-0123456789abcdef", f"192.0.2.{n}", "127.0.0.4") for n in range(5)
+        ] == [403] * 5
+        assert login(TOKEN, "192.0.2.99", "127.0.0.4") == 429
+
+
+def test_sessions_are_random_and_expire(pipeline: Pipeline) -> None:
+    for server, clock in _throttled_server(pipeline):
+        cookies = []
+        for _ in range(2):
+            resp, _ = ask(server.address, f"/?token={TOKEN}")
+            assert resp.status == 303
+            cookies.append(resp.getheader("Set-Cookie"))
+        assert cookies[0] != cookies[1]  # a session id, not a value derived from the token
+        for c in cookies:
+            assert "HttpOnly" in c and "SameSite=Strict" in c and "Max-Age=43200" in c
+            assert TOKEN not in c
+        cookie = {"Cookie": cookies[0].split(";")[0]}
+        assert ask(server.address, "/", headers=cookie)[0].status == 200
+        clock.advance(3601)  # idle longer than an hour
+        resp, body = ask(server.address, "/", headers=cookie)
+        assert resp.status == 401 and b"session has ended" in body
+        assert f"{COOKIE}=;" in resp.getheader("Set-Cookie")
+
+
+def test_the_token_never_reaches_the_log(
+    review: WebServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    typo = TOKEN[:-1] + "X"
+    for path in (
+        f"/?token={TOKEN}",
+        f"/d/{DEVICE}?from=&token={TOKEN}",
+        f"/nowhere?token={TOKEN}",
+        f"/?token={typo}",
+        f"/static/web.css?token={TOKEN}",
+    ):
+        ask(review.address, path)
+    ask(review.address, "/", headers={"Authorization": f"Bearer {typo}"})
+    # A request line the server cannot parse is logged as an error, with the token in it.
+    with socket.create_connection(review.address, timeout=10) as s:
+        s.sendall(f"GET /?token={TOKEN} HTTP/1.1 extra\r\n\r\n".encode())
+        assert b"400" in s.recv(4096)
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "token=<redacted>" in text  # the requests were logged ...
+    assert TOKEN not in text and typo not in text  # ... without the token
+
+
+def test_a_host_not_in_the_allow_list_is_refused(pipeline: Pipeline, review: WebServer) -> None:
+    _, port = review.address
+    for host in ("evil.example", f"rebind.example:{port}", "::1]"):
+        resp, body = ask(review.address, "/", headers={**AUTH, "Host": host})
+        assert resp.status == 421, host
+        assert DEVICE.encode() not in body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        assert ask(review.address, "/", headers={**AUTH, "Host": host})[0].status == 200, host
+    for server in _serve(pipeline.snapshot, pipeline, allowed_hosts=["review.example.org"]):
+        headers = {**AUTH, "Host": "review.example.org"}
+        assert ask(server.address, "/", headers=headers)[0].status == 200
