@@ -1,8 +1,9 @@
-"""``edge-agent gps configure`` (u-blox receivers) and ``edge-agent gps udev-rule``.
+"""``edge-agent gps configure`` (u-blox), ``gps udev-rule`` and ``gps chrony-conf`` (installer).
 
     sudo edge-agent gps configure                      # the configured receiver, [receiver]
     sudo edge-agent gps configure --port /dev/ttyACM0 --rate 5 --model automotive --json
     edge-agent gps udev-rule --config /etc/edge-agent/agent.toml   # what install.sh writes
+    edge-agent gps chrony-conf --pps auto                          # likewise, for chrony
 
 Defaults come from the agent's config (``[gps] serial_port``/``baud``, ``[receiver]``,
 ``device.profile`` for the dynamic model); options override them. The exit code is 0 only
@@ -51,6 +52,20 @@ def register(sub: Any) -> None:
     u.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent TOML config")
     u.add_argument("--port", action="append", default=[], help="one more port (repeatable)")
     u.set_defaults(func=cmd_udev_rule)
+
+    t = sub.add_parser(
+        "chrony-conf",
+        help="print the chrony refclock lines for gpsd's GNSS time (and PPS)",
+    )
+    t.add_argument(
+        "--pps",
+        default="auto",
+        help="auto (from a pps-gpio overlay in config.txt), none, /dev/ppsN, or sock:/dev/ppsN "
+        "(gpsd reads the pulse)",
+    )
+    t.add_argument("--boot-root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+    t.add_argument("--nmea-offset", type=float, default=None, help="NMEA latency (s, 0.1)")
+    t.set_defaults(func=cmd_chrony_conf)
 
 
 def _load(path: Path) -> Any:
@@ -108,4 +123,24 @@ def cmd_udev_rule(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     sys.stdout.write(udev_rule([*our_ports(cfg), *args.port]))
+    return 0
+
+
+def cmd_chrony_conf(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError
+    from agent.gps.chrony_conf import NMEA_OFFSET_S, render
+    from agent.gps.serial_ports import BootFiles, pps_configured
+
+    pps: str | None = args.pps
+    if pps == "auto":
+        pps = "/dev/pps0" if pps_configured(BootFiles(args.boot_root)) else None
+    elif pps == "none":
+        pps = None
+    offset = NMEA_OFFSET_S if args.nmea_offset is None else args.nmea_offset
+    if not -1.0 <= offset <= 1.0:
+        raise ConfigError("--nmea-offset: must be -1..1 seconds")
+    try:
+        sys.stdout.write(render(pps, nmea_offset_s=offset))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return 0
