@@ -36,6 +36,7 @@ from agent.gps.chrony import (
     parse_source,
     parse_tracking,
 )
+from agent.gps.chrony_conf import render
 from agent.gps.clock import ClockMonitor
 from agent.gps.synth import truck_log
 from agent.gps.time_settings import TimeSettings
@@ -256,10 +257,12 @@ def chrony_gpsd(tmp_path: Path) -> Iterator[TimeRig]:
     assert stat.S_IMODE(rundir.stat().st_mode) == 0o700
     sock = rundir / "chronyd.sock"
     conf = rundir / "chrony.conf"
+    # The refclock lines deploy/install.sh writes on a device, polled every second instead of
+    # every 8 s so that chrony selects the source within seconds.
+    refclocks = render(None).replace(" poll 3 ", " poll 0 ")
+    assert "refclock SHM 0 refid GNSS poll 0" in refclocks
     conf.write_text(
-        "# gpsd's NMEA time (SHM 0), as deploy/install.sh writes it on a device\n"
-        "refclock SHM 0 refid GNSS poll 0 delay 0.2\n"
-        f"bindcmdaddress {sock}\n"
+        refclocks + f"bindcmdaddress {sock}\n"
         "cmdport 0\n"  # no UDP command port
         "port 0\n"  # no NTP server port
         f"pidfile {rundir / 'chronyd.pid'}\n"
