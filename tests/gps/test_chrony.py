@@ -41,6 +41,7 @@ from agent.gps.clock import ClockMonitor
 from agent.gps.synth import truck_log
 from agent.gps.time_settings import TimeSettings
 from agent.model import Alarm, ClockSource, Fix, FixMode
+from tests.fixtures.keys import KeySet
 
 from .conftest import free_port, wait_for
 
@@ -233,6 +234,7 @@ class TimeRig:
     sock: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    gpsd_port: int
 
     def kill_chronyd(self) -> None:
         pid = int((self.sock.parent / "chronyd.pid").read_text().split()[0])
@@ -273,8 +275,9 @@ def chrony_gpsd(tmp_path: Path) -> Iterator[TimeRig]:
     nmea.write_bytes(truck_log(900, start=(t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour,
                                            t.tm_min, t.tm_sec)))  # fmt: skip
     log = tmp_path / "rig.log"
+    port = free_port()
     script = (
-        f"gpsfake -1 -n -t -q -P {free_port()} -c 0.25 {nmea} >/dev/null 2>&1 &\n"
+        f"gpsfake -1 -n -t -q -P {port} -c 0.25 {nmea} >/dev/null 2>&1 &\n"
         f"exec chronyd -x -d -u root -f {conf}\n"
     )
     proc = subprocess.Popen(
@@ -285,7 +288,7 @@ def chrony_gpsd(tmp_path: Path) -> Iterator[TimeRig]:
     )
     try:
         wait_for(sock.exists, 20, "chronyd's command socket")
-        yield TimeRig(sock, proc, log)
+        yield TimeRig(sock, proc, log, port)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -323,3 +326,64 @@ def test_agent_reports_the_gnss_reference_through_chrony(chrony_gpsd: TimeRig) -
     assert monitor.health == Health.UNAVAILABLE
     assert clock.state().source is ClockSource.NONE
     assert [a.kind for a in alarms] == ["time_reference_lost"]
+
+
+def test_sealed_segments_carry_chronys_clock(
+    chrony_gpsd: TimeRig, tmp_path: Path, keyset: KeySet
+) -> None:
+    """The running agent (composition root) with gpsd's fixes and chrony's state: its GPS
+    segments' manifests say the clock followed GNSS through chrony, with an error bound."""
+    from agent.app import Agent
+    from agent.config import parse_config
+    from agent.storage.seal import read_segment_info
+
+    cfg = parse_config(
+        f"""
+[device]
+id = "trk-time"
+profile = "tracker"
+[keys]
+device_key = "{keyset.device_key_path}"
+platform_public = "{keyset.platform_pub_path}"
+[spool]
+dir = "{tmp_path / "spool"}"
+reserve_mb = 0
+batch_s = 1
+[gps]
+source = "gpsd"
+gpsd_port = {chrony_gpsd.gpsd_port}
+[time]
+chrony = "on"
+chrony_socket = "{chrony_gpsd.sock}"
+poll_s = 1.0
+[health]
+status_file = "{tmp_path / "run/status.json"}"
+control_socket = "{tmp_path / "run/control.sock"}"
+"""
+    )
+    agent = Agent(cfg)
+    assert agent.chrony is not None
+    agent.start()
+    try:
+        wait_for(lambda: agent.chrony is not None and agent.chrony.health == Health.SYNCED, 90,
+                 "the agent's chrony reading")  # fmt: skip
+
+        def sealed_via_chrony() -> bool:
+            for path in sorted((tmp_path / "spool/seg/gps").glob("*.seg")):
+                with path.open("rb") as f:
+                    clock = read_segment_info(f).manifest["clock"]
+                if clock.get("via") == "chrony":
+                    found.append(clock)
+                    return True
+            return False
+
+        found: list[dict[str, object]] = []
+        wait_for(sealed_via_chrony, 60, "a GPS segment sealed with chrony's clock")
+        status = agent.status()
+    finally:
+        agent.shutdown()
+    clock = found[0]
+    assert clock["source"] == "gnss" and clock["synced"] is True
+    assert isinstance(clock["error_s"], float) and clock["error_s"] >= 0.1
+    assert status["time"]["state"] == "synced" and status["time"]["reference"] == "gnss"
+    assert status["clock"]["via"] == "chrony"
