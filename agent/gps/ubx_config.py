@@ -264,7 +264,10 @@ class UbxLink:
         self._pending: list[UBXMessage] = []
 
     def send(self, msg: UBXMessage) -> None:
-        self.stream.write(msg.serialize())
+        try:
+            self.stream.write(msg.serialize())
+        except OSError as exc:  # pyserial's SerialException is an OSError: unplugged
+            raise SourceError(f"the receiver's port failed: {exc}") from None
 
     def _parse(self, frame: bytes) -> UBXMessage | None:
         from pyubx2 import UBXReader
@@ -286,7 +289,10 @@ class UbxLink:
             self._pending.clear()
             if self._monotonic() >= deadline:
                 return None
-            data = self.stream.read(512)
+            try:
+                data = self.stream.read(512)
+            except OSError as exc:
+                raise SourceError(f"the receiver's port failed: {exc}") from None
             for frame in self.frames.feed(data):
                 msg = self._parse(frame)
                 if msg is not None:

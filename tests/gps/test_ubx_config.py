@@ -7,6 +7,7 @@ reader; NMEA sentences and noise (false sync bytes, broken frames) surround ever
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -150,3 +151,21 @@ def test_cli_configure_json(receiver: Callable[..., SimReceiver], tmp_path: Path
     )  # fmt: skip
     assert res.returncode == 1
     assert "not a u-blox receiver" in res.stdout
+
+
+def test_a_receiver_unplugged_midway_is_a_source_error(
+    receiver: Callable[..., SimReceiver],
+) -> None:
+    from agent.errors import SourceError
+    from agent.gps.ubx_config import configure, open_port
+
+    sim = receiver(silent=True)
+    stream = open_port(str(sim.link), 9600)
+    try:
+        sim.stop.set()
+        os.close(sim.master)  # the other end goes away, as a USB receiver pulled out
+        sim.master = os.open(os.devnull, os.O_RDONLY)  # (so that close() has a file to close)
+        with pytest.raises(SourceError, match="port failed"):
+            configure(stream, Plan(), port=str(sim.link), timeout=2)
+    finally:
+        stream.close()
