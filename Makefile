@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the demo talk to (real broker, gpsd, ffprobe, PulseAudio, ...).
-DEB_PACKAGES := mosquitto mosquitto-clients gpsd gpsd-clients ffmpeg socat \
+DEB_PACKAGES := mosquitto mosquitto-clients gpsd gpsd-clients chrony ffmpeg socat \
 	pulseaudio libportaudio2 libasound2-plugins python3-venv systemd shellcheck chromium
 B ?=
 

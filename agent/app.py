@@ -146,6 +146,10 @@ class Agent:
         self.boot = boot or boot_id()
         self.alarms = Alarms()
         self.clock: ClockMonitor = ClockMonitor()
+        from agent.gps.chrony import attach as attach_chrony
+
+        # chrony's state, preferred by the clock monitor while it is synchronised.
+        self.chrony = attach_chrony(cfg.time, self.clock, self.stop, self.alarms.raise_)
         self.spool = build_spool(
             cfg, alarm=self.alarms.raise_, clock=self.clock.state, boot=self.boot
         )
@@ -338,6 +342,7 @@ class Agent:
             },
             "storage": self.spool.usage(),
             "clock": clock.to_json(),
+            **({"time": self.chrony.to_json()} if self.chrony is not None else {}),
             "cpu_temp_c": cpu_temperature(),
             "battery_pct": battery_level(self.cfg.health.battery_file),
             "updated_utc": wallclock.now(),
@@ -487,6 +492,8 @@ class Agent:
             self.fleet.start()
         if self.gps is not None:
             self.gps.start()
+        if self.chrony is not None:
+            self.chrony.start()
         if self.audio is not None:
             self.audio.start_threads()
         if self.talk is not None:
@@ -551,6 +558,8 @@ class Agent:
             self.talk.join(timeout)
         if self.gps is not None:
             self.gps.join(timeout)
+        if self.chrony is not None:
+            self.chrony.join(timeout)
         if self.fleet is not None:
             self.fleet.join(timeout)
         if self.uplink is not None:

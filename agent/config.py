@@ -15,6 +15,7 @@ from agent.capture.settings import AudioSettings, VideoSettings
 from agent.errors import ConfigError
 from agent.fleet.settings import FleetSettings
 from agent.gps.settings import GpsSettings
+from agent.gps.time_settings import ReceiverSettings, TimeSettings
 from agent.health_settings import HealthSettings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
@@ -69,6 +70,9 @@ class AgentConfig:
     health: HealthSettings = field(default_factory=HealthSettings)
     web: WebSettings = field(default_factory=WebSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    # chrony as the clock's reference; the GNSS receiver's own settings (time_settings.py)
+    time: TimeSettings = field(default_factory=TimeSettings)
+    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
 
 
 def parse_config(text: str, origin: str = "config") -> AgentConfig:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 class ClockSource(enum.StrEnum):
     """Where the wall-clock time on a segment came from, best first."""
 
+    PPS = "pps"  # chrony disciplines the clock to a GNSS receiver's pulse per second
     GNSS = "gnss"
     NTP = "ntp"
     RTC = "rtc"
@@ -22,13 +23,29 @@ class ClockState:
     """How far the device's wall clock can be trusted when a segment is sealed.
 
     ``offset_s`` is (reference time - system time) in seconds, when a reference is known.
+    ``error_s`` bounds the error of that estimate (from chrony: root dispersion + root
+    delay / 2), so the clock is within ``|offset_s| + error_s`` of the reference's time.
+    ``synced`` is chrony's verdict (its leap status is not "Not synchronised"); None where
+    chrony was not asked. ``via`` names who measured: ``chrony`` (its tracking report), or
+    ``fixes`` (GNSS fix times against their arrival: includes the receiver's serial latency).
+    The three are written only when known, so a manifest without them reads as before.
     """
 
     source: ClockSource = ClockSource.NONE
     offset_s: float | None = None
+    error_s: float | None = None
+    synced: bool | None = None
+    via: str = ""
 
     def to_json(self) -> dict[str, object]:
-        return {"source": self.source.value, "offset_s": self.offset_s}
+        out: dict[str, object] = {"source": self.source.value, "offset_s": self.offset_s}
+        if self.error_s is not None:
+            out["error_s"] = self.error_s
+        if self.synced is not None:
+            out["synced"] = self.synced
+        if self.via:
+            out["via"] = self.via
+        return out
 
 
 class FixMode(enum.IntEnum):

@@ -51,6 +51,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--install-cert", type=Path, metavar="FILE", help="install the signed cert")
     p.add_argument("--no-selftest", action="store_true", help="do not run the self-test")
+    p.add_argument(
+        "--skip-receiver",
+        action="store_true",
+        help="leave the GNSS receiver alone (no UART check, udev rule or u-blox configuration)",
+    )
     p.add_argument("--json", action="store_true", help="self-test report as JSON")
     p.add_argument("--gps-timeout", type=float, default=60.0, help="self-test: wait for a fix")
     p.add_argument("--ack-timeout", type=float, default=60.0, help="self-test: wait for the ack")
@@ -245,6 +250,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         print(note)
     print(f"config written: {out.config} (checked: edge-agent config check {out.config})")
     print(out.ownership)
+    _receiver(args, layout)
     if not out.cert_installed:
         print(
             f"\nNEXT: send the certificate request {out.csr} to the platform CA "
@@ -256,6 +262,16 @@ def cmd_provision(args: argparse.Namespace) -> int:
         return 0
     print(f"certificate {layout.cert}: installed and matching this device")
     return _after(args, layout)
+
+
+def _receiver(args: argparse.Namespace, layout: Any) -> None:
+    """The receiver's port and setup: agent/gps/receiver_setup.py (never stops provisioning)."""
+    if args.skip_receiver:
+        return
+    from agent.config import load_config
+    from agent.gps.receiver_setup import provision_receiver
+
+    provision_receiver(load_config(layout.config), layout.root)
 
 
 def _after(args: argparse.Namespace, layout: Any) -> int:

@@ -2,12 +2,13 @@
 
 Run at the end of ``edge-agent provision``, alone by a technician, or by a CI rig (``--json``)::
 
-    [1/6] camera frame ... PASS (1280x720 from synthetic:1280x720@30)
-    [2/6] microphone level ... SKIP (audio is disabled in the config)
-    [3/6] GPS fix ... PASS (52.0001, 5.0002, 9 sats)
-    [4/6] clock ... PASS (GNSS - system = +0.08 s)
-    [5/6] broker (mTLS) ... PASS (connected to broker.example:8883 as cam-0042, MQTT 5)
-    [6/6] sealed segment acknowledged ... PASS (event #0 acknowledged by the platform in 0.4 s)
+    [1/7] camera frame ... PASS (1280x720 from synthetic:1280x720@30)
+    [2/7] microphone level ... SKIP (audio is disabled in the config)
+    [3/7] GPS fix ... PASS (52.0001, 5.0002, 9 sats)
+    [4/7] clock ... PASS (chrony follows pps (PPS, stratum 1): system clock +0.000002 s, ...)
+    [5/7] serial port ... PASS (Raspberry Pi 4 Model B Rev 1.4; ...; enable_uart=1; ...)
+    [6/7] broker (mTLS) ... PASS (connected to broker.example:8883 as cam-0042, MQTT 5)
+    [7/7] sealed segment acknowledged ... PASS (event #0 acknowledged by the platform in 0.4 s)
 
 Each item passes, fails with a short reason a technician can act on, or is skipped with the
 reason (disabled in the config, or held by the running agent). The exit code is 0 only if no
@@ -158,8 +159,10 @@ class SelfTest:
         gps_timeout: float = 60.0,
         ack_timeout: float = 60.0,
         max_clock_offset_s: float = MAX_CLOCK_OFFSET_S,
+        boot_root: Path = Path("/"),
     ) -> None:
         self.cfg = cfg
+        self.boot_root = boot_root  # where /boot, /proc/device-tree and /etc are (tests)
         self.gps_timeout = gps_timeout
         self.ack_timeout = ack_timeout
         self.max_clock_offset_s = max_clock_offset_s
@@ -171,6 +174,7 @@ class SelfTest:
             ("microphone", "microphone level", self.microphone),
             ("gps", "GPS fix", self.gps),
             ("clock", "clock", self.clock_item),
+            ("serial", "serial port", self.serial_port),
             ("broker", "broker (mTLS)", self.broker),
             ("segment", "sealed segment acknowledged", self.segment),
         ]
@@ -307,7 +311,10 @@ class SelfTest:
         raise Fail(f"nothing from the GPS source {g.source} within {self.gps_timeout:g} s")
 
     def clock_item(self) -> str:
-        st = self.clock.state()
+        chrony = self._chrony_item()
+        if chrony is not None:
+            return chrony
+        st = self.clock.measured_state()
         if st.source is ClockSource.GNSS and st.offset_s is not None:
             text = f"GNSS - system = {st.offset_s:+.2f} s"
             if abs(st.offset_s) > self.max_clock_offset_s:
@@ -325,6 +332,41 @@ class SelfTest:
             "no GNSS time and the clock is not NTP synchronised: evidence time stamps "
             "cannot be trusted (network for NTP, or a GPS fix)"
         )
+
+    def _chrony_item(self) -> str | None:
+        """chrony's verdict where it keeps the clock; None: fall back to the fixes and NTP."""
+        t = self.cfg.time
+        if t.chrony == "off":
+            return None
+        from agent.gps.chrony import ChronyMonitor, Health
+
+        monitor = ChronyMonitor(t, threading.Event())
+        monitor.poll_once()
+        reading = monitor.reading()
+        if reading is not None and reading.tracking.synchronised:
+            st = reading.clock_state()
+            bound = abs(st.offset_s or 0.0) + (st.error_s or 0.0)
+            if bound > self.max_clock_offset_s:
+                raise Fail(f"{reading.describe()}: the clock may be {bound:.3f} s off")
+            return reading.describe()
+        if t.chrony == "on" and monitor.health != Health.UNSYNCHRONISED:
+            raise Fail(f"chrony: {monitor.detail} (sudo systemctl status chrony)")
+        if reading is not None and self.clock.measured_state().offset_s is None:
+            raise Fail(
+                f"{reading.describe()} and no GNSS time: is gpsd running with -n "
+                "(/etc/default/gpsd), and does the receiver have a fix?"
+            )
+        return None
+
+    def serial_port(self) -> str:
+        from agent.gps.receiver_setup import serial_item
+
+        status, detail = serial_item(self.cfg, self.boot_root)
+        if status == "SKIP":
+            raise Skip(detail)
+        if status == "FAIL":
+            raise Fail(detail)
+        return detail
 
     # ------------------------------------------------------------------ broker, delivery
 

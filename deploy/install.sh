@@ -11,7 +11,12 @@
 #   --wheelhouse DIR   install offline from the wheels in DIR (pip --no-index --find-links DIR)
 #   --pip-arg ARG      pass ARG to pip install (repeatable), e.g. --pip-arg=--no-deps
 #   --python PY        the interpreter for the venv (default /usr/bin/python3, 3.11 or later)
-#   --gpsd             also install the Debian gpsd package (for [gps] source = "gpsd")
+#   --gpsd             also install gpsd and chrony (for [gps] source = "gpsd"): gpsd reads the
+#                      receiver with -n, chrony takes its time (SHM 0) and PPS (docs/time.md)
+#   --gnss-port DEV    the receiver gpsd reads (/etc/default/gpsd DEVICES) and that the udev rule
+#                      keeps ModemManager off (with the ports named in agent.toml)
+#   --pps MODE         chrony's pulse per second: auto (a pps-gpio overlay in config.txt means
+#                      /dev/pps0; the default), none, /dev/ppsN, or sock:/dev/ppsN (gpsd reads it)
 #   --no-start         enable the service but do not start it even if the device is provisioned
 #   --root DIR         stage everything under DIR (tests, inspection): no apt-get, useradd,
 #                      chown or systemctl; each of those is printed instead
@@ -34,6 +39,8 @@ wheelhouse=""
 pip_args=()
 python=/usr/bin/python3
 with_gpsd=0
+gnss_port=""
+pps=auto
 start=1
 root=""
 dry_run=0
@@ -54,6 +61,10 @@ while (($#)); do
 	--python) python="${2:?--python needs a path}"; shift ;;
 	--python=*) python="${1#*=}" ;;
 	--gpsd) with_gpsd=1 ;;
+	--gnss-port) gnss_port="${2:?--gnss-port needs a device}"; shift ;;
+	--gnss-port=*) gnss_port="${1#*=}" ;;
+	--pps) pps="${2:?--pps needs auto, none, /dev/ppsN or sock:/dev/ppsN}"; shift ;;
+	--pps=*) pps="${1#*=}" ;;
 	--no-start) start=0 ;;
 	--root) root="${2:?--root needs a directory}"; shift ;;
 	--root=*) root="${1#*=}" ;;
@@ -114,7 +125,7 @@ say "edge-agent: profile $profile, package ${source_path}[${extras}]$mode"
 # no ffmpeg package on the device.
 packages=(python3-venv ca-certificates)
 [[ "$extras" == all ]] && packages+=(libportaudio2)
-((with_gpsd)) && packages+=(gpsd)
+((with_gpsd)) && packages+=(gpsd chrony)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -209,10 +220,74 @@ run mkdir -p "$(dirname "$BIN_LINK")"
 run ln -sfn /opt/edge-agent/venv/bin/edge-agent "$BIN_LINK"
 run install -m 0755 "$SCRIPT_DIR/uninstall.sh" "$OPT/uninstall.sh"
 run install -m 0644 "$SCRIPT_DIR/common.sh" "$OPT/common.sh"
-if [[ -f "$SCRIPT_DIR/../docs/deploy.md" ]]; then
-	run mkdir -p "$OPT/docs"
-	run install -m 0644 "$SCRIPT_DIR/../docs/deploy.md" "$OPT/docs/deploy.md"
-fi
+for doc in deploy.md time.md; do
+	if [[ -f "$SCRIPT_DIR/../docs/$doc" ]]; then
+		run mkdir -p "$OPT/docs"
+		run install -m 0644 "$SCRIPT_DIR/../docs/$doc" "$OPT/docs/$doc"
+	fi
+done
+
+# ------------------------------------------------------------------ serial ports and time
+
+# The udev rule that keeps ModemManager's AT probes off the receiver and the trigger lines
+# (ID_MM_DEVICE_IGNORE), from the ports agent.toml names, --gnss-port and every u-blox USB device.
+setup_serial_ports() {
+	local rules="$root/etc/udev/rules.d/77-edge-agent-serial.rules"
+	local cmd=("$OPT/venv/bin/edge-agent" gps udev-rule --config "$ETC/agent.toml")
+	[[ -n "$gnss_port" ]] && cmd+=(--port "$gnss_port")
+	say "udev rule: ModemManager keeps off our serial ports"
+	run mkdir -p "$(dirname "$rules")"
+	printf '+'
+	printf ' %q' "${cmd[@]}"
+	echo " > $rules"
+	if ! ((dry_run)); then
+		"${cmd[@]}" >"$rules.tmp" || die "edge-agent gps udev-rule failed (see above)"
+		chmod 0644 "$rules.tmp"
+		mv "$rules.tmp" "$rules"
+	fi
+	system udevadm control --reload
+	system udevadm trigger --subsystem-match=tty --action=change
+}
+
+# With --gpsd: gpsd reads the receiver without waiting for a client (-n) and chrony takes its
+# time from gpsd's shared memory (and the pulse per second where wired); docs/time.md.
+setup_time() {
+	((with_gpsd)) || return 0
+	local conf="$root/etc/chrony/conf.d/edge-agent-gnss.conf"
+	local cmd=("$OPT/venv/bin/edge-agent" gps chrony-conf --pps "$pps" --boot-root "${root:-/}")
+	say "time: chrony takes gpsd's GNSS time (refclock SHM 0) and PPS ($pps)"
+	run mkdir -p "$(dirname "$conf")"
+	printf '+'
+	printf ' %q' "${cmd[@]}"
+	echo " > $conf"
+	if ! ((dry_run)); then
+		"${cmd[@]}" >"$conf.tmp" || die "edge-agent gps chrony-conf failed (see above)"
+		chmod 0644 "$conf.tmp"
+		mv "$conf.tmp" "$conf"
+	fi
+	local defaults="$root/etc/default/gpsd"
+	if [[ -n "$gnss_port" ]]; then
+		local devices="$gnss_port"
+		[[ "$pps" == sock:* ]] && devices+=" ${pps#sock:}"
+		echo "+ write $defaults (DEVICES=\"$devices\", GPSD_OPTIONS=\"-n\")"
+		if ! ((dry_run)); then
+			mkdir -p "$(dirname "$defaults")"
+			[[ -f "$defaults" && ! -f "$defaults.orig" ]] && cp -p "$defaults" "$defaults.orig"
+			printf '# Written by edge-agent install.sh --gpsd --gnss-port; the original is %s.orig\n%s\n%s\n%s\n%s\n' \
+				"$defaults" "START_DAEMON=\"true\"" "USBAUTO=\"false\"" "DEVICES=\"$devices\"" \
+				"GPSD_OPTIONS=\"-n\"" >"$defaults"
+		fi
+	else
+		echo "   gpsd: no --gnss-port; set DEVICES and GPSD_OPTIONS=\"-n\" in /etc/default/gpsd"
+	fi
+	# chrony first: gpsd sends PPS to a socket that chrony must have created.
+	system systemctl restart chrony.service
+	system systemctl enable gpsd.service
+	system systemctl restart gpsd.service
+}
+
+setup_serial_ports
+setup_time
 
 # ------------------------------------------------------------------ systemd
 

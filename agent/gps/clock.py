@@ -5,9 +5,14 @@ A Raspberry Pi has no real-time clock: after a cold boot without network its clo
 the system clock at the moment each fix was received and produces a
 :class:`~agent.model.ClockState` (``source`` and ``offset_s`` = GNSS - system) for the sealer.
 
+Where chrony keeps the clock (:mod:`agent.gps.chrony`, given as ``reference``), its state
+comes first whenever it is synchronised: it knows the reference (pps, gnss, ntp) and bounds
+its error, where the fixes' measurement carries the receiver's serial latency. The fixes'
+measurement is the fallback (chrony absent, stopped or not synchronised).
+
 Integration point::
 
-    clock = ClockMonitor()
+    clock = ClockMonitor(reference=chrony.state)   # reference optional
     clock.observe(fix)            # in the GPS consumer, as each fix arrives
     seal(segment, clock=clock.state())
 
@@ -55,7 +60,10 @@ class ClockMonitor:
         step_s: float = 1.0,
         max_age_s: float = 3600.0,
         warn_offset_s: float = 2.0,
+        reference: Callable[[], ClockState | None] | None = None,
     ) -> None:
+        #: chrony's clock state (``ChronyMonitor.state``), or None where chrony is not used.
+        self.reference = reference
         self._now = now
         self._monotonic = monotonic
         # A step of the system clock shows as a jump of (wall - monotonic); the offsets
@@ -81,7 +89,7 @@ class ClockMonitor:
         offset = fix.time - now
         self._offsets.append(offset)
         self._last_sample_at = now
-        state = self.state()
+        state = self.measured_state()
         big = state.offset_s is not None and abs(state.offset_s) > self.warn_offset_s
         if big and not self._warned:
             log.warning("system clock differs from GNSS time by %.1f s", state.offset_s)
@@ -99,7 +107,18 @@ class ClockMonitor:
             log.warning("system clock stepped by %+.1f s: measuring its offset afresh", wm - prev)
 
     def state(self) -> ClockState:
-        """The clock state to put on a segment sealed now."""
+        """The clock state to put on a segment sealed now: chrony's while it is synchronised,
+        else the fixes' measurement, else chrony's "not synchronised", else none."""
+        ref = self.reference() if self.reference is not None else None
+        if ref is not None and ref.synced:
+            return ref
+        measured = self.measured_state()
+        if measured.source is not ClockSource.NONE or ref is None:
+            return measured
+        return ref
+
+    def measured_state(self) -> ClockState:
+        """GNSS fix times against their arrival (median of the recent samples)."""
         self._check_step()
         if not self._offsets or self._last_sample_at is None:
             return ClockState(ClockSource.NONE, None)
@@ -108,7 +127,7 @@ class ClockMonitor:
             # The system clock was stepped backwards, or GNSS has been silent too long for the
             # old offset to describe the clock now.
             return ClockState(ClockSource.NONE, None)
-        return ClockState(ClockSource.GNSS, round(statistics.median(self._offsets), 3))
+        return ClockState(ClockSource.GNSS, round(statistics.median(self._offsets), 3), via="fixes")
 
     def gnss_now(self) -> float | None:
         """The current time by GNSS (system time corrected by the offset), if known."""

@@ -23,7 +23,9 @@ DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
 
 
 def register(subparsers: Any) -> None:
-    gps = subparsers.add_parser("gps", help="GNSS: replay logs, watch live fixes")
+    gps = subparsers.add_parser(
+        "gps", help="GNSS: replay logs, watch live fixes, configure a u-blox receiver"
+    )
     sub = gps.add_subparsers(dest="gps_command", metavar="GPS_COMMAND")
     gps.set_defaults(func=lambda args: _help(gps))
 
@@ -42,6 +44,10 @@ def register(subparsers: Any) -> None:
     watch.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent TOML config")
     watch.add_argument("--count", type=int, default=0, help="stop after N fixes (0 = never)")
     watch.set_defaults(func=cmd_watch)
+
+    from agent.gps.configure_command import register as register_configure
+
+    register_configure(sub)  # gps configure (u-blox), gps udev-rule
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

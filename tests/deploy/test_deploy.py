@@ -332,6 +332,19 @@ def test_staged_tracker_tree_and_modes(staged: tuple[Path, Path, str]) -> None:
     assert "systemctl restart" not in out
 
 
+def test_staged_udev_rule_keeps_modemmanager_off(staged: tuple[Path, Path, str]) -> None:
+    """The staged venv's own `edge-agent gps udev-rule` wrote the rule (no port configured in
+    the example config: the u-blox USB line only)."""
+    root, _src, out = staged
+    rules = root / "etc/udev/rules.d/77-edge-agent-serial.rules"
+    assert mode(rules) == 0o644
+    text = rules.read_text()
+    assert 'ATTRS{idVendor}=="1546", ENV{ID_MM_DEVICE_IGNORE}="1"' in text
+    assert "KERNEL==" not in text
+    assert "udevadm control --reload # skipped: --root" in out
+    assert (root / "opt/edge-agent/docs/time.md").is_file()
+
+
 def test_staged_unit_verifies_against_the_staged_venv(
     staged: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
