@@ -163,11 +163,23 @@ class SimBus:
 # ------------------------------------------------------------------ PiSugar
 
 
+#: pisugar-server's ``get`` commands (its README's table).
+GET_COMMANDS = frozenset(
+    {"firmware_version", "battery", "battery_i", "battery_v", "battery_charging",
+     "battery_input_protect_enabled", "model", "battery_keep_input", "battery_led_amount",
+     "battery_power_plugged", "battery_charging_range", "battery_allow_charging",
+     "battery_output_enabled", "rtc_time", "rtc_alarm_enabled", "rtc_alarm_time",
+     "alarm_repeat", "button_enable", "button_shell", "safe_shutdown_level",
+     "safe_shutdown_delay", "auth_username", "anti_mistouch", "soft_poweroff",
+     "soft_poweroff_shell", "temperature", "input_protect"}
+)  # fmt: skip
+
+
 class PiSugarServer:
     """pisugar-server's TCP (or Unix socket) API: ``get <name>`` -> ``<name>: <value>``.
 
-    ``values`` holds the answers (strings, as the server prints them); a name missing from it
-    gets the server's error for an unknown command (no ``name:`` prefix). ``events`` are sent
+    ``values`` holds the answers (strings, as the server prints them); a known command missing
+    from it gets ``name: Not supported``, an unknown one the server's usage error (no prefix). ``events`` are sent
     before each answer (button presses). ``raw`` replaces every answer with those bytes.
     """
 
@@ -187,8 +199,12 @@ class PiSugarServer:
         self._lock = threading.Lock()
         owner = self
 
+        self._conns: set[Any] = set()
+
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
+                with owner._lock:
+                    owner._conns.add(self.connection)
                 for line in self.rfile:
                     req = line.decode("utf-8", "replace").strip()
                     if not req:
@@ -218,6 +234,9 @@ class PiSugarServer:
             parts = req.split(" ")
             if len(parts) == 2 and parts[0] == "get" and parts[1] in self.values:
                 return (out + f"{parts[1]}: {self.values[parts[1]]}\n").encode()
+            if len(parts) == 2 and parts[0] == "get" and parts[1] in GET_COMMANDS:
+                # a command the server knows but this model's chip cannot answer
+                return (out + f"{parts[1]}: Not supported\n").encode()
             return (out + f"error: unrecognized subcommand '{parts[-1]}'\n\nUsage: <COMMAND>\n"
                     "Hint: use 'help' to see all available commands\n").encode()  # fmt: skip
 
@@ -226,8 +245,14 @@ class PiSugarServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving and drop every open connection (as a restart of the server does)."""
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(2)  # SHUT_RDWR
         self._thread.join(5)
         if self.unix is not None:
             with contextlib.suppress(OSError):
