@@ -249,7 +249,7 @@ def test_pisugar_not_running_then_started() -> None:
     port = server.port
     server._server.server_close()  # bound then closed: nothing listens on the port
     src = PiSugarPower(PiSugarSettings(port=port, timeout_s=0.5))
-    with pytest.raises(SourceError, match="cannot connect.*pisugar-server"):
+    with pytest.raises(SourceError, match=r"cannot connect.*pisugar-server"):
         src.read()
     again = PiSugarServer().start()
     try:
