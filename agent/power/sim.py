@@ -179,8 +179,9 @@ class PiSugarServer:
     """pisugar-server's TCP (or Unix socket) API: ``get <name>`` -> ``<name>: <value>``.
 
     ``values`` holds the answers (strings, as the server prints them); a known command missing
-    from it gets ``name: Not supported``, an unknown one the server's usage error (no prefix). ``events`` are sent
-    before each answer (button presses). ``raw`` replaces every answer with those bytes.
+    from it gets ``name: Not supported``, an unknown one the server's usage error (no prefix).
+    ``events`` are sent before each answer (button presses). ``raw`` replaces every answer
+    with those bytes.
     """
 
     def __init__(self, *, unix: Path | None = None) -> None:
