@@ -76,8 +76,10 @@ class LinkMonitor:
             modem: dict[str, Any] = {"state": self._state, "source": self.s.source}
             if self._reading is not None:
                 modem.update(self._reading.to_json())
-                modem["link"] = self._state
                 modem["age_s"] = round(self.clock() - self._read_at, 1)
+                if self._state == "error":  # the last good reading stays, with its age
+                    modem["state"] = "error"
+            modem["link"] = self._state
             if self._error is not None:
                 modem["error"] = self._error
         out: dict[str, Any] = {"modem": modem}
