@@ -66,7 +66,7 @@ def test_unregistered_for_a_while_alarms_once_and_registered_again_clears(tmp_pa
 
 
 def test_modem_gone_and_garbage_never_kill_the_thread(tmp_path: Path) -> None:
-    mon, exe, alarms, clock = _monitor(tmp_path, poll_s=1.0, alarm_after_s=0.0)
+    mon, exe, alarms, _clock = _monitor(tmp_path, poll_s=1.0, alarm_after_s=0.0)
     mon.poll_once()
     set_scenario(exe, modem="absent")
     mon.poll_once()

@@ -96,7 +96,8 @@ def test_garbage_and_a_hang_are_clear_errors(mmcli: Path) -> None:
 
 def _doc(**changes: object) -> str:
     doc = modem_doc({"state": "connected", "registration": "home", "operator": "X",
-                     "operator_code": "00101", "access_tech": ["lte"], "signal_quality": 5})  # fmt: skip
+                     "operator_code": "00101", "access_tech": ["lte"],
+                     "signal_quality": 5})  # fmt: skip
     for dotted, value in changes.items():
         node = doc
         *parents, leaf = dotted.split(".")
@@ -137,7 +138,7 @@ def test_hostile_text_is_bounded_and_foreign_bearer_paths_ignored() -> None:
         parse_modem('{"modem": 1}' + " " * (300 * 1024))
     sig = signal_doc({"signal_rate": 10, "lte": {"rsrp": -95.0}})
     sig["modem"]["signal"]["lte"]["rsrq"] = "1e999"
-    with pytest.raises(FormatError, match="out of range|not a number"):
+    with pytest.raises(FormatError, match=r"out of range|not a number"):
         parse_signal(json.dumps(sig))
     with pytest.raises(FormatError, match="not a count"):
         parse_bearer('{"bearer": {"stats": {"bytes-tx": "12abc"}}}', "/p")
