@@ -320,7 +320,8 @@ class Agent:
         )
         traffic = None
         if self.uplink is not None:
-            traffic = TrafficMeter(cfg.cellular.traffic_file, cfg.cellular.traffic_days)
+            path = cfg.cellular.traffic_file or cfg.uplink.state_dir / "traffic.json"
+            traffic = TrafficMeter(path, cfg.cellular.traffic_days)
             self.uplink.link.meter = traffic.count
         if traffic is not None or cfg.cellular.source != "none":
             self.link = LinkMonitor(cfg.cellular, self.stop, alarm=self.alarms.raise_,

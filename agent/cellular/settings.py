@@ -39,7 +39,8 @@ class CellularSettings:
     signal_rate_s: int = field(default=30, metadata=check(in_range(0, 3600)))
     # The modem gone, failed or unregistered this long: alarm (handovers are brief).
     alarm_after_s: float = field(default=60.0, metadata=check(in_range(0.0, 86400.0)))
-    # What the agent sent per lane and per day (UTC), kept across restarts.
-    traffic_file: Path = Path("/var/lib/edge-agent/traffic.json")
+    # What the agent sent per lane and per day (UTC), kept across restarts; unset: traffic.json
+    # in the uplink's state_dir.
+    traffic_file: Path | None = None
     traffic_days: int = field(default=62, metadata=check(in_range(1, 400)))
     traffic_save_s: float = field(default=60.0, metadata=check(in_range(1.0, 3600.0)))

@@ -37,7 +37,7 @@ def _monitor(tmp: Path, **kw: object) -> tuple[LinkMonitor, Path, list[Alarm], C
     alarms: list[Alarm] = []
     clock = Clock()
     mon = LinkMonitor(s, threading.Event(), alarm=alarms.append,
-                      traffic=TrafficMeter(s.traffic_file, 7), clock=clock)  # fmt: skip
+                      traffic=TrafficMeter(tmp / "traffic.json", 7), clock=clock)  # fmt: skip
     return mon, exe, alarms, clock
 
 
