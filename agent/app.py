@@ -37,9 +37,13 @@ if TYPE_CHECKING:
     from agent.capture.encoder import H264Encoder
     from agent.capture.service import VideoService
     from agent.capture.settings import VideoSettings
+    from agent.cellular.monitor import LinkMonitor
     from agent.fleet.service import FleetService
     from agent.gps.clock import ClockMonitor
     from agent.gps.service import GpsService
+    from agent.power.monitor import PowerMonitor
+    from agent.power.poweroff import CriticalShutdown, PowerOff
+    from agent.power.reading import PowerSource
     from agent.talk.device import Talk
     from agent.uplink.service import Uplink
     from agent.web.device import DevicePage
@@ -136,7 +140,9 @@ class Alarms:
 class Agent:
     """The running agent. Build it, call ``run()``; SIGTERM or ``stop.set()`` ends it."""
 
-    def __init__(self, cfg: AgentConfig, *, boot: str | None = None) -> None:
+    def __init__(
+        self, cfg: AgentConfig, *, boot: str | None = None, power_off: PowerOff | None = None
+    ) -> None:
         from agent.gps.clock import ClockMonitor
 
         check_profile(cfg)
@@ -252,6 +258,10 @@ class Agent:
             for name, handler in self._command_handlers("platform").items():
                 self.uplink.control.register(name, handler)
         self.web: DevicePage | None = None
+        self.power: PowerMonitor | None = None
+        self.critical: CriticalShutdown | None = None
+        self.link: LinkMonitor | None = None
+        self._build_power_and_link(power_off)
         self.notifier = Notifier()
         self._status_warned = False
         self._gps_lost = False
@@ -276,6 +286,50 @@ class Agent:
             signing_key=load_signing_key(self.cfg.keys.device_key),
             seen=SeenIds(up.state_dir / "talk-seen.json"),
         )
+
+    def _build_power_and_link(self, power_off: PowerOff | None) -> None:
+        """The power monitor (with the critical-battery shutdown) and the link monitor (modem
+        and traffic counters); the recording and the spool never wait on either."""
+        from agent.cellular.monitor import LinkMonitor
+        from agent.cellular.traffic import TrafficMeter
+        from agent.power.monitor import PowerMonitor, open_power_source
+        from agent.power.poweroff import CriticalShutdown, system_power_off
+
+        cfg = self.cfg
+        source = open_power_source(cfg.power)
+        if source is None and cfg.health.battery_file is not None:
+            source = legacy_battery_source(cfg.health.battery_file)
+        ends: list[Callable[[], None]] = []
+        video, audio = self.video, self.audio
+        if video is not None:
+            ends.append(lambda: video.stop("power_critical"))
+        if audio is not None:
+            ends.append(lambda: audio.stop("power_critical"))
+
+        def delivered() -> bool:
+            if self.uplink is None:
+                return True
+            return self.uplink.forwarder.live_pending() == 0 and "event" not in self.spool.backlog()
+
+        self.critical = CriticalShutdown(
+            self.stop,
+            put_event=self.spool.put_event,
+            end_recordings=ends,
+            delivered=delivered,
+            flush_s=cfg.power.flush_s,
+            power_off=power_off or system_power_off(cfg.power.power_off),
+        )
+        self.power = PowerMonitor(
+            cfg.power, source, self.stop, alarm=self.alarms.raise_, on_critical=self.critical
+        )
+        traffic = None
+        if self.uplink is not None:
+            path = cfg.cellular.traffic_file or cfg.uplink.state_dir / "traffic.json"
+            traffic = TrafficMeter(path, cfg.cellular.traffic_days)
+            self.uplink.link.meter = traffic.count
+        if traffic is not None or cfg.cellular.source != "none":
+            self.link = LinkMonitor(cfg.cellular, self.stop, alarm=self.alarms.raise_,
+                                    traffic=traffic)  # fmt: skip
 
     def _live_fix(self, fix: Fix) -> None:
         """A reported position, with the vehicle's inputs when a fleet part runs."""
@@ -344,9 +398,14 @@ class Agent:
             "clock": clock.to_json(),
             **({"time": self.chrony.to_json()} if self.chrony is not None else {}),
             "cpu_temp_c": cpu_temperature(),
-            "battery_pct": battery_level(self.cfg.health.battery_file),
+            "battery_pct": None,
             "updated_utc": wallclock.now(),
         }
+        if self.power is not None:
+            out["power"] = self.power.health()
+            out["battery_pct"] = out["power"].get("charge_pct")
+        if self.link is not None:
+            out["cellular"] = self.link.health()
         if self.gps is not None:
             fix = self.gps.latest
             out["gps"] = {
@@ -396,6 +455,10 @@ class Agent:
             dead.append("audio")
         if self.talk is not None and not self.talk.is_alive():
             dead.append("talk")
+        if self.power is not None and not self.power.is_alive():
+            dead.append("power")
+        if self.link is not None and not self.link.is_alive():
+            dead.append("link")
         return dead
 
     def _heartbeat(self) -> None:
@@ -500,6 +563,10 @@ class Agent:
             self._start_talk(self.talk)
         if self.video is not None:
             self.video.start_threads()
+        if self.power is not None:
+            self.power.start()
+        if self.link is not None:
+            self.link.start()
         self._status_thread.start()
         try:
             self.local.start()
@@ -566,6 +633,10 @@ class Agent:
             self.uplink.join(timeout)
         if self._status_thread.is_alive():
             self._status_thread.join(timeout)
+        if self.power is not None:
+            self.power.join(timeout)
+        if self.link is not None:
+            self.link.join(timeout)
         self.local.join(timeout)
         if self.web is not None:
             self.web.join(timeout)
@@ -581,6 +652,8 @@ class Agent:
             self.stop.wait()
         finally:
             self.shutdown()
+        if self.critical is not None:
+            self.critical.finish()  # battery critical: everything is sealed, now power off
         return 0
 
 
@@ -593,11 +666,16 @@ def cpu_temperature() -> float | None:
         return None
 
 
-def battery_level(path: Path | None) -> float | None:
-    """Battery charge in percent from a sysfs fuel gauge, where one is configured."""
-    if path is None:
-        return None
-    try:
-        return float(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+def legacy_battery_source(capacity_file: Path) -> PowerSource:
+    """``health.battery_file`` (before [power]): a power_supply ``capacity`` file, read as the
+    power_supply class source for that supply."""
+    from agent.power.settings import SysfsPowerSettings
+    from agent.power.sysfs import SysfsPower
+
+    log.warning(
+        'health.battery_file is deprecated: set [power] source = "sysfs" (battery = %r)',
+        capacity_file.parent.name,
+    )
+    return SysfsPower(
+        SysfsPowerSettings(root=capacity_file.parent.parent, battery=capacity_file.parent.name)
+    )

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.capture.settings import AudioSettings, VideoSettings
+from agent.cellular.settings import CellularSettings
 from agent.errors import ConfigError
 from agent.fleet.settings import FleetSettings
 from agent.gps.settings import GpsSettings
 from agent.gps.time_settings import ReceiverSettings, TimeSettings
 from agent.health_settings import HealthSettings
+from agent.power.settings import PowerSettings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.talk.settings import TalkSettings
@@ -68,6 +70,8 @@ class AgentConfig:
     talk: TalkSettings = field(default_factory=TalkSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    power: PowerSettings = field(default_factory=PowerSettings)
+    cellular: CellularSettings = field(default_factory=CellularSettings)
     web: WebSettings = field(default_factory=WebSettings)
     log: LogSettings = field(default_factory=LogSettings)
     # chrony as the clock's reference; the GNSS receiver's own settings (time_settings.py)

@@ -3,7 +3,9 @@
 1. a throwaway PKI, platform and device keys, and mosquitto with mutual TLS on loopback;
 2. the platform's reference ingest (``edge-agent ingest``) subscribed to it;
 3. the agent in the ``bodycam`` profile: synthetic camera, a replayed GPS drive and, where
-   PulseAudio can run, a 440 Hz sine microphone (an Opus track in the video segments);
+   PulseAudio can run, a 440 Hz sine microphone (an Opus track in the video segments); a
+   simulated battery (a power_supply tree as the kernel lays it out) and a simulated LTE
+   modem (a fake ``mmcli``), shown in the ``power`` and ``link`` lines of ``status``;
 4. a recording started and stopped with ``edge-agent record``, a mark and a still;
 5. once the spool is empty (everything acknowledged by the platform), everything stops and
    ``edge-agent verify`` checks what the platform holds and decrypts it for playback.
@@ -25,8 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from agent.capture.pulse_lab import PulseServer
+from agent.cellular.sim import write_fake_mmcli
 from agent.errors import SourceError
 from agent.gps.synth import truck_log
+from agent.power.sim import lay_out_power_supply
 from agent.storage.keys import init_device_keys, init_platform_keys
 from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 
@@ -123,9 +127,34 @@ enabled = {"true" if audio else "false"}
 heartbeat_s = 10.0
 status_file = "{OUT}/device/run/status.json"
 control_socket = "{OUT}/device/run/control.sock"
-"""
+{simulated_body()}"""
     )
     return cfg
+
+
+def simulated_body() -> str:
+    """A battery (kernel power_supply layout, on battery at 78 %), the firmware's flags and an
+    LTE modem (a fake mmcli printing ModemManager's JSON): the [power] and [cellular] tables."""
+    sim = OUT / "sim"
+    cls = lay_out_power_supply(sim / "sys", {
+        "ac": {"type": "Mains", "online": 0},
+        "battery": {"type": "Battery", "status": "Discharging", "capacity": 78,
+                    "voltage_now": 3_870_000, "current_now": -640_000},
+    })  # fmt: skip
+    (sim / "get_throttled").write_text("0\n")
+    mmcli = write_fake_mmcli(sim / "modem", {"signal_rate": 30})
+    return f"""[power]
+source = "sysfs"
+throttled = "sysfs"
+throttled_file = "{sim / "get_throttled"}"
+[power.sysfs]
+root = "{cls}"
+[cellular]
+source = "modemmanager"
+mmcli = "{mmcli}"
+poll_s = 5.0
+traffic_file = "{OUT}/device/traffic.json"
+"""
 
 
 def backlog_empty(status_file: Path) -> bool:

@@ -16,7 +16,8 @@ class HealthSettings:
     status_file: Path = Path("/run/edge-agent/status.json")
     # The device-local control socket (`edge-agent record ...`, `edge-agent still`).
     control_socket: Path = Path("/run/edge-agent/control.sock")
-    # Battery level, where a fuel gauge exposes one (e.g. /sys/class/power_supply/BAT0/capacity).
+    # Deprecated: use [power] source = "sysfs". A power_supply capacity file (e.g.
+    # /sys/class/power_supply/BAT0/capacity), read as that supply when [power] source = none.
     battery_file: Path | None = None
     # Alarm when the spool's evidence use passes this share of its quota.
     storage_alarm_pct: float = field(default=90.0, metadata=check(in_range(1.0, 100.0)))

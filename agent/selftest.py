@@ -2,16 +2,19 @@
 
 Run at the end of ``edge-agent provision``, alone by a technician, or by a CI rig (``--json``)::
 
-    [1/7] camera frame ... PASS (1280x720 from synthetic:1280x720@30)
-    [2/7] microphone level ... SKIP (audio is disabled in the config)
-    [3/7] GPS fix ... PASS (52.0001, 5.0002, 9 sats)
-    [4/7] clock ... PASS (chrony follows pps (PPS, stratum 1): system clock +0.000002 s, ...)
-    [5/7] serial port ... PASS (Raspberry Pi 4 Model B Rev 1.4; ...; enable_uart=1; ...)
-    [6/7] broker (mTLS) ... PASS (connected to broker.example:8883 as cam-0042, MQTT 5)
-    [7/7] sealed segment acknowledged ... PASS (event #0 acknowledged by the platform in 0.4 s)
+    [1/9] camera frame ... PASS (1280x720 from synthetic:1280x720@30)
+    [2/9] microphone level ... SKIP (audio is disabled in the config)
+    [3/9] GPS fix ... PASS (52.0001, 5.0002, 9 sats)
+    [4/9] clock ... PASS (chrony follows pps (PPS, stratum 1): system clock +0.000002 s, ...)
+    [5/9] serial port ... PASS (Raspberry Pi 4 Model B Rev 1.4; ...; enable_uart=1; ...)
+    [6/9] broker (mTLS) ... PASS (connected to broker.example:8883 as cam-0042, MQTT 5)
+    [7/9] sealed segment acknowledged ... PASS (event #0 acknowledged by the platform in 0.4 s)
+    [8/9] power supply and battery ... PASS (82 %, on battery, 7.64 V (ina219:i2c-1@0x42))
+    [9/9] cellular modem ... PASS (LTE home, CMCC, signal 67 %, RSRP -95 dBm)
 
 Each item passes, fails with a short reason a technician can act on, or is skipped with the
-reason (disabled in the config, or held by the running agent). The exit code is 0 only if no
+reason (disabled in the config, or held by the running agent). The power and modem items only
+read, so they run while the agent runs. The exit code is 0 only if no
 item failed.
 
 The items use the agent's own parts with the device's config: the configured video source
@@ -177,6 +180,11 @@ class SelfTest:
             ("serial", "serial port", self.serial_port),
             ("broker", "broker (mTLS)", self.broker),
             ("segment", "sealed segment acknowledged", self.segment),
+        ]
+        # The device's own body: read-only, so they run while the agent runs too.
+        self.items += [
+            ("power", "power supply and battery", self.power_item),
+            ("modem", "cellular modem", self.modem_item),
         ]
 
     def run(self, progress: Callable[[str], None] | None = None) -> Report:
@@ -431,6 +439,88 @@ class SelfTest:
             stop.set()
             spool.close()
             give_back(cfg.spool.dir)
+
+    # ------------------------------------------------------------------ power, modem
+
+    def power_item(self) -> str:
+        return _bounded(lambda: check_power(self.cfg), 30.0, "power source")
+
+    def modem_item(self) -> str:
+        return _bounded(lambda: check_modem(self.cfg), 4 * self.cfg.cellular.timeout_s + 5,
+                        "modem")  # fmt: skip
+
+
+def check_power(cfg: AgentConfig) -> str:
+    """The configured power source read once, and the firmware's under-voltage flags."""
+    from agent.power.monitor import open_power_source
+    from agent.power.throttle import ThrottleReader
+
+    p = cfg.power
+    flags = ThrottleReader(p.throttled, p.throttled_file).read()
+    if flags is not None and flags.under_voltage:
+        raise Fail(
+            "the supply is under-voltage now (below 4.63 V): use the board's official supply "
+            "(Pi 4: 5.1 V 3 A; Pi 5: 5.1 V 5 A) and a short, thick cable"
+        )
+    note = ""
+    if flags is not None and flags.flag("under_voltage_occurred"):
+        note = "; under-voltage occurred since boot (weak supply or cable?)"
+    source = open_power_source(p)
+    if source is None:
+        if flags is None:
+            raise Skip("no power source configured ([power] source = none)")
+        return f"no battery configured; firmware flags {flags.to_json()['raw']}{note}"
+    try:
+        r = source.read()
+    finally:
+        source.close()
+    parts = []
+    if r.charge_pct is not None:
+        parts.append(f"{r.charge_pct:.0f} %")
+    parts.append("charging" if r.charging else "on external power" if r.external_power
+                 else "on battery")  # fmt: skip
+    if r.voltage_v is not None:
+        parts.append(f"{r.voltage_v:.2f} V")
+    text = f"{', '.join(parts)} ({r.source}){note}"
+    if r.on_battery and r.charge_pct is not None and r.charge_pct <= p.critical_pct:
+        raise Fail(f"battery critical: {text}: charge it before the device goes out")
+    return text
+
+
+def check_modem(cfg: AgentConfig) -> str:
+    """ModemManager's view of the modem: present, SIM unlocked, registered, signal."""
+    from agent.cellular.mmcli import ModemManagerLink
+
+    c = cfg.cellular
+    if c.source == "none":
+        raise Skip("no cellular modem configured ([cellular] source = none)")
+    r = ModemManagerLink(c.mmcli, c.modem, timeout_s=c.timeout_s,
+                         signal_rate_s=c.signal_rate_s).read()  # fmt: skip
+    problems = {
+        "no-mmcli": "mmcli is not installed: apt-get install modemmanager",
+        "no-modemmanager": "ModemManager is not running: systemctl enable --now ModemManager",
+        "absent": "ModemManager finds no modem (mmcli -L): check the USB cable or HAT, its "
+        "power, and that the modem is not in a mode ModemManager ignores",
+        "locked": "the SIM is locked (PIN): unlock it (mmcli -i any --pin=...) or remove the PIN",
+        "disabled": "the modem is disabled: mmcli -m any -e",
+    }
+    if r.state in problems:
+        raise Fail(problems[r.state])
+    if r.state == "failed":
+        raise Fail(f"the modem failed ({r.failed_reason or 'unknown reason'}): a missing or "
+                   "unusable SIM, or the modem's firmware")  # fmt: skip
+    tech = "/".join(t.upper() for t in r.access_tech) or "-"
+    op = r.operator or r.operator_code or "no operator"
+    best = next((r.signal[t] for t in ("5g", "lte", "umts", "gsm") if t in r.signal), {})
+    sig = f"signal {r.signal_pct if r.signal_pct is not None else '-'} %"
+    if "rsrp" in best:
+        sig += f", RSRP {best['rsrp']:.0f} dBm"
+    elif "rssi" in best:
+        sig += f", RSSI {best['rssi']:.0f} dBm"
+    text = f"{tech} {r.registration or r.state}, {op}, {sig}"
+    if not r.registered:
+        raise Fail(f"not registered on a network ({text}): antenna, coverage, the SIM's plan")
+    return text
 
 
 def give_back(path: Path) -> None:

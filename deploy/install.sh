@@ -17,6 +17,10 @@
 #                      keeps ModemManager off (with the ports named in agent.toml)
 #   --pps MODE         chrony's pulse per second: auto (a pps-gpio overlay in config.txt means
 #                      /dev/pps0; the default), none, /dev/ppsN, or sock:/dev/ppsN (gpsd reads it)
+#   --i2c              an I2C UPS HAT ([power] source = "ina219"): the i2c group and
+#                      DeviceAllow=char-i2c (also on when agent.toml already says ina219)
+#   --modem            a cellular modem: ModemManager, and the polkit rule that lets the agent
+#                      turn on its extended signal figures
 #   --no-start         enable the service but do not start it even if the device is provisioned
 #   --root DIR         stage everything under DIR (tests, inspection): no apt-get, useradd,
 #                      chown or systemctl; each of those is printed instead
@@ -41,6 +45,8 @@ python=/usr/bin/python3
 with_gpsd=0
 gnss_port=""
 pps=auto
+with_i2c=0
+with_modem=0
 start=1
 root=""
 dry_run=0
@@ -65,6 +71,8 @@ while (($#)); do
 	--gnss-port=*) gnss_port="${1#*=}" ;;
 	--pps) pps="${2:?--pps needs auto, none, /dev/ppsN or sock:/dev/ppsN}"; shift ;;
 	--pps=*) pps="${1#*=}" ;;
+	--i2c) with_i2c=1 ;;
+	--modem) with_modem=1 ;;
 	--no-start) start=0 ;;
 	--root) root="${2:?--root needs a directory}"; shift ;;
 	--root=*) root="${1#*=}" ;;
@@ -92,7 +100,7 @@ recorded_profile=""
 profile="${profile:-$recorded_profile}"
 [[ -n "$profile" ]] || die "--profile bodycam|dashcam|tracker is required on a first install"
 case "$profile" in
-tracker) extras="gps" ;;
+tracker) extras="gps,power" ;;
 bodycam | dashcam) extras="all" ;;
 *) die "--profile $profile: must be bodycam, dashcam or tracker" ;;
 esac
@@ -126,6 +134,9 @@ say "edge-agent: profile $profile, package ${source_path}[${extras}]$mode"
 packages=(python3-venv ca-certificates)
 [[ "$extras" == all ]] && packages+=(libportaudio2)
 ((with_gpsd)) && packages+=(gpsd chrony)
+# polkitd: the rule that lets the agent power off on a critical battery (power_and_modem below).
+packages+=(polkitd)
+((with_modem)) && packages+=(modemmanager)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -289,6 +300,54 @@ setup_time() {
 setup_serial_ports
 setup_time
 
+# ------------------------------------------------------------------ power and modem
+
+# The polkit rule for the critical-battery power-off (always: the power source may be set up
+# later, by provisioning); the I2C device and group only for an I2C UPS HAT; the modem rule
+# with --modem. Rerunning without them removes what they added.
+power_and_modem() {
+	local rules="$root/etc/polkit-1/rules.d"
+	say "power: polkit rule for the critical-battery power-off"
+	run mkdir -p "$rules"
+	run install -m 0644 "$SCRIPT_DIR/polkit/50-edge-agent-power-off.rules" "$rules/"
+	if ((with_modem)); then
+		say "modem: polkit rule for ModemManager's extended signal figures"
+		run install -m 0644 "$SCRIPT_DIR/polkit/51-edge-agent-modem.rules" "$rules/"
+	elif [[ -e "$rules/51-edge-agent-modem.rules" ]]; then
+		run rm -f "$rules/51-edge-agent-modem.rules"
+	fi
+	local dropin="$UNIT_DIR/edge-agent.service.d/20-i2c.conf"
+	if ((!with_i2c)) && [[ -f "$ETC/agent.toml" ]] &&
+		"$python" - "$ETC/agent.toml" <<'EOF'
+import sys, tomllib
+try:
+    with open(sys.argv[1], "rb") as f:
+        sys.exit(0 if tomllib.load(f).get("power", {}).get("source") == "ina219" else 1)
+except (OSError, tomllib.TOMLDecodeError):
+    sys.exit(1)
+EOF
+	then
+		with_i2c=1
+		echo "   agent.toml reads the battery over I2C ([power] source = \"ina219\")"
+	fi
+	if ((with_i2c)); then
+		say "power: I2C for the UPS HAT (group i2c, DeviceAllow=char-i2c)"
+		if [[ -n "$root" ]] || getent group i2c >/dev/null; then
+			system usermod -a -G i2c "$USER_NAME"
+		else
+			echo "   no i2c group yet: enable I2C (raspi-config nonint do_i2c 0) and rerun"
+		fi
+		echo "+ write $dropin"
+		if ! ((dry_run)); then
+			printf '%s\n' "# Written by install.sh (--i2c, or [power] source = \"ina219\"); rerun it to change." \
+				"[Service]" "DeviceAllow=char-i2c rw" >"$dropin"
+			chmod 0644 "$dropin"
+		fi
+	elif [[ -e "$dropin" ]]; then
+		run rm -f "$dropin"
+	fi
+}
+
 # ------------------------------------------------------------------ systemd
 
 say "systemd unit"
@@ -307,6 +366,7 @@ if ! ((dry_run)); then
 		"$profile" "$why" "$mdwe" >"$UNIT_DIR/edge-agent.service.d/10-profile.conf"
 	chmod 0644 "$UNIT_DIR/edge-agent.service.d/10-profile.conf"
 fi
+power_and_modem
 system systemctl daemon-reload
 system systemctl enable edge-agent.service
 

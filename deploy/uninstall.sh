@@ -75,6 +75,9 @@ system systemctl disable --now edge-agent.service || true
 say "removing the unit, the venv and the command link"
 run rm -f "$UNIT_DIR/edge-agent.service"
 run rm -rf "$UNIT_DIR/edge-agent.service.d"
+# The polkit rules install.sh wrote (power-off on a critical battery; the modem's signal set-up).
+run rm -f "$root/etc/polkit-1/rules.d/50-edge-agent-power-off.rules" \
+	"$root/etc/polkit-1/rules.d/51-edge-agent-modem.rules"
 system systemctl daemon-reload
 system systemctl reset-failed edge-agent.service || true
 run rm -rf "$OPT"

@@ -249,6 +249,9 @@ class MqttLink:
         self._done_early: set[int] = set()
         self._state_logged = ""
         self.dropped_inbound = 0
+        # Told (topic, payload bytes) of every message handed to the broker connection, e.g.
+        # agent.cellular.traffic.TrafficMeter.count: what was sent per lane and per day.
+        self.meter: Callable[[str, int], None] | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -324,6 +327,8 @@ class MqttLink:
             raise UplinkError(f"publish to {topic}: {exc}") from exc
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
             return None
+        if self.meter is not None:
+            self.meter(topic, len(payload))
         if qos == 0:
             return Sent(info.mid, generation)
         with self._lock:

@@ -28,5 +28,9 @@ def test_demo_runs_and_the_platform_verifies_everything(tmp_path: Path) -> None:
         assert f"cam-demo-01/{stream}:" in out, out
     videos = sorted((tmp_path / "demo-out" / "decrypted" / "cam-demo-01" / "video").glob("*.mp4"))
     assert videos
+    # status shows the simulated battery and LTE modem, and what was sent per lane today.
+    assert "power   battery 78 %, on battery, 3.87 V, -0.64 A (sysfs:battery)" in out, out
+    assert "link    LTE home, CMCC, signal 67 % (" in out and "dBm RSRP" in out, out
+    assert "sent    today (" in out and "backfill" in out, out
     # It cleaned up every process it started.
     assert "stopped mosquitto" in out and "stopped agent" in out and "stopped ingest" in out

@@ -238,7 +238,7 @@ def test_install_refuses_an_unknown_profile(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("profile", "extras", "mdwe", "portaudio"),
     [
-        ("tracker", "gps", "yes", False),
+        ("tracker", "gps\\,power", "yes", False),  # printf %q escapes the comma
         ("bodycam", "all", "no", True),
         ("dashcam", "all", "no", True),
     ],
@@ -327,6 +327,11 @@ def test_staged_tracker_tree_and_modes(staged: tuple[Path, Path, str]) -> None:
     # The unit's Documentation= points at it.
     assert "Documentation=file:/opt/edge-agent/docs/deploy.md" in UNIT.read_text()
     assert (opt / "docs/deploy.md").read_bytes() == (REPO / "docs/deploy.md").read_bytes()
+    # The polkit rule for the power-off on a critical battery; no I2C unless configured.
+    rule = root / "etc/polkit-1/rules.d/50-edge-agent-power-off.rules"
+    assert rule.read_bytes() == (DEPLOY / "polkit/50-edge-agent-power-off.rules").read_bytes()
+    assert mode(rule) == 0o644
+    assert not (unit_dir / "edge-agent.service.d/20-i2c.conf").exists()
     # Not provisioned (example device id, no key): enabled, not started.
     assert "not provisioned" in out
     assert "systemctl restart" not in out

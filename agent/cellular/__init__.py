@@ -1,0 +1,1 @@
+"""The cellular link: ModemManager's view of the modem, and what the agent sent per lane."""

@@ -1,0 +1,167 @@
+"""The link monitor: one thread that reads the modem through ModemManager and keeps the
+traffic counters on disk.
+
+Status and heartbeat carry the modem's state, registration, operator, access technology,
+signal figures and byte counters (``cellular.modem``) and what the agent sent per lane today
+and on the last days (``cellular.traffic``). Alarms: ``modem_lost`` (the modem or
+ModemManager gone) and ``modem_unregistered`` (no network, SIM locked or missing, failed),
+each once the condition has lasted ``alarm_after_s``, and ``modem_ok`` when it ends. Nothing
+here touches the recording or the spool; garbage from mmcli is a state, never a dead thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import wallclock
+from agent.cellular.mmcli import ModemManagerLink, ModemReading
+from agent.cellular.settings import CellularSettings
+from agent.cellular.traffic import TrafficMeter
+from agent.errors import SourceError
+from agent.model import Alarm, Severity
+
+log = logging.getLogger(__name__)
+
+ABSENT = ("absent", "no-modemmanager", "no-mmcli")
+
+
+def link_state(r: ModemReading) -> str:
+    """ok | absent | no-modemmanager | no-mmcli | locked | failed | disabled | unregistered"""
+    if not r.present:
+        return r.state
+    if r.state in ("failed", "locked", "disabled"):
+        return r.state
+    return "ok" if r.registered else "unregistered"
+
+
+class LinkMonitor:
+    def __init__(
+        self,
+        settings: CellularSettings,
+        stop: threading.Event,
+        *,
+        alarm: Callable[[Alarm], None],
+        traffic: TrafficMeter | None = None,
+        modem: ModemManagerLink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.s = settings
+        self.stop = stop
+        self.alarm = alarm
+        self.traffic = traffic
+        self.clock = clock
+        if modem is None and settings.source == "modemmanager":
+            modem = ModemManagerLink(settings.mmcli, settings.modem,
+                                     timeout_s=settings.timeout_s,
+                                     signal_rate_s=settings.signal_rate_s)  # fmt: skip
+        self.modem = modem
+        self._lock = threading.Lock()
+        self._reading: ModemReading | None = None
+        self._state = "starting" if modem is not None else "off"
+        self._error: str | None = None
+        self._read_at = 0.0
+        # the poller's own:
+        self._bad_since: float | None = None
+        self._alarmed: str | None = None
+        self._failures = 0
+        self._last_save = clock()
+        self.thread = threading.Thread(target=self._run, name="link", daemon=True)
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            modem: dict[str, Any] = {"state": self._state, "source": self.s.source}
+            if self._reading is not None:
+                modem.update(self._reading.to_json())
+                modem["age_s"] = round(self.clock() - self._read_at, 1)
+                if self._state == "error":  # the last good reading stays, with its age
+                    modem["state"] = "error"
+            modem["link"] = self._state
+            if self._error is not None:
+                modem["error"] = self._error
+        out: dict[str, Any] = {"modem": modem}
+        if self.traffic is not None:
+            out["traffic"] = self.traffic.snapshot()
+        return out
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        if self.traffic is not None:
+            self.traffic.save()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            delay = self.s.traffic_save_s
+            if self.modem is not None:
+                delay = min(delay, self.poll_once())
+            if self.traffic is not None and self.clock() - self._last_save >= self.s.traffic_save_s:
+                self._last_save = self.clock()
+                self.traffic.save()
+            if self.stop.wait(delay):
+                break
+
+    def poll_once(self) -> float:
+        assert self.modem is not None
+        try:
+            r = self.modem.read()
+        except SourceError as exc:
+            return self._failed(str(exc))
+        except Exception as exc:
+            log.exception("link: reading the modem failed")
+            return self._failed(f"{type(exc).__name__}: {exc}")
+        self._failures = 0
+        state = link_state(r)
+        with self._lock:
+            was = self._state
+            self._reading, self._state, self._error = r, state, None
+            self._read_at = self.clock()
+        if state != was:
+            log.info("link: modem %s (%s)", state, r.state)
+        self._judge(state, r.to_json())
+        return self.s.poll_s
+
+    def _failed(self, why: str) -> float:
+        self._failures += 1
+        with self._lock:
+            old, self._state, self._error = self._error, "error", why
+        if old != why:
+            log.warning("link: %s", why)
+        self._judge("error", {"error": why})
+        return float(min(300.0, self.s.poll_s * 2 ** min(self._failures - 1, 8)))
+
+    def _judge(self, state: str, details: dict[str, Any]) -> None:
+        now = self.clock()
+        if state == "ok":
+            self._bad_since = None
+            if self._alarmed is not None:
+                self._alarmed = None
+                self._raise("modem_ok", "cellular link registered again", Severity.INFO, details)
+            return
+        if self._bad_since is None:
+            self._bad_since = now
+        if self._alarmed is None and now - self._bad_since >= self.s.alarm_after_s:
+            kind = "modem_lost" if state in ABSENT else "modem_unregistered"
+            self._alarmed = kind
+            what = {
+                "absent": "no modem found by ModemManager",
+                "no-modemmanager": "ModemManager is not running",
+                "no-mmcli": "mmcli is not installed (apt-get install modemmanager)",
+                "error": f"the modem cannot be read: {details.get('error')}",
+            }.get(state, f"the modem is {state}")
+            self._raise(kind, f"cellular link down: {what}", Severity.WARNING, details)
+
+    def _raise(self, kind: str, message: str, severity: Severity, details: dict[str, Any]) -> None:
+        try:
+            self.alarm(Alarm(kind, message, severity, wallclock.now(), dict(details)))
+        except Exception:
+            log.exception("link: raising alarm %s failed", kind)
