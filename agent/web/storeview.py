@@ -37,6 +37,7 @@ from agent.storage.records import JOURNAL_CONTENT_TYPE, decrypt_journal, unpack_
 from agent.storage.seal import (
     SegmentInfo,
     decrypt_segment,
+    open_meta,
     parse_key_record,
     read_segment_info,
     verify_segment,
@@ -69,6 +70,7 @@ FAILING = frozenset(
         "reordered",
         "plain_altered",
         "unreadable",
+        "bad_content",
     }
 )
 PLAIN_CACHE_BYTES = 64 * 1024 * 1024
@@ -368,6 +370,7 @@ class StoreView:
                     review.problems.append(f"{p.kind}: {p.detail}")
                 for f in targets:
                     per_file[f].append(f"{p.kind}: {p.detail}")
+        data_keys: dict[str, bytes | None] = {}
         for f, (stream, seq) in files.items():
             info = infos[f]
             problems = list(per_file[f])
@@ -387,7 +390,7 @@ class StoreView:
                 start=parse_utc(man.get("start_utc")),
                 end=parse_utc(man.get("end_utc")),
                 content_type=str(man.get("content_type", "")),
-                meta=dict(man.get("meta") or {}),
+                meta=self._meta(device, d, info, data_keys),
                 size=f.stat().st_size,
                 state="failed" if failed else "verified",
                 problems=tuple(problems),
@@ -400,6 +403,26 @@ class StoreView:
         review.events = self._events(device, review)
         review.gaps = _gaps(review)
         return review
+
+    def _meta(
+        self, device: str, d: Path, info: SegmentInfo | None, keys: dict[str, bytes | None]
+    ) -> dict[str, Any]:
+        """A segment's meta: sealed since format version 2 (read with the platform key only),
+        in clear in version 1; empty when it cannot be read."""
+        if info is None:
+            return {}
+        key: bytes | None = None
+        if info.version >= 2 and self.platform_key is not None:
+            if info.key_id not in keys:
+                try:
+                    keys[info.key_id] = self._data_key(device, d, info.key_id)
+                except AgentError:  # incl. WebError: its key record is not in the store
+                    keys[info.key_id] = None
+            key = keys[info.key_id]
+        try:
+            return open_meta(info, key)
+        except AgentError:
+            return {}
 
     def _events(self, device: str, review: DeviceReview) -> list[EventMark]:
         out: list[EventMark] = []
