@@ -524,3 +524,23 @@ def test_a_journal_is_decrypted_with_the_cipher_its_header_names(
         decrypt_segment(f, info, keys[info.key_id], out.extend)
     # The outer cipher passed as the fallback is not used: the header names chacha20.
     assert decrypt_journal(bytes(out), keys[meta["inner_key_id"]], "aes-256-gcm") == records
+
+
+def test_a_key_record_with_a_low_order_epk_is_a_failure_not_a_crash(
+    store: Path, keyset: KeySet
+) -> None:
+    (key,) = (store / "keys").glob("*.key")
+    key.write_bytes(resign(key.read_bytes(), keyset.signing_key, _set("epk", "00" * 32)))
+    report = verify_paths([store], platform_private=keyset.platform_private)
+    assert "decrypt_failed" in {p.kind for p in report.problems}
+    assert "not a usable public key" in str(report.problems)
+
+
+def test_an_oversized_key_record_is_not_read(store: Path) -> None:
+    """A 4 GiB (sparse) file that starts like a key record is refused by its size."""
+    big = store / "keys" / "huge.key"
+    with big.open("wb") as f:
+        f.write(b"EAKEY\x00\x00\x01")
+        f.truncate(1 << 32)
+    report = verify_paths([store])
+    assert ("bad_key_record", str(big)) in kinds(report)
