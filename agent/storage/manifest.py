@@ -222,10 +222,16 @@ def check_segment_manifest(m: dict[str, Any], what: str = "segment") -> None:
         _named(check_hash, m["prev"], "prev", what)
     for name in ("start_utc", "end_utc", "sealed_utc"):
         check_utc(m[name], name, what)
-    start = _int(m, "start_mono_ns", 0, MAX_MONO_NS, what)
-    end = _int(m, "end_mono_ns", 0, MAX_MONO_NS, what)
-    if end < start:
-        raise FormatError(f"{what}: end_mono_ns is before start_mono_ns")
+    if version == 1:
+        # The version 1 sealer derived a batch's start from wall-clock times, which step:
+        # any 64-bit integers are accepted there.
+        _int(m, "start_mono_ns", -MAX_MONO_NS, MAX_MONO_NS, what)
+        _int(m, "end_mono_ns", -MAX_MONO_NS, MAX_MONO_NS, what)
+    else:
+        start = _int(m, "start_mono_ns", 0, MAX_MONO_NS, what)
+        end = _int(m, "end_mono_ns", 0, MAX_MONO_NS, what)
+        if end < start:
+            raise FormatError(f"{what}: end_mono_ns is before start_mono_ns")
     _check_clock(m["clock"], what)
     ctype = _str(m, "content_type", what)
     if not CONTENT_TYPE_RE.match(ctype):

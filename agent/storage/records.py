@@ -165,6 +165,7 @@ class RecordLog:
         self._fd: int | None = None
         self._records: list[bytes] = []
         self._times: list[float] = []
+        self._monos: list[int] = []  # when each record was appended, on the monotonic clock
         self._opened_mono = 0.0
         self._batch_id = ""
         self._aead: AESGCM | ChaCha20Poly1305 | None = None
@@ -257,6 +258,7 @@ class RecordLog:
                 os.fsync(self._fd)
             self._records.append(record)
             self._times.append(wallclock.now() if t is None else t)
+            self._monos.append(time.monotonic_ns())
             due = len(self._records) >= self.batch_max
         if due:
             self.roll()
@@ -285,9 +287,8 @@ class RecordLog:
                 return None
             os.fsync(self._fd)
             records, times, batch_id = self._records, self._times, self._batch_id
-            end_mono = time.monotonic_ns()
-            # Wall-clock times may step backwards within a batch: the span is never negative.
-            start_mono = max(0, end_mono - int(max(0.0, times[-1] - times[0]) * 1e9))
+            # The monotonic span is measured, not derived from wall-clock times (which step).
+            start_mono, end_mono = self._monos[0], self._monos[-1]
             result = self.spool.put(
                 SegmentHeader(
                     stream=self.stream,
@@ -307,7 +308,7 @@ class RecordLog:
             self._fd = None
             self._path.unlink()
             fsync_dir(self._dir)
-            self._records, self._times = [], []
+            self._records, self._times, self._monos = [], [], []
             return result
 
     def close(self) -> PutResult | None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.errors import FormatError, VerificationError
-from agent.model import ClockState
+from agent.model import ClockState, format_utc
 from agent.storage.records import (
     JOURNAL_CONTENT_TYPE,
     RecordLog,
@@ -544,3 +544,23 @@ def test_an_oversized_key_record_is_not_read(store: Path) -> None:
         f.truncate(1 << 32)
     report = verify_paths([store])
     assert ("bad_key_record", str(big)) in kinds(report)
+
+
+def test_a_batch_across_a_clock_step_seals_and_verifies(tmp_path: Path, keyset: KeySet) -> None:
+    """Wall-clock times that step back (or forward by days) inside a batch: the UTC times say
+    so, the monotonic span is the measured one, and the segment verifies."""
+    sp = Spool(SpoolSettings(dir=tmp_path / "sp", reserve_mb=0), make_sealer(keyset))
+    try:
+        log = RecordLog(sp, "gps", content_type="application/x-edge-fix")
+        for t in (1.79e9, 1.79e9 - 3600, 1.79e9 + 86400 * 3):
+            log.append(bytes(28), t=t)
+        r = log.roll()
+    finally:
+        sp.close()
+    assert r is not None
+    with r.path.open("rb") as f:
+        m = read_segment_info(f).manifest
+    assert (m["start_utc"], m["end_utc"]) == (format_utc(1.79e9), format_utc(1.79e9 + 86400 * 3))
+    assert 0 <= m["end_mono_ns"] - m["start_mono_ns"] < 60 * 10**9
+    report = verify_paths([tmp_path / "sp"], platform_private=keyset.platform_private)
+    assert report.ok, report.problems
