@@ -564,3 +564,11 @@ def test_a_batch_across_a_clock_step_seals_and_verifies(tmp_path: Path, keyset: 
     assert 0 <= m["end_mono_ns"] - m["start_mono_ns"] < 60 * 10**9
     report = verify_paths([tmp_path / "sp"], platform_private=keyset.platform_private)
     assert report.ok, report.problems
+
+
+def test_a_segment_in_another_streams_directory_is_misplaced(store: Path) -> None:
+    src = seg(store, "video", 0)
+    dest = store / "seg" / "audio" / src.name
+    dest.parent.mkdir()
+    src.rename(dest)
+    assert ("misplaced", "dev-1/video#0") in kinds(verify_paths([store]))
