@@ -42,6 +42,7 @@ from agent.storage.keys import fingerprint, raw_public
 from agent.storage.seal import (
     SegmentInfo,
     decrypt_segment,
+    open_meta,
     parse_key_record,
     read_segment_info,
     verify_segment,
@@ -493,6 +494,7 @@ class Store:
             return None
         rec = parse_key_record(kpath.read_bytes(), self._pinned(device))
         data_key = rec.unwrap(self.platform_key)
+        open_meta(info, data_key)  # sealed meta (format v2) that does not open: refused
         out = self.tmp / f"{uuid.uuid4().hex}.bin"
         try:
             with out.open("wb") as g:

@@ -40,7 +40,22 @@ def register(sub: Any) -> None:
     verify.add_argument("paths", nargs="+", help="segment files, key records or directories")
     verify.add_argument("--platform-key", help="platform private key: check plaintext, decrypt")
     verify.add_argument("--device-key", help="pin the device's public key (device.pub)")
-    verify.add_argument("--decrypt-to", help="write decrypted contents under this directory")
+    verify.add_argument(
+        "--decrypt-to",
+        help="write decrypted contents (and each segment's meta, NNN.meta.json) under this"
+        " directory",
+    )
+    verify.add_argument(
+        "--show-meta",
+        action="store_true",
+        help="print each segment's meta (sealed since format version 2: needs --platform-key)",
+    )
+    verify.add_argument(
+        "--partial",
+        action="store_true",
+        help="the inputs are part of each stream (e.g. a device spool whose first segments the"
+        " platform already has): a chain may begin after seq 0",
+    )
     verify.add_argument("-q", "--quiet", action="store_true", help="print problems only")
     verify.set_defaults(func=_verify)
 
@@ -111,6 +126,7 @@ def _verify(args: argparse.Namespace) -> int:
         if args.platform_key
         else None,
         decrypt_to=Path(args.decrypt_to) if args.decrypt_to else None,
+        partial=args.partial,
     )
     if not args.quiet:
         print(f"{len(report.segments)} segments, {len(report.keys)} key records")
@@ -130,6 +146,8 @@ def _verify(args: argparse.Namespace) -> int:
             )
         if args.decrypt_to:
             print(f"  decrypted {len(report.decrypted)} files under {args.decrypt_to}")
+    if args.show_meta:
+        _print_meta(report, with_key=bool(args.platform_key))
     for problem in report.problems:
         print(f"FAIL {problem}", file=sys.stderr)
     if report.ok:
@@ -137,6 +155,20 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     print(f"FAILED: {len(report.problems)} problem(s)", file=sys.stderr)
     return 1
+
+
+def _print_meta(report: Any, *, with_key: bool) -> None:
+    import json
+
+    for _path, info in sorted(report.segments, key=lambda p: (p[1].device, p[1].stream, p[1].seq)):
+        meta = report.metas.get(info.label)
+        if meta is None and info.version == 1:
+            meta = info.manifest["meta"]
+        if meta is not None:
+            shown = json.dumps(meta, sort_keys=True, ensure_ascii=True)
+        else:
+            shown = "(sealed: needs --platform-key)" if not with_key else "(not readable)"
+        print(f"  meta {info.label}: {shown}")
 
 
 def _spool_status(args: argparse.Namespace) -> int:

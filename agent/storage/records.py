@@ -25,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from agent import wallclock
-from agent.errors import FormatError, SpoolError
+from agent.errors import FormatError, SpoolError, VerificationError
 from agent.storage.durable import fsync_dir
 from agent.storage.seal import TAG_LEN, SegmentHeader, aead_for, chunk_nonce, segment_key
 from agent.storage.spool import PutResult, Spool
@@ -36,9 +37,14 @@ from agent.storage.spool import PutResult, Spool
 log = logging.getLogger(__name__)
 
 JOURNAL_MAGIC = b"EAJNL\x00"
-JOURNAL_VERSION = 1
-JOURNAL_HEADER = struct.Struct(">6sH8s16s16s")  # magic, version, key id, salt, batch id
+JOURNAL_VERSION = 2
+# magic, version, key id, salt, batch id; version 2 adds the cipher (one byte, JOURNAL_CIPHERS)
+JOURNAL_HEADER_V1 = struct.Struct(">6sH8s16s16s")
+JOURNAL_HEADER = struct.Struct(">6sH8s16s16sB")
+JOURNAL_CIPHERS = {1: "aes-256-gcm", 2: "chacha20-poly1305"}
 JOURNAL_CONTENT_TYPE = "application/x-edge-journal"
+# Content types whose plaintext is a batch of records, each prefixed by its u16 length.
+RECORD_BATCH_TYPES = frozenset({"application/x-edge-fix"})
 MAX_RECORD = 65535
 
 
@@ -47,31 +53,66 @@ class JournalHeader:
     key_id: str
     salt: bytes
     batch_id: str
+    cipher: str | None  # None in a version 1 journal (its header did not name one)
+    size: int
 
 
-def parse_journal(data: bytes) -> tuple[JournalHeader, list[bytes]]:
-    """Split a journal into its header and whole encrypted frames (a torn tail is dropped)."""
-    if len(data) < JOURNAL_HEADER.size:
+def parse_journal(data: bytes, *, whole: bool = False) -> tuple[JournalHeader, list[bytes]]:
+    """Split a journal into its header and whole encrypted frames.
+
+    A torn tail (a frame cut by a power cut) is dropped, or with ``whole`` refused: a journal
+    sealed into a recovered segment holds whole frames only.
+    """
+    if len(data) < JOURNAL_HEADER_V1.size:
         raise FormatError("journal: too short")
-    magic, version, kid, salt, bid = JOURNAL_HEADER.unpack_from(data)
-    if magic != JOURNAL_MAGIC or version != JOURNAL_VERSION:
+    magic, version, kid, salt, bid = JOURNAL_HEADER_V1.unpack_from(data)
+    if magic != JOURNAL_MAGIC or version not in (1, JOURNAL_VERSION):
         raise FormatError("journal: bad magic or version")
+    cipher: str | None = None
+    pos = JOURNAL_HEADER_V1.size
+    if version == JOURNAL_VERSION:
+        if len(data) < JOURNAL_HEADER.size:
+            raise FormatError("journal: too short")
+        code = JOURNAL_HEADER.unpack_from(data)[5]
+        if code not in JOURNAL_CIPHERS:
+            raise FormatError(f"journal: unknown cipher code {code}")
+        cipher = JOURNAL_CIPHERS[code]
+        pos = JOURNAL_HEADER.size
+    header = JournalHeader(kid.hex(), salt, bid.hex(), cipher, pos)
     frames: list[bytes] = []
-    pos = JOURNAL_HEADER.size
     while pos + 4 <= len(data):
         (n,) = struct.unpack_from(">I", data, pos)
         if n < TAG_LEN or n > MAX_RECORD + TAG_LEN or pos + 4 + n > len(data):
             break
         frames.append(data[pos + 4 : pos + 4 + n])
         pos += 4 + n
-    return JournalHeader(kid.hex(), salt, bid.hex()), frames
+    if whole and pos != len(data):
+        raise FormatError(f"journal: {len(data) - pos} bytes after the last whole frame")
+    return header, frames
 
 
-def decrypt_journal(data: bytes, data_key: bytes, cipher: str) -> list[bytes]:
-    """Platform side: the records of a recovered journal (needs the epoch's data key)."""
+def decrypt_journal(data: bytes, data_key: bytes, cipher: str | None = None) -> list[bytes]:
+    """Platform side: the records of a recovered journal (needs the epoch's data key).
+
+    A journal is decrypted with the cipher its header names. A version 1 header names none:
+    then ``cipher`` (the recovered segment's) is tried first, then the other; AEAD
+    authentication tells which one it was written with. Raises VerificationError when no
+    cipher authenticates every frame.
+    """
     header, frames = parse_journal(data)
-    aead = aead_for(cipher, segment_key(data_key, header.salt))
-    return [aead.decrypt(chunk_nonce(i, False), ct, None) for i, ct in enumerate(frames)]
+    if header.cipher is not None:
+        candidates = [header.cipher]
+    else:
+        candidates = [c for c in (cipher, *JOURNAL_CIPHERS.values()) if c is not None]
+    for name in dict.fromkeys(candidates):
+        aead = aead_for(name, segment_key(data_key, header.salt))
+        try:
+            return [aead.decrypt(chunk_nonce(i, False), ct, None) for i, ct in enumerate(frames)]
+        except InvalidTag:
+            continue
+    raise VerificationError(
+        f"journal {header.batch_id}: a frame fails authentication (altered, or the wrong key)"
+    )
 
 
 def pack_records(records: list[bytes]) -> bytes:
@@ -79,6 +120,7 @@ def pack_records(records: list[bytes]) -> bytes:
 
 
 def unpack_records(data: bytes) -> list[bytes]:
+    """The records of a batch's plaintext (each prefixed by its u16 length), exactly."""
     out: list[bytes] = []
     pos = 0
     while pos < len(data):
@@ -105,6 +147,11 @@ class RecordLog:
         batch_max_records: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if content_type not in RECORD_BATCH_TYPES:
+            raise SpoolError(
+                f"{stream}: {content_type!r} is not a record batch type "
+                f"({', '.join(sorted(RECORD_BATCH_TYPES))})"
+            )
         self.spool = spool
         self.stream = stream
         self.content_type = content_type
@@ -118,6 +165,7 @@ class RecordLog:
         self._fd: int | None = None
         self._records: list[bytes] = []
         self._times: list[float] = []
+        self._monos: list[int] = []  # when each record was appended, on the monotonic clock
         self._opened_mono = 0.0
         self._batch_id = ""
         self._aead: AESGCM | ChaCha20Poly1305 | None = None
@@ -139,7 +187,7 @@ class RecordLog:
             return None
         result: PutResult | None = None
         if frames and not self.spool.batch_sealed(header.batch_id):
-            whole = data[: JOURNAL_HEADER.size + sum(4 + len(f) for f in frames)]
+            whole = data[: header.size + sum(4 + len(f) for f in frames)]
             now = wallclock.now()
             mono = time.monotonic_ns()
             result = self.spool.put(
@@ -153,11 +201,11 @@ class RecordLog:
                     clock=self.spool.clock_state(),
                     meta={
                         "recovered": True,
-                        "batch_id": header.batch_id,
                         "inner_key_id": header.key_id,
                         "inner_content_type": self.content_type,
                         "records": len(frames),
                     },
+                    batch=header.batch_id,
                 ),
                 [whole],
                 batch_id=header.batch_id,
@@ -178,10 +226,12 @@ class RecordLog:
         key = self.spool.sealer.current_key()
         salt = os.urandom(16)
         batch = os.urandom(16)
-        self._aead = aead_for(self.spool.sealer.settings.cipher, segment_key(key.secret, salt))
+        cipher = self.spool.sealer.settings.cipher
+        code = next(c for c, name in JOURNAL_CIPHERS.items() if name == cipher)
+        self._aead = aead_for(cipher, segment_key(key.secret, salt))
         self._batch_id = batch.hex()
         header = JOURNAL_HEADER.pack(
-            JOURNAL_MAGIC, JOURNAL_VERSION, bytes.fromhex(key_id), salt, batch
+            JOURNAL_MAGIC, JOURNAL_VERSION, bytes.fromhex(key_id), salt, batch, code
         )
         # The journal appears whole (header written and synced) or not at all.
         tmp = self._path.with_suffix(".part")
@@ -208,6 +258,7 @@ class RecordLog:
                 os.fsync(self._fd)
             self._records.append(record)
             self._times.append(wallclock.now() if t is None else t)
+            self._monos.append(time.monotonic_ns())
             due = len(self._records) >= self.batch_max
         if due:
             self.roll()
@@ -236,8 +287,8 @@ class RecordLog:
                 return None
             os.fsync(self._fd)
             records, times, batch_id = self._records, self._times, self._batch_id
-            end_mono = time.monotonic_ns()
-            start_mono = end_mono - int((times[-1] - times[0]) * 1e9)
+            # The monotonic span is measured, not derived from wall-clock times (which step).
+            start_mono, end_mono = self._monos[0], self._monos[-1]
             result = self.spool.put(
                 SegmentHeader(
                     stream=self.stream,
@@ -247,7 +298,8 @@ class RecordLog:
                     start_mono_ns=start_mono,
                     end_mono_ns=end_mono,
                     clock=self.spool.clock_state(),
-                    meta={"records": len(records), "batch_id": batch_id},
+                    meta={"records": len(records)},
+                    batch=batch_id,
                 ),
                 [pack_records(records)],
                 batch_id=batch_id,
@@ -256,7 +308,7 @@ class RecordLog:
             self._fd = None
             self._path.unlink()
             fsync_dir(self._dir)
-            self._records, self._times = [], []
+            self._records, self._times, self._monos = [], [], []
             return result
 
     def close(self) -> PutResult | None:

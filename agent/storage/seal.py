@@ -1,17 +1,18 @@
-"""The sealed-segment and key-record formats (version 1): writing, parsing and verifying.
+"""The sealed-segment and key-record formats: writing, parsing and verifying.
 
-``docs/format.md`` is the normative description; this module is one implementation of it.
+``docs/format.md`` is the normative description; this module is one implementation of it, and
+:mod:`agent.storage.manifest` holds the value rules of every manifest field.
 
-A **segment** file is::
+A **segment** file (version 2, written; version 1 is still read) is::
 
     prefix   "EASEG\\0" + u16 version                      8 bytes
     body     frames: u32 length + AEAD ciphertext(+tag)    one frame per plaintext chunk
-    manifest canonical JSON (UTF-8)                        signed
-    sig      Ed25519 over "edge-agent segment v1\\0" + manifest     64 bytes
+    manifest canonical JSON (ASCII)                        signed; ``meta`` sealed inside it
+    sig      Ed25519 over "edge-agent segment v2\\0" + manifest     64 bytes
     u32      length of the manifest                        4 bytes
 
-A **key record** has the same shape with prefix "EAKEY\\0" and no body: it carries one data key
-wrapped to the platform's X25519 key, and many segments refer to it by ``key_id``.
+A **key record** has the same shape with prefix "EAKEY\\0" (version 1) and no body: it carries
+one data key wrapped to the platform's X25519 key, and many segments refer to it by ``key_id``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import math
 import os
-import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,34 +35,74 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from agent import boundedjson
 from agent.errors import FormatError, VerificationError
 from agent.model import ClockState, format_utc
 from agent.storage.keys import fingerprint, raw_public
+from agent.storage.manifest import (
+    CIPHERS,
+    FRAME_HEADER,
+    KEY_VERSION,
+    MAX_MANIFEST,
+    SEGMENT_VERSION,
+    SEGMENT_VERSIONS,
+    TAG_LEN,
+    WRAP_ALG,
+    canonical_json,
+    check_evicted,
+    check_key_manifest,
+    check_segment_manifest,
+    frame_sizes,
+    parse_manifest,
+)
 
-VERSION = 1
+__all__ = [
+    "CIPHERS",
+    "FRAME_HEADER",
+    "MAX_MANIFEST",
+    "TAG_LEN",
+    "ChainLink",
+    "DataKey",
+    "KeyRecord",
+    "SegmentHeader",
+    "SegmentInfo",
+    "aead_for",
+    "canonical_json",
+    "chunk_nonce",
+    "decrypt_segment",
+    "make_data_key",
+    "open_meta",
+    "parse_key_record",
+    "read_segment_info",
+    "seal_segment",
+    "segment_key",
+    "verify_segment",
+]
+
+log = logging.getLogger(__name__)
+
+VERSION = SEGMENT_VERSION
 SEG_MAGIC = b"EASEG\x00"
 KEY_MAGIC = b"EAKEY\x00"
 PREFIX_LEN = 8
 TRAILER_FIXED = 64 + 4
-TAG_LEN = 16
-FRAME_HEADER = 4
-SEG_CONTEXT = b"edge-agent segment v1\x00"
 KEY_CONTEXT = b"edge-agent key v1\x00"
 WRAP_INFO = b"edge-agent key wrap v1"
 SEGMENT_KEY_INFO = b"edge-agent segment key v1"
-MAX_MANIFEST = 64 * 1024
-CIPHERS = ("aes-256-gcm", "chacha20-poly1305")
-STREAM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-WRAP_ALG = "x25519-hkdf-sha256-aes256gcm"
+META_KEY_INFO = b"edge-agent segment meta v2"
+META_NONCE = b"\x00" * 12
+# Depth of a manifest's JSON: version 1 carries the producer's meta in clear; version 2 is flat
+# but for clock, evicted and its seqs.
+MANIFEST_DEPTH = {1: boundedjson.DEFAULT_MAX_DEPTH, 2: 3}
 
 
-def canonical_json(obj: dict[str, Any]) -> bytes:
-    """The one byte form of a manifest: sorted keys, no spaces, ASCII only."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+def segment_context(version: int) -> bytes:
+    """What a segment's signature covers before its manifest: names the format version."""
+    return b"edge-agent segment v%d\x00" % version
 
 
-def _prefix(magic: bytes) -> bytes:
-    return magic + struct.pack(">H", VERSION)
+def _prefix(magic: bytes, version: int) -> bytes:
+    return magic + struct.pack(">H", version)
 
 
 def aead_for(cipher: str, key: bytes) -> AESGCM | ChaCha20Poly1305:
@@ -78,6 +120,13 @@ def chunk_nonce(index: int, last: bool) -> bytes:
 
 def segment_key(data_key: bytes, salt: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=SEGMENT_KEY_INFO).derive(
+        data_key
+    )
+
+
+def meta_key(data_key: bytes, salt: bytes) -> bytes:
+    """The key of a segment's sealed meta: its own HKDF output, so a fixed nonce is safe."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=META_KEY_INFO).derive(
         data_key
     )
 
@@ -116,7 +165,7 @@ def make_data_key(
     wrapped = AESGCM(kek).encrypt(b"\x00" * 12, secret, key_id.encode())
     dpk = raw_public(signing_key.public_key())
     manifest = {
-        "v": VERSION,
+        "v": KEY_VERSION,
         "kind": "key",
         "device": device_id,
         "boot": boot_id,
@@ -129,9 +178,10 @@ def make_data_key(
         "device_pub": dpk.hex(),
         "signer": fingerprint(dpk),
     }
+    check_key_manifest(manifest)
     body = canonical_json(manifest)
     sig = signing_key.sign(KEY_CONTEXT + body)
-    record = _prefix(KEY_MAGIC) + body + sig + struct.pack(">I", len(body))
+    record = _prefix(KEY_MAGIC, KEY_VERSION) + body + sig + struct.pack(">I", len(body))
     return DataKey(key_id=key_id, secret=secret, record=record)
 
 
@@ -161,7 +211,11 @@ class KeyRecord:
                 f"key {self.key_id}: wrapped to platform key {self.manifest['platform_key']}, "
                 f"not to the given key {fingerprint(ppk)}"
             )
-        kek = _kek(platform_private.exchange(X25519PublicKey.from_public_bytes(epk)), epk, ppk)
+        try:
+            shared = platform_private.exchange(X25519PublicKey.from_public_bytes(epk))
+        except ValueError:  # a low-order point: no shared secret
+            raise VerificationError(f"key {self.key_id}: epk is not a usable public key") from None
+        kek = _kek(shared, epk, ppk)
         try:
             return AESGCM(kek).decrypt(
                 b"\x00" * 12, bytes.fromhex(self.manifest["wrapped"]), self.key_id.encode()
@@ -170,43 +224,21 @@ class KeyRecord:
             raise VerificationError(f"key {self.key_id}: wrapped key fails to unwrap") from None
 
 
-KEY_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "v": int,
-    "kind": str,
-    "device": str,
-    "boot": str,
-    "key_id": str,
-    "created_utc": str,
-    "wrap": str,
-    "platform_key": str,
-    "epk": str,
-    "wrapped": str,
-    "device_pub": str,
-    "signer": str,
-}
-
-
 def parse_key_record(data: bytes, trusted: Ed25519PublicKey | None = None) -> KeyRecord:
-    """Parse and check a key record's signature (against ``trusted`` when pinned)."""
+    """Parse a key record, check every manifest field and its signature (against ``trusted``
+    when pinned)."""
     if len(data) < PREFIX_LEN + TRAILER_FIXED + 2:
         raise FormatError("key record: too short")
-    _check_prefix(data[:PREFIX_LEN], KEY_MAGIC, "key record")
+    _check_prefix(data[:PREFIX_LEN], KEY_MAGIC, "key record", (KEY_VERSION,))
     (mlen,) = struct.unpack(">I", data[-4:])
-    if PREFIX_LEN + mlen + TRAILER_FIXED != len(data):
+    if mlen > MAX_MANIFEST or PREFIX_LEN + mlen + TRAILER_FIXED != len(data):
         raise FormatError("key record: length fields do not match the file (truncated?)")
     body = data[PREFIX_LEN : PREFIX_LEN + mlen]
     sig = data[PREFIX_LEN + mlen : PREFIX_LEN + mlen + 64]
-    manifest = _parse_manifest(body, KEY_FIELDS, "key record")
-    if manifest["kind"] != "key" or manifest["wrap"] != WRAP_ALG:
-        raise FormatError(
-            f"key record: unsupported kind/wrap {manifest['kind']}/{manifest['wrap']}"
-        )
-    for name, size in (("epk", 32), ("wrapped", 48), ("device_pub", 32)):
-        _hex_field(manifest, name, size, "key record")
+    manifest = parse_manifest(body, "key record", max_depth=1)
+    check_key_manifest(manifest)
     rec = KeyRecord(manifest, body, sig)
     pub = rec.device_public()
-    if fingerprint(raw_public(pub)) != manifest["signer"]:
-        raise VerificationError(f"key {rec.key_id}: signer does not match device_pub")
     if trusted is not None and raw_public(trusted) != raw_public(pub):
         raise VerificationError(
             f"key {rec.key_id}: signed by {manifest['signer']}, not by the pinned device key "
@@ -224,7 +256,13 @@ def parse_key_record(data: bytes, trusted: Ed25519PublicKey | None = None) -> Ke
 
 @dataclass(frozen=True)
 class SegmentHeader:
-    """What the producer knows about a segment before its bytes are sealed."""
+    """What the producer knows about a segment before its bytes are sealed.
+
+    ``meta`` is sealed (encrypted under the data key) in the manifest. ``batch`` (the id of a
+    batch of small records) and ``evicted`` (the telemetry seqs an ``event`` record says the
+    device overwrote: ``{"stream": ..., "seqs": [...]}``) stay in clear: the device needs the
+    first to recover without its key, a keyless verifier the second to accept the gap.
+    """
 
     stream: str
     content_type: str
@@ -234,6 +272,8 @@ class SegmentHeader:
     end_mono_ns: int
     clock: ClockState
     meta: dict[str, Any]
+    batch: str | None = None
+    evicted: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +309,33 @@ def rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes | memoryview]:
         yield bytes(buf)
 
 
+def _clock_json(clock: ClockState) -> dict[str, object]:
+    out = clock.to_json()
+    off = out.get("offset_s")
+    if isinstance(off, float) and not math.isfinite(off):
+        out["offset_s"] = None  # JSON has no NaN; an unknown offset is null
+    return out
+
+
+def _meta_bytes(meta: dict[str, Any], label: str) -> bytes:
+    """The canonical JSON of ``meta``, as a verifier will read it back.
+
+    Meta a verifier could not read (NaN, nesting beyond its bound) does not stop the evidence
+    from being sealed: it is replaced by a note saying why, and logged.
+    """
+    try:
+        data = json.dumps(
+            meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        ).encode()
+        boundedjson.loads(data, "meta", max_bytes=MAX_MANIFEST // 3)
+        return data
+    except (TypeError, ValueError, FormatError) as exc:
+        log.error(
+            "seal: meta of %s cannot be sealed as JSON (%s); sealed a note instead", label, exc
+        )
+        return canonical_json({"unsealable_meta": str(exc)[:200]})
+
+
 def seal_segment(
     out: BinaryIO,
     *,
@@ -286,10 +353,9 @@ def seal_segment(
     """Encrypt ``pieces`` chunk by chunk into ``out``; return (manifest, manifest bytes).
 
     Memory stays bounded by two chunks whatever the segment's size. Plaintext goes only to
-    the hash and the cipher, never to ``out``.
+    the hash and the cipher, never to ``out``; ``header.meta`` is sealed under the data key.
+    The manifest is checked by the verifier's own rules before it is signed.
     """
-    if not STREAM_RE.match(header.stream):
-        raise FormatError(f"stream name {header.stream!r}: must match {STREAM_RE.pattern}")
     salt = os.urandom(16)
     aead = aead_for(cipher, segment_key(key.secret, salt))
     plain_hash = hashlib.sha256()
@@ -297,7 +363,7 @@ def seal_segment(
     plain_len = 0
     body_len = 0
     index = 0
-    out.write(_prefix(SEG_MAGIC))
+    out.write(_prefix(SEG_MAGIC, VERSION))
 
     def emit(chunk: bytes | memoryview, last: bool) -> None:
         nonlocal index, body_len
@@ -319,6 +385,12 @@ def seal_segment(
         pending = chunk
     emit(pending if pending is not None else b"", last=True)
     dpk = raw_public(signing_key.public_key())
+    sealed_meta = aead_for(cipher, meta_key(key.secret, salt)).encrypt(
+        META_NONCE, _meta_bytes(header.meta, f"{header.stream}#{link.seq}"), None
+    )
+    # A monotonic span is never negative: producers that derive one from wall-clock times
+    # (a batch over a clock step) are clamped rather than refused, so no evidence is dropped.
+    start_mono = max(0, header.start_mono_ns)
     manifest: dict[str, Any] = {
         "v": VERSION,
         "kind": "segment",
@@ -329,9 +401,9 @@ def seal_segment(
         "prev": link.prev,
         "start_utc": format_utc(header.start_utc),
         "end_utc": format_utc(header.end_utc),
-        "start_mono_ns": header.start_mono_ns,
-        "end_mono_ns": header.end_mono_ns,
-        "clock": header.clock.to_json(),
+        "start_mono_ns": start_mono,
+        "end_mono_ns": max(start_mono, header.end_mono_ns),
+        "clock": _clock_json(header.clock),
         "content_type": header.content_type,
         "plain_len": plain_len,
         "plain_sha256": plain_hash.hexdigest(),
@@ -345,54 +417,31 @@ def seal_segment(
         "device_pub": dpk.hex(),
         "signer": fingerprint(dpk),
         "sealed_utc": format_utc(sealed_utc),
-        "meta": header.meta,
+        "batch": header.batch,
+        "evicted": header.evicted,
+        "sealed_meta": sealed_meta.hex(),
     }
     body = canonical_json(manifest)
     if len(body) > MAX_MANIFEST:
         raise FormatError(f"manifest of {len(body)} bytes exceeds {MAX_MANIFEST}")
-    sig = signing_key.sign(SEG_CONTEXT + body)
+    check_segment_manifest(manifest, f"sealing {header.stream}#{link.seq}")
+    sig = signing_key.sign(segment_context(VERSION) + body)
     out.write(body + sig + struct.pack(">I", len(body)))
     return manifest, body
 
 
-SEGMENT_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "v": int,
-    "kind": str,
-    "device": str,
-    "stream": str,
-    "boot": str,
-    "seq": int,
-    "prev": (str, type(None)),
-    "start_utc": str,
-    "end_utc": str,
-    "start_mono_ns": int,
-    "end_mono_ns": int,
-    "clock": dict,
-    "content_type": str,
-    "plain_len": int,
-    "plain_sha256": str,
-    "cipher": str,
-    "key_id": str,
-    "salt": str,
-    "chunk_size": int,
-    "chunks": int,
-    "body_len": int,
-    "body_sha256": str,
-    "device_pub": str,
-    "signer": str,
-    "sealed_utc": str,
-    "meta": dict,
-}
-
-
 @dataclass(frozen=True)
 class SegmentInfo:
-    """A segment's parsed trailer (not yet verified)."""
+    """A segment's parsed trailer: every manifest field checked, the signature not yet."""
 
     manifest: dict[str, Any]
     manifest_bytes: bytes
     signature: bytes
     size: int
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["v"])
 
     @property
     def stream(self) -> str:
@@ -411,6 +460,33 @@ class SegmentInfo:
         return str(self.manifest["key_id"])
 
     @property
+    def content_type(self) -> str:
+        return str(self.manifest["content_type"])
+
+    @property
+    def batch(self) -> str | None:
+        """The batch of small records this segment seals (in clear, for the device)."""
+        if self.version == 1:
+            value = self.manifest["meta"].get("batch_id")
+            return value if isinstance(value, str) else None
+        batch = self.manifest["batch"]
+        return None if batch is None else str(batch)
+
+    @property
+    def evicted(self) -> tuple[str, list[int]] | None:
+        """(stream, seqs) the device says it overwrote, when this is such an event record."""
+        if self.version == 1:
+            meta = self.manifest["meta"]
+            if self.stream != "event" or meta.get("type") != "telemetry_evicted":
+                return None
+            value: object = {"stream": meta.get("stream"), "seqs": meta.get("seqs")}
+        else:
+            value = self.manifest["evicted"]
+            if value is None:
+                return None
+        return check_evicted(value, self.label)
+
+    @property
     def manifest_hash(self) -> str:
         """What the next segment of the stream carries as ``prev``."""
         return hashlib.sha256(self.manifest_bytes).hexdigest()
@@ -420,54 +496,28 @@ class SegmentInfo:
         return f"{self.device}/{self.stream}#{self.seq}"
 
 
-def _check_prefix(prefix: bytes, magic: bytes, what: str) -> None:
+def _check_prefix(prefix: bytes, magic: bytes, what: str, versions: tuple[int, ...]) -> int:
     if prefix[:6] != magic:
         raise FormatError(f"{what}: not an edge-agent {what} (bad magic {prefix[:6]!r})")
     (version,) = struct.unpack(">H", prefix[6:8])
-    if version != VERSION:
-        raise FormatError(f"{what}: format version {version} is not supported (only {VERSION})")
-
-
-def _parse_manifest(
-    body: bytes, fields: dict[str, type | tuple[type, ...]], what: str
-) -> dict[str, Any]:
-    try:
-        manifest = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FormatError(f"{what}: manifest is not valid JSON") from None
-    if not isinstance(manifest, dict):
-        raise FormatError(f"{what}: manifest is not an object")
-    if canonical_json(manifest) != body:
-        raise FormatError(f"{what}: manifest is not in canonical form")
-    for name, tp in fields.items():
-        if name not in manifest:
-            raise FormatError(f"{what}: manifest lacks {name!r}")
-        value = manifest[name]
-        if isinstance(value, bool) or not isinstance(value, tp):
-            raise FormatError(f"{what}: manifest field {name!r} has the wrong type")
-    if manifest["v"] != VERSION:
-        raise FormatError(f"{what}: manifest version {manifest['v']} is not supported")
-    return manifest
-
-
-def _hex_field(manifest: dict[str, Any], name: str, size: int, what: str) -> bytes:
-    try:
-        raw = bytes.fromhex(manifest[name])
-    except ValueError:
-        raise FormatError(f"{what}: {name} is not hex") from None
-    if len(raw) != size:
-        raise FormatError(f"{what}: {name} must be {size} bytes")
-    return raw
+    if version not in versions:
+        known = " and ".join(str(v) for v in versions)
+        raise FormatError(f"{what}: format version {version} is not supported (only {known})")
+    return int(version)
 
 
 def read_segment_info(f: BinaryIO) -> SegmentInfo:
-    """Parse a segment's prefix and trailer; check the structure, not the contents."""
+    """Parse a segment's prefix and trailer and check every manifest field by value.
+
+    The signature, the body and the sealed meta are checked by :func:`verify_segment`,
+    :func:`decrypt_segment` and :func:`open_meta`.
+    """
     f.seek(0, os.SEEK_END)
     size = f.tell()
     if size < PREFIX_LEN + TRAILER_FIXED + 2:
         raise FormatError(f"segment: too short ({size} bytes): truncated")
     f.seek(0)
-    _check_prefix(f.read(PREFIX_LEN), SEG_MAGIC, "segment")
+    version = _check_prefix(f.read(PREFIX_LEN), SEG_MAGIC, "segment", SEGMENT_VERSIONS)
     f.seek(size - 4)
     (mlen,) = struct.unpack(">I", f.read(4))
     if mlen > MAX_MANIFEST or PREFIX_LEN + mlen + TRAILER_FIXED > size:
@@ -475,90 +525,77 @@ def read_segment_info(f: BinaryIO) -> SegmentInfo:
     f.seek(size - TRAILER_FIXED - mlen)
     body = f.read(mlen)
     sig = f.read(64)
-    manifest = _parse_manifest(body, SEGMENT_FIELDS, "segment")
-    if manifest["kind"] != "segment":
-        raise FormatError(f"segment: kind is {manifest['kind']!r}")
-    if PREFIX_LEN + manifest["body_len"] + mlen + TRAILER_FIXED != size:
-        _check_manifest_signature(manifest, body, sig)
+    manifest = parse_manifest(body, "segment", max_depth=MANIFEST_DEPTH[version])
+    if manifest.get("v") != version:
         raise FormatError(
-            f"segment {manifest['stream']}#{manifest['seq']}: body is "
-            f"{size - PREFIX_LEN - mlen - TRAILER_FIXED} bytes, manifest says "
-            f"{manifest['body_len']}: truncated or padded"
+            f"segment: manifest version {manifest.get('v')!r} in a version {version} file"
         )
-    if manifest["cipher"] not in CIPHERS:
-        raise FormatError(f"segment: unknown cipher {manifest['cipher']!r}")
-    _hex_field(manifest, "device_pub", 32, "segment")
-    _hex_field(manifest, "salt", 16, "segment")
-    return SegmentInfo(manifest, body, sig, size)
+    check_segment_manifest(manifest)
+    info = SegmentInfo(manifest, body, sig, size)
+    if PREFIX_LEN + manifest["body_len"] + mlen + TRAILER_FIXED != size:
+        _check_manifest_signature(info)
+        raise FormatError(
+            f"segment {info.label}: body is {size - PREFIX_LEN - mlen - TRAILER_FIXED} bytes, "
+            f"manifest says {manifest['body_len']}: truncated or padded"
+        )
+    info.evicted  # noqa: B018 -- a malformed eviction record (version 1 meta) is a format error
+    return info
 
 
-def _check_manifest_signature(manifest: dict[str, Any], body: bytes, sig: bytes) -> None:
+def _check_manifest_signature(info: SegmentInfo) -> None:
     """Tell an altered manifest apart from a truncated file."""
     try:
-        pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(manifest["device_pub"]))
-        pub.verify(sig, SEG_CONTEXT + body)
+        pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(info.manifest["device_pub"]))
+        pub.verify(info.signature, segment_context(info.version) + info.manifest_bytes)
     except (ValueError, InvalidSignature):
         raise VerificationError(
-            f"segment {manifest['stream']}#{manifest['seq']}: bad signature "
-            "(manifest or signature altered)"
+            f"segment {info.label}: bad signature (manifest or signature altered)"
         ) from None
 
 
 def _iter_frames(f: BinaryIO, info: SegmentInfo) -> Iterator[tuple[bytes, bytes]]:
-    """(frame header, ciphertext) pairs of the body, with structural checks."""
+    """(frame header, ciphertext) of each of the ``chunks`` frames, each of exactly the length
+    a plaintext of ``plain_len`` cut at ``chunk_size`` gives."""
     f.seek(PREFIX_LEN)
-    remaining = int(info.manifest["body_len"])
-    limit = int(info.manifest["chunk_size"]) + TAG_LEN
-    while remaining > 0:
+    chunks = int(info.manifest["chunks"])
+    full, last = frame_sizes(info.manifest)
+    for index in range(chunks):
+        want = last if index == chunks - 1 else full
         head = f.read(FRAME_HEADER)
         if len(head) < FRAME_HEADER:
             raise VerificationError(f"{info.label}: body truncated")
         (n,) = struct.unpack(">I", head)
-        if n < TAG_LEN or n > limit or n + FRAME_HEADER > remaining:
-            raise VerificationError(f"{info.label}: chunk frame length {n} is impossible")
+        if n != want:
+            raise VerificationError(
+                f"{info.label}: chunk {index} frame is {n} bytes, not {want} (chunks must be "
+                "cut at chunk_size)"
+            )
         ct = f.read(n)
         if len(ct) < n:
             raise VerificationError(f"{info.label}: body truncated")
-        remaining -= n + FRAME_HEADER
         yield head, ct
 
 
-def verify_segment(
-    f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | None = None, *, body: bool = True
-) -> None:
-    """Check the signature and the body hash (no key needed: anyone can do this).
-
-    ``body=False`` skips the body hash, for a caller that decrypts next: every chunk's AEAD
-    tag and the signed plaintext hash then prove the body, and one hash pass is saved.
-    """
+def verify_segment(f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | None = None) -> None:
+    """Check the signature, every frame's length and the body hash (no key needed)."""
     pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(info.manifest["device_pub"]))
-    if fingerprint(raw_public(pub)) != info.manifest["signer"]:
-        raise VerificationError(f"{info.label}: signer does not match device_pub")
     if trusted is not None and raw_public(trusted) != raw_public(pub):
         raise VerificationError(
             f"{info.label}: signed by {info.manifest['signer']}, not by the pinned device key "
             f"{fingerprint(raw_public(trusted))}"
         )
     try:
-        pub.verify(info.signature, SEG_CONTEXT + info.manifest_bytes)
+        pub.verify(info.signature, segment_context(info.version) + info.manifest_bytes)
     except InvalidSignature:
         raise VerificationError(
             f"{info.label}: bad signature (manifest or signature altered)"
         ) from None
-    if not body:
-        return
     h = hashlib.sha256()
-    count = 0
     for head, ct in _iter_frames(f, info):
         h.update(head)
         h.update(ct)
-        count += 1
     if not hmac.compare_digest(h.hexdigest(), info.manifest["body_sha256"]):
         raise VerificationError(f"{info.label}: body altered (SHA-256 of the body differs)")
-    if count != info.manifest["chunks"]:
-        raise VerificationError(
-            f"{info.label}: {count} chunks, manifest says {info.manifest['chunks']}"
-        )
 
 
 def decrypt_segment(
@@ -575,11 +612,9 @@ def decrypt_segment(
     chunks = int(info.manifest["chunks"])
     h = hashlib.sha256()
     n = 0
-    index = 0
-    for _head, ct in _iter_frames(f, info):
-        last = index == chunks - 1
+    for index, (_head, ct) in enumerate(_iter_frames(f, info)):
         try:
-            pt = aead.decrypt(chunk_nonce(index, last), ct, None)
+            pt = aead.decrypt(chunk_nonce(index, index == chunks - 1), ct, None)
         except InvalidTag:
             raise VerificationError(
                 f"{info.label}: chunk {index} fails authentication (altered, reordered or "
@@ -588,10 +623,35 @@ def decrypt_segment(
         h.update(pt)
         n += len(pt)
         sink(pt)
-        index += 1
-    if index != chunks:
-        raise VerificationError(f"{info.label}: {index} chunks, manifest says {chunks}")
     if n != info.manifest["plain_len"] or not hmac.compare_digest(
         h.hexdigest(), info.manifest["plain_sha256"]
     ):
         raise VerificationError(f"{info.label}: plaintext length or SHA-256 differs from manifest")
+
+
+def open_meta(info: SegmentInfo, data_key: bytes | None) -> dict[str, Any]:
+    """The segment's ``meta`` (officer, position, marks, record count, ...).
+
+    Version 2 seals it under the segment's data key (``data_key``: the key record's key,
+    unwrapped with the platform key); version 1 carried it in clear (``data_key`` unused).
+    Check the signature (:func:`verify_segment`) first. Raises VerificationError when the
+    sealed meta is altered or the key is wrong or missing, FormatError when what it holds is
+    not a canonical JSON object.
+    """
+    if info.version == 1:
+        return dict(info.manifest["meta"])
+    if data_key is None:
+        raise VerificationError(f"{info.label}: meta is sealed; reading it needs the platform key")
+    aead = aead_for(
+        info.manifest["cipher"], meta_key(data_key, bytes.fromhex(info.manifest["salt"]))
+    )
+    try:
+        plain = aead.decrypt(META_NONCE, bytes.fromhex(info.manifest["sealed_meta"]), None)
+    except InvalidTag:
+        raise VerificationError(
+            f"{info.label}: sealed meta fails authentication (altered, or the wrong key)"
+        ) from None
+    meta: dict[str, Any] = boundedjson.loads(plain, f"{info.label}: meta", max_bytes=MAX_MANIFEST)
+    if canonical_json(meta) != plain:
+        raise FormatError(f"{info.label}: meta is not in canonical form")
+    return meta

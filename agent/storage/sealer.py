@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent import wallclock
+from agent.ids import check_boot_id, check_device_id
 from agent.storage.seal import ChainLink, DataKey, SegmentHeader, make_data_key, seal_segment
 from agent.storage.settings import SealSettings
 
@@ -34,8 +35,10 @@ class Sealer:
         clock: Callable[[], float] = wallclock.now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.device_id = device_id
-        self.boot_id = boot_id
+        # Checked once here (a clear error at start) rather than at every seal: every
+        # manifest names both, and a verifier refuses a segment whose ids are not valid.
+        self.device_id = check_device_id(device_id)
+        self.boot_id = check_boot_id(boot_id)
         self._signing_key = signing_key
         self._platform_public = platform_public
         self.settings = settings

@@ -329,7 +329,6 @@ class Spool:
             return
         if info.seq == next_seq and info.manifest["prev"] == last_hash:
             # Renamed into place, cut before its index row: complete and sealed, so keep it.
-            batch = info.manifest["meta"].get("batch_id")
             self._index(
                 info.stream,
                 info.seq,
@@ -337,7 +336,7 @@ class Spool:
                 info.key_id,
                 info.size,
                 info.manifest_hash,
-                batch if isinstance(batch, str) else None,
+                info.batch,
             )
             seen.add(key)
             stats["adopted"] += 1
@@ -489,28 +488,36 @@ class Spool:
         return self.put(header, [data])
 
     def put_event(
-        self, kind: str, details: dict[str, Any], *, public: dict[str, Any] | None = None
+        self, kind: str, details: dict[str, Any], *, evicted: dict[str, Any] | None = None
     ) -> PutResult:
         """An event record (trigger, mark, refusal, eviction, ...) in the ``event`` stream.
 
-        ``details`` are encrypted like any evidence; ``public`` facts also go into the signed
-        (unencrypted) manifest, for what a verifier without the key must see: the sequence
-        numbers a ``telemetry_evicted`` record explains.
+        ``details`` are encrypted like any evidence (its meta, ``{"type": kind}``, is sealed
+        too); ``evicted`` (``{"stream", "seqs"}`` of a ``telemetry_evicted`` record) also goes
+        into the signed manifest in clear, for a verifier without the key to accept the gap.
         """
         body = json.dumps({"type": kind, **details}, sort_keys=True).encode()
-        return self.put_bytes(
-            EVENT_STREAM,
-            body,
+        now = wallclock.now()
+        mono = time.monotonic_ns()
+        header = SegmentHeader(
+            stream=EVENT_STREAM,
             content_type="application/json",
-            meta={"type": kind, **(public or {})},
+            start_utc=now,
+            end_utc=now,
+            start_mono_ns=mono,
+            end_mono_ns=mono,
+            clock=self._clock_state(),
+            meta={"type": kind},
+            evicted=evicted,
         )
+        return self.put(header, [body])
 
     def _put_event_safe(
-        self, kind: str, details: dict[str, Any], public: dict[str, Any] | None = None
+        self, kind: str, details: dict[str, Any], evicted: dict[str, Any] | None = None
     ) -> None:
         for attempt in (1, 2):
             try:
-                self.put_event(kind, details, public=public)
+                self.put_event(kind, details, evicted=evicted)
                 return
             except (OSError, SpoolError) as exc:
                 # The record of why evidence is missing matters most when the disk is full:
@@ -585,7 +592,7 @@ class Spool:
             )
             gap = {"stream": stream, "seqs": sorted(seqs)}
             self._put_event_safe(
-                "telemetry_evicted", {**gap, "reason": "telemetry quota full"}, public=gap
+                "telemetry_evicted", {**gap, "reason": "telemetry quota full"}, evicted=gap
             )
 
     def _remove(self, sid: int, stream: str, seq: int, size: int, cls: Retention) -> None:

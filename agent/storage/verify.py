@@ -1,18 +1,26 @@
 """Verification of a set of sealed segments and key records, by someone who does not trust
-the device: signatures, hashes, chain continuity, and (with the platform key) decryption.
+the device: every manifest field by value, signatures, frames and body hashes, key records,
+chain continuity, and (with the platform key) decryption, the sealed meta and the content.
+
+The inputs are untrusted (a seized SD card, a store copied from elsewhere): manifests are read
+with bounds (:mod:`agent.boundedjson`), and every file ``--decrypt-to`` writes is named from
+checked identifiers and must resolve under its directory (:func:`agent.ids.contained`).
 
 Problems are named by stream and sequence number: ``bad_format``, ``truncated``,
-``bad_signature``, ``body_altered``, ``decrypt_failed``, ``key_missing``, ``gap``, ``fork``,
-``duplicate``, ``chain_break``, ``misplaced`` and ``reordered``.
+``bad_signature``, ``body_altered``, ``decrypt_failed``, ``bad_content``, ``key_missing``,
+``bad_key_record``, ``gap``, ``fork``, ``duplicate``, ``chain_break``, ``misplaced``,
+``reordered``, ``unreadable`` and ``output_refused`` (a ``--decrypt-to`` path that would
+leave its directory). Every one is a failure.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +29,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import FormatError, VerificationError
+from agent.ids import contained
+from agent.storage.content import ContentCheck, check_meta
+from agent.storage.manifest import MAX_MANIFEST, canonical_json
+from agent.storage.records import JOURNAL_CONTENT_TYPE
 from agent.storage.seal import (
     KEY_MAGIC,
+    PREFIX_LEN,
     SEG_MAGIC,
+    TRAILER_FIXED,
     KeyRecord,
     SegmentInfo,
     decrypt_segment,
+    open_meta,
     parse_key_record,
     read_segment_info,
     verify_segment,
@@ -35,6 +50,7 @@ from agent.storage.seal import (
 log = logging.getLogger(__name__)
 
 SEQ_NAME = re.compile(r"^(\d+)\.seg$")
+MAX_KEY_RECORD = PREFIX_LEN + MAX_MANIFEST + TRAILER_FIXED
 EXTENSIONS = {
     "video/mp4": ".mp4",
     "audio/mp4": ".m4a",
@@ -74,6 +90,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     streams: dict[tuple[str, str], StreamSummary] = field(default_factory=dict)
     decrypted: list[Path] = field(default_factory=list)
+    # label -> meta, for every segment whose meta could be read (with the platform key).
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -81,13 +99,19 @@ class Report:
 
 
 def _walk(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files to check, each once (a file named twice, or inside a directory also named, is one
+    input, not a duplicate)."""
+    seen: set[Path] = set()
     for p in paths:
-        if p.is_dir():
-            for sub in sorted(p.rglob("*")):
-                if sub.is_file() and sub.suffix in (".seg", ".key"):
+        subs = (
+            sorted(s for s in p.rglob("*") if s.suffix in (".seg", ".key")) if p.is_dir() else [p]
+        )
+        for sub in subs:
+            if (sub.is_file() and not sub.is_symlink()) or sub == p:
+                real = sub.resolve()
+                if real not in seen:
+                    seen.add(real)
                     yield sub
-        else:
-            yield p
 
 
 def _kind_of(path: Path) -> str:
@@ -109,19 +133,21 @@ def verify_paths(
     trusted: Ed25519PublicKey | None = None,
     platform_private: X25519PrivateKey | None = None,
     decrypt_to: Path | None = None,
+    partial: bool = False,
 ) -> Report:
-    """Check every segment and key record under ``paths`` and the chains they form."""
+    """Check every segment and key record under ``paths`` and the chains they form.
+
+    ``partial``: the inputs are a part of each stream whose earlier segments are elsewhere (a
+    device's spool after the platform took the first ones): a chain may then begin after seq 0
+    (said in a note). Otherwise a stream that does not begin at seq 0 has a gap.
+    """
     report = Report()
     seg_paths: list[Path] = []
+    key_bytes: dict[str, bytes] = {}
     for path in _walk(paths):
         kind = _kind_of(path)
         if kind == "key":
-            try:
-                rec = parse_key_record(path.read_bytes(), trusted)
-            except (FormatError, VerificationError) as exc:
-                report.problems.append(Problem("bad_key_record", str(path), str(exc)))
-                continue
-            report.keys[rec.key_id] = rec
+            _read_key(path, report, trusted, key_bytes)
         elif kind == "segment":
             seg_paths.append(path)
         elif kind == "unreadable":
@@ -130,27 +156,51 @@ def verify_paths(
             report.problems.append(
                 Problem("bad_format", str(path), "not an edge-agent segment or key record")
             )
-    data_keys: dict[str, bytes] = {}
+    data_keys: dict[str, bytes | None] = {}
     for path in seg_paths:
-        # With the platform key, decryption (AEAD tags + the signed plaintext hash) proves
-        # the body, so the keyless body hash is skipped: one pass over the bytes fewer.
-        info = _check_segment(path, report, trusted, body=platform_private is None)
+        info = _check_segment(path, report, trusted)
         if info is None:
             continue
         report.segments.append((path, info))
-        if platform_private is not None:
-            _decrypt(path, info, report, platform_private, data_keys, decrypt_to)
-    _check_chains(report)
+        key_ok = _check_key(info, report)
+        if platform_private is not None and key_ok:
+            _open(path, info, report, platform_private, data_keys, decrypt_to)
+    _check_chains(report, partial)
     return report
 
 
+def _read_key(
+    path: Path, report: Report, trusted: Ed25519PublicKey | None, seen: dict[str, bytes]
+) -> None:
+    try:
+        if path.stat().st_size > MAX_KEY_RECORD:
+            raise FormatError(f"key record: larger than {MAX_KEY_RECORD} bytes")
+        data = path.read_bytes()
+        rec = parse_key_record(data, trusted)
+    except (FormatError, VerificationError, OSError) as exc:
+        report.problems.append(Problem("bad_key_record", str(path), str(exc)))
+        return
+    if rec.key_id in seen:
+        # A copy of the same record (the platform's and the device's) is one key; two
+        # different records claiming one id are not.
+        if seen[rec.key_id] != data:
+            report.problems.append(
+                Problem(
+                    "bad_key_record", f"key {rec.key_id}", f"two key records claim this id: {path}"
+                )
+            )
+        return
+    seen[rec.key_id] = data
+    report.keys[rec.key_id] = rec
+
+
 def _check_segment(
-    path: Path, report: Report, trusted: Ed25519PublicKey | None, *, body: bool = True
+    path: Path, report: Report, trusted: Ed25519PublicKey | None
 ) -> SegmentInfo | None:
     try:
         with path.open("rb") as f:
             info = read_segment_info(f)
-            verify_segment(f, info, trusted, body=body)
+            verify_segment(f, info, trusted)
     except FormatError as exc:
         kind = "truncated" if "truncated" in str(exc) else "bad_format"
         report.problems.append(Problem(kind, str(path), str(exc)))
@@ -166,6 +216,9 @@ def _check_segment(
         )
         report.problems.append(Problem(kind, str(path), msg))
         return None
+    except OSError as exc:
+        report.problems.append(Problem("unreadable", str(path), str(exc)))
+        return None
     m = SEQ_NAME.match(path.name)
     if m and int(m.group(1)) != info.seq:
         report.problems.append(
@@ -175,54 +228,117 @@ def _check_segment(
                 f"stored as {path.name} but its signed manifest says seq {info.seq}",
             )
         )
+    elif m and path.parent.parent.name == "seg" and path.parent.name != info.stream:
+        report.problems.append(
+            Problem(
+                "misplaced",
+                info.label,
+                f"stored under {path.parent.name}/ but its signed manifest says {info.stream}",
+            )
+        )
     return info
 
 
-def _decrypt(
-    path: Path,
-    info: SegmentInfo,
-    report: Report,
-    platform_private: X25519PrivateKey,
-    data_keys: dict[str, bytes],
-    decrypt_to: Path | None,
-) -> None:
+def _check_key(info: SegmentInfo, report: Report) -> bool:
+    """The segment's key record is among the inputs, from the same device, key and boot."""
     rec = report.keys.get(info.key_id)
     if rec is None:
         report.problems.append(
             Problem("key_missing", info.label, f"key record {info.key_id} is not among the inputs")
         )
-        return
-    if rec.device != info.device or rec.manifest["device_pub"] != info.manifest["device_pub"]:
+        return False
+    m = rec.manifest
+    if (m["device"], m["device_pub"], m["boot"]) != (
+        info.device,
+        info.manifest["device_pub"],
+        info.manifest["boot"],
+    ):
         report.problems.append(
-            Problem("bad_key_record", info.label, f"key {info.key_id} belongs to another device")
+            Problem(
+                "bad_key_record",
+                info.label,
+                f"key {info.key_id} was made by another device, device key or boot",
+            )
+        )
+        return False
+    return True
+
+
+def _data_key(
+    key_id: str, report: Report, platform_private: X25519PrivateKey, cache: dict[str, bytes | None]
+) -> bytes | None:
+    """The unwrapped data key of ``key_id`` (None when its record is missing or fails)."""
+    if key_id not in cache:
+        rec = report.keys.get(key_id)
+        try:
+            cache[key_id] = rec.unwrap(platform_private) if rec is not None else None
+        except VerificationError as exc:
+            report.problems.append(Problem("decrypt_failed", f"key {key_id}", str(exc)))
+            cache[key_id] = None
+    return cache[key_id]
+
+
+def _open(
+    path: Path,
+    info: SegmentInfo,
+    report: Report,
+    platform_private: X25519PrivateKey,
+    cache: dict[str, bytes | None],
+    decrypt_to: Path | None,
+) -> None:
+    """Decrypt the segment and its meta, and check the content against both."""
+    key = _data_key(info.key_id, report, platform_private, cache)
+    if key is None:
+        report.problems.append(
+            Problem("decrypt_failed", info.label, f"key {info.key_id} does not unwrap")
         )
         return
     try:
-        if info.key_id not in data_keys:
-            data_keys[info.key_id] = rec.unwrap(platform_private)
-        key = data_keys[info.key_id]
+        meta = open_meta(info, key)
     except VerificationError as exc:
         report.problems.append(Problem("decrypt_failed", info.label, str(exc)))
         return
-    out_path: Path | None = None
-    tmp: Path | None = None
+    except FormatError as exc:
+        report.problems.append(Problem("bad_content", info.label, str(exc)))
+        return
+    report.metas[info.label] = meta
+    inner: bytes | None = None
+    try:
+        check_meta(info, meta)
+        if info.content_type == JOURNAL_CONTENT_TYPE:
+            inner_id = str(meta["inner_key_id"])
+            if inner_id not in report.keys:
+                report.problems.append(
+                    Problem(
+                        "key_missing",
+                        info.label,
+                        f"key record {inner_id} of the recovered journal is not among the inputs",
+                    )
+                )
+            else:
+                inner = _data_key(inner_id, report, platform_private, cache)
+    except FormatError as exc:
+        report.problems.append(Problem("bad_content", info.label, str(exc)))
+        return
+    check = ContentCheck(info, meta, inner)
     try:
         with path.open("rb") as f:
             if decrypt_to is None:
-                decrypt_segment(f, info, key, lambda b: None)
+                decrypt_segment(f, info, key, check)
+                check.finish()
             else:
-                ext = EXTENSIONS.get(info.manifest["content_type"], ".bin")
-                out_path = decrypt_to / info.device / info.stream / f"{info.seq:012d}{ext}"
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:6]}.part")
-                with tmp.open("wb") as out:
-                    decrypt_segment(f, info, key, out.write)
-                os.replace(tmp, out_path)
-                report.decrypted.append(out_path)
+                _decrypt_to(f, info, key, check, meta, decrypt_to, report)
     except VerificationError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
         report.problems.append(Problem("decrypt_failed", info.label, str(exc)))
+        return
+    except FormatError as exc:
+        report.problems.append(Problem("bad_content", info.label, str(exc)))
+        return
+    except _OutputRefused as exc:
+        report.problems.append(Problem("output_refused", info.label, str(exc)))
+        return
+    except OSError as exc:
+        report.problems.append(Problem("unreadable", info.label, str(exc)))
         return
     summary = report.streams.setdefault(
         (info.device, info.stream), StreamSummary(info.device, info.stream)
@@ -230,59 +346,142 @@ def _decrypt(
     summary.decrypted += 1
 
 
-def _explained_gaps(report: Report) -> dict[tuple[str, str], set[int]]:
-    """Sequence numbers the device itself recorded as gone (evicted telemetry)."""
+class _OutputRefused(Exception):
+    """A ``--decrypt-to`` path would resolve outside its directory (a symlink in it)."""
+
+
+def _contained(root: Path, *parts: str) -> Path:
+    try:
+        return contained(root, *parts)
+    except FormatError as exc:
+        raise _OutputRefused(str(exc)) from None
+
+
+def _decrypt_to(
+    f: Any,
+    info: SegmentInfo,
+    key: bytes,
+    check: ContentCheck,
+    meta: dict[str, Any],
+    root: Path,
+    report: Report,
+) -> None:
+    """Write the plaintext and its meta under ``root/<device>/<stream>/`` (files 0600,
+    directories 0700: this is decrypted evidence). The names come from a manifest the checks
+    above accepted, and each path must still resolve under ``root`` (no symlink out)."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _contained(root, info.device).mkdir(mode=0o700, exist_ok=True)
+    _contained(root, info.device, info.stream).mkdir(mode=0o700, exist_ok=True)
+    name = f"{info.seq:012d}{EXTENSIONS.get(info.content_type, '.bin')}"
+    out_path = _contained(root, info.device, info.stream, name)
+
+    def write(final: Path, fill: Callable[[Callable[[bytes], object]], None]) -> None:
+        tmp = _contained(root, info.device, info.stream, f".{final.name}.{uuid.uuid4().hex[:8]}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                fill(out.write)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def plaintext(emit: Callable[[bytes], object]) -> None:
+        def sink(data: bytes) -> None:
+            check(data)
+            emit(data)
+
+        decrypt_segment(f, info, key, sink)
+        check.finish()  # before the file takes its name
+
+    def meta_json(emit: Callable[[bytes], object]) -> None:
+        emit(canonical_json(meta) + b"\n")
+
+    write(out_path, plaintext)
+    write(_contained(root, info.device, info.stream, f"{info.seq:012d}.meta.json"), meta_json)
+    report.decrypted.append(out_path)
+
+
+# --------------------------------------------------------------------------- chains
+
+
+def _explained_gaps(report: Report) -> dict[tuple[str, str], list[int]]:
+    """Sequence numbers the device itself recorded as gone (evicted telemetry), sorted."""
     out: dict[tuple[str, str], set[int]] = {}
     for _path, info in report.segments:
-        meta: dict[str, Any] = info.manifest["meta"]
-        if info.stream == "event" and meta.get("type") == "telemetry_evicted":
-            seqs = meta.get("seqs")
-            if isinstance(seqs, list) and isinstance(meta.get("stream"), str):
-                out.setdefault((info.device, meta["stream"]), set()).update(
-                    s for s in seqs if isinstance(s, int)
-                )
-    return out
+        evicted = info.evicted
+        if evicted is not None:
+            stream, seqs = evicted
+            out.setdefault((info.device, stream), set()).update(seqs)
+    return {k: sorted(v) for k, v in out.items()}
 
 
-def _check_chains(report: Report) -> None:
+def _unexplained(lo: int, hi: int, gone: list[int]) -> list[tuple[int, int]]:
+    """Runs of seqs in [lo, hi) not in ``gone`` (sorted), without listing every seq."""
+    runs: list[tuple[int, int]] = []
+    start = lo
+    for s in gone[bisect.bisect_left(gone, lo) : bisect.bisect_left(gone, hi)]:
+        if s > start:
+            runs.append((start, s - 1))
+        start = s + 1
+    if start < hi:
+        runs.append((start, hi - 1))
+    return runs
+
+
+def _ranges(runs: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in runs)
+
+
+def _check_chains(report: Report, partial: bool) -> None:
     by_stream: dict[tuple[str, str], list[SegmentInfo]] = {}
     for _path, info in report.segments:
         by_stream.setdefault((info.device, info.stream), []).append(info)
     explained = _explained_gaps(report)
     for (device, stream), infos in sorted(by_stream.items()):
-        infos.sort(key=lambda i: i.seq)
+        infos.sort(key=lambda i: (i.seq, i.manifest_hash))
         summary = report.streams.setdefault((device, stream), StreamSummary(device, stream))
         summary.count = len(infos)
         summary.first_seq = infos[0].seq
         summary.last_seq = infos[-1].seq
         summary.bytes = sum(i.size for i in infos)
+        gone = explained.get((device, stream), [])
         first = infos[0]
-        if first.seq > 0:
+        head = _unexplained(0, first.seq, gone)
+        if head and partial:
             report.notes.append(
                 f"{device}/{stream}: chain begins at seq {first.seq} "
-                "(earlier segments are not among the inputs)"
+                "(--partial: earlier segments are elsewhere)"
             )
-        elif first.manifest["prev"] is not None:
-            report.problems.append(Problem("chain_break", first.label, "seq 0 has a predecessor"))
-        gone = explained.get((device, stream), set())
+        elif head:
+            report.problems.append(
+                Problem(
+                    "gap",
+                    f"{device}/{stream}#{head[0][0]}",
+                    f"missing seq {_ranges(head)} (the stream begins at seq 0; its first "
+                    "segments are not among the inputs)",
+                )
+            )
         prev: SegmentInfo | None = None
         for info in infos:
             if prev is not None:
                 if info.seq == prev.seq:
-                    kind = "duplicate" if info.manifest_hash == prev.manifest_hash else "fork"
-                    detail = (
-                        "the same segment appears twice"
-                        if kind == "duplicate"
-                        else "two different segments claim this seq"
+                    same = info.manifest_hash == prev.manifest_hash
+                    report.problems.append(
+                        Problem(
+                            "duplicate" if same else "fork",
+                            info.label,
+                            "the same segment appears twice"
+                            if same
+                            else "two different segments claim this seq",
+                        )
                     )
-                    report.problems.append(Problem(kind, info.label, detail))
                     continue
-                missing = [s for s in range(prev.seq + 1, info.seq) if s not in gone]
+                missing = _unexplained(prev.seq + 1, info.seq, gone)
                 if missing:
                     report.problems.append(
                         Problem(
                             "gap",
-                            f"{device}/{stream}#{missing[0]}",
+                            f"{device}/{stream}#{missing[0][0]}",
                             f"missing seq {_ranges(missing)}",
                         )
                     )
@@ -303,16 +502,3 @@ def _check_chains(report: Report) -> None:
                         Problem("reordered", info.label, f"recorded before seq {prev.seq}")
                     )
             prev = info
-
-
-def _ranges(seqs: list[int]) -> str:
-    parts: list[str] = []
-    start = end = seqs[0]
-    for s in seqs[1:]:
-        if s == end + 1:
-            end = s
-            continue
-        parts.append(f"{start}" if start == end else f"{start}..{end}")
-        start = end = s
-    parts.append(f"{start}" if start == end else f"{start}..{end}")
-    return ", ".join(parts)

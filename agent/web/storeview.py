@@ -33,11 +33,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent import boundedjson, ids
-from agent.errors import FormatError, VerificationError
+from agent.errors import AgentError, FormatError, VerificationError
 from agent.storage.keys import load_verify_key
 from agent.storage.seal import (
     SegmentInfo,
     decrypt_segment,
+    open_meta,
     parse_key_record,
     read_segment_info,
     verify_segment,
@@ -71,6 +72,7 @@ FAILING = frozenset(
         "reordered",
         "plain_altered",
         "unreadable",
+        "bad_content",
     }
 )
 PLAIN_CACHE_BYTES = 64 * 1024 * 1024
@@ -97,13 +99,6 @@ def check_seq(seq: str) -> int:
         return ids.check_seq(int(seq))
     except FormatError:
         raise WebError(404, "no such segment") from None
-
-
-def segment_meta(info: SegmentInfo) -> dict[str, Any]:
-    """A sealed segment's ``meta``: the one place the page reads it (it may move under the
-    encryption; then only this function changes)."""
-    meta = info.manifest.get("meta")
-    return dict(meta) if isinstance(meta, dict) else {}
 
 
 def _manifest_time(manifest: dict[str, Any], name: str) -> float | None:
@@ -273,9 +268,10 @@ class StoreView:
                     review.problems.append(f"{p.kind}: {p.detail}")
                 for f in targets:
                     per_file[f].append(f"{p.kind}: {p.detail}")
+        data_keys: dict[str, bytes | None] = {}
         for f, (stream, seq) in files.items():
             review.streams.setdefault(stream, []).append(
-                self._segment_view(device, f, stream, seq, infos[f], per_file[f])
+                self._segment_view(device, f, stream, seq, infos[f], per_file[f], data_keys)
             )
         for segs in review.streams.values():
             segs.sort(key=lambda s: s.seq)
@@ -291,6 +287,7 @@ class StoreView:
         seq: int,
         info: SegmentInfo | None,
         found: list[str],
+        data_keys: dict[str, bytes | None],
     ) -> SegmentView:
         problems = list(found)
         plain = self._plain_path(device, stream, seq)
@@ -314,13 +311,33 @@ class StoreView:
             start=_manifest_time(man, "start_utc"),
             end=_manifest_time(man, "end_utc"),
             content_type=ctype[:100] if isinstance(ctype, str) else "",
-            meta=segment_meta(info) if info is not None else {},
+            meta=self._meta(device, info, data_keys),
             size=size,
             state="failed" if failed else "verified",
             problems=tuple(problems),
             has_plain=has_plain,
             manifest=dict(man),
         )
+
+    def _meta(
+        self, device: str, info: SegmentInfo | None, keys: dict[str, bytes | None]
+    ) -> dict[str, Any]:
+        """A segment's meta: sealed since format version 2 (read with the platform key only),
+        in clear in version 1; empty when it cannot be read."""
+        if info is None:
+            return {}
+        key: bytes | None = None
+        if info.version >= 2 and self.platform_key is not None:
+            if info.key_id not in keys:
+                try:
+                    keys[info.key_id] = self.data_key(device, info.key_id)
+                except AgentError:  # incl. WebError: its key record is not in the store
+                    keys[info.key_id] = None
+            key = keys[info.key_id]
+        try:
+            return open_meta(info, key)
+        except AgentError:
+            return {}
 
     def _events(self, device: str, review: DeviceReview) -> list[EventMark]:
         out: list[EventMark] = []

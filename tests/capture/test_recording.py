@@ -6,6 +6,7 @@ ffprobe and by reading each frame's counter back from the decoded pixels.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -167,8 +168,9 @@ def test_verify_cli_decrypts_playable_segments(
         ]
     )
     assert code == 0
-    files = sorted((out / "cam-7" / "video").glob("*"))
+    files = sorted((out / "cam-7" / "video").glob("*.mp4"))
     assert len(files) == len(event_run.video)
     for path, seg in zip(files, event_run.video, strict=True):
         assert path.read_bytes() == seg.data
+        assert json.loads(path.with_suffix(".meta.json").read_text()) == seg.meta
         assert ffprobe(path).frames == seg.meta["frames"]

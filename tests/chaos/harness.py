@@ -858,7 +858,7 @@ control_socket = "{self.root}/device/run/control.sock"
                     for line in log_path.read_text(errors="replace").splitlines()
                     if line.startswith("Exception in thread")
                 ]
-        self._check_parts(report.segments, res)
+        self._check_parts(report.segments, report.metas, res)
         self._check_clock(report.segments, res)
         return res
 
@@ -895,12 +895,15 @@ control_socket = "{self.root}/device/run/control.sock"
                 res.clock_stale_after_repair += 1
 
     @staticmethod
-    def _check_parts(segments: list[tuple[Path, Any]], res: Result) -> None:
-        """A recording numbers its video segments (meta.part); a missing part is a gap in
-        time that only the agent's own record of a refusal may explain."""
+    def _check_parts(
+        segments: list[tuple[Path, Any]], metas: dict[str, dict[str, Any]], res: Result
+    ) -> None:
+        """A recording numbers its video segments (meta.part, sealed: read with the platform
+        key by verify); a missing part is a gap in time that only the agent's own record of a
+        refusal may explain."""
         parts: dict[str, list[int]] = {}
         for _p, info in segments:
-            meta = info.manifest["meta"]
+            meta = metas.get(info.label, {})
             if info.stream == "video" and isinstance(meta.get("part"), int):
                 parts.setdefault(str(meta.get("recording")), []).append(meta["part"])
         missing = 0

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent.errors import FormatError, VerificationError
 from agent.storage.seal import (
     decrypt_segment,
+    open_meta,
     parse_key_record,
     read_segment_info,
     verify_segment,
@@ -63,7 +64,9 @@ def check_all(data: bytes, sealed: Sealed) -> None:
     if info.key_id != rec.key_id:
         raise VerificationError("segment names another key")
     out = bytearray()
-    decrypt_segment(f, info, rec.unwrap(sealed.platform), out.extend)
+    data_key = rec.unwrap(sealed.platform)
+    decrypt_segment(f, info, data_key, out.extend)
+    open_meta(info, data_key)
 
 
 ALLOWED = (FormatError, VerificationError)

@@ -9,7 +9,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info, verify_segment
+from agent.storage.seal import (
+    decrypt_segment,
+    open_meta,
+    parse_key_record,
+    read_segment_info,
+    verify_segment,
+)
 from agent.storage.spool import Spool
 
 
@@ -26,16 +32,13 @@ def open_sealed(path: Path, key_dir: Path, platform_private: X25519PrivateKey) -
 
 @dataclass(frozen=True)
 class Sealed:
-    """A stored segment as the platform reads it: its manifest and decrypted bytes."""
+    """A stored segment as the platform reads it: its manifest, decrypted bytes and meta."""
 
     stream: str
     seq: int
     manifest: dict[str, Any]
     data: bytes
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self.manifest["meta"])
+    meta: dict[str, Any]
 
     @property
     def record(self) -> dict[str, Any]:
@@ -54,5 +57,5 @@ def decrypt_stream(
             dk = parse_key_record(spool.key_record(info.key_id)).unwrap(platform_private)
             buf = bytearray()
             decrypt_segment(f, info, dk, buf.extend)
-        out.append(Sealed(info.stream, info.seq, info.manifest, bytes(buf)))
+        out.append(Sealed(info.stream, info.seq, info.manifest, bytes(buf), open_meta(info, dk)))
     return out

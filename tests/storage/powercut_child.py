@@ -29,7 +29,7 @@ def main() -> None:
         settings=SealSettings(chunk_size=16384),
     )
     spool = Spool(SpoolSettings(dir=Path(spool_dir), reserve_mb=0), sealer)
-    records = RecordLog(spool, "telem", content_type="text/plain", batch_max_records=7)
+    records = RecordLog(spool, "telem", content_type="application/x-edge-fix", batch_max_records=7)
     print("READY", flush=True)
     n = 0
     while True:

@@ -59,7 +59,7 @@ def test_real_enospc_refuses_evidence_and_keeps_what_was_stored(
     sp2 = Spool(settings, make_sealer(keyset))
     assert sp2.recovery["quarantined"] == 0 and sp2.recovery["lost"] == 0
     assert [i.seq for i in sp2.items("video")] == [r.seq for r in stored]
-    report = verify_paths([settings.dir / "seg" / "video"])
+    report = verify_paths([settings.dir / "seg" / "video", settings.dir / "keys"])
     assert report.ok, report.problems
     # Once the platform acknowledges, space returns and recording resumes on the same chain.
     for r in stored[:2]:

@@ -42,7 +42,7 @@ def test_overhead_per_small_record_is_under_64_bytes(spool: Spool) -> None:
 
 
 def test_group_commit(spool: Spool, tmp_path: Path) -> None:
-    log = RecordLog(spool, "status", content_type="application/json", batch_max_records=100)
+    log = RecordLog(spool, "status", content_type="application/x-edge-fix", batch_max_records=100)
     for i in range(10):
         log.append(f"{i}".encode(), durable=False)
     log.commit()

@@ -99,7 +99,7 @@ REGIONS = {
     # region: (offset from start, or negative from the manifest/signature), error, message
     "magic": ("start", 0, FormatError, "not an edge-agent"),
     "version": ("start", 7, FormatError, "version"),
-    "frame length": ("start", PREFIX_LEN + 2, VerificationError, "frame length|altered"),
+    "frame length": ("start", PREFIX_LEN + 2, VerificationError, "cut at chunk_size"),
     "body": ("start", PREFIX_LEN + 100, VerificationError, "body altered"),
     "last chunk tag": ("manifest", -1, VerificationError, "body altered"),
     "manifest": ("manifest", 20, (FormatError, VerificationError), "manifest|signature"),
@@ -122,7 +122,9 @@ def test_manifest_edit_breaks_signature(keyset: KeySet) -> None:
     blob, record = _seal(keyset, b"x" * 5000)
     man_at, sig_at = _trailer(blob)
     manifest = blob[man_at:sig_at]
-    edited = manifest.replace(b'"seq":0', b'"seq":7')
+    edited = manifest.replace(
+        b'"start_utc":"2026-09-21T14:13:20.000Z"', b'"start_utc":"2026-09-21T14:13:21.000Z"'
+    )
     assert edited != manifest
     with pytest.raises(VerificationError, match="bad signature"):
         _open(keyset, blob[:man_at] + edited + blob[sig_at:], record)
@@ -162,7 +164,7 @@ def test_dropping_the_final_chunk_is_detected_by_decryption(keyset: KeySet) -> N
     dk = parse_key_record(record).unwrap(keyset.platform_private)
     # Pretend the manifest said 2 chunks: chunk 1 was encrypted as "not last".
     forged = info.__class__(
-        {**info.manifest, "chunks": 2, "body_len": 2 * (4 + CHUNK + 16)},
+        {**info.manifest, "plain_len": 2 * CHUNK, "chunks": 2, "body_len": 2 * (4 + CHUNK + 16)},
         info.manifest_bytes,
         info.signature,
         info.size,
@@ -183,9 +185,13 @@ def test_key_record_tampering(keyset: KeySet) -> None:
 
 def test_other_versions_are_rejected(keyset: KeySet) -> None:
     blob, _ = _seal(keyset, b"abc")
-    v2 = blob[:6] + struct.pack(">H", 2) + blob[8:]
-    with pytest.raises(FormatError, match="version 2 is not supported"):
-        read_segment_info(io.BytesIO(v2))
+    v3 = blob[:6] + struct.pack(">H", 3) + blob[8:]
+    with pytest.raises(FormatError, match="version 3 is not supported"):
+        read_segment_info(io.BytesIO(v3))
+    # A version 2 manifest in a file whose prefix says version 1 is refused too.
+    v1 = blob[:6] + struct.pack(">H", 1) + blob[8:]
+    with pytest.raises(FormatError, match="manifest version 2 in a version 1 file"):
+        read_segment_info(io.BytesIO(v1))
 
 
 def test_pinned_device_key(keyset: KeySet) -> None:

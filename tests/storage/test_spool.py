@@ -163,8 +163,8 @@ def test_telemetry_overwrites_its_oldest_and_says_so(tmp_path: Path, keyset: Key
     # signed manifest of its event records), so a verifier without the key accepts the gap.
     report = verify_paths([platform, settings.dir])
     assert report.ok, report.problems
-    kinds = [i.manifest["meta"].get("type") for _p, i in report.segments if i.stream == "event"]
-    assert kinds.count("telemetry_evicted") == 2
+    evicted = [i.evicted for _p, i in report.segments if i.evicted is not None]
+    assert evicted == [("gps", [1]), ("gps", [2])]
     # Without those event records the same gap is a failure, named.
     bare = verify_paths([platform, settings.dir / "seg" / "gps"])
     assert [(p.kind, p.where) for p in bare.problems] == [("gap", "dev-1/gps#1")]

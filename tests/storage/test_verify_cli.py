@@ -30,7 +30,7 @@ def sealed_store(
     payloads = [os.urandom(70_000 + i) for i in range(5)]
     for p in payloads:
         sp.put_bytes("video", p, content_type="video/mp4")
-    sp.put_bytes("still", b"\xff\xd8jpeg", content_type="image/jpeg")
+    sp.put_bytes("still", b"\xff\xd8jpeg", content_type="image/jpeg", meta={"camera": "front"})
     sp.close()
     return d / "spool", payloads
 
@@ -138,3 +138,97 @@ def test_wrong_platform_key_cannot_decrypt(store: Path, tmp_path: Path) -> None:
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     res = edge_agent("verify", str(tmp_path / "nope"))
     assert res.returncode == 1 and "no such file or directory" in res.stderr
+
+
+def test_deleted_first_segment_fails_unless_partial(store: Path) -> None:
+    _seg(store, 0).unlink()
+    _fails_with(store, "gap", "dev-1/video#0")
+    res = edge_agent("verify", str(store), "--partial")
+    assert res.returncode == 0, res.stderr
+    assert "chain begins at seq 1" in res.stdout
+
+
+def test_deleted_key_record_fails_without_the_platform_key(store: Path) -> None:
+    for key in (store / "keys").glob("*.key"):
+        key.unlink()
+    _fails_with(store, "key_missing", "dev-1/video#0")
+
+
+def test_meta_is_shown_with_the_platform_key_only(store: Path, keyset: KeySet) -> None:
+    res = edge_agent("verify", str(store), "--show-meta")
+    assert res.returncode == 0, res.stderr
+    assert "meta dev-1/still#0: (sealed: needs --platform-key)" in res.stdout
+    res = edge_agent(
+        "verify", str(store), "--show-meta", "--platform-key", str(keyset.platform_key_path)
+    )
+    assert res.returncode == 0, res.stderr
+    assert 'meta dev-1/still#0: {"camera": "front"}' in res.stdout
+
+
+def test_decrypt_to_writes_only_under_its_directory(
+    store: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    """A crafted manifest naming an absolute device path, validly signed, with a matching key
+    record: nothing is written outside --decrypt-to (the manifest is refused)."""
+    from tests.storage.forge import resign
+
+    outside = tmp_path / "outside"
+
+    def edit(m: dict[str, object]) -> None:
+        m["device"] = str(outside)
+
+    for p in [*store.rglob("*.seg"), *store.rglob("*.key")]:
+        p.write_bytes(resign(p.read_bytes(), keyset.signing_key, edit))
+    out = tmp_path / "out"
+    res = edge_agent(
+        "verify",
+        str(store),
+        "--platform-key",
+        str(keyset.platform_key_path),
+        "--decrypt-to",
+        str(out),
+    )
+    assert res.returncode == 1
+    assert "FAIL bad_format" in res.stderr and "device" in res.stderr
+    assert not outside.exists()
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_decrypt_to_does_not_follow_a_symlink_out(
+    store: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "dev-1").symlink_to(elsewhere)
+    res = edge_agent(
+        "verify",
+        str(store),
+        "--platform-key",
+        str(keyset.platform_key_path),
+        "--decrypt-to",
+        str(out),
+    )
+    assert res.returncode == 1
+    assert "FAIL output_refused: dev-1/video#0" in res.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_decrypted_files_and_their_meta_are_private(
+    store: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    res = edge_agent(
+        "verify",
+        str(store),
+        "--platform-key",
+        str(keyset.platform_key_path),
+        "--decrypt-to",
+        str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    meta = out / "dev-1" / "still" / "000000000000.meta.json"
+    assert meta.read_text() == '{"camera":"front"}\n'
+    for p in (out / "dev-1").rglob("*"):
+        assert p.stat().st_mode & 0o077 == 0, p
