@@ -37,7 +37,8 @@ MAX_CHUNK = 16 * 1024 * 1024
 MAX_PLAIN = 1 << 40
 MAX_MONO_NS = 1 << 63
 MAX_OFFSET_S = 1e9
-CLOCK_SOURCES = ("gnss", "ntp", "rtc", "none")
+CLOCK_SOURCES = ("gnss", "pps", "ntp", "rtc", "none")
+CLOCK_VIA = ("chrony", "fixes")
 # The streams a device may overwrite when its telemetry quota is full (and then say so).
 TELEMETRY_STREAMS = ("gps", "status")
 EVENT_STREAM = "event"
@@ -270,21 +271,39 @@ def check_segment_manifest(m: dict[str, Any], what: str = "segment") -> None:
 
 
 def _check_clock(clock: object, what: str) -> None:
-    if not isinstance(clock, dict) or set(clock) != {"source", "offset_s"}:
-        raise FormatError(f"{what}: clock must be an object of exactly source and offset_s")
+    """``source`` and ``offset_s`` always; ``error_s``, ``synced`` and ``via`` when known."""
+    if (
+        not isinstance(clock, dict)
+        or not {"source", "offset_s"} <= set(clock)
+        or not set(clock) <= {"source", "offset_s", "error_s", "synced", "via"}
+    ):
+        raise FormatError(
+            f"{what}: clock must be an object of source and offset_s, and optionally "
+            "error_s, synced and via"
+        )
     if clock["source"] not in CLOCK_SOURCES:
         raise FormatError(
             f"{what}: clock.source {str(clock['source'])[:40]!r} is not one of "
             f"{', '.join(CLOCK_SOURCES)}"
         )
     off = clock["offset_s"]
-    if off is not None and (
-        isinstance(off, bool)
-        or not isinstance(off, int | float)
-        or not math.isfinite(off)
-        or abs(off) >= MAX_OFFSET_S
-    ):
+    if off is not None and not _seconds(off):
         raise FormatError(f"{what}: clock.offset_s must be null or a number of seconds")
+    if "error_s" in clock and not (_seconds(clock["error_s"]) and clock["error_s"] >= 0):
+        raise FormatError(f"{what}: clock.error_s must be a non-negative number of seconds")
+    if "synced" in clock and not isinstance(clock["synced"], bool):
+        raise FormatError(f"{what}: clock.synced must be true or false")
+    if "via" in clock and clock["via"] not in CLOCK_VIA:
+        raise FormatError(f"{what}: clock.via must be one of {', '.join(CLOCK_VIA)}")
+
+
+def _seconds(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and abs(value) < MAX_OFFSET_S
+    )
 
 
 def check_evicted(value: object, what: str) -> tuple[str, list[int]]:
