@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the demo talk to (real broker, gpsd, ffprobe, PulseAudio, ...).
 DEB_PACKAGES := mosquitto mosquitto-clients gpsd gpsd-clients ffmpeg socat \
-	pulseaudio libportaudio2 libasound2-plugins python3-venv systemd shellcheck chromium
+	pulseaudio libportaudio2 libasound2-plugins python3-venv systemd shellcheck chromium fuse3
 B ?=
 
 .PHONY: setup deps venv demo test lint typecheck bench soak clean

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from agent import wallclock
 from agent.errors import EvidenceRefused, FormatError, SpoolError
 from agent.model import Alarm, ClockState, Severity
-from agent.storage.durable import fsync_dir, write_atomic
+from agent.storage.durable import fsync_dir, makedirs_durable, write_atomic
 from agent.storage.retention import Candidate, Retention, admit, classify
 from agent.storage.seal import ChainLink, SegmentHeader, parse_key_record, read_segment_info
 from agent.storage.sealer import Sealer
@@ -141,7 +141,7 @@ class Spool:
         self._ballast_released = False
         self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
         for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            makedirs_durable(self.root / sub)
         self._db = sqlite3.connect(
             self.root / "index.sqlite3", check_same_thread=False, isolation_level=None
         )
@@ -457,7 +457,7 @@ class Spool:
             mhash = hashlib.sha256(mbytes).hexdigest()
             self._make_room(stream, cls, size, tmp)
             final = self._seg_path(stream, seq)
-            final.parent.mkdir(exist_ok=True)
+            makedirs_durable(final.parent)  # a new stream's directory, durably
             os.replace(tmp, final)
             fsync_dir(final.parent)
             self._index(stream, seq, self.sealer.boot_id, key.key_id, size, mhash, batch_id)
