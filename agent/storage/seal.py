@@ -595,3 +595,110 @@ def decrypt_segment(
         h.hexdigest(), info.manifest["plain_sha256"]
     ):
         raise VerificationError(f"{info.label}: plaintext length or SHA-256 differs from manifest")
+
+
+# --------------------------------------------------------------------------- streamed sealing
+
+
+class BodyWriter:
+    """A segment body sealed chunk by chunk as its plaintext arrives.
+
+    For a producer that must make data durable before the segment is complete (the fragment
+    journal, :mod:`agent.storage.segjournal`): :meth:`frame` encrypts one chunk into the frame
+    to append; :func:`seal_trailer` then writes the manifest and signature after the last one.
+    The bytes are exactly those :func:`seal_segment` writes: every chunk but the final one holds
+    ``chunk_size`` bytes, the final one is marked. Holds no plaintext.
+    """
+
+    def __init__(self, key: DataKey, cipher: str, chunk_size: int) -> None:
+        self.key = key
+        self.cipher = cipher
+        self.chunk_size = chunk_size
+        self.salt = os.urandom(16)
+        self._aead = aead_for(cipher, segment_key(key.secret, self.salt))
+        self._plain_hash = hashlib.sha256()
+        self._body_hash = hashlib.sha256()
+        self.plain_len = 0
+        self.body_len = 0
+        self.chunks = 0
+        self.finished = False
+
+    @staticmethod
+    def prefix() -> bytes:
+        """The file's first bytes (magic and version), before the first frame."""
+        return _prefix(SEG_MAGIC)
+
+    def frame(self, chunk: bytes, *, last: bool = False) -> bytes:
+        """The frame (u32 length + ciphertext) of the next chunk."""
+        if self.finished:
+            raise FormatError("segment body: a chunk after the final one")
+        if len(chunk) > self.chunk_size or (not last and len(chunk) != self.chunk_size):
+            raise FormatError(
+                f"segment body: chunk of {len(chunk)} bytes (chunk size {self.chunk_size}, "
+                "only the final chunk may be shorter)"
+            )
+        ct = self._aead.encrypt(chunk_nonce(self.chunks, last), chunk, None)
+        frame = struct.pack(">I", len(ct)) + ct
+        self._plain_hash.update(chunk)
+        self._body_hash.update(frame)
+        self.plain_len += len(chunk)
+        self.body_len += len(frame)
+        self.chunks += 1
+        self.finished = last
+        return frame
+
+
+def seal_trailer(
+    out: BinaryIO,
+    body: BodyWriter,
+    *,
+    header: SegmentHeader,
+    link: ChainLink,
+    device_id: str,
+    boot_id: str,
+    signing_key: Ed25519PrivateKey,
+    sealed_utc: float,
+) -> tuple[dict[str, Any], bytes]:
+    """Write the manifest and signature after a finished :class:`BodyWriter` body.
+
+    The manifest is the one :func:`seal_segment` makes for the same bytes (keep the two alike).
+    """
+    if not body.finished:
+        raise FormatError("segment body: the final chunk is missing")
+    if not STREAM_RE.match(header.stream):
+        raise FormatError(f"stream name {header.stream!r}: must match {STREAM_RE.pattern}")
+    dpk = raw_public(signing_key.public_key())
+    manifest: dict[str, Any] = {
+        "v": VERSION,
+        "kind": "segment",
+        "device": device_id,
+        "stream": header.stream,
+        "boot": boot_id,
+        "seq": link.seq,
+        "prev": link.prev,
+        "start_utc": format_utc(header.start_utc),
+        "end_utc": format_utc(header.end_utc),
+        "start_mono_ns": header.start_mono_ns,
+        "end_mono_ns": header.end_mono_ns,
+        "clock": header.clock.to_json(),
+        "content_type": header.content_type,
+        "plain_len": body.plain_len,
+        "plain_sha256": body._plain_hash.hexdigest(),
+        "cipher": body.cipher,
+        "key_id": body.key.key_id,
+        "salt": body.salt.hex(),
+        "chunk_size": body.chunk_size,
+        "chunks": body.chunks,
+        "body_len": body.body_len,
+        "body_sha256": body._body_hash.hexdigest(),
+        "device_pub": dpk.hex(),
+        "signer": fingerprint(dpk),
+        "sealed_utc": format_utc(sealed_utc),
+        "meta": header.meta,
+    }
+    mbytes = canonical_json(manifest)
+    if len(mbytes) > MAX_MANIFEST:
+        raise FormatError(f"manifest of {len(mbytes)} bytes exceeds {MAX_MANIFEST}")
+    sig = signing_key.sign(SEG_CONTEXT + mbytes)
+    out.write(mbytes + sig + struct.pack(">I", len(mbytes)))
+    return manifest, mbytes
