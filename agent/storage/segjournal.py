@@ -36,6 +36,7 @@ Thread use: one instance per recorder, used by its writer thread only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import struct
@@ -96,6 +97,9 @@ class Interrupted:
     last_durable_utc: float | None
     resume: bool  # False when a stop had been asked (it is not resumed)
     recovered: list[dict[str, Any]] = field(default_factory=list)
+    # False when an earlier start already reported this interruption and was cut before the
+    # resumed recording wrote its state (no second recording_interrupted event).
+    reported: bool = True
 
 
 @dataclass
@@ -283,6 +287,9 @@ class SegmentJournal:
             _write_all(op.fd, op.body.frame(FINAL_CHUNK, last=True))
         finally:
             os.close(op.fd)
+        # The journal's id goes into the manifest as batch_id: a segment renamed into place
+        # but not indexed before a cut is adopted with it, so recovery knows it was sealed.
+        header = dataclasses.replace(header, meta={**header.meta, "batch_id": op.jid})
         result = self.spool.put_streamed(header, op.path, op.body, batch_id=op.jid)
         self.stats.fsyncs += 2
         self.stats.sealed += 1
@@ -370,6 +377,7 @@ class SegmentJournal:
             last_durable_utc=last_durable,
             resume=resume,
             recovered=recovered,
+            reported=not already,
         )
         if already:
             return interrupted  # reported at an earlier start that was cut before it resumed
@@ -441,7 +449,7 @@ class SegmentJournal:
             "recording": info["recording"],
             "part": info["part"],
             "final": False,
-            "journal": jid,
+            "batch_id": jid,
             "inner_content_type": info["content_type"],
             "inner_key_id": info["key_id"],
             "inner_salt": info["salt"],
