@@ -223,6 +223,7 @@ class VideoPipeline:
             self.event(
                 "recording_resumed",
                 {
+                    "stream": VIDEO_STREAM,
                     "recording": rec.id,
                     "part": rec.parts,
                     "trigger": rec.trigger,

@@ -4,6 +4,7 @@ recovered as a sealed segment of the same recording, and resumed (docs/format.md
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,73 @@ def test_padding_ends_each_fragment_on_a_chunk_boundary(padding: int) -> None:
     if len(out) > len(data):
         size = int.from_bytes(out[len(data) : len(data) + 4], "big")
         assert out[len(data) + 4 : len(data) + 8] == b"free" and size == len(out) - len(data)
+
+
+def test_an_audio_only_recording_is_journaled_recovered_and_resumed(
+    tmp_path: Path, keyset: KeySet
+) -> None:
+    import av
+    import numpy as np
+
+    from agent.capture.audio import AudioBlock
+    from agent.capture.audio_recorder import AudioPipeline
+    from agent.capture.settings import AudioSettings
+
+    rate, block = 16000, 320
+    settings = AudioSettings(enabled=True, rate=rate, segment_s=2, mode="continuous")
+
+    def pipeline(spool: Spool, interrupted: Interrupted | None) -> tuple[AudioPipeline, Run]:
+        run = Run.__new__(Run)
+        run.spool, run.journal, run.alarms = spool, SegmentJournal(spool), []
+        run.writer = JournalWriter(run.journal, "audio", run.alarms.append)
+        run.stats = RecorderStats()
+        p = AudioPipeline(settings, run.emit, losses=dict)
+        p.begin(interrupted)
+        return p, run
+
+    def feed(p: AudioPipeline, start: int, seconds: float) -> int:
+        # Stamped on this machine's monotonic clock (a new process after the cut: a new base).
+        base = time.monotonic_ns() - round(start * 1e9 / rate)
+        for k in range(round(seconds * rate / block)):
+            i = start + k * block
+            pcm = (0.3 * 32767 * np.sin(2 * np.pi * 440 * np.arange(i, i + block) / rate)).astype(
+                "<i2"
+            )
+            mono = base + round(i * 1e9 / rate)
+            p.feed(AudioBlock(pcm.tobytes(), i, mono, mono / 1e9, rate, 1))
+        return start + round(seconds * rate / block) * block
+
+    spool = _spool(tmp_path / "spool", keyset)
+    p, _run = pipeline(spool, None)
+    pos = feed(p, 0, 3.5)  # one 2 s segment sealed, the next part open
+    recording = p.rec.id if p.rec else ""
+    spool.close()  # power cut
+
+    spool = _spool(tmp_path / "spool", keyset, boot="boot-b")
+    interrupted = SegmentJournal(spool).recover("audio")
+    assert interrupted is not None and interrupted.resume and interrupted.recording == recording
+    [item] = interrupted.recovered
+    assert item["part"] == 1 and item["chunks"] > 0
+    p, run = pipeline(spool, interrupted)
+    feed(p, pos, 2.5)
+    p.finish("shutdown")
+    assert not run.alarms
+    parts, samples = [], 0
+    for s in decrypt_stream(spool, keyset.platform_private, "audio"):
+        data = s.data
+        if s.manifest["content_type"] == RECOVERED_CONTENT_TYPE:
+            dk = parse_key_record(spool.key_record(s.meta["inner_key_id"])).unwrap(
+                keyset.platform_private
+            )
+            data = open_recovered(data, s.meta, dk).media
+            with av.open(io.BytesIO(data)) as c:
+                samples = sum(f.samples for f in c.decode(audio=0))
+        parts.append((s.meta["recording"], s.meta["part"], bool(s.meta.get("recovered"))))
+    kinds = [e["type"] for e in _events(spool, keyset)]
+    root = spool.root
+    spool.close()
+    report = verify_paths([root], platform_private=keyset.platform_private)
+    assert report.ok, report.problems
+    assert [x[1] for x in parts] == list(range(len(parts))) and {x[0] for x in parts} == {recording}
+    assert parts[1][2] and samples > 0.5 * rate  # the open part came back as audio
+    assert kinds.count("recording_interrupted") == 1 and kinds.count("recording_resumed") == 1
