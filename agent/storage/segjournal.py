@@ -321,9 +321,23 @@ class SegmentJournal:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, stream: str) -> Interrupted | None:
+    def streams_present(self) -> set[str]:
+        """Streams with anything in the journal (a state, a sidecar or a body)."""
+        out: set[str] = set()
+        for path in self.dir.iterdir():
+            name = path.name
+            if name.startswith("."):
+                continue
+            if name.endswith(".state"):
+                out.add(name.removesuffix(".state"))
+            elif name.endswith((".json", ".body")) and len(name) > 38 and name[-38] == "-":
+                out.add(name[:-38])  # <stream>-<32 hex digits>.json|body
+        return out
+
+    def recover(self, stream: str, *, resume: bool = True) -> Interrupted | None:
         """After any stop: seal what the journal of ``stream`` holds as recovered segments,
-        record a ``recording_interrupted`` event, and say whether a recording is to resume."""
+        record a ``recording_interrupted`` event, and say whether a recording is to resume
+        (never with ``resume=False``: no recorder runs for that stream now)."""
         state = self._read_state(stream)
         sidecars: dict[str, dict[str, Any]] = {}
         for side in sorted(self.dir.glob(f"{stream}-*.json")):
@@ -365,7 +379,7 @@ class SegmentJournal:
                 continue
             sealed = self.spool.batch_sealed(info["journal"])
             next_part = max(next_part, info["part"] + 1 if sealed else info["part"])
-        resume = not state.get("stop_requested", False)
+        resume = resume and not state.get("stop_requested", False)
         already = bool(state.get("recovered")) and not recovered
         interrupted = Interrupted(
             stream=stream,

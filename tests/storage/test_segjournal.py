@@ -310,3 +310,24 @@ def test_an_audio_only_recording_is_journaled_recovered_and_resumed(
     assert [x[1] for x in parts] == list(range(len(parts))) and {x[0] for x in parts} == {recording}
     assert parts[1][2] and samples > 0.5 * rate  # the open part came back as audio
     assert kinds.count("recording_interrupted") == 1 and kinds.count("recording_resumed") == 1
+
+
+def test_a_journal_without_its_recorder_is_recovered_not_resumed(
+    tmp_path: Path, keyset: KeySet
+) -> None:
+    spool = _spool(tmp_path / "spool", keyset)
+    run = Run(spool)
+    run.feed(SyntheticSource(W, H, FPS, limit=100), 15)
+    spool.close()
+    # The next start has video switched off (the agent's sweep of other streams' journals).
+    spool = _spool(tmp_path / "spool", keyset, boot="boot-b")
+    journal = SegmentJournal(spool)
+    assert journal.streams_present() == {"video"}
+    interrupted = journal.recover("video", resume=False)
+    assert interrupted is not None and not interrupted.resume and interrupted.recovered
+    assert journal.streams_present() == set()  # nothing left to resume or recover
+    assert SegmentJournal(spool).recover("video") is None
+    events = _events(spool, keyset)
+    spool.close()
+    [cut] = [e for e in events if e["type"] == "recording_interrupted"]
+    assert cut["resumes"] is False
