@@ -2,7 +2,8 @@
 
 A continuous recording (synthetic camera, as fast as it encodes) into a spool; after each
 fragment the journal has made durable it prints ``FRAG recording part sha256(bytes)``. A line
-printed is a promise: those bytes must be in the platform's hands after the cut.
+printed is a promise: those bytes must be in the platform's hands after the cut. With
+``no-fragment-fsync`` the journal skips its per-fragment fsync (the test that must then fail).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def main() -> None:
             print(f"FRAG {job.recording} {job.part} {digest}", flush=True)
 
     JournalWriter.handle = promising  # type: ignore[method-assign]
+    if len(sys.argv) > 5 and sys.argv[5] == "no-fragment-fsync":
+        # A deliberately broken journal for the test that shows the cut test catches it.
+        from agent.storage.segjournal import SegmentJournal
+
+        SegmentJournal._sync_fragment = lambda self, fd: None  # type: ignore[method-assign]
     stop = threading.Event()
     source = SyntheticSource(160, 120, 10, stop=stop)
     recorder = Recorder(SETTINGS, source, spool, stop)

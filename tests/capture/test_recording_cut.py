@@ -42,7 +42,9 @@ def powercut(tmp_path: Path) -> Iterator[PowerCutFS]:
         yield fs
 
 
-def _run_child(spool_dir: Path, keyset: KeySet, n: int, rng: random.Random) -> list[str]:
+def _run_child(
+    spool_dir: Path, keyset: KeySet, n: int, rng: random.Random, drop: str = ""
+) -> list[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -52,6 +54,7 @@ def _run_child(spool_dir: Path, keyset: KeySet, n: int, rng: random.Random) -> l
             str(keyset.device_key_path),
             str(keyset.platform_pub_path),
             str(n),
+            drop,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -175,3 +178,27 @@ def test_a_recording_survives_power_cuts_and_resumes(powercut: PowerCutFS, keyse
     assert kinds.count("recording_interrupted") == interruptions >= CUTS // 2
     assert interruptions >= kinds.count("recording_resumed") >= interruptions // 2
     assert recovered_parts > CUTS // 4  # most cuts landed in a part in progress
+
+
+def test_a_journal_missing_its_fragment_fsync_loses_fragments_at_a_cut(
+    powercut: PowerCutFS, keyset: KeySet
+) -> None:
+    """The per-fragment fsync removed (in the child only): fragments it called durable are
+    lost at a power cut, which the test above would catch."""
+    spool_dir = powercut.mountpoint / "spool"
+    rng = random.Random(15)
+    for n in range(10):
+        promised: set[str] = set()
+        for line in _run_child(spool_dir, keyset, n, rng, "no-fragment-fsync"):
+            if line.startswith("FRAG "):
+                promised.add(line.split()[3])
+        powercut.cut()
+        spool = Spool(SpoolSettings(dir=spool_dir, reserve_mb=0), make_sealer(keyset, "cam-cut"))
+        try:
+            SegmentJournal(spool).recover("video")
+            _metas, held = _platform_read(spool, keyset)
+        finally:
+            spool.close()
+        if promised - held:
+            return
+    pytest.fail("10 power cuts without the fragment fsync lost no promised fragment")
