@@ -174,7 +174,7 @@ class JournalWriter:
     def handle(self, job: FragmentJob | RecordingJob) -> None:
         try:
             if isinstance(job, FragmentJob):
-                self.journal.append(
+                journaled = self.journal.append(
                     job.stream,
                     job.recording,
                     job.part,
@@ -182,6 +182,8 @@ class JournalWriter:
                     start_utc=job.start_utc,
                     start_mono_ns=job.start_mono_ns,
                 )
+                if not journaled:
+                    return  # this part's journal failed earlier: still failing, said once
             else:
                 self.journal.set_recording(job.stream, job.state)
         except (OSError, AgentError) as exc:

@@ -148,8 +148,8 @@ class SegmentJournal:
         if state is None:
             self._state.pop(stream, None)
             removed = False
-            for p in (path, *self.dir.glob(f"{stream}-*.json")):
-                if p.exists() and not self._is_open_sidecar(stream, p):
+            for p in (path, *self._stale_sidecars(stream)):
+                if p.exists():
                     p.unlink()
                     removed = True
             if removed:
@@ -160,9 +160,14 @@ class SegmentJournal:
         write_atomic(path, canonical_json(record))
         self.stats.fsyncs += 2
 
-    def _is_open_sidecar(self, stream: str, path: Path) -> bool:
-        op = self._open.get(stream)
-        return op is not None and path.name == f"{stream}-{op.jid}.json"
+    def _stale_sidecars(self, stream: str, keep: Path | None = None) -> list[Path]:
+        """Sidecars no longer needed: their body is gone (sealed or discarded). A body left
+        on disk (a part whose journal failed) keeps its sidecar for recovery."""
+        return [
+            side
+            for side in self.dir.glob(f"{stream}-*.json")
+            if side != keep and not side.with_suffix(".body").exists()
+        ]
 
     # ------------------------------------------------------------------ fragments
 
@@ -218,6 +223,7 @@ class SegmentJournal:
     def _open_part(
         self, stream: str, recording: str, part: int, start_utc: float, start_mono_ns: int
     ) -> _Open:
+        makedirs_durable(self.dir)  # back, if something removed it
         key_id = self.spool.ensure_key_stored()
         key = self.spool.sealer.current_key()
         if key.key_id != key_id:  # the epoch turned in between: store the new one
@@ -254,9 +260,8 @@ class SegmentJournal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         _write_all(fd, BodyWriter.prefix())
         os.fsync(fd)
-        for old in self.dir.glob(f"{stream}-*.json"):
-            if old != side:
-                old.unlink()
+        for old in self._stale_sidecars(stream, keep=side):
+            old.unlink()
         self._fsync_dir()
         self.stats.fsyncs += 2
         op = _Open(jid, recording, part, path, fd, body, start_utc, start_mono_ns)

@@ -331,3 +331,23 @@ def test_a_journal_without_its_recorder_is_recovered_not_resumed(
     spool.close()
     [cut] = [e for e in events if e["type"] == "recording_interrupted"]
     assert cut["resumes"] is False
+
+
+def test_a_failing_journal_is_reported_once_and_segments_are_sealed_from_memory(
+    tmp_path: Path, keyset: KeySet
+) -> None:
+    import shutil
+
+    spool = _spool(tmp_path / "spool", keyset)
+    run = Run(spool)
+    shutil.rmtree(run.journal.dir)  # the journal's directory is a file now: every write fails
+    run.journal.dir.write_bytes(b"")
+    run.feed(SyntheticSource(W, H, FPS, limit=37), 37)
+    run.pipe.finish("shutdown")
+    assert [a.kind for a in run.alarms] == ["video_journal_failed"]
+    assert run.journal.stats.fragments == 0 and run.stats.segments >= 3
+    counters = [c for _meta, mp4 in _media(spool, keyset) for c in decode_counters(mp4)]
+    root = spool.root
+    spool.close()
+    assert counters == list(range(37))
+    assert verify_paths([root], platform_private=keyset.platform_private).ok
