@@ -47,7 +47,12 @@ def decode_counters(mp4: bytes) -> list[int]:
 class Run:
     """A pipeline whose jobs go through the writer's code (journal + store), in this thread."""
 
-    def __init__(self, spool: Spool, interrupted: Interrupted | None = None) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        interrupted: Interrupted | None = None,
+        settings: VideoSettings = SETTINGS,
+    ) -> None:
         self.spool = spool
         self.journal = SegmentJournal(spool)
         self.alarms: list[Alarm] = []
@@ -55,7 +60,7 @@ class Run:
         self.stats = RecorderStats()
         self.fragment_frames: list[tuple[int, int]] = []  # (first, last) index journaled
         enc = H264Encoder(W, H, FPS, codec="libx264")
-        self.pipe = VideoPipeline(SETTINGS, enc, self.emit)
+        self.pipe = VideoPipeline(settings, enc, self.emit)
         self.pipe.begin(interrupted)
 
     def emit(self, job: Job) -> None:
@@ -351,3 +356,26 @@ def test_a_failing_journal_is_reported_once_and_segments_are_sealed_from_memory(
     spool.close()
     assert counters == list(range(37))
     assert verify_paths([root], platform_private=keyset.platform_private).ok
+
+
+def test_a_recording_being_stopped_when_cut_is_not_resumed(tmp_path: Path, keyset: KeySet) -> None:
+    import dataclasses
+
+    spool = _spool(tmp_path / "spool", keyset)
+    run = Run(spool, settings=dataclasses.replace(SETTINGS, mode="event"))
+    src = SyntheticSource(W, H, FPS, limit=100)
+    run.feed(src, 5)
+    run.pipe.start("button")
+    run.feed(src, 20)
+    run.pipe.stop("button")  # the stop moment is still inside the encoder: not yet sealed
+    assert run.pipe.rec is not None
+    spool.close()  # power cut before the stop took effect
+
+    spool = _spool(tmp_path / "spool", keyset, boot="boot-b")
+    interrupted = SegmentJournal(spool).recover("video")
+    assert interrupted is not None and not interrupted.resume
+    assert not (tmp_path / "spool" / "journal" / "seg" / "video.state").exists()
+    events = _events(spool, keyset)
+    spool.close()
+    [cut] = [e for e in events if e["type"] == "recording_interrupted"]
+    assert cut["resumes"] is False and cut["recovered"]
