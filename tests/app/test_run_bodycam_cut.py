@@ -24,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.storage.seal import parse_key_record
 from agent.storage.segjournal import RECOVERED_CONTENT_TYPE, open_recovered
 from agent.storage.settings import SpoolSettings
@@ -70,6 +72,7 @@ def _frames(mp4: bytes) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
+@pytest.mark.timeout(120 + 30 * KILLS)
 def test_sigkill_mid_recording_loses_about_a_keyframe_and_resumes(
     tmp_path: Path, keyset: KeySet
 ) -> None:

@@ -120,6 +120,7 @@ def _platform_read(spool: Spool, keyset: KeySet) -> tuple[list[dict[str, Any]], 
     return metas, hashes
 
 
+@pytest.mark.timeout(120 + 6 * CUTS)
 def test_a_recording_survives_power_cuts_and_resumes(powercut: PowerCutFS, keyset: KeySet) -> None:
     spool_dir = powercut.mountpoint / "spool"
     rng = random.Random(14)

@@ -158,6 +158,7 @@ def _cuts(
     return totals, broken
 
 
+@pytest.mark.timeout(120 + 3 * CUTS)
 def test_power_cuts_lose_nothing_that_was_promised(powercut: PowerCutFS, keyset: KeySet) -> None:
     totals, broken = _cuts(powercut.mountpoint / "spool", keyset, CUTS, cut=powercut)
     stats = powercut.stats()
