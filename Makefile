@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the demo talk to (real broker, gpsd, ffprobe, PulseAudio, ...).
 DEB_PACKAGES := mosquitto mosquitto-clients gpsd gpsd-clients chrony ffmpeg socat \
-	pulseaudio libportaudio2 libasound2-plugins python3-venv systemd shellcheck chromium
+	pulseaudio libportaudio2 libasound2-plugins python3-venv systemd shellcheck chromium fuse3
 B ?=
 
 .PHONY: setup deps venv demo test lint typecheck bench soak clean
@@ -52,7 +52,8 @@ bench: setup
 	$(PY) -m bench $(B)
 
 soak: setup
-	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -s tests/storage/test_powercut.py
+	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -s tests/storage/test_powercut.py \
+		tests/capture/test_recording_cut.py tests/app/test_run_bodycam_cut.py
 	$(PY) -m tests.chaos --minutes 60
 
 format: setup

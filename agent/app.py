@@ -548,7 +548,23 @@ class Agent:
         log.info("signal %d: stopping", signum)
         self.stop.set()
 
+    def _recover_other_journals(self) -> None:
+        """Fragment journals of streams no recorder runs for now (e.g. video switched off since
+        the power cut): sealed as recovered segments, the recording not resumed."""
+        from agent.storage.segjournal import SegmentJournal
+
+        active = {"video"} if self.video is not None else set()
+        if self.audio is not None:
+            active.add("audio")
+        try:
+            journal = SegmentJournal(self.spool)
+            for stream in sorted(journal.streams_present() - active):
+                journal.recover(stream, resume=False)
+        except (OSError, AgentError) as exc:
+            log.error("cannot recover the fragment journals: %s", exc)
+
     def start(self) -> None:
+        self._recover_other_journals()
         if self.uplink is not None:
             self.uplink.start()
         if self.fleet is not None:

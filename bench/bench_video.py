@@ -238,3 +238,7 @@ def run(report: Reporter) -> None:
         higher_is_better=False,
     )
     report.info(GROUP, "prebuffer-30s-1080p-rss", rss, "MB RSS growth")
+
+    from bench.bench_journal import run as journal
+
+    journal(report)

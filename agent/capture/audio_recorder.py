@@ -48,11 +48,20 @@ from typing import Any
 from agent import wallclock
 from agent.capture.audio import SAMPLE_BYTES, AudioBlock, Microphone, load_sounddevice
 from agent.capture.audio_encoder import CONTENT_TYPE, AudioFragment, OpusEncoder
-from agent.capture.jobs import EventJob, Job, RecorderThreads, SegmentJob, SpoolLike
+from agent.capture.jobs import (
+    EventJob,
+    FragmentJob,
+    Job,
+    RecorderThreads,
+    RecordingJob,
+    SegmentJob,
+    SpoolLike,
+)
 from agent.capture.settings import AudioSettings
 from agent.errors import AgentError, CommandError
 from agent.model import Alarm, ClockState, format_utc
 from agent.storage.seal import SegmentHeader
+from agent.storage.segjournal import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,7 @@ class _Recording:
     stop_trigger: str = ""
     pre_event_s: float | None = None
     stop_seen_ns: int | None = None  # when the stop was asked (monotonic), for the grace period
+    started_utc: str = ""
 
 
 @dataclass
@@ -286,10 +296,20 @@ class AudioPipeline:
         if seg is not None and seg.encoder is not enc:
             self._emit_segment(final=False)
             seg = None
+        opens = seg is None
         if seg is None:
             seg = self._open = _Open(enc, discontinuity=self._pending_discontinuity)
             self._pending_discontinuity = False
         seg.frags.append(frag)
+        rec = self.rec
+        if rec is not None:
+            # Durable as it comes (the fragment journal); the init boxes open each part.
+            data = enc.segment_init(frag.seq) + frag.data if opens else frag.data
+            self._emit(
+                FragmentJob(
+                    AUDIO_STREAM, rec.id, rec.parts, data, frag.start_utc, frag.start_mono_ns
+                )
+            )
 
     def _trim_ring(self) -> None:
         keep = self.settings.prebuffer_s * 1e9
@@ -313,6 +333,55 @@ class AudioPipeline:
             self._emit_segment(final=self.rec is None or self.rec.stop_at_ns is not None)
         self.ring.clear()
 
+    # ------------------------------------------------------------------ recording state
+
+    def begin(self, interrupted: Interrupted | None = None) -> None:
+        """Before the first block: resume the recording a power cut interrupted (same id, next
+        part, a ``recording_resumed`` event), or start one in continuous mode."""
+        if interrupted is not None and interrupted.resume:
+            rec = self.rec = _Recording(
+                interrupted.recording,
+                interrupted.trigger or "resume",
+                time.monotonic_ns(),
+                parts=interrupted.next_part,
+                started_utc=interrupted.started_utc,
+            )
+            self.stats.recording = True
+            self._persist()
+            self.event(
+                "recording_resumed",
+                {
+                    "stream": AUDIO_STREAM,
+                    "recording": rec.id,
+                    "part": rec.parts,
+                    "trigger": rec.trigger,
+                    "mode": self.settings.mode,
+                    "started_utc": rec.started_utc,
+                    "interrupted_utc": None
+                    if interrupted.last_durable_utc is None
+                    else format_utc(interrupted.last_durable_utc),
+                    "at_utc": format_utc(wallclock.now()),
+                },
+            )
+            log.warning("audio: recording %s resumed after an interruption", rec.id)
+            return
+        if self.settings.mode == "continuous":
+            self.start("continuous")
+
+    def _persist(self) -> None:
+        """Keep the recording in progress durably (resumed after a power cut)."""
+        rec = self.rec
+        state = None
+        if rec is not None:
+            state = {
+                "recording": rec.id,
+                "trigger": rec.trigger,
+                "mode": self.settings.mode,
+                "started_utc": rec.started_utc,
+                "stop_requested": rec.stop_at_ns is not None,
+            }
+        self._emit(RecordingJob(AUDIO_STREAM, state))
+
     # ------------------------------------------------------------------ commands (encoder thread)
 
     def start(
@@ -323,6 +392,8 @@ class AudioPipeline:
         if rec is not None:
             resumed = rec.stop_at_ns is not None
             rec.stop_at_ns, rec.stop_trigger, rec.stop_seen_ns = None, "", None
+            if resumed:
+                self._persist()
             self.event(
                 "audio_record_start",
                 {
@@ -335,7 +406,9 @@ class AudioPipeline:
             )
             return
         rec = self.rec = _Recording(uuid.uuid4().hex[:12], trigger, at)
+        rec.started_utc = self._utc_at(at)
         self.stats.recording = True
+        self._persist()
         pre: float | None = 0.0
         ring = [f for f in self.ring if f.end_mono_ns > at - self.settings.prebuffer_s * 1e9]
         self.ring.clear()
@@ -369,6 +442,7 @@ class AudioPipeline:
             self.event("audio_record_stop", {"trigger": trigger, "not_recording": True})
             return
         rec.stop_at_ns, rec.stop_trigger, rec.stop_seen_ns = at, trigger, time.monotonic_ns()
+        self._persist()
         if self.last_mono_ns is not None and self.last_mono_ns >= at:
             # Every block up to the stop has been fed already.
             if not self._keeps_running:
@@ -413,6 +487,7 @@ class AudioPipeline:
         rec = self.rec
         if rec is not None and rec.stop_at_ns is None:
             rec.stop_at_ns, rec.stop_trigger = self.last_mono_ns or time.monotonic_ns(), reason
+            self._persist()  # a clean stop: not resumed at the next start
         self._close_encoder()
         self._end_recording()
 
@@ -446,6 +521,7 @@ class AudioPipeline:
                 "at_utc": self._utc_at(rec.stop_at_ns or self.last_mono_ns or 0),
             },
         )
+        self._persist()  # no recording any more
         log.info("audio: recording %s stopped (%d segments)", rec.id, rec.parts)
 
     def _emit_segment(self, final: bool) -> None:
@@ -496,7 +572,7 @@ class AudioPipeline:
         rec.parts += 1
         rec.samples += last.end - first.start
         pieces = [enc.segment_init(first.seq), *(f.data for f in seg.frags)]
-        self._emit(SegmentJob(header, tuple(pieces)))
+        self._emit(SegmentJob(header, tuple(pieces), journaled=True))
 
     def _muted_spans(self, start: int, end: int, rate: int) -> list[list[float]]:
         """Muted spans within ``[start, end)`` as seconds from the segment's start."""
@@ -625,8 +701,7 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         p = self.pipeline
         blocks = self.mic.blocks
         try:
-            if self.settings.mode == "continuous":
-                p.start("continuous")
+            p.begin(self.interrupted)
             while True:
                 self._run_commands(p)
                 try:

@@ -4,6 +4,14 @@ The video and audio recorders both run an encoder thread that emits jobs (a seal
 header and plaintext pieces, held in memory only, or an event record) and a writer thread that
 puts them into the spool. Refusals (storage full) and failures are counted, logged and
 alarmed here, in one place.
+
+With a real spool the writer also keeps the fragment journal
+(:mod:`agent.storage.segjournal`): each :class:`FragmentJob` is made durable, encrypted, as
+it comes; the :class:`SegmentJob` that completes a part then seals the journaled body in place
+(its pieces, kept in memory too, are sealed instead only if the journal failed). A
+:class:`RecordingJob` keeps the recording in progress durably, so that after a power cut
+:meth:`RecorderThreads.start_threads` recovers the journal and the pipeline resumes the
+recording (``interrupted``).
 """
 
 from __future__ import annotations
@@ -14,12 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from agent import wallclock
 from agent.errors import AgentError, EvidenceRefused
 from agent.model import Alarm, Severity
 from agent.storage.seal import SegmentHeader
+
+if TYPE_CHECKING:
+    from agent.storage.segjournal import Interrupted, SegmentJournal
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,7 @@ class SpoolLike(Protocol):
 class SegmentJob:
     header: SegmentHeader
     pieces: tuple[bytes, ...]  # the plaintext (an MP4), in memory only
+    journaled: bool = False  # its fragments went before it as FragmentJobs
 
     @property
     def size(self) -> int:
@@ -50,7 +62,27 @@ class EventJob:
     details: dict[str, Any]
 
 
-Job = SegmentJob | EventJob
+@dataclass(frozen=True)
+class FragmentJob:
+    """One fragment of a recording's part (with the init boxes if it opens the part)."""
+
+    stream: str
+    recording: str
+    part: int
+    data: bytes
+    start_utc: float
+    start_mono_ns: int
+
+
+@dataclass(frozen=True)
+class RecordingJob:
+    """The recording in progress, to keep durably (``state`` None: not recording any more)."""
+
+    stream: str
+    state: dict[str, Any] | None
+
+
+Job = SegmentJob | EventJob | FragmentJob | RecordingJob
 
 
 class StoreCounters(Protocol):
@@ -68,11 +100,15 @@ def store(
     alarm: Callable[[Alarm], None] = lambda a: None,
     *,
     what: str,
+    journal: SegmentJournal | None = None,
 ) -> None:
     """Write one job to the spool; refusals and failures are counted, logged and alarmed.
 
-    ``what`` names the pipeline ("video", "audio") in logs and in the alarm kind.
+    ``what`` names the pipeline ("video", "audio") in logs and in the alarm kind. A journaled
+    segment is sealed from ``journal`` where its part is open there.
     """
+    if isinstance(job, FragmentJob | RecordingJob):
+        raise TypeError(f"{what}: journal jobs go to JournalWriter, not store()")
     label = (
         f"{what} segment {job.header.meta.get('recording')}/{job.header.meta.get('part')}"
         if isinstance(job, SegmentJob)
@@ -80,7 +116,28 @@ def store(
     )
     try:
         if isinstance(job, SegmentJob):
-            spool.put(job.header, job.pieces)
+            meta = job.header.meta
+            rec, part = str(meta.get("recording")), meta.get("part")
+            if (
+                journal is not None
+                and job.journaled
+                and isinstance(part, int)
+                and journal.is_open(job.header.stream, rec, part)
+            ):
+                try:
+                    journal.seal(job.header, rec, part)
+                except EvidenceRefused:
+                    raise
+                except (AgentError, OSError) as exc:
+                    log.error(
+                        "%s: sealing %s from the journal failed (%s); from memory", what, label, exc
+                    )
+                    spool.put(job.header, job.pieces)
+                    journal.discard(job.header.stream, rec, part)
+            else:
+                spool.put(job.header, job.pieces)
+                if journal is not None and isinstance(part, int):
+                    journal.discard(job.header.stream, rec, part)
             stats.segments += 1
             stats.segment_bytes += job.size
         else:
@@ -103,6 +160,60 @@ def store(
         )
 
 
+class JournalWriter:
+    """The writer thread's side of the fragment journal: fragments and recording state made
+    durable; a failure is reported once (log + alarm) until the journal works again, and the
+    part's segment is then sealed from memory as before."""
+
+    def __init__(self, journal: SegmentJournal, what: str, alarm: Callable[[Alarm], None]):
+        self.journal = journal
+        self.what = what
+        self._alarm = alarm
+        self.failing = False
+
+    def handle(self, job: FragmentJob | RecordingJob) -> None:
+        try:
+            if isinstance(job, FragmentJob):
+                journaled = self.journal.append(
+                    job.stream,
+                    job.recording,
+                    job.part,
+                    job.data,
+                    start_utc=job.start_utc,
+                    start_mono_ns=job.start_mono_ns,
+                )
+                if not journaled:
+                    return  # this part's journal failed earlier: still failing, said once
+            else:
+                self.journal.set_recording(job.stream, job.state)
+        except (OSError, AgentError) as exc:
+            if not self.failing:
+                self.failing = True
+                log.critical("%s: the fragment journal failed: %s", self.what, exc)
+                self._alarm(
+                    Alarm(
+                        f"{self.what}_journal_failed",
+                        f"fragments are not durable until their segment is sealed: {exc}",
+                        Severity.CRITICAL,
+                        wallclock.now(),
+                    )
+                )
+            return
+        if self.failing:
+            self.failing = False
+            log.warning("%s: the fragment journal works again", self.what)
+
+
+def open_journal(spool: SpoolLike, what: str) -> SegmentJournal | None:
+    """The fragment journal of a real spool (a test double spool has none)."""
+    from agent.storage.segjournal import SegmentJournal
+    from agent.storage.spool import Spool
+
+    if not isinstance(spool, Spool):
+        return None
+    return SegmentJournal(spool)
+
+
 P = TypeVar("P")
 S = TypeVar("S", bound=StoreCounters)
 
@@ -121,9 +232,30 @@ class RecorderThreads(Generic[P, S]):
     _jobs: queue.Queue[Job | None]
     _commands: queue.Queue[Callable[[P], object]]
 
+    journal: SegmentJournal | None = None
+    interrupted: Interrupted | None = None  # a recording cut by a power cut, to resume
+
     def start_threads(self) -> None:
+        self._recover()
         for t in self._threads:
             t.start()
+
+    def _recover(self) -> None:
+        """Seal what the fragment journal kept from before a power cut; never block a start."""
+        try:
+            self.journal = open_journal(self.spool, self.what)
+            if self.journal is not None:
+                self.interrupted = self.journal.recover(self.what)
+        except (OSError, AgentError) as exc:
+            log.critical("%s: journal recovery failed: %s", self.what, exc)
+            self._alarm(
+                Alarm(
+                    f"{self.what}_journal_failed",
+                    f"journal recovery failed: {exc}",
+                    Severity.CRITICAL,
+                    wallclock.now(),
+                )
+            )
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the threads (after the stop event, or the end of a file); True if they
@@ -151,8 +283,24 @@ class RecorderThreads(Generic[P, S]):
         )
 
     def _write_main(self) -> None:
+        journal = self.journal
+        writer = JournalWriter(journal, self.what, self._alarm) if journal is not None else None
+        failed = False
         while True:
             job = self._jobs.get()
             if job is None:
+                if journal is not None:
+                    journal.close()
                 return
-            store(self.spool, job, self.stats, self._alarm, what=self.what)
+            try:
+                if isinstance(job, FragmentJob | RecordingJob):
+                    if writer is not None:
+                        writer.handle(job)
+                    continue
+                store(self.spool, job, self.stats, self._alarm, what=self.what, journal=journal)
+                failed = False
+            except Exception:
+                # Never let the writer die: the encoder would block on a full queue.
+                if not failed:
+                    log.exception("%s: writer failed on a job (going on)", self.what)
+                failed = True

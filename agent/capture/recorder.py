@@ -33,7 +33,15 @@ from agent import wallclock
 from agent.capture.camera import CaptureLoop
 from agent.capture.encoder import Fragment, H264Encoder
 from agent.capture.frames import Frame, FrameSource
-from agent.capture.jobs import EventJob, Job, RecorderThreads, SegmentJob, SpoolLike
+from agent.capture.jobs import (
+    EventJob,
+    FragmentJob,
+    Job,
+    RecorderThreads,
+    RecordingJob,
+    SegmentJob,
+    SpoolLike,
+)
 from agent.capture.overlay import Overlay
 from agent.capture.prebuffer import FragmentRing
 from agent.capture.segmenter import Segment, Segmenter
@@ -41,6 +49,7 @@ from agent.capture.settings import VideoSettings
 from agent.errors import AgentError
 from agent.model import Alarm, ClockState, format_utc
 from agent.storage.seal import SegmentHeader
+from agent.storage.segjournal import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,7 @@ class _Recording:
     frames: int = 0
     pre_event_s: float | None = None
     marks: list[dict[str, Any]] = field(default_factory=list)
+    started_utc: str = ""
 
 
 class VideoPipeline:
@@ -155,6 +165,9 @@ class VideoPipeline:
         if self.rec is not None:
             if not self.rec.stop_trigger:
                 self.rec.stop_trigger = trigger
+            if self.rec.stop_at_ns is None:
+                self.rec.stop_at_ns = self.last_mono_ns or 0
+                self._persist()  # a clean stop: not resumed at the next start
             self._end_recording()
 
     def _on_fragment(self, frag: Fragment) -> None:
@@ -177,9 +190,73 @@ class VideoPipeline:
         self._recorded_seq = frag.seq
         self._recorded_end_ns = frag.end_mono_ns
         self.rec.frames += frag.frames
+        opens = self._segmenter.current is None
+        self._emit(
+            FragmentJob(
+                VIDEO_STREAM,
+                self.rec.id,
+                self.rec.parts,
+                self.encoder.init + frag.data if opens else frag.data,
+                frag.start_utc,
+                frag.start_mono_ns,
+            )
+        )
         seg = self._segmenter.add(self.encoder.init, frag)
         if seg is not None:
             self._emit_segment(seg, final=False)
+
+    # ------------------------------------------------------------------ recording state
+
+    def begin(self, interrupted: Interrupted | None = None) -> None:
+        """Before the first frame: resume the recording a power cut interrupted (same id,
+        next part, a ``recording_resumed`` event), or start one in continuous mode."""
+        if interrupted is not None and interrupted.resume:
+            rec = self.rec = _Recording(
+                interrupted.recording,
+                interrupted.trigger or "resume",
+                self._next_frag,
+                self.last_mono_ns or 0,
+                parts=interrupted.next_part,
+                started_utc=interrupted.started_utc,
+            )
+            self._persist()
+            self.event(
+                "recording_resumed",
+                {
+                    "stream": VIDEO_STREAM,
+                    "recording": rec.id,
+                    "part": rec.parts,
+                    "trigger": rec.trigger,
+                    "mode": self.settings.mode,
+                    "started_utc": rec.started_utc,
+                    "interrupted_utc": None
+                    if interrupted.last_durable_utc is None
+                    else format_utc(interrupted.last_durable_utc),
+                    "at_utc": format_utc(wallclock.now()),
+                },
+            )
+            log.warning("video: recording %s resumed after an interruption", rec.id)
+            return
+        if self.settings.mode == "continuous":
+            self.start("continuous")
+
+    def _persist(self) -> None:
+        """Keep the recording in progress durably (resumed after a power cut)."""
+        rec = self.rec
+        self._emit(
+            RecordingJob(
+                VIDEO_STREAM,
+                None
+                if rec is None
+                else {
+                    "recording": rec.id,
+                    "trigger": rec.trigger,
+                    "mode": self.settings.mode,
+                    "started_utc": rec.started_utc,
+                    "stop_requested": rec.stop_at_ns is not None,
+                },
+            )
+        )
 
     # ------------------------------------------------------------------ commands
 
@@ -213,6 +290,8 @@ class VideoPipeline:
         if rec is not None:
             resumed = rec.stop_at_ns is not None
             rec.stop_at_ns, rec.stop_trigger = None, ""
+            if resumed:
+                self._persist()
             self.event(
                 "record_start",
                 {
@@ -228,7 +307,10 @@ class VideoPipeline:
         starts = {f.seq: f.start_mono_ns for f in self.ring.fragments(self._recorded_seq)}
         starts.update(dict(self._pending_keys))
         pre = (at - starts[seq]) / 1e9 if seq in starts and self.last_mono_ns else None
-        rec = self.rec = _Recording(uuid.uuid4().hex[:12], trigger, seq, at, pre_event_s=pre)
+        rec = self.rec = _Recording(
+            uuid.uuid4().hex[:12], trigger, seq, at, pre_event_s=pre, started_utc=self._utc_at(at)
+        )
+        self._persist()
         self.event(
             "record_start",
             {
@@ -259,6 +341,8 @@ class VideoPipeline:
         rec.stop_at_ns, rec.stop_trigger = at, trigger
         if self._recorded_end_ns > at:
             self._end_recording()
+        else:
+            self._persist()
 
     def _mark(self, trigger: str, note: str, at_mono_ns: int | None) -> None:
         at = at_mono_ns if at_mono_ns is not None else (self.last_mono_ns or 0)
@@ -291,6 +375,7 @@ class VideoPipeline:
                 "at_utc": self._utc_at(rec.stop_at_ns or self.last_mono_ns or 0),
             },
         )
+        self._persist()  # no recording any more
         log.info("video: recording %s stopped (%d segments)", rec.id, rec.parts)
 
     # ------------------------------------------------------------------ output
@@ -339,7 +424,7 @@ class VideoPipeline:
         )
         rec.parts += 1
         self.segments_made += 1
-        self._emit(SegmentJob(header, tuple(seg.pieces())))
+        self._emit(SegmentJob(header, tuple(seg.pieces()), journaled=True))
 
 
 class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
@@ -499,8 +584,7 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
             meta=self._meta,
         )
         self.ready.set()
-        if s.mode == "continuous":
-            p.start("continuous")
+        p.begin(self.interrupted)
         try:
             while True:
                 self._run_commands(p)

@@ -15,6 +15,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def makedirs_durable(path: Path) -> None:
+    """``mkdir -p`` whose new directories survive a power cut: each new directory's entry is
+    made durable by an fsync of its parent (a directory that exists is left alone)."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
 def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """temp file, write, fsync, rename over ``path``, fsync the directory."""
     tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.part"

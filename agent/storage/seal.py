@@ -336,6 +336,66 @@ def _meta_bytes(meta: dict[str, Any], label: str) -> bytes:
         return canonical_json({"unsealable_meta": str(exc)[:200]})
 
 
+class BodyWriter:
+    """A segment body sealed chunk by chunk as its plaintext arrives.
+
+    :func:`seal_segment` uses it for a whole segment at once; a producer that must make data
+    durable before the segment is complete (the fragment journal,
+    :mod:`agent.storage.segjournal`) calls :meth:`frame` for each chunk as it comes, appends
+    the frames itself, and ends with :func:`seal_trailer`. Either way the bytes are the same:
+    every chunk but the final one holds ``chunk_size`` bytes, the final one is marked. Holds
+    no plaintext.
+    """
+
+    def __init__(self, key: DataKey, cipher: str, chunk_size: int) -> None:
+        self.key = key
+        self.cipher = cipher
+        self.chunk_size = chunk_size
+        self.salt = os.urandom(16)
+        self._aead = aead_for(cipher, segment_key(key.secret, self.salt))
+        self.plain_hash = hashlib.sha256()
+        self.body_hash = hashlib.sha256()
+        self.plain_len = 0
+        self.body_len = 0
+        self.chunks = 0
+        self.finished = False
+
+    @staticmethod
+    def prefix() -> bytes:
+        """The file's first bytes (magic and version), before the first frame."""
+        return _prefix(SEG_MAGIC, VERSION)
+
+    def _encrypt(self, chunk: bytes | memoryview, last: bool) -> tuple[bytes, bytes]:
+        if self.finished:
+            raise FormatError("segment body: a chunk after the final one")
+        if len(chunk) > self.chunk_size or (not last and len(chunk) != self.chunk_size):
+            raise FormatError(
+                f"segment body: chunk of {len(chunk)} bytes (chunk size {self.chunk_size}, "
+                "only the final chunk may be shorter)"
+            )
+        ct = self._aead.encrypt(chunk_nonce(self.chunks, last), chunk, None)
+        head = struct.pack(">I", len(ct))
+        self.plain_hash.update(chunk)
+        self.body_hash.update(head)
+        self.body_hash.update(ct)
+        self.plain_len += len(chunk)
+        self.body_len += len(head) + len(ct)
+        self.chunks += 1
+        self.finished = last
+        return head, ct
+
+    def frame(self, chunk: bytes | memoryview, *, last: bool = False) -> bytes:
+        """The frame (u32 length + ciphertext) of the next chunk."""
+        head, ct = self._encrypt(chunk, last)
+        return head + ct
+
+    def write(self, out: BinaryIO, chunk: bytes | memoryview, *, last: bool = False) -> None:
+        """Encrypt the next chunk and write its frame to ``out`` (no extra copy)."""
+        head, ct = self._encrypt(chunk, last)
+        out.write(head)
+        out.write(ct)
+
+
 def seal_segment(
     out: BinaryIO,
     *,
@@ -356,36 +416,46 @@ def seal_segment(
     the hash and the cipher, never to ``out``; ``header.meta`` is sealed under the data key.
     The manifest is checked by the verifier's own rules before it is signed.
     """
-    salt = os.urandom(16)
-    aead = aead_for(cipher, segment_key(key.secret, salt))
-    plain_hash = hashlib.sha256()
-    body_hash = hashlib.sha256()
-    plain_len = 0
-    body_len = 0
-    index = 0
-    out.write(_prefix(SEG_MAGIC, VERSION))
-
-    def emit(chunk: bytes | memoryview, last: bool) -> None:
-        nonlocal index, body_len
-        ct = aead.encrypt(chunk_nonce(index, last), chunk, None)
-        head = struct.pack(">I", len(ct))
-        body_hash.update(head)
-        body_hash.update(ct)
-        out.write(head)
-        out.write(ct)
-        body_len += len(head) + len(ct)
-        index += 1
-
+    body = BodyWriter(key, cipher, chunk_size)
+    out.write(body.prefix())
     pending: bytes | memoryview | None = None
     for chunk in rechunk(pieces, chunk_size):
-        plain_hash.update(chunk)
-        plain_len += len(chunk)
         if pending is not None:
-            emit(pending, last=False)
+            body.write(out, pending)
         pending = chunk
-    emit(pending if pending is not None else b"", last=True)
+    body.write(out, pending if pending is not None else b"", last=True)
+    return seal_trailer(
+        out,
+        body,
+        header=header,
+        link=link,
+        device_id=device_id,
+        boot_id=boot_id,
+        signing_key=signing_key,
+        sealed_utc=sealed_utc,
+    )
+
+
+def seal_trailer(
+    out: BinaryIO,
+    body: BodyWriter,
+    *,
+    header: SegmentHeader,
+    link: ChainLink,
+    device_id: str,
+    boot_id: str,
+    signing_key: Ed25519PrivateKey,
+    sealed_utc: float,
+) -> tuple[dict[str, Any], bytes]:
+    """Write the manifest and signature after a finished :class:`BodyWriter` body.
+
+    ``header.meta`` is sealed under the data key here, at the end, since a journaled
+    segment's meta is only known when it ends.
+    """
+    if not body.finished:
+        raise FormatError("segment body: the final chunk is missing")
     dpk = raw_public(signing_key.public_key())
-    sealed_meta = aead_for(cipher, meta_key(key.secret, salt)).encrypt(
+    sealed_meta = aead_for(body.cipher, meta_key(body.key.secret, body.salt)).encrypt(
         META_NONCE, _meta_bytes(header.meta, f"{header.stream}#{link.seq}"), None
     )
     # A monotonic span is never negative: producers that derive one from wall-clock times
@@ -405,15 +475,15 @@ def seal_segment(
         "end_mono_ns": max(start_mono, header.end_mono_ns),
         "clock": _clock_json(header.clock),
         "content_type": header.content_type,
-        "plain_len": plain_len,
-        "plain_sha256": plain_hash.hexdigest(),
-        "cipher": cipher,
-        "key_id": key.key_id,
-        "salt": salt.hex(),
-        "chunk_size": chunk_size,
-        "chunks": index,
-        "body_len": body_len,
-        "body_sha256": body_hash.hexdigest(),
+        "plain_len": body.plain_len,
+        "plain_sha256": body.plain_hash.hexdigest(),
+        "cipher": body.cipher,
+        "key_id": body.key.key_id,
+        "salt": body.salt.hex(),
+        "chunk_size": body.chunk_size,
+        "chunks": body.chunks,
+        "body_len": body.body_len,
+        "body_sha256": body.body_hash.hexdigest(),
         "device_pub": dpk.hex(),
         "signer": fingerprint(dpk),
         "sealed_utc": format_utc(sealed_utc),
@@ -421,13 +491,13 @@ def seal_segment(
         "evicted": header.evicted,
         "sealed_meta": sealed_meta.hex(),
     }
-    body = canonical_json(manifest)
-    if len(body) > MAX_MANIFEST:
-        raise FormatError(f"manifest of {len(body)} bytes exceeds {MAX_MANIFEST}")
+    mbytes = canonical_json(manifest)
+    if len(mbytes) > MAX_MANIFEST:
+        raise FormatError(f"manifest of {len(mbytes)} bytes exceeds {MAX_MANIFEST}")
     check_segment_manifest(manifest, f"sealing {header.stream}#{link.seq}")
-    sig = signing_key.sign(segment_context(VERSION) + body)
-    out.write(body + sig + struct.pack(">I", len(body)))
-    return manifest, body
+    sig = signing_key.sign(segment_context(VERSION) + mbytes)
+    out.write(mbytes + sig + struct.pack(">I", len(mbytes)))
+    return manifest, mbytes
 
 
 @dataclass(frozen=True)

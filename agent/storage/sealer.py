@@ -12,7 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent import wallclock
 from agent.ids import check_boot_id, check_device_id
-from agent.storage.seal import ChainLink, DataKey, SegmentHeader, make_data_key, seal_segment
+from agent.storage.seal import (
+    BodyWriter,
+    ChainLink,
+    DataKey,
+    SegmentHeader,
+    make_data_key,
+    seal_segment,
+    seal_trailer,
+)
 from agent.storage.settings import SealSettings
 
 
@@ -82,5 +90,26 @@ class Sealer:
             cipher=self.settings.cipher,
             chunk_size=self.settings.chunk_size,
             pieces=pieces,
+            sealed_utc=self._clock(),
+        )
+
+    # Streamed sealing (the fragment journal): the body is written as it arrives.
+
+    def open_body(self, key: DataKey, chunk_size: int) -> BodyWriter:
+        """A body to fill chunk by chunk under ``key`` (see :class:`BodyWriter`)."""
+        return BodyWriter(key, self.settings.cipher, chunk_size)
+
+    def seal_body(
+        self, out: BinaryIO, header: SegmentHeader, link: ChainLink, body: BodyWriter
+    ) -> tuple[dict[str, Any], bytes]:
+        """Write the signed trailer after a finished body."""
+        return seal_trailer(
+            out,
+            body,
+            header=header,
+            link=link,
+            device_id=self.device_id,
+            boot_id=self.boot_id,
+            signing_key=self._signing_key,
             sealed_utc=self._clock(),
         )

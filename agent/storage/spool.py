@@ -38,9 +38,15 @@ from typing import Any, BinaryIO
 from agent import wallclock
 from agent.errors import EvidenceRefused, FormatError, SpoolError
 from agent.model import Alarm, ClockState, Severity
-from agent.storage.durable import fsync_dir, write_atomic
+from agent.storage.durable import fsync_dir, makedirs_durable, write_atomic
 from agent.storage.retention import Candidate, Retention, admit, classify
-from agent.storage.seal import ChainLink, SegmentHeader, parse_key_record, read_segment_info
+from agent.storage.seal import (
+    BodyWriter,
+    ChainLink,
+    SegmentHeader,
+    parse_key_record,
+    read_segment_info,
+)
 from agent.storage.sealer import Sealer
 from agent.storage.settings import MIB, SpoolSettings
 
@@ -141,7 +147,7 @@ class Spool:
         self._ballast_released = False
         self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
         for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            makedirs_durable(self.root / sub)
         self._db = sqlite3.connect(
             self.root / "index.sqlite3", check_same_thread=False, isolation_level=None
         )
@@ -456,10 +462,58 @@ class Spool:
             mhash = hashlib.sha256(mbytes).hexdigest()
             self._make_room(stream, cls, size, tmp)
             final = self._seg_path(stream, seq)
-            final.parent.mkdir(exist_ok=True)
+            makedirs_durable(final.parent)  # a new stream's directory, durably
             os.replace(tmp, final)
             fsync_dir(final.parent)
             self._index(stream, seq, self.sealer.boot_id, key.key_id, size, mhash, batch_id)
+            return PutResult(stream, seq, size, mhash, final)
+
+    def put_streamed(
+        self,
+        header: SegmentHeader,
+        body_path: Path,
+        body: BodyWriter,
+        *,
+        batch_id: str | None = None,
+    ) -> PutResult:
+        """Seal a body already written (and made durable) chunk by chunk at ``body_path`` as
+        the next segment of ``header.stream``: the trailer is appended, the file synced and
+        renamed into place. The fragment journal's way to seal a segment without writing its
+        bytes twice. The key of ``body`` must be stored (:meth:`ensure_key_stored`).
+
+        Refused like :meth:`put` (the body is then removed: it was new evidence).
+        """
+        stream = header.stream
+        cls = classify(stream)
+        if stream != EVENT_STREAM and cls is Retention.EVIDENCE:
+            quota = self._quota(cls)
+            if self._used[cls] >= quota:
+                body_path.unlink(missing_ok=True)
+                self._refuse(stream, f"evidence quota full ({self._used[cls]} of {quota} bytes)")
+        with self._stream_lock(stream):
+            if body.key.key_id not in self._stored_keys:
+                raise SpoolError(
+                    f"{stream}: key {body.key.key_id} of a streamed body is not stored"
+                )
+            seq, prev = self._chains.get(stream, (0, None))
+            try:
+                with body_path.open("ab") as f:
+                    _manifest, mbytes = self.sealer.seal_body(f, header, ChainLink(seq, prev), body)
+                    f.flush()
+                    os.fsync(f.fileno())
+                size = body_path.stat().st_size
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    body_path.unlink(missing_ok=True)
+                    self._refuse(stream, f"disk full while sealing ({exc.strerror})")
+                raise SpoolError(f"cannot seal segment {stream}#{seq}: {exc}") from exc
+            mhash = hashlib.sha256(mbytes).hexdigest()
+            self._make_room(stream, cls, size, body_path)
+            final = self._seg_path(stream, seq)
+            makedirs_durable(final.parent)
+            os.replace(body_path, final)
+            fsync_dir(final.parent)
+            self._index(stream, seq, self.sealer.boot_id, body.key.key_id, size, mhash, batch_id)
             return PutResult(stream, seq, size, mhash, final)
 
     def put_bytes(

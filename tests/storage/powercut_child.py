@@ -18,8 +18,26 @@ from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
 
 
+def _drop_fsync(which: str) -> None:
+    """A deliberately broken spool for the test that shows the power-cut file system catches
+    a missing fsync: ``segment-dir-fsync`` skips the directory fsync after a segment file is
+    renamed into ``seg/<stream>/``."""
+    import agent.storage.spool as spool_module
+
+    assert which == "segment-dir-fsync", which
+    real = spool_module.fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        if path.parent.name != "seg":
+            real(path)
+
+    spool_module.fsync_dir = fsync_dir  # type: ignore[attr-defined]
+
+
 def main() -> None:
     spool_dir, device_key, platform_pub, seed = sys.argv[1:5]
+    if len(sys.argv) > 5 and sys.argv[5]:
+        _drop_fsync(sys.argv[5])
     rng = random.Random(int(seed))
     sealer = Sealer(
         device_id="dev-pc",
