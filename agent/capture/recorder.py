@@ -387,8 +387,11 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
         self._on_unit = on_unit
         self.stats = RecorderStats()
         self._frames: queue.Queue[Frame] = queue.Queue(maxsize=settings.queue_frames)
-        # Encoded sources: access units; after a drop, none until the next IDR.
-        self._units: queue.Queue[AccessUnit] = queue.Queue(maxsize=settings.queue_frames)
+        # Encoded sources: access units (kilobytes, not megabytes: room for 4 s, as network
+        # streams come in bursts); after a drop, none until the next IDR.
+        self._units: queue.Queue[AccessUnit] = queue.Queue(
+            maxsize=max(settings.queue_frames, 4 * settings.fps)
+        )
         self._drop_to_idr = False
         self._newest: LatestPicture | None = None
         self.remux_errors = 0

@@ -101,6 +101,7 @@ class PipeSource:
         self._seen_idr = False
         self._resync = True
         self._ended = False
+        self._stalled = False
 
     @property
     def name(self) -> str:
@@ -143,6 +144,7 @@ class PipeSource:
         self._seen_idr = False
         self._resync = True
         self._ended = False
+        self._stalled = False
         log.info("video: started %s (pid %d)", " ".join(self.command[:3]), self._proc.pid)
 
     def read(self) -> AccessUnit | None:
@@ -152,11 +154,16 @@ class PipeSource:
         while not self._ready:
             if self._ended:
                 raise SourceError(f"{self.name}: {self._exit_reason(proc)}")
+            if self._stalled:
+                raise SourceError(f"{self.name}: no data for {self.stall_s:g} s (camera stalled)")
             if self._stop.is_set():
                 return None
             now = time.monotonic()
             if now - self._last_data > self.stall_s:
-                raise SourceError(f"{self.name}: no data for {self.stall_s:g} s (camera stalled)")
+                # The last picture written is whole (one per write); hand it over, then fail.
+                self._stalled = True
+                self._take(self._reader.flush())
+                continue
             if not self._seen_idr and now - self._opened_at > self.idr_s:
                 raise SourceError(f"{self.name}: no IDR picture within {self.idr_s:g} s of opening")
             out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
