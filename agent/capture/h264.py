@@ -291,7 +291,10 @@ class StreamChecker:
             if kind in NEEDS_REF and not head & 0x60:
                 raise SourceError(f"H.264: NAL unit type {kind} with nal_ref_idc 0 (garbage?)")
             if kind == NAL_SPS:
-                sps = parse_sps(nal)
+                try:
+                    sps = parse_sps(nal)
+                except SourceError as exc:
+                    raise SourceError(f"H.264: SPS does not parse ({exc})") from None
                 self._sps[sps.id] = sps
                 sps_nal = sps_nal or nal
             elif kind == NAL_PPS:
@@ -339,12 +342,11 @@ class AnnexBReader:
         self._au: list[bytes] = []
         self._au_vcl = False
         self._au_stamp: object = None
-        self._stamp: object = None
+        self._nal_stamp: object = None  # the stamp of the read in which this NAL began
         self.skipped = 0  # bytes before the first start code
 
     def feed(self, data: bytes, stamp: object = None) -> list[tuple[list[bytes], object]]:
         """Append ``data``; return the access units completed, each ``(nals, stamp)``."""
-        self._stamp = stamp
         self._buf += data
         out: list[tuple[list[bytes], object]] = []
         buf = self._buf
@@ -359,6 +361,7 @@ class AnnexBReader:
             else:
                 self._end_nal(bytes(buf[self._nal_start : i]), out)
             self._nal_start = i + 3
+            self._nal_stamp = stamp
             self._scan = i + 3
         if self._nal_start is None:
             # No start code yet: junk (keep two bytes, a start code may begin in them).
@@ -405,7 +408,7 @@ class AnnexBReader:
                 out.append((self._au, self._au_stamp))
                 self._au, self._au_vcl = [], False
         if not self._au:
-            self._au_stamp = self._stamp
+            self._au_stamp = self._nal_stamp
         self._au.append(nal)
         if kind in VCL:
             self._au_vcl = True
