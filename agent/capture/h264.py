@@ -97,29 +97,33 @@ def unescape(payload: bytes) -> bytes:
 
 
 class BitReader:
-    """MSB-first bits with Exp-Golomb codes (9.1); running off the end raises SourceError."""
+    """MSB-first bits with Exp-Golomb codes (9.1); running off the end raises SourceError.
+
+    The bytes are held as one integer, so each read is a few integer operations.
+    """
 
     def __init__(self, data: bytes) -> None:
-        self.data = data
+        self._value = int.from_bytes(data, "big")
+        self._bits = len(data) * 8
         self.pos = 0
 
     def u(self, n: int) -> int:
-        v = 0
-        for _ in range(n):
-            byte = self.pos >> 3
-            if byte >= len(self.data):
-                raise SourceError("H.264: truncated header")
-            v = (v << 1) | ((self.data[byte] >> (7 - (self.pos & 7))) & 1)
-            self.pos += 1
-        return v
+        end = self.pos + n
+        if end > self._bits:
+            raise SourceError("H.264: truncated header")
+        self.pos = end
+        return (self._value >> (self._bits - end)) & ((1 << n) - 1)
 
     def ue(self) -> int:
-        zeros = 0
-        while self.u(1) == 0:
-            zeros += 1
-            if zeros > 31:
-                raise SourceError("H.264: Exp-Golomb code too long")
-        return (1 << zeros) - 1 + self.u(zeros)
+        left = self._bits - self.pos
+        rest = self._value & ((1 << left) - 1)
+        if rest == 0:
+            raise SourceError("H.264: truncated header")
+        zeros = left - rest.bit_length()
+        if zeros > 31:
+            raise SourceError("H.264: Exp-Golomb code too long")
+        self.pos += zeros
+        return self.u(zeros + 1) - 1
 
     def se(self) -> int:
         k = self.ue()
