@@ -107,6 +107,14 @@ def build_source(
     return CameraSource(kind, s.width, s.height, s.fps), choice
 
 
+ENCODED_SOURCES = ("picamera2", "rpicam", "encoded")
+
+
+def encoded_source(settings: VideoSettings, board: Board | None = None) -> bool:
+    """Whether the source the settings name (``auto`` settled) yields encoded pictures."""
+    return choose_source(settings, board or detect()[1]).source in ENCODED_SOURCES
+
+
 def make_overlay(
     settings: VideoSettings,
     *,
