@@ -188,33 +188,41 @@ class CaptureLoop(Generic[T]):
         self._lost_at: float | None = None
 
     def run(self) -> None:
+        """A source counts as restored once it delivers again (not merely opens), and the pause
+        keeps doubling while it fails before delivering anything, so a source that opens but
+        always fails at once (garbage from the first byte) is reported once, not every retry.
+        Any exception from a source is a loss: the thread outlives whatever a camera sends."""
         src = self.source
-        opened = False
+        opened = delivered = False
         pause = self._reopen_s
         try:
             while not self._stop.is_set():
                 if not opened:
                     try:
                         src.open()
-                    except SourceError as exc:
-                        self._lost(exc)
+                    except Exception as exc:
+                        self._lost(_source_error(src, exc))
                         self._stop.wait(pause)
                         pause = min(pause * 2, self._reopen_max_s)
                         continue
-                    opened = True
-                    pause = self._reopen_s
-                    self._restored()
+                    opened, delivered = True, False
                 try:
                     frame = src.read()
-                except SourceError as exc:
+                except Exception as exc:
                     src.close()
                     opened = False
-                    self._lost(exc)
+                    self._lost(_source_error(src, exc))
                     self._stop.wait(pause)
+                    if not delivered:
+                        pause = min(pause * 2, self._reopen_max_s)
                     continue
                 if frame is None:
                     log.info("video: end of %s", src.name)
                     return
+                if not delivered:
+                    delivered = True
+                    pause = self._reopen_s
+                    self._restored()
                 if self._overlay is not None and isinstance(frame, Frame):
                     self._overlay.apply(frame.image, frame.utc)
                 self._deliver(frame)
@@ -222,6 +230,7 @@ class CaptureLoop(Generic[T]):
             src.close()
 
     def _lost(self, exc: SourceError) -> None:
+        """Report a loss once (log, alarm, event); later failures until it is back: debug."""
         self.attempts += 1
         if self._lost_at is not None:
             log.debug(
@@ -256,3 +265,10 @@ class CaptureLoop(Generic[T]):
             "camera_restored",
             {"source": self.source.name, "lost_s": round(gap, 3), "attempts": self.attempts},
         )
+
+
+def _source_error(src: Source[Any], exc: Exception) -> SourceError:
+    if isinstance(exc, SourceError):
+        return exc
+    log.error("video: %s failed unexpectedly", src.name, exc_info=exc)
+    return SourceError(f"{src.name}: {type(exc).__name__}: {exc}")
