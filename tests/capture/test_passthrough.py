@@ -280,3 +280,40 @@ def test_pipe_that_cannot_start_is_reported_once_and_retried(tmp_path: Path) -> 
     assert loop.attempts >= 3 and loop.losses == 1
     assert [a.kind for a in alarms] == ["camera_lost"]
     assert "cannot run" in alarms[0].message
+
+
+def test_stream_that_is_garbage_from_the_start_is_reported_once(tmp_path: Path) -> None:
+    """Opens fine, fails at once, every time: one report, the pause doubling, no flapping."""
+    from agent.capture.camera import CaptureLoop
+
+    stream = write_stream(tmp_path / "cam.h264", W, H, FPS, gop=GOP, frames=10 * FPS)
+    cmd = [
+        sys.executable, str(Path(__file__).with_name("rpicam_twin.py")),
+        "--stream", str(stream), "--fps", str(FPS), "--state", str(tmp_path / "twin.json"),
+        "--faults", ",".join(["garbage:0"] * 50),
+    ]  # fmt: skip
+    stop = threading.Event()
+    events: list[str] = []
+    alarms: list[Alarm] = []
+    loop = CaptureLoop[AccessUnit](
+        PipeSource(cmd, FPS, stall_s=2.0, stop=stop),
+        lambda au: None,
+        stop,
+        reopen_s=0.05,
+        reopen_max_s=0.4,
+        alarm=alarms.append,
+        on_event=lambda kind, details: events.append(kind),
+    )
+    t = threading.Thread(target=loop.run)
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while loop.attempts < 4 and time.monotonic() < deadline:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        t.join(20)
+    assert not t.is_alive()
+    assert loop.attempts >= 4 and loop.losses == 1
+    assert [a.kind for a in alarms] == ["camera_lost"] and "garbage" in alarms[0].message
+    assert events == ["camera_lost"]
