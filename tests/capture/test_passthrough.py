@@ -317,3 +317,43 @@ def test_stream_that_is_garbage_from_the_start_is_reported_once(tmp_path: Path) 
     assert loop.attempts >= 4 and loop.losses == 1
     assert [a.kind for a in alarms] == ["camera_lost"] and "garbage" in alarms[0].message
     assert events == ["camera_lost"]
+
+
+def test_event_recording_from_a_pipe_starts_at_an_idr_before_the_trigger(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """Body camera on rpicam-vid: REC at picture 60 with a 2 s pre-event buffer, STOP at 95:
+    the recording starts at the stream's newest IDR at least 2 s before the button and ends
+    with the fragment holding the stop moment."""
+    start_at, stop_at, total = 4 * FPS, 6 * FPS + 5, 8 * FPS
+    spool = keys.spool(tmp_path / "spool")
+    stop = threading.Event()
+    box: dict[str, Recorder] = {}
+
+    def on_unit(au: AccessUnit) -> None:
+        if au.index == start_at:
+            box["rec"].start("button")
+        elif au.index == stop_at:
+            box["rec"].stop("button")
+        elif au.index >= total:
+            stop.set()
+
+    rec = box["rec"] = Recorder(
+        small_settings(mode="event", prebuffer_s=2),
+        PipeSource(rpicam_like(W, H, FPS, gop=GOP), FPS, stop=stop),
+        spool,
+        stop,
+        on_unit=on_unit,
+    )
+    rec.start_threads()
+    assert rec.join(120) and rec.error is None
+    video = decrypt_all(spool, keys, "video")
+    events = [e.record for e in decrypt_all(spool, keys, "event")]
+    spool.close()
+    counters = [c for seg in video for c in decode_all_counters(seg.data)]
+    assert counters == list(range(counters[0], counters[0] + len(counters)))
+    assert counters[0] % GOP == 0 and start_at - 2 * FPS - GOP <= counters[0] <= start_at - 2 * FPS
+    assert stop_at <= counters[-1] < stop_at + GOP
+    assert video[0].meta["pre_event_s"] >= 2.0 - 1.5 / FPS
+    assert [e["type"] for e in events] == ["record_start", "record_stop"]
+    assert video[-1].meta["final"] is True
