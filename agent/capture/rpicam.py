@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from agent import wallclock
+from agent.capture.encoder import HARDWARE_DEVICE
 from agent.capture.frames import AccessUnit
 from agent.capture.h264 import AnnexBReader, StreamChecker
 from agent.capture.settings import VideoSettings
@@ -45,10 +46,17 @@ STDERR_TAIL = 2048
 POLL_S = 0.25
 
 
-def rpicam_command(s: VideoSettings) -> list[str]:
-    """The ``rpicam-vid`` command line for these settings (or ``s.rpicam_command``)."""
+def rpicam_command(s: VideoSettings, *, low_latency: bool | None = None) -> list[str]:
+    """The ``rpicam-vid`` command line for these settings (or ``s.rpicam_command``).
+
+    ``low_latency`` (default: where there is no hardware encoder, i.e. rpicam-vid will use
+    libx264) adds ``--low-latency``, which keeps libx264 from making B-frames; the hardware
+    encoder makes none, and rpicam-apps before 1.6 do not know the option.
+    """
     if s.rpicam_command:
         return list(s.rpicam_command)
+    if low_latency is None:
+        low_latency = not HARDWARE_DEVICE.exists()
     return [
         "rpicam-vid",
         "--nopreview",
@@ -56,7 +64,7 @@ def rpicam_command(s: VideoSettings) -> list[str]:
         "--codec", "h264",
         "--inline",
         "--flush",
-        "--low-latency",
+        *(["--low-latency"] if low_latency else []),
         "--timeout", "0",
         "--width", str(s.width),
         "--height", str(s.height),

@@ -138,7 +138,7 @@ def test_rpicam_pipe_is_recorded_without_reencoding(keys: Keys, tmp_path: Path) 
 
 def test_rpicam_command_line() -> None:
     s = small_settings(bitrate_kbps=2500, keyframe_s=2.0, camera=1)
-    cmd = rpicam_command(s)
+    cmd = rpicam_command(s, low_latency=True)
     assert cmd[0] == "rpicam-vid"
     for flag, value in (
         ("--codec", "h264"), ("--width", str(W)), ("--height", str(H)),
@@ -147,6 +147,7 @@ def test_rpicam_command_line() -> None:
     ):  # fmt: skip
         assert cmd[cmd.index(flag) + 1] == value
     assert {"--inline", "--flush", "--nopreview", "--low-latency"} <= set(cmd)
+    assert "--low-latency" not in rpicam_command(s, low_latency=False)
     assert rpicam_command(small_settings(rpicam_command=("ffmpeg", "-i", "x"))) == [
         "ffmpeg",
         "-i",
