@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -80,14 +81,20 @@ class PassthroughPipeline(VideoPipeline):
 class LatestPicture:
     """The access units since the last IDR; :meth:`frame` decodes the newest picture.
 
-    ``add`` runs in the capture thread, ``frame`` in the stills thread: a lock guards the list.
+    ``add`` runs in the capture thread, ``frame`` in the stills thread or the device page's: a
+    lock guards the list. A decoded picture is reused for ``min_interval_s`` (the device page
+    may ask for previews often; each decode costs up to a GOP's worth of decoding).
     """
 
-    def __init__(self, max_bytes: int = MAX_GOP_BYTES) -> None:
+    def __init__(self, max_bytes: int = MAX_GOP_BYTES, min_interval_s: float = 1.0) -> None:
         self.max_bytes = max_bytes
+        self.min_interval_s = min_interval_s
         self._lock = threading.Lock()
+        self._decode_lock = threading.Lock()
         self._units: list[AccessUnit] = []
         self._bytes = 0
+        self._last: tuple[float, Frame] | None = None
+        self.decodes = 0
 
     def add(self, au: AccessUnit) -> None:
         with self._lock:
@@ -101,12 +108,21 @@ class LatestPicture:
 
     def frame(self) -> Frame | None:
         """The newest decodable picture as a BGR frame, or None (no IDR yet)."""
+        with self._decode_lock:
+            last = self._last
+            if last is not None and time.monotonic() - last[0] < self.min_interval_s:
+                return last[1]
+            with self._lock:
+                units = list(self._units)
+            frame = self._decode(units) if units else None
+            if frame is not None:
+                self._last = (time.monotonic(), frame)
+            return frame
+
+    def _decode(self, units: list[AccessUnit]) -> Frame | None:
         import av
 
-        with self._lock:
-            units = list(self._units)
-        if not units:
-            return None
+        self.decodes += 1
         ctx: Any = av.CodecContext.create("h264", "r")
         last = None
         try:

@@ -358,3 +358,28 @@ def test_event_recording_from_a_pipe_starts_at_an_idr_before_the_trigger(
     assert video[0].meta["pre_event_s"] >= 2.0 - 1.5 / FPS
     assert [e["type"] for e in events] == ["record_start", "record_stop"]
     assert video[-1].meta["final"] is True
+
+
+def test_newest_picture_is_decoded_on_request_and_reused(tmp_path: Path) -> None:
+    from agent.capture.frames import read_counter
+    from agent.capture.h264 import AnnexBReader, StreamChecker
+    from agent.capture.passthrough import LatestPicture
+
+    data = write_stream(tmp_path / "s.h264", W, H, FPS, gop=GOP, frames=2 * FPS).read_bytes()
+    reader, checker = AnnexBReader(), StreamChecker()
+    units = [checker.check(n) for n, _ in reader.feed(data) + reader.flush()]
+    newest = LatestPicture(min_interval_s=3600)
+    assert newest.frame() is None  # nothing yet
+    newest.add(AccessUnit(units[1].annexb(), False, 1, 1, 0.0))
+    assert newest.frame() is None  # no IDR before it: nothing decodable
+    for i, u in enumerate(units[: GOP + 7]):
+        newest.add(AccessUnit(u.annexb(), u.key, i, i, 0.0))
+    first = newest.frame()
+    assert first is not None and read_counter(first.image) == GOP + 6 and first.index == GOP + 6
+    newest.add(AccessUnit(units[GOP + 7].annexb(), False, GOP + 7, 0, 0.0))
+    assert newest.frame() is first and newest.decodes == 1  # reused within min_interval_s
+    newest.min_interval_s = 0
+    again = newest.frame()
+    assert again is not None and read_counter(again.image) == GOP + 7 and newest.decodes == 2
+    newest.add(AccessUnit(units[GOP + 8].annexb(), False, GOP + 8, 0, 0.0, resync=True))
+    assert newest.frame() is None  # after a resync nothing decodes until the next IDR
