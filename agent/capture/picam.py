@@ -86,16 +86,15 @@ class I420Watermark:
 
     def __init__(self, overlay: Overlay) -> None:
         self.overlay = overlay
-        self._key: tuple[int, int] | None = None
+        self._box: Image | None = None  # the rendering the planes were made from (held)
         self._planes: tuple[Image, Image, Image] | None = None
 
     def planes(self, utc: float, height: int) -> tuple[Image, Image, Image]:
         import cv2
         import numpy as np
 
-        box = self.overlay.box(utc, height)
-        key = (id(box), height)
-        if key != self._key or self._planes is None:
+        box = self.overlay.box(utc, height)  # the same object while the text is unchanged
+        if box is not self._box or self._planes is None:
             h, w = box.shape[0] + box.shape[0] % 2, box.shape[1] + box.shape[1] % 2
             even = np.zeros((h, w, 3), np.uint8)
             even[: box.shape[0], : box.shape[1]] = box
@@ -103,7 +102,7 @@ class I420Watermark:
             y = yuv[:h]
             u = yuv[h : h + h // 4].reshape(h // 2, w // 2)
             v = yuv[h + h // 4 :].reshape(h // 2, w // 2)
-            self._key, self._planes = key, (y.copy(), u.copy(), v.copy())
+            self._box, self._planes = box, (y.copy(), u.copy(), v.copy())
         return self._planes
 
     def apply(self, buf: Image, width: int, height: int, utc: float) -> tuple[int, int, int, int]:
