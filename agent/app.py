@@ -201,6 +201,11 @@ class Agent:
 
             # With video on, the microphone is a track in the video segments (its own
             # recorder stays idle, so no separate audio stream is written); else its own stream.
+            # An encoded camera (picamera2, rpicam, an IP camera) is remuxed, not encoded here:
+            # no track can join it, so the microphone keeps its own stream.
+            from agent.capture.service import encoded_source
+
+            into_video = cfg.video.enabled and not encoded_source(cfg.video)
             self.audio = AudioRecorder(
                 cfg.audio,
                 self.spool,
@@ -208,7 +213,7 @@ class Agent:
                 alarm=self.alarms.raise_,
                 clock=self.clock.state,
                 meta={"device": cfg.device.id},
-                tap=to_video if cfg.video.enabled else None,
+                tap=to_video if into_video else None,
             )
         if cfg.video.enabled:
             from agent.capture.service import VideoService

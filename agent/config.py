@@ -7,6 +7,7 @@ and bad values fail at load with a message naming the field, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,17 @@ def parse_config(text: str, origin: str = "config") -> AgentConfig:
     cfg = load_dataclass(AgentConfig, data)
     if not cfg.device.id:
         raise ConfigError("device.id: required")
-    return cfg
+    return _with_board_video_defaults(cfg, data)
+
+
+def _with_board_video_defaults(cfg: AgentConfig, data: dict[str, object]) -> AgentConfig:
+    """``[video]`` keys the file leaves out follow this board's row (agent/capture/boards.py)."""
+    from agent.capture.boards import apply_board_defaults, detect
+
+    given = data.get("video", {})
+    _model, board = detect()
+    video = apply_board_defaults(cfg.video, given if isinstance(given, dict) else {}, board)
+    return dataclasses.replace(cfg, video=video)
 
 
 def load_config(path: Path) -> AgentConfig:

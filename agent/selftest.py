@@ -242,6 +242,10 @@ class SelfTest:
                 src.close()
             if frame is None:
                 raise Fail(f"{src.name}: no frame (end of file?)")
+            from agent.capture.frames import AccessUnit
+
+            if isinstance(frame, AccessUnit):  # an encoded source (picamera2, rpicam, stream)
+                return f"H.264 picture of {len(frame.data)} bytes from {src.name}"
             h, w = frame.image.shape[:2]
             return f"{w}x{h} from {src.name}"
 

@@ -6,6 +6,8 @@
 - ``cpu-720p30``: CPU seconds (all threads) per second of video recorded, versus the bare encode.
 - ``prebuffer-rss-1080p``: memory held by a 30 s pre-event buffer of encoded 1080p fragments
   (ring bytes, and the process RSS growth), versus the raw frames it stands for.
+- ``passthrough-cpu``: recording an already-encoded stream (rpicam-vid, picamera2's encoder,
+  an IP camera) versus encoding it in software (:mod:`bench.video_passthrough`).
 
 Each throughput figure is the best of three alternating runs of each side (the machine may be
 busy with other work). Frames come from the synthetic source, rendered once (one second's
@@ -242,3 +244,7 @@ def run(report: Reporter) -> None:
     from bench.bench_journal import run as journal
 
     journal(report)
+
+    from bench import video_passthrough
+
+    video_passthrough.run(report)

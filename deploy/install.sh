@@ -21,6 +21,13 @@
 #                      DeviceAllow=char-i2c (also on when agent.toml already says ina219)
 #   --modem            a cellular modem: ModemManager, and the polkit rule that lets the agent
 #                      turn on its extended signal figures
+#   --camera STACK     the Pi camera module's stack (bodycam/dashcam; docs/deploy.md):
+#                      picamera2: python3-picamera2 from the Raspberry Pi archive, and the venv
+#                      made with --system-site-packages to import it ([video] source =
+#                      "picamera2": watermark burned in, the Pi's encoder);
+#                      rpicam: rpicam-apps (source = "rpicam": its H.264 passed through);
+#                      none (the default): a pure PyPI venv (USB cameras, IP cameras).
+#                      An upgrade reuses the stack recorded in /opt/edge-agent.
 #   --no-start         enable the service but do not start it even if the device is provisioned
 #   --root DIR         stage everything under DIR (tests, inspection): no apt-get, useradd,
 #                      chown or systemctl; each of those is printed instead
@@ -47,6 +54,7 @@ gnss_port=""
 pps=auto
 with_i2c=0
 with_modem=0
+camera=""
 start=1
 root=""
 dry_run=0
@@ -73,6 +81,8 @@ while (($#)); do
 	--pps=*) pps="${1#*=}" ;;
 	--i2c) with_i2c=1 ;;
 	--modem) with_modem=1 ;;
+	--camera) camera="${2:?--camera needs picamera2, rpicam or none}"; shift ;;
+	--camera=*) camera="${1#*=}" ;;
 	--no-start) start=0 ;;
 	--root) root="${2:?--root needs a directory}"; shift ;;
 	--root=*) root="${1#*=}" ;;
@@ -105,6 +115,15 @@ bodycam | dashcam) extras="all" ;;
 *) die "--profile $profile: must be bodycam, dashcam or tracker" ;;
 esac
 
+recorded_camera=""
+[[ -f "$OPT/camera" ]] && recorded_camera="$(<"$OPT/camera")"
+camera="${camera:-${recorded_camera:-none}}"
+case "$camera" in
+none | rpicam | picamera2) ;;
+*) die "--camera $camera: must be picamera2, rpicam or none" ;;
+esac
+[[ "$camera" == none || "$extras" == all ]] || die "--camera $camera: only for bodycam or dashcam"
+
 if [[ -z "$source_path" ]]; then
 	source_path="$(cd "$SCRIPT_DIR/.." && pwd)"
 	[[ -f "$source_path/pyproject.toml" ]] || die "no --source given and $source_path is not the source tree"
@@ -124,7 +143,7 @@ fi
 mode=""
 [[ -n "$root" ]] && mode+=", staged under $root"
 ((dry_run)) && mode+=", dry run: nothing is changed"
-say "edge-agent: profile $profile, package ${source_path}[${extras}]$mode"
+say "edge-agent: profile $profile, camera stack $camera, package ${source_path}[${extras}]$mode"
 
 # ------------------------------------------------------------------ Debian packages
 
@@ -137,6 +156,10 @@ packages=(python3-venv ca-certificates)
 # polkitd: the rule that lets the agent power off on a critical battery (power_and_modem below).
 packages+=(polkitd)
 ((with_modem)) && packages+=(modemmanager)
+# The Pi camera stack comes from the Raspberry Pi archive (archive.raspberrypi.com, configured
+# on Raspberry Pi OS), not Debian's: its libcamera matches the kernel and firmware.
+[[ "$camera" == picamera2 ]] && packages+=(python3-picamera2)
+[[ "$camera" == rpicam ]] && packages+=(rpicam-apps-lite)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -198,11 +221,19 @@ spec="${source_path}[${extras}]"
 pip=("$OPT/$new/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir)
 [[ -n "$wheelhouse" ]] && pip+=(--no-index --find-links "$wheelhouse")
 pip+=(${pip_args[@]+"${pip_args[@]}"} "$spec")
+# picamera2 imports simplejpeg and pidng from Raspberry Pi OS, built against its NumPy 1.x:
+# the venv's NumPy (which shadows the system's) must stay 1.x for them to load.
+[[ "$camera" == picamera2 ]] && pip+=("numpy<2")
 previous=""
 [[ -L "$OPT/venv" ]] && previous="$(readlink "$OPT/venv")"
 say "venv $OPT/$new: pip install $spec"
+venv_args=()
+# picamera2 is imported from Raspberry Pi OS's python3-picamera2 (the PyPI one needs libcamera
+# bindings built for the exact libcamera installed): only then does the venv see system site
+# packages. The agent's own dependencies still come from the venv, which takes precedence.
+[[ "$camera" == picamera2 ]] && venv_args+=(--system-site-packages)
 build_venv() {
-	run "$python" -m venv "$OPT/$new" || return 1
+	run "$python" -m venv ${venv_args[@]+"${venv_args[@]}"} "$OPT/$new" || return 1
 	run "${pip[@]}" || return 1
 	# A venv with a missing or conflicting dependency, or whose command does not even start,
 	# never becomes the live one.
@@ -221,6 +252,7 @@ fi
 run mv -T "$OPT/venv.tmp" "$OPT/venv"
 if ! ((dry_run)); then
 	echo "$profile" >"$OPT/profile"
+	echo "$camera" >"$OPT/camera"
 	# Keep the new venv and the one it replaced (for a rollback: ln -sfn OLD /opt/edge-agent/venv).
 	for d in "$OPT"/venv-*; do
 		[[ -d "$d" ]] || continue
@@ -367,6 +399,21 @@ if ! ((dry_run)); then
 	chmod 0644 "$UNIT_DIR/edge-agent.service.d/10-profile.conf"
 fi
 power_and_modem
+camera_dropin="$UNIT_DIR/edge-agent.service.d/20-camera.conf"
+if [[ "$camera" == none ]]; then
+	[[ -e "$camera_dropin" ]] && run rm -f "$camera_dropin"
+else
+	# libcamera opens the media controller (/dev/media*) and allocates frame buffers from the
+	# DMA heaps; /dev/video* (the ISP, the encoder) is already allowed by the unit.
+	echo "+ write $camera_dropin (libcamera devices for $camera)"
+	if ! ((dry_run)); then
+		printf '%s
+' "# Written by install.sh --camera $camera; rerun it to change." "[Service]" \
+			"DeviceAllow=char-media rw" "DeviceAllow=/dev/dma_heap/linux,cma rw" \
+			"DeviceAllow=/dev/dma_heap/system rw" >"$camera_dropin"
+		chmod 0644 "$camera_dropin"
+	fi
+fi
 system systemctl daemon-reload
 system systemctl enable edge-agent.service
 

@@ -1,9 +1,12 @@
-"""Cameras through OpenCV, and the capture loop that reopens any source after a loss.
+"""Cameras through OpenCV (USB UVC cameras, files, decoded streams), and the capture loop that
+reopens any source, raw or encoded, after a loss.
 
 :class:`CameraSource` wraps ``cv2.VideoCapture`` for a V4L2 device (``/dev/video0``, a USB
-camera, or the Raspberry Pi camera through libcamera's V4L2 compatibility layer), a video file,
-or a network stream URL. It asks for the configured size and frame rate, and resizes frames
-that come in another size so the encoder always sees one size.
+camera), a video file, or a network stream URL. (On Raspberry Pi OS bookworm the Pi's CSI
+camera goes through libcamera, which OpenCV's V4L2 capture cannot read: see
+:mod:`agent.capture.picam` and :mod:`agent.capture.rpicam`.) It asks for the configured size
+and frame rate, and resizes frames that come in another size so the encoder always sees one
+size.
 
 :class:`CaptureLoop` is the body of the capture thread: it reads frames, burns in the watermark,
 hands them on, and when the source fails it reports the loss once (log, alarm, event record),
@@ -17,10 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from agent import wallclock
-from agent.capture.frames import Frame, FrameSource
+from agent.capture.frames import Frame, Source
 from agent.capture.overlay import Overlay
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
@@ -149,13 +152,21 @@ def _open_cv(source: str, kind: str) -> Any:
     return cv2.VideoCapture(source)
 
 
-class CaptureLoop:
-    """The capture thread's loop. ``run`` returns on the stop event or at a source's end."""
+T = TypeVar("T")
+
+
+class CaptureLoop(Generic[T]):
+    """The capture thread's loop. ``run`` returns on the stop event or at a source's end.
+
+    ``T`` is :class:`~agent.capture.frames.Frame` (raw sources: the overlay is burned into each
+    frame here) or :class:`~agent.capture.frames.AccessUnit` (encoded sources: pictures are
+    already encoded; picamera2 burns the watermark in before its encoder).
+    """
 
     def __init__(
         self,
-        source: FrameSource,
-        deliver: Callable[[Frame], None],
+        source: Source[T],
+        deliver: Callable[[T], None],
         stop: threading.Event,
         *,
         overlay: Overlay | None = None,
@@ -177,40 +188,49 @@ class CaptureLoop:
         self._lost_at: float | None = None
 
     def run(self) -> None:
+        """A source counts as restored once it delivers again (not merely opens), and the pause
+        keeps doubling while it fails before delivering anything, so a source that opens but
+        always fails at once (garbage from the first byte) is reported once, not every retry.
+        Any exception from a source is a loss: the thread outlives whatever a camera sends."""
         src = self.source
-        opened = False
+        opened = delivered = False
         pause = self._reopen_s
         try:
             while not self._stop.is_set():
                 if not opened:
                     try:
                         src.open()
-                    except SourceError as exc:
-                        self._lost(exc)
+                    except Exception as exc:
+                        self._lost(_source_error(src, exc))
                         self._stop.wait(pause)
                         pause = min(pause * 2, self._reopen_max_s)
                         continue
-                    opened = True
-                    pause = self._reopen_s
-                    self._restored()
+                    opened, delivered = True, False
                 try:
                     frame = src.read()
-                except SourceError as exc:
+                except Exception as exc:
                     src.close()
                     opened = False
-                    self._lost(exc)
+                    self._lost(_source_error(src, exc))
                     self._stop.wait(pause)
+                    if not delivered:
+                        pause = min(pause * 2, self._reopen_max_s)
                     continue
                 if frame is None:
                     log.info("video: end of %s", src.name)
                     return
-                if self._overlay is not None:
+                if not delivered:
+                    delivered = True
+                    pause = self._reopen_s
+                    self._restored()
+                if self._overlay is not None and isinstance(frame, Frame):
                     self._overlay.apply(frame.image, frame.utc)
                 self._deliver(frame)
         finally:
             src.close()
 
     def _lost(self, exc: SourceError) -> None:
+        """Report a loss once (log, alarm, event); later failures until it is back: debug."""
         self.attempts += 1
         if self._lost_at is not None:
             log.debug(
@@ -245,3 +265,10 @@ class CaptureLoop:
             "camera_restored",
             {"source": self.source.name, "lost_s": round(gap, 3), "attempts": self.attempts},
         )
+
+
+def _source_error(src: Source[Any], exc: Exception) -> SourceError:
+    if isinstance(exc, SourceError):
+        return exc
+    log.error("video: %s failed unexpectedly", src.name, exc_info=exc)
+    return SourceError(f"{src.name}: {type(exc).__name__}: {exc}")

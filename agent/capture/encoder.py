@@ -9,6 +9,22 @@ init boxes plus any run of whole fragments is a playable file whose timestamps c
 the fragments before it. So one encoder serves both the pre-event ring and the segments, with
 no restart, and the bytes never leave memory until the sealer encrypts them.
 
+Parameter sets: the muxer needs the SPS and PPS for the ``avcC`` in ``moov``. libx264 hands
+them over when the encoder opens (a "global header"); ``h264_v4l2m2m`` only in-band, with (or
+just before) the first keyframe, and FFmpeg's ``empty_moov`` then writes an empty ``avcC``: an
+unplayable file (raspberrypi/linux#4995, #5150). So the muxer runs with ``delay_moov``: it
+writes ``moov`` when the first fragment is cut, taking the parameter sets from the first
+keyframe when there was no global header. A packet holding parameter sets but no picture (some
+hardware encoders send one before the first frame) is held and put in front of the next
+picture. The init boxes are checked before any fragment leaves (:func:`check_init`): one SPS
+and one PPS at least, and the SPS parses. ``inband=True`` makes libx264 behave like the
+hardware encoder (no global header, parameter sets repeated before every keyframe), which is
+how that path is tested on a machine without the hardware.
+
+``codec="auto"`` (:func:`choose_encoder`) takes ``h264_v4l2m2m`` only when a probe encode at
+that size yields a valid init and a fragment that decodes; otherwise libx264, and the reason,
+which the recorder raises as an alarm.
+
 The pipeline (not the encoder's own GOP logic) decides where keyframes go: it marks a frame
 ``key`` every ``keyframe_s`` of capture time, and the encoder is told to make an IDR frame there
 and nowhere else. A fragment is complete only when the next keyframe is muxed, so fragments lag
@@ -29,7 +45,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.capture.frames import Frame
 from agent.errors import SourceError
@@ -39,9 +56,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+MOVFLAGS = "frag_keyframe+empty_moov+delay_moov+default_base_moof"
+#: The bcm2835-codec encoder node: present on the boards with the VideoCore H.264 encoder.
+HARDWARE_DEVICE = Path("/dev/video11")
 HARDWARE = "h264_v4l2m2m"
 SOFTWARE = "libx264"
+PROBE_FRAMES = 6  # keyframes at 0 and 3: one whole fragment, then the last one at finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +209,53 @@ class FragmentSink:
         pass
 
 
+def find_box(data: bytes, path: tuple[bytes, ...]) -> bytes | None:
+    """The first box along ``path`` (e.g. ``(b"moov", b"trak", ...)``) in ``data``."""
+    boxes: Iterator[tuple[bytes, bytes]] = children(data, 0)
+    for i, want in enumerate(path):
+        found = next((box for kind, box in boxes if kind == want), None)
+        if found is None:
+            return None
+        box = found
+        if i == len(path) - 1:
+            return box
+        # Sample entries have fixed fields before their child boxes (ISO 14496-12 8.5.2).
+        offset = {b"stsd": 16, b"avc1": 86, b"avc3": 86}.get(want, 8)
+        boxes = children(box, offset)
+    return None  # pragma: no cover
+
+
+AVC_ENTRY = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd")
+
+
+def init_avcc(init: bytes) -> bytes | None:
+    """The ``avcC`` payload of the first video track in an init segment, if any."""
+    for entry in (b"avc1", b"avc3"):
+        box = find_box(init, (*AVC_ENTRY, entry, b"avcC"))
+        if box is not None:
+            return box[8:]
+    return None
+
+
+def check_init(init: bytes) -> str | None:
+    """Why an init segment (ftyp + moov) cannot be decoded, or None."""
+    from agent.capture.h264 import check_avcc
+
+    record = init_avcc(init)
+    if record is None:
+        return "init segment has no avc1/avcC sample entry"
+    if not record:
+        return "init segment has an empty avcC (no SPS/PPS)"
+    problem = check_avcc(record)
+    return None if problem is None else f"init segment: {problem}"
+
+
 def open_codec(name: str, width: int, height: int, fps: int) -> bool:
     """Whether encoder ``name`` opens here at this size (h264_v4l2m2m needs its device)."""
+    return _open_problem(name, width, height, fps) is None
+
+
+def _open_problem(name: str, width: int, height: int, fps: int) -> str | None:
     import av
 
     try:
@@ -200,18 +265,165 @@ def open_codec(name: str, width: int, height: int, fps: int) -> bool:
         ctx.open()
     except (av.FFmpegError, ValueError, OSError) as exc:
         log.debug("video: encoder %s does not open here: %s", name, exc)
-        return False
-    return True
+        return f"{name} does not open: {exc}"
+    return None
+
+
+def probe_encoder(
+    codec: str, width: int, height: int, fps: int, *, inband: bool | None = None
+) -> str | None:
+    """Encode a few frames with ``codec``; None if the init is valid and a fragment decodes,
+    else the reason. Runs in a fraction of a second (six frames)."""
+    import io
+
+    import av
+    import numpy as np
+
+    problem = _open_problem(codec, width, height, fps)
+    if problem is not None:
+        return problem
+    try:
+        enc = H264Encoder(width, height, fps, codec=codec, inband=inband)
+        frags: list[Fragment] = []
+        ramp = (np.arange(width, dtype=np.uint16)[None, :] + np.arange(height)[:, None]) % 256
+        for i in range(PROBE_FRAMES):
+            img = np.repeat(((ramp + 8 * i) % 256).astype(np.uint8)[:, :, None], 3, axis=2)
+            frags += enc.encode(Frame(img, i, i, 0.0), i, i % 3 == 0)
+        frags += enc.finish()
+    except (SourceError, av.FFmpegError, ValueError, OSError) as exc:
+        return f"{codec} probe encode failed: {exc}"
+    init = enc.init
+    if init is None:
+        return f"{codec} probe encode wrote no init segment"
+    problem = check_init(init)
+    if problem is not None:
+        return f"{codec}: {problem}"
+    if not frags:
+        return f"{codec} probe encode made no fragment"
+    try:
+        with av.open(io.BytesIO(init + frags[0].data), "r") as c:
+            decoded = len(list(c.decode(video=0)))
+    except (av.FFmpegError, ValueError) as exc:
+        return f"{codec}: its first fragment does not decode: {exc}"
+    if decoded != frags[0].frames:
+        return f"{codec}: first fragment decodes to {decoded} of {frags[0].frames} frames"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderChoice:
+    codec: str
+    reason: str
+    fallback: bool = False  # auto wanted the hardware encoder and did not get it
+
+
+def choose_encoder(
+    preference: str, width: int, height: int, fps: int, *, device: Path = HARDWARE_DEVICE
+) -> EncoderChoice:
+    """``auto``: the hardware encoder when :func:`probe_encoder` passes, else libx264 (and
+    why). Otherwise as asked.
+
+    It is a *fallback* (the recorder raises an alarm) when the board has the hardware encoder
+    (its V4L2 device ``device`` exists) and it still failed the probe; a machine without one
+    simply uses libx264.
+    """
+    if preference != "auto":
+        return EncoderChoice(preference, "configured")
+    problem = probe_encoder(HARDWARE, width, height, fps)
+    if problem is None:
+        return EncoderChoice(HARDWARE, "auto: the hardware encoder passed the probe encode")
+    if device.exists():
+        return EncoderChoice(SOFTWARE, f"auto: software, {problem}", fallback=True)
+    return EncoderChoice(SOFTWARE, f"auto: software, no hardware encoder here ({device} absent)")
 
 
 def choose_codec(preference: str, width: int, height: int, fps: int) -> str:
-    """``auto``: the hardware encoder where it opens, else libx264. Otherwise as asked."""
-    if preference != "auto":
-        return preference
-    return HARDWARE if open_codec(HARDWARE, width, height, fps) else SOFTWARE
+    """The codec :func:`choose_encoder` picks."""
+    return choose_encoder(preference, width, height, fps).codec
 
 
-class H264Encoder:
+class Fmp4Fragments:
+    """What both fragment producers share: the in-memory sink, the frames waiting for their
+    fragment (muxed, not yet cut) and the turning of ``moof``+``mdat`` pairs into
+    :class:`Fragment` s, after the init segment has been checked once.
+
+    Subclasses set ``fps``, ``codec`` and ``track_id``, and append a :class:`FrameInfo` to
+    ``_pending`` for each picture they mux.
+    """
+
+    fps: int
+    codec: str
+    track_id: int = 1
+
+    def _setup_fragments(self) -> None:
+        self._sink = FragmentSink("video")
+        self._pending: deque[FrameInfo] = deque()
+        self._fragments = 0
+        self._init_checked = False
+
+    @property
+    def init(self) -> bytes | None:
+        """The init boxes (ftyp + moov), once the muxer has written them."""
+        return self._sink.init
+
+    def _collect(self) -> list[Fragment]:
+        pairs = self._sink.take()
+        if pairs and not self._init_checked:
+            init = self._sink.init
+            problem = "no init segment before the first fragment" if init is None else None
+            problem = problem or check_init(init or b"")
+            if problem is not None:
+                raise SourceError(f"video: {self.codec}: {problem}")
+            self._init_checked = True
+        return [self._fragment(moof, mdat) for moof, mdat in pairs]
+
+    def _fragment(self, moof: bytes, mdat: bytes) -> Fragment:
+        n = moof_samples(moof, self.track_id)
+        if n <= 0 or n > len(self._pending):
+            raise SourceError(
+                f"fragment {self._fragments} holds {n} frames, {len(self._pending)} were pending"
+            )
+        infos = [self._pending.popleft() for _ in range(n)]
+        if not infos[0].key:
+            log.warning("video: fragment %d does not start at a forced keyframe", self._fragments)
+        end_pts = infos[-1].pts + 1
+        frag = Fragment(
+            data=moof + mdat,
+            seq=self._fragments,
+            frames=n,
+            first_index=infos[0].index,
+            last_index=infos[-1].index,
+            start_pts=infos[0].pts,
+            end_pts=end_pts,
+            fps=self.fps,
+            start_mono_ns=infos[0].mono_ns,
+            end_mono_ns=infos[-1].mono_ns + round(1e9 / self.fps),
+            start_utc=infos[0].utc,
+            end_utc=infos[-1].utc + 1.0 / self.fps,
+        )
+        self._fragments += 1
+        return frag
+
+
+class FragmentProducer(Protocol):
+    """What :class:`agent.capture.recorder.VideoPipeline` uses of its encoder (besides
+    ``encode``, which only raw frames need): :class:`H264Encoder` and
+    :class:`agent.capture.remux.StreamRemuxer` both provide it."""
+
+    fps: int
+    codec: str
+    width: int
+    height: int
+
+    @property
+    def init(self) -> bytes | None: ...
+
+    def finish(self) -> list[Fragment]: ...
+
+    def segment_meta(self) -> dict[str, Any]: ...
+
+
+class H264Encoder(Fmp4Fragments):
     """Frames in, fragments out. See the module docstring."""
 
     def __init__(
@@ -223,14 +435,20 @@ class H264Encoder:
         codec: str = "auto",
         bitrate_kbps: int = 4000,
         preset: str = "veryfast",
+        inband: bool | None = None,
+        hardware_device: Path = HARDWARE_DEVICE,
     ) -> None:
         import av
 
         if width % 2 or height % 2:
             raise SourceError(f"video size {width}x{height}: width and height must be even")
         self.width, self.height, self.fps = width, height, fps
-        self.codec = choose_codec(codec, width, height, fps)
-        self._sink = FragmentSink("video")
+        self.choice = choose_encoder(codec, width, height, fps, device=hardware_device)
+        self.codec = self.choice.codec
+        # In-band parameter sets: the hardware encoder always; libx264 when asked (tests).
+        self.inband = self.codec != SOFTWARE if inband is None else inband
+        self._held = b""  # parameter sets waiting for the next picture
+        self._setup_fragments()
         self._container: av.container.OutputContainer = av.open(
             self._sink, "w", format="mp4", options={"movflags": MOVFLAGS}
         )
@@ -241,6 +459,8 @@ class H264Encoder:
         ctx.framerate = Fraction(fps, 1)
         ctx.bit_rate = bitrate_kbps * 1000
         big_gop = str(fps * 3600)
+        if self.inband:
+            ctx.flags = ctx.flags & ~av.codec.context.Flags.global_header
         if self.codec == SOFTWARE:
             # Keyframes only where the pipeline asks (no scene cuts, no periodic IDR), no B-frames
             # (decode order is display order, so fragments map one-to-one onto frame runs).
@@ -251,15 +471,14 @@ class H264Encoder:
                 "keyint_min": big_gop,
                 "sc_threshold": "0",
                 "forced-idr": "1",
+                **({"x264-params": "repeat-headers=1"} if self.inband else {}),
             }
         else:
             ctx.gop_size = fps * 3600
             ctx.max_b_frames = 0
         self._stream = stream
         self.track_id = 1  # the first stream added
-        self._pending: deque[FrameInfo] = deque()
         self._last_pts = -1
-        self._fragments = 0
         self._closed = False
         self.frames_in = 0
 
@@ -304,8 +523,31 @@ class H264Encoder:
         self._last_pts = pts
         self.frames_in += 1
         for packet in self._stream.encode(vf):
-            self._container.mux(packet)
+            self._mux_video(packet)
         return self._collect()
+
+    def _mux_video(self, packet: Any) -> None:
+        """Mux one video packet; in-band mode holds parameter sets that come without a
+        picture and puts them in front of the next one."""
+        if not self.inband:
+            self._container.mux(packet)
+            return
+        import av
+
+        from agent.capture.h264 import VCL, nal_type, split_nals
+
+        data = bytes(packet)
+        if not any(nal_type(n) in VCL for n in split_nals(data)):
+            self._held += data
+            return
+        if self._held:
+            joined = av.Packet(self._held + data)
+            joined.pts, joined.dts, joined.duration = packet.pts, packet.dts, packet.duration
+            joined.time_base = packet.time_base
+            joined.is_keyframe = packet.is_keyframe
+            joined.stream = self._stream
+            packet, self._held = joined, b""
+        self._container.mux(packet)
 
     def finish(self) -> list[Fragment]:
         """Drain the encoder and close the muxer: the last fragment comes out."""
@@ -313,44 +555,9 @@ class H264Encoder:
             return []
         self._closed = True
         for packet in self._stream.encode(None):
-            self._container.mux(packet)
+            self._mux_video(packet)
         self._container.close()
         out = self._collect()
         if self._pending:
             log.error("video: %d encoded frames did not reach a fragment", len(self._pending))
         return out
-
-    @property
-    def init(self) -> bytes | None:
-        """The init boxes (ftyp + moov), once the muxer has written them."""
-        return self._sink.init
-
-    def _collect(self) -> list[Fragment]:
-        return [self._fragment(moof, mdat) for moof, mdat in self._sink.take()]
-
-    def _fragment(self, moof: bytes, mdat: bytes) -> Fragment:
-        n = moof_samples(moof, self.track_id)
-        if n <= 0 or n > len(self._pending):
-            raise SourceError(
-                f"fragment {self._fragments} holds {n} frames, {len(self._pending)} were pending"
-            )
-        infos = [self._pending.popleft() for _ in range(n)]
-        if not infos[0].key:
-            log.warning("video: fragment %d does not start at a forced keyframe", self._fragments)
-        end_pts = infos[-1].pts + 1
-        frag = Fragment(
-            data=moof + mdat,
-            seq=self._fragments,
-            frames=n,
-            first_index=infos[0].index,
-            last_index=infos[-1].index,
-            start_pts=infos[0].pts,
-            end_pts=end_pts,
-            fps=self.fps,
-            start_mono_ns=infos[0].mono_ns,
-            end_mono_ns=infos[-1].mono_ns + round(1e9 / self.fps),
-            start_utc=infos[0].utc,
-            end_utc=infos[-1].utc + 1.0 / self.fps,
-        )
-        self._fragments += 1
-        return frag

@@ -9,6 +9,12 @@ when the encoder falls behind, its frames are dropped and counted. A source that
 (a file, the unpaced synthetic source) is read as fast as the encoder takes frames, and none
 is dropped.
 
+An *encoded* source (:class:`EncodedSource`: the Pi camera through picamera2's encoder,
+``rpicam-vid`` on a pipe, an IP camera's RTSP or MPEG-TS stream) yields
+:class:`AccessUnit` objects instead: one H.264 picture each, already encoded, which the
+recorder remuxes into the same fragmented MP4 without decoding or re-encoding it. The same
+capture loop opens, reads, reports and reopens both kinds.
+
 The frame-counter bar code lets tests and benchmarks read a frame's number back from decoded
 pixels: 32 bits, most significant first, as white (1) and black (0) cells along the top-left
 edge of the frame.
@@ -17,7 +23,7 @@ edge of the frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,6 +70,83 @@ class FrameSource(Protocol):
 
     def close(self) -> None:
         """Release the device; safe to call twice and after a failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessUnit:
+    """One encoded H.264 picture, Annex-B (4-byte start codes), with what came before it in
+    the stream (AUD, SPS, PPS, SEI).
+
+    ``key``: an IDR picture, where a fragment (and so a segment or the pre-event start) may
+    begin; it carries its SPS and PPS in-band. ``index`` counts the source's pictures (gaps:
+    pictures the source itself dropped); ``mono_ns``/``utc`` say when it was captured (the
+    camera's own timestamps where it gives them, on the agent's clocks). ``resync``: the first
+    unit after the source was (re)opened; decoding starts over at the next IDR.
+    """
+
+    data: bytes
+    key: bool
+    index: int
+    mono_ns: int
+    utc: float
+    resync: bool = False
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Source(Protocol[T_co]):
+    """What the capture loop needs of any source: frames or access units."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def fps(self) -> float: ...
+
+    def open(self) -> None: ...
+
+    def read(self) -> T_co | None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class EncodedSource(Protocol):
+    """A source of H.264 access units. Besides the :class:`FrameSource` members:
+
+    ``encoder`` names what encoded the stream (for manifests and ``video probe``);
+    ``watermarked`` says whether the watermark is burned into its pictures (picamera2 draws it
+    before the encoder; a pass-through stream cannot have it).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def fps(self) -> float: ...
+
+    @property
+    def encoder(self) -> str: ...
+
+    @property
+    def watermarked(self) -> bool: ...
+
+    def open(self) -> None:
+        """Open (or reopen) the source; raises SourceError when it cannot."""
+
+    def read(self) -> AccessUnit | None:
+        """The next access unit; None at the end of a finite source; SourceError on loss,
+        stall or garbage."""
+
+    def close(self) -> None:
+        """Release the camera or stream; safe to call twice and after a failure."""
 
 
 def counter_cell(width: int) -> int:

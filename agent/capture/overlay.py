@@ -97,6 +97,10 @@ class Overlay:
         self._cache_key, self._cache_patch = key, box
         return box
 
+    def box(self, utc: float, height: int) -> Image:
+        """The watermark box for frames ``height`` high at ``utc`` (cached while unchanged)."""
+        return self.patch(self.lines(utc, self._fix()), height)
+
     def origin(self, frame_shape: tuple[int, ...], patch_shape: tuple[int, ...]) -> tuple[int, int]:
         """Top-left (y, x) of the watermark box in a frame."""
         fh, fw = frame_shape[0], frame_shape[1]

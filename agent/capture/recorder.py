@@ -20,6 +20,7 @@ and benchmarks can drive it frame by frame.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -27,12 +28,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import wallclock
 from agent.capture.camera import CaptureLoop
-from agent.capture.encoder import Fragment, H264Encoder
-from agent.capture.frames import Frame, FrameSource
+from agent.capture.encoder import EncoderChoice, Fragment, H264Encoder
+from agent.capture.frames import AccessUnit, EncodedSource, Frame, FrameSource
 from agent.capture.jobs import (
     EventJob,
     FragmentJob,
@@ -46,10 +47,13 @@ from agent.capture.overlay import Overlay
 from agent.capture.prebuffer import FragmentRing
 from agent.capture.segmenter import Segment, Segmenter
 from agent.capture.settings import VideoSettings
-from agent.errors import AgentError
-from agent.model import Alarm, ClockState, format_utc
+from agent.errors import AgentError, SourceError
+from agent.model import Alarm, ClockState, Severity, format_utc
 from agent.storage.seal import SegmentHeader
 from agent.storage.segjournal import Interrupted
+
+if TYPE_CHECKING:
+    from agent.capture.passthrough import LatestPicture
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +435,11 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
     """Runs the capture, encoder and writer threads around a :class:`VideoPipeline`.
 
     ``start``, ``stop``, ``mark`` and ``still`` may be called from any thread.
+
+    A raw source's frames are watermarked and encoded (:class:`H264Encoder`); an encoded
+    source's access units (:class:`~agent.capture.frames.EncodedSource`) are remuxed, not
+    re-encoded (:class:`agent.capture.passthrough.PassthroughPipeline`). Both end as the same
+    fragments, ring, segments and event records.
     """
 
     what = "video"
@@ -438,7 +447,7 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
     def __init__(
         self,
         settings: VideoSettings,
-        source: FrameSource,
+        source: FrameSource | EncodedSource,
         spool: SpoolLike,
         stop: threading.Event,
         *,
@@ -447,6 +456,7 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
         clock: Callable[[], ClockState] = ClockState,
         meta: dict[str, Any] | None = None,
         on_frame: Callable[[Frame], None] | None = None,
+        on_unit: Callable[[AccessUnit], None] | None = None,
         encoder_factory: Callable[[VideoSettings], H264Encoder] | None = None,
     ) -> None:
         self.settings = settings
@@ -459,8 +469,17 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
         self._clock = clock
         self._meta = meta or {}
         self._on_frame = on_frame
+        self._on_unit = on_unit
         self.stats = RecorderStats()
         self._frames: queue.Queue[Frame] = queue.Queue(maxsize=settings.queue_frames)
+        # Encoded sources: access units (kilobytes, not megabytes: room for 4 s, as network
+        # streams come in bursts); after a drop, none until the next IDR.
+        self._units: queue.Queue[AccessUnit] = queue.Queue(
+            maxsize=max(settings.queue_frames, 4 * settings.fps)
+        )
+        self._drop_to_idr = False
+        self._newest: LatestPicture | None = None
+        self.remux_errors = 0
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=8)
         self._commands: queue.Queue[Callable[[VideoPipeline], object]] = queue.Queue(maxsize=256)
         self._capture_done = threading.Event()
@@ -469,19 +488,38 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
         self.pipeline: VideoPipeline | None = None
         self.ready = threading.Event()  # the encoder is open (or failed to open)
         self.error: BaseException | None = None
-        self._capture = CaptureLoop(
-            source,
-            self._deliver,
-            stop,
-            overlay=overlay,
-            reopen_s=settings.reopen_s,
-            reopen_max_s=settings.reopen_max_s,
-            on_event=self._capture_event,
-            alarm=self._alarm,
-        )
+        self._capture: CaptureLoop[Frame] | CaptureLoop[AccessUnit]
+        if isinstance(source, EncodedSource):
+            from agent.capture.passthrough import LatestPicture
+
+            self._newest = LatestPicture()
+            self._capture = CaptureLoop[AccessUnit](
+                source,
+                self._deliver_unit,
+                stop,
+                reopen_s=settings.reopen_s,
+                reopen_max_s=settings.reopen_max_s,
+                on_event=self._capture_event,
+                alarm=self._alarm,
+            )
+        else:
+            self._capture = CaptureLoop[Frame](
+                source,
+                self._deliver,
+                stop,
+                overlay=overlay,
+                reopen_s=settings.reopen_s,
+                reopen_max_s=settings.reopen_max_s,
+                on_event=self._capture_event,
+                alarm=self._alarm,
+            )
         self._threads = [
             threading.Thread(target=self._capture_main, name="video-capture", daemon=True),
-            threading.Thread(target=self._encode_main, name="video-encode", daemon=True),
+            threading.Thread(
+                target=self._remux_main if self._newest is not None else self._encode_main,
+                name="video-encode",
+                daemon=True,
+            ),
             threading.Thread(target=self._write_main, name="video-write", daemon=True),
         ]
 
@@ -500,7 +538,10 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
         self._command(lambda p: p.mark(trigger, note, at))
 
     def latest_frame(self) -> Frame | None:
-        """The newest watermarked frame (for stills)."""
+        """The newest watermarked frame (for stills); an encoded source's newest picture is
+        decoded here, on request."""
+        if self._newest is not None:
+            return self._newest.frame()
         return self._latest
 
     @property
@@ -540,6 +581,37 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
             except queue.Full:
                 continue
 
+    def _deliver_unit(self, au: AccessUnit) -> None:
+        """Capture thread, encoded sources: queue the access unit. When the queue is full,
+        it and every unit up to the next IDR are dropped and counted (a P picture without
+        its predecessors cannot be decoded)."""
+        self.stats.captured += 1
+        self._last_capture_ns = au.mono_ns
+        assert self._newest is not None
+        self._newest.add(au)
+        if self._on_unit is not None:
+            self._on_unit(au)
+        if self._drop_to_idr:
+            if not au.key:
+                self.stats.dropped += 1
+                return
+            au = dataclasses.replace(au, resync=True)
+        while True:
+            try:
+                self._units.put_nowait(au)
+                self._drop_to_idr = False
+                return
+            except queue.Full:
+                if self.source.live:
+                    break
+            if self.stop_event.wait(0.05):
+                return
+        self.stats.dropped += 1
+        self._drop_to_idr = True
+        n = self.stats.dropped
+        if n == 1 or n % 100 == 0:
+            log.warning("video: remuxer behind, %d pictures dropped so far", n)
+
     def _capture_event(self, kind: str, details: dict[str, Any]) -> None:
         if kind == "camera_lost":
             self.stats.losses += 1
@@ -575,6 +647,18 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
         log.info(
             "video: encoding H.264 with %s at %dx%d@%d", encoder.codec, s.width, s.height, s.fps
         )
+        choice = getattr(encoder, "choice", None)
+        if isinstance(choice, EncoderChoice) and choice.fallback:
+            log.warning("video: %s", choice.reason)
+            self._alarm(
+                Alarm(
+                    "video_encoder_fallback",
+                    f"video encoder: {choice.reason}",
+                    Severity.WARNING,
+                    wallclock.now(),
+                    {"encoder": choice.codec, "reason": choice.reason},
+                )
+            )
         p = self.pipeline = VideoPipeline(
             s,
             encoder,
@@ -601,6 +685,61 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
             self._update(p)
         except Exception as exc:
             log.exception("video: encoder thread failed")
+            self._fail(exc)
+        finally:
+            self._jobs.put(None)
+
+    def _remux_main(self) -> None:
+        """Encoder thread, encoded sources: access units -> remuxer -> the same pipeline."""
+        from agent.capture.passthrough import PassthroughPipeline
+        from agent.capture.remux import StreamRemuxer
+
+        s = self.settings
+        src = self.source
+        assert isinstance(src, EncodedSource)
+        remuxer = StreamRemuxer(
+            s.fps,
+            width=s.width,
+            height=s.height,
+            encoder=src.encoder,
+            watermarked=src.watermarked,
+        )
+        self.stats.encoder = remuxer.codec
+        log.info("video: passing %s's H.264 through (no re-encoding)", src.name)
+        p = PassthroughPipeline(
+            s,
+            remuxer,
+            self._jobs.put,
+            clock=self._clock,
+            dropped=lambda: self.stats.dropped,
+            meta=self._meta,
+        )
+        self.pipeline = p
+        self.ready.set()
+        p.begin(self.interrupted)
+        try:
+            while True:
+                self._run_commands(p)
+                try:
+                    au = self._units.get(timeout=0.1)
+                except queue.Empty:
+                    if self._capture_done.is_set() and self._units.empty():
+                        break
+                    continue
+                remuxer.codec = self.stats.encoder = src.encoder  # known once the source opened
+                try:
+                    p.feed_unit(au)
+                except SourceError as exc:
+                    self.remux_errors += 1
+                    if self.remux_errors == 1 or self.remux_errors % 100 == 0:
+                        log.error("video: %s (%d so far); waiting for the next IDR", exc,
+                                  self.remux_errors)  # fmt: skip
+                self._update(p)
+            self._run_commands(p)
+            p.finish("shutdown" if self.stop_event.is_set() else "end_of_source")
+            self._update(p)
+        except Exception as exc:
+            log.exception("video: remux thread failed")
             self._fail(exc)
         finally:
             self._jobs.put(None)

@@ -24,8 +24,21 @@ def _fields_of(allowed: tuple[str, ...]) -> Check:
 @dataclass(frozen=True)
 class VideoSettings:
     enabled: bool = False
-    # synthetic | a V4L2 device path (/dev/video0) | a video file | a stream URL (rtsp://, udp://)
-    source: str = "synthetic"
+    # auto (the board's: picamera2 on a Raspberry Pi, synthetic elsewhere; docs/video.md)
+    # | picamera2 (the Pi camera, watermark burned in, the Pi's encoder)
+    # | rpicam (rpicam-vid's H.264 passed through) | encoded (stream_url passed through)
+    # | synthetic | a V4L2 device path (/dev/video0, USB cameras) | a video file
+    # | a stream URL decoded and re-encoded through OpenCV (rtsp://, udp://)
+    source: str = "auto"
+    # The CSI camera (picamera2, rpicam): 0 or 1 on a Pi 5 / Compute Module.
+    camera: int = field(default=0, metadata=check(in_range(0, 15)))
+    # source = "encoded": the camera's H.264 stream: rtsp://, tcp:// or udp:// (MPEG-TS), ...
+    stream_url: str = ""
+    # source = "rpicam": replaces the rpicam-vid command line (it must write Annex-B H.264 with
+    # SPS/PPS before every IDR to stdout); empty: built from these settings.
+    rpicam_command: tuple[str, ...] = ()
+    # An encoded source that delivers nothing for this long is lost (reported, reopened).
+    stall_s: float = field(default=5.0, metadata=check(in_range(0.5, 120)))
     width: int = field(default=1280, metadata=check(in_range(16, 7680)))
     height: int = field(default=720, metadata=check(in_range(16, 4320)))
     fps: int = field(default=30, metadata=check(in_range(1, 120)))

@@ -173,3 +173,25 @@ def _pattern(width: int, height: int) -> tuple[Image, int]:
     ramp = (np.arange(height, dtype=np.int16)[:, None] * 96 // max(1, height)).astype(np.int16)
     one = np.clip(row[None, :, :].astype(np.int16) - ramp[:, :, None], 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.concatenate([one, one], axis=1)), period
+
+
+def counter_lavfi(width: int, height: int, fps: float, *, bits: int = 20) -> str:
+    """An ffmpeg ``lavfi`` graph: a moving test card with the frame number burned in as the
+    :func:`agent.capture.frames.draw_counter` bar code (the low ``bits`` bits), for encoded
+    sources made by ffmpeg itself (``rpicam-vid`` and IP-camera twins in tests, benchmarks).
+    """
+    from agent.capture.frames import COUNTER_BITS, counter_cell
+
+    cell = counter_cell(width)
+    parts = [
+        f"testsrc2=size={width}x{height}:rate={fps:g}",
+        "format=yuv420p",
+        f"drawbox=x=0:y=0:w={COUNTER_BITS * cell}:h={cell}:color=black:t=fill",
+    ]
+    for k in range(bits):
+        x = (COUNTER_BITS - 1 - k) * cell
+        parts.append(
+            f"drawbox=x={x}:y=0:w={cell}:h={cell}:color=white:t=fill"
+            f":enable='eq(mod(floor(n/{1 << k}),2),1)'"
+        )
+    return ",".join(parts)
