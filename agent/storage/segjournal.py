@@ -296,9 +296,10 @@ class SegmentJournal:
             _write_all(op.fd, op.body.frame(FINAL_CHUNK, last=True))
         finally:
             os.close(op.fd)
-        # The journal's id goes into the manifest as batch_id: a segment renamed into place
-        # but not indexed before a cut is adopted with it, so recovery knows it was sealed.
-        header = dataclasses.replace(header, meta={**header.meta, "batch_id": op.jid})
+        # The journal's id goes into the manifest as its batch (in clear: the device reads it
+        # back without the key): a segment renamed into place but not indexed before a cut is
+        # adopted with it, so recovery knows it was sealed.
+        header = dataclasses.replace(header, batch=op.jid)
         result = self.spool.put_streamed(header, op.path, op.body, batch_id=op.jid)
         self.stats.fsyncs += 2
         self.stats.sealed += 1
@@ -472,7 +473,6 @@ class SegmentJournal:
             "recording": info["recording"],
             "part": info["part"],
             "final": False,
-            "batch_id": jid,
             "inner_content_type": info["content_type"],
             "inner_key_id": info["key_id"],
             "inner_salt": info["salt"],
@@ -495,6 +495,7 @@ class SegmentJournal:
                 end_mono_ns=mono,
                 clock=self.spool.clock_state(),
                 meta=meta,
+                batch=jid,
             ),
             [whole],
             batch_id=jid,
