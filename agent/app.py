@@ -391,6 +391,8 @@ class Agent:
             dead.append("audio")
         if self.talk is not None and not self.talk.is_alive():
             dead.append("talk")
+        if not self.local.is_alive():
+            dead.append("local control")
         return dead
 
     def _heartbeat(self) -> None:
