@@ -114,10 +114,13 @@ class LocalControl:
         with conn:
             conn.settimeout(5)
             try:
-                request = _read_line(conn)
-                reply = self.handle(request)
+                try:
+                    reply = self.handle(_read_line(conn))
+                except CommandError as exc:  # too long: say so, read no further
+                    log.warning("local control: %s", exc)
+                    reply = {"ok": False, "error": str(exc)}
                 conn.sendall(_dumps_reply(reply) + b"\n")
-            except (OSError, CommandError) as exc:
+            except OSError as exc:
                 log.warning("local control: %s", exc)
 
 

@@ -131,16 +131,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     ingest.start()
     status = 0
     try:
-        while not stop.wait(1.0):
-            gone = ingest.dead()
-            if gone:
-                log.critical(
-                    "ingest: thread %s ended; exiting so that the service manager restarts "
-                    "the worker",
-                    ", ".join(gone),
-                )
-                status = EXIT_THREAD_DIED
-                break
+        status = watch(ingest, stop)
     except KeyboardInterrupt:
         pass
     finally:
@@ -150,6 +141,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             web.join()
         log.info("ingest: %s", store.stats)
     return status
+
+
+def watch(ingest: Any, stop: Any, poll_s: float = 1.0) -> int:
+    """Wait until ``stop``: 0. A thread of the worker that ends before (whatever ended it, past
+    its containment) makes it return EXIT_THREAD_DIED, so the process exits non-zero and the
+    service manager (Restart=on-failure) starts a whole worker again."""
+    import logging
+
+    while not stop.wait(poll_s):
+        gone = ingest.dead()
+        if gone:
+            logging.getLogger("edge-agent").critical(
+                "ingest: thread %s ended; exiting so that the service manager restarts the worker",
+                ", ".join(gone),
+            )
+            return EXIT_THREAD_DIED
+    return 0
 
 
 def cmd_heads(args: argparse.Namespace) -> int:

@@ -52,6 +52,10 @@ MAX_CHUNK_HEADER = 1024
 PACKET_OVERHEAD = 2048
 MAX_SEGMENT_SIZE = 1 << 40
 LIVE_KINDS = ("fix", "alarm", "status")
+# Stream names that are also the last level of another device topic. The broker ACL gives a
+# device `devices/%u/up/seg/+` and `devices/%u/state`, so a certificate whose CN is
+# "<other>/up/seg" could publish on devices/<other>/up/seg/state: these names are never streams.
+RESERVED_STREAMS = frozenset({"state", "heads", "key", "cmd"})
 # Acknowledgements: at most this many per signed batch, and this many bytes per message.
 MAX_ACKS = 512
 MAX_ACK_BYTES = 256 * 1024
@@ -64,6 +68,14 @@ ACK_CONTEXT = b"edge-agent ack v1\x00"
 def check_device_id(device_id: object) -> str:
     """A device id as agent.ids defines it (ASCII, no leading dot, not reserved)."""
     return ids.check_device_id(device_id)
+
+
+def check_stream(stream: object, what: str = "stream") -> str:
+    """A stream name as agent.ids defines it, and not one of RESERVED_STREAMS."""
+    name = ids.check_stream(stream, what)
+    if name in RESERVED_STREAMS:
+        raise FormatError(f"{what} {name!r}: reserved (it names another topic)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -93,9 +105,7 @@ class Topics:
         return f"{self.base}/up/key"
 
     def segment(self, stream: str) -> str:
-        if not STREAM_RE.match(stream):
-            raise FormatError(f"stream {stream!r}: must match {STREAM_RE.pattern}")
-        return f"{self.base}/up/seg/{stream}"
+        return f"{self.base}/up/seg/{check_stream(stream)}"
 
     @property
     def command_result(self) -> str:
@@ -149,8 +159,8 @@ def parse_topic(topic: str) -> ParsedTopic:
         return ParsedTopic(device, "live", rest[1])
     if rest == ["up", "key"]:
         return ParsedTopic(device, "key")
-    if len(rest) == 3 and rest[:2] == ["up", "seg"] and STREAM_RE.match(rest[2]):
-        return ParsedTopic(device, "seg", rest[2])
+    if len(rest) == 3 and rest[:2] == ["up", "seg"]:
+        return ParsedTopic(device, "seg", check_stream(rest[2], f"topic {topic[:200]!r}: stream"))
     if rest == ["up", "cmd"]:
         return ParsedTopic(device, "cmd-result")
     if rest == ["down", "ack"]:
@@ -255,7 +265,7 @@ def decode_chunk(payload: bytes) -> tuple[ChunkHeader, memoryview]:
     if hlen > MAX_CHUNK_HEADER or CHUNK_HEAD.size + hlen > len(payload):
         raise FormatError(f"chunk: header length {hlen} is impossible")
     obj = loads_object(payload[CHUNK_HEAD.size : CHUNK_HEAD.size + hlen], what)
-    stream = _match(_field(obj, "stream", str, what), STREAM_RE, "stream", what)
+    stream = check_stream(_field(obj, "stream", str, what), "chunk: 'stream'")
     if _field(obj, "seq", int, what) < 0:
         raise FormatError(f"chunk: seq {obj['seq']} is negative")
     seq = _seq(obj, what)
