@@ -46,7 +46,8 @@ def test_chunk_round_trip() -> None:
         (proto.ChunkHeader("video", 1, "b", H, 100, 90), b"x" * 20, "outside"),
         (proto.ChunkHeader("video", 1, "b", H, 100, 0), b"", "no bytes"),
         (proto.ChunkHeader("video", -1, "b", H, 100, 0), b"x", "negative"),
-        (proto.ChunkHeader("Video", 1, "b", H, 100, 0), b"x", "malformed"),
+        (proto.ChunkHeader("Video", 1, "b", H, 100, 0), b"x", "must be 1-32"),
+        (proto.ChunkHeader("state", 1, "b", H, 100, 0), b"x", "reserved"),
         (proto.ChunkHeader("video", 1, "b", "zz", 100, 0), b"x", "malformed"),
     ],
 )
