@@ -202,6 +202,7 @@ def run(report: Reporter) -> None:
             str(ing.cert),
             "--cert-key",
             str(ing.key),
+            "--trust-on-first-use",
         ]
         plain = os.environ.get("EDGE_AGENT_BENCH_PLAIN") == "1"
         if plain:
