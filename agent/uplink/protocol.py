@@ -423,7 +423,7 @@ def ack_from_json(obj: dict[str, Any]) -> Ack:
             raise FormatError(f"ack: {kind} of unknown kind {target[:40]!r}")
     elif kind not in ("seg", "progress"):
         raise FormatError(f"ack: unknown type {kind[:40]!r}")
-    stream = _match(_field(obj, "stream", str, what), STREAM_RE, "stream", what)
+    stream = check_stream(_field(obj, "stream", str, what), "ack: 'stream'")
     if _field(obj, "seq", int, what) < 0:
         raise FormatError("ack: seq is negative")
     seq = _seq(obj, what)
