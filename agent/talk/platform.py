@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent import ids
 from agent.contain import Failures, run_forever
 from agent.errors import AgentError, FormatError, UplinkError, VerificationError
 from agent.talk import wire
@@ -194,7 +195,7 @@ class Listener:
         if device not in self._keys:
             key = None
             if self.device_keys is not None:
-                path = self.device_keys / f"{device}.pub"
+                path = ids.contained(self.device_keys, f"{device}.pub")
                 if path.exists():
                     from agent.storage.keys import load_verify_key
 
@@ -232,7 +233,7 @@ class Listener:
             issued = done.msg.get("issued")
             when = float(issued) if wire.valid_time(issued) else time.time()
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
-            path = self.out_dir / device / f"{stamp}-{done.id}.ogg"
+            path = ids.contained(self.out_dir, device, f"{stamp}-{done.id}.ogg")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".part")
             tmp.write_bytes(done.body)

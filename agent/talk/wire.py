@@ -20,7 +20,7 @@ never pass as a complete one. Control room -> device messages are signed with th
 command key (the one that signs commands); device -> control room messages with the device's
 sealing key.
 
-Topics (device ids and group names: 1-64 of ``A-Z a-z 0-9 . _ -``)::
+Topics (device ids as agent.ids defines them; group names 1-64 of ``A-Z a-z 0-9 . _ -``)::
 
     devices/{d}/talk/out       device -> platform  chunks of the officer's messages
     devices/{d}/talk/receipt   device -> platform  JSON receipts for incoming messages
@@ -50,7 +50,7 @@ from typing import Any, TypeGuard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent import boundedjson
+from agent import boundedjson, ids
 from agent.errors import FormatError, VerificationError
 
 MAGIC = b"EAT1"
@@ -71,6 +71,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _device(value: str) -> str:
+    """A device id as agent.ids defines it (it becomes a topic level and a directory)."""
+    return ids.check_device_id(value)
+
+
 def _name(kind: str, value: str) -> str:
     if not NAME_RE.match(value):
         raise FormatError(f"{kind} {value!r}: must be 1-64 of A-Z a-z 0-9 . _ -")
@@ -78,19 +83,19 @@ def _name(kind: str, value: str) -> str:
 
 
 def out_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/out"
+    return f"devices/{_device(device)}/talk/out"
 
 
 def receipt_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/receipt"
+    return f"devices/{_device(device)}/talk/receipt"
 
 
 def in_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/in"
+    return f"devices/{_device(device)}/talk/in"
 
 
 def ctl_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/ctl"
+    return f"devices/{_device(device)}/talk/ctl"
 
 
 def group_topic(group: str) -> str:
@@ -106,11 +111,11 @@ def device_of(topic: str) -> str:
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != "devices" or parts[2] != "talk":
         raise FormatError(f"topic {topic!r}: not devices/<id>/talk/<kind>")
-    return _name("device id", parts[1])
+    return _device(parts[1])
 
 
 def device_address(device: str) -> str:
-    return f"device:{_name('device id', device)}"
+    return f"device:{_device(device)}"
 
 
 def group_address(group: str) -> str:

@@ -215,3 +215,23 @@ def test_store_refuses_a_device_id_that_is_not_one(tmp_path: Path) -> None:
             raise AssertionError(f"device id {device!r} was accepted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [".tmp"]
+
+
+def test_talk_listen_writes_nowhere_for_a_device_id_that_is_not_one(tmp_path: Path) -> None:
+    """Finding 5 in talk: a certificate for '..' publishing on devices/../talk/out."""
+    from agent.uplink.mqtt import Inbound, LinkConfig
+
+    stop = threading.Event()
+    events: list[dict[str, Any]] = []
+    link = MqttLink(LinkConfig("127.0.0.1", 1, "listen", tls=False), stop)
+    out = tmp_path / "heard" / "inner"
+    listener = Listener(link, stop, out_dir=out, on_event=events.append)
+    body = b"OggS" + b"\x00" * 40
+    for device in ("..", ".", "ingest"):
+        mid = wire.new_id()
+        msg = wire.describe(mid, body, 1, sender=f"device:{device}", to=wire.PLATFORM,
+                            duration_s=1.0)  # fmt: skip
+        chunk = wire.Chunk(mid, 0, True, body, msg, "00" * 64)
+        listener.handle(Inbound(f"devices/{device}/talk/out", chunk.encode(), 1, 1, 0))
+    assert events == []
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [], "something was written"
