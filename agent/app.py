@@ -464,6 +464,8 @@ class Agent:
             dead.append("power")
         if self.link is not None and not self.link.is_alive():
             dead.append("link")
+        if not self.local.is_alive():
+            dead.append("local control")
         return dead
 
     def _heartbeat(self) -> None:

@@ -19,6 +19,7 @@ from agent.fleet.settings import FleetSettings
 from agent.gps.settings import GpsSettings
 from agent.gps.time_settings import ReceiverSettings, TimeSettings
 from agent.health_settings import HealthSettings
+from agent.ids import device_id_problem
 from agent.power.settings import PowerSettings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
@@ -28,11 +29,8 @@ from agent.web.settings import WebSettings
 
 
 def _device_id(v: object) -> str | None:
-    if not isinstance(v, str) or not v:
-        return "must not be empty"
-    if len(v) > 64 or not all(c.isalnum() or c in "-_." for c in v):
-        return f"must be 1-64 letters, digits, '-', '_' or '.', got {v!r}"
-    return None
+    """agent.ids' rule (ASCII, no leading dot or dash, not a reserved name)."""
+    return device_id_problem(v)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from agent.errors import SourceError
 from agent.gps.synth import truck_log
 from agent.power.sim import lay_out_power_supply
 from agent.storage.keys import init_device_keys, init_platform_keys
+from agent.uplink.control import init_ack_keys
 from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 
 OUT = Path("demo-out").resolve()
@@ -113,6 +114,7 @@ ca = "{pki.ca}"
 cert = "{device.cert}"
 key = "{device.key}"
 state_dir = "{OUT}/device/uplink"
+ack_key = "{keys}/platform/ack.pub"
 [video]
 enabled = true
 source = "synthetic"
@@ -173,6 +175,10 @@ def main() -> int:
     keys = OUT / "keys"
     init_device_keys(keys / "device")
     init_platform_keys(keys / "platform")
+    init_ack_keys(keys / "platform")
+    # What the platform registers for the device (edge-agent provision writes it as <id>.pub).
+    (keys / "platform" / "devices").mkdir()
+    shutil.copy(keys / "device" / "device.pub", keys / "platform" / "devices" / f"{DEVICE}.pub")
     pki = make_pki(OUT / "pki", identities=(DEVICE, INGEST_IDENTITY))
     print(f"   device key, platform key and certificates under {OUT}")
     broker = Mosquitto(OUT / "broker", pki)
@@ -217,6 +223,8 @@ def run_agent(broker: Mosquitto, pki: Pki, keys: Path, audio: bool) -> int:
         "--broker", f"127.0.0.1:{broker.port}", "--ca", str(pki.ca), "--cert", str(ingest.cert),
         "--cert-key", str(ingest.key), "--client-id", INGEST_IDENTITY,
         "--platform-key", str(keys / "platform" / "platform.key"),
+        "--devices", str(keys / "platform" / "devices"),
+        "--ack-key", str(keys / "platform" / "ack.key"),
     ]  # fmt: skip
     say("the platform's ingest, then the agent (bodycam: synthetic camera, replayed GPS)")
     with (

@@ -7,13 +7,17 @@ platform's public key and CA are (a path, or a USB stick with ``--from-dir``). T
 1. creates the directories of ``docs/deploy.md`` under a target root (``/`` on a device);
 2. makes the device's Ed25519 signing key (:func:`agent.storage.keys.init_device_keys`) and an
    ECDSA P-256 TLS key with a CSR (CN = the device id) for the platform CA: ``tls/device.csr``;
-3. copies the platform's X25519 public key, the CA (and the command key, if given);
+3. copies the platform's X25519 public key, its ack key (``ack.pub``: the device deletes a
+   segment only on an acknowledgement signed by it), the CA (and the command key, if given);
 4. renders ``agent.toml`` from the answers (the previous config's other settings are kept),
    validates it with :func:`agent.config.load_config` and the profile rules, and replaces the
    old one atomically;
 5. gives the files the owners and modes of ``docs/deploy.md`` (private keys 0600 and the key
    and TLS files owned by ``edge-agent``; ``agent.toml`` root:edge-agent 0640) where the user
-   exists and we run as root on the real root; otherwise says that ownership was left alone.
+   exists and we run as root on the real root; otherwise says that ownership was left alone;
+6. writes what the platform registers: ``/etc/edge-agent/enrol/<device id>.pub``, the device's
+   Ed25519 public key under the name ``edge-agent ingest --devices DIR`` looks for (and, with
+   ``--from-dir``, copies it and the CSR onto the stick for the trip back).
 
 :func:`install_cert` takes the certificate the CA signed (``--install-cert FILE``) after
 checking that it is for this device's TLS key, names the device id, is valid now and was
@@ -42,7 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.config import AgentConfig, DeviceSettings, load_config, parse_config
+from agent.config import AgentConfig, load_config, parse_config
 from agent.errors import ConfigError, KeyFileError
 from agent.storage.durable import fsync_dir
 from agent.storage.keys import (
@@ -68,6 +72,7 @@ TLS_KEY_FILE = "device.key"
 CA_FILE = "ca.pem"
 PLATFORM_PUB_FILE = "platform.pub"
 COMMAND_PUB_FILE = "command.pub"
+ACK_PUB_FILE = "ack.pub"
 
 Say = Callable[[str], None]
 
@@ -115,6 +120,18 @@ class Layout:
         return self.keys / COMMAND_PUB_FILE
 
     @property
+    def ack_pub(self) -> Path:
+        return self.keys / ACK_PUB_FILE
+
+    @property
+    def enrol(self) -> Path:
+        """What the platform registers for this device (its key as ``<device id>.pub``)."""
+        return self.etc / "enrol"
+
+    def registration(self, device_id: str) -> Path:
+        return self.enrol / f"{device_id}.pub"
+
+    @property
     def tls_key(self) -> Path:
         return self.tls / TLS_KEY_FILE
 
@@ -144,6 +161,7 @@ class Answers:
     platform_key: Path | None = None  # None: keep the installed one
     ca: Path | None = None  # None: keep the installed one
     command_key: Path | None = None  # None: keep the installed one (optional altogether)
+    ack_key: Path | None = None  # None: keep the installed one
     gps_source: str = "serial"
     gps_port: str = "/dev/ttyACM0"
     gps_replay: Path | None = None
@@ -159,6 +177,7 @@ class Outcome:
     device_key_new: bool = False
     tls_key_new: bool = False
     csr: Path | None = None
+    registration: Path | None = None
     cert_installed: bool = False
     ownership: str = ""
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -193,11 +212,10 @@ def broker_url(host: str, port: int) -> str:
 
 
 def device_id_problem(value: str) -> str | None:
-    """The config loader's own check of ``device.id`` (None when good)."""
-    for f in dataclasses.fields(DeviceSettings):
-        if f.name == "id":
-            chk = f.metadata.get("check")
-            return chk(value) if chk is not None else None
+    """agent.ids' rule for a device id, the config loader's own (None when good)."""
+    from agent import ids
+
+    return ids.device_id_problem(value)
     return None  # pragma: no cover
 
 
@@ -415,6 +433,8 @@ def build_config(answers: Answers, layout: Layout, previous: AgentConfig | None)
     )
     if layout.command_pub.exists():
         up["command_key"] = str(layout.command_pub)
+    if layout.ack_pub.exists() or answers.ack_key is not None:
+        up["ack_key"] = str(layout.ack_pub)
     video, audio = data["video"], data["audio"]
     video["source"] = answers.video_source
     same_profile = previous is not None and previous.device.profile == answers.profile
@@ -534,6 +554,15 @@ def provision(
         from agent.uplink.control import load_command_public
 
         _copy_in(answers.command_key, layout.command_pub, owner, load_command_public)
+    if answers.ack_key is not None:
+        from agent.uplink.control import load_ack_public
+
+        _copy_in(answers.ack_key, layout.ack_pub, owner, load_ack_public)
+    elif not layout.ack_pub.exists():
+        raise ConfigError(
+            "platform ack key: required (--ack-key FILE or --from-dir with ack.pub): without it "
+            "the device could be made to delete evidence by an acknowledgement anyone forged"
+        )
 
     # The device's signing key.
     if layout.device_key.exists() and not force:
@@ -577,10 +606,29 @@ def provision(
 
     text = render_config(build_config(answers, layout, previous), layout)
     write_config(text, layout, owner)
-    for f in (layout.platform_pub, layout.ca, layout.command_pub, layout.cert):
+    for f in (layout.platform_pub, layout.ca, layout.command_pub, layout.ack_pub, layout.cert):
         if f.exists():
             owner.service(f)
+    out.registration = write_registration(layout, answers.device_id, owner)
     return out
+
+
+def write_registration(layout: Layout, device_id: str, owner: Owner) -> Path:
+    """``enrol/<device id>.pub``: the device's signing key as the platform registers it
+    (``edge-agent ingest --devices DIR`` reads ``DIR/<device id>.pub``)."""
+    pem = (
+        load_signing_key(layout.device_key)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    _mkdir(layout.enrol, 0o755)
+    owner.config(layout.enrol)
+    for stale in layout.enrol.glob("*.pub"):
+        if stale.name != f"{device_id}.pub":
+            stale.unlink()  # an earlier identity of this device
+    dest = layout.registration(device_id)
+    write_file(dest, pem, 0o644, owner.config)
+    return dest
 
 
 # --------------------------------------------------------------------------- certificate

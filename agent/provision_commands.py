@@ -37,9 +37,16 @@ def register(sub: Any) -> None:
     p.add_argument("--ca", type=Path, help="the platform CA certificate (PEM)")
     p.add_argument("--command-key", type=Path, help="the platform's command key (command.pub)")
     p.add_argument(
+        "--ack-key",
+        type=Path,
+        help="the platform's acknowledgement key (ack.pub): the device deletes a segment only "
+        "on an acknowledgement signed by it",
+    )
+    p.add_argument(
         "--from-dir",
         type=Path,
-        help="a directory (USB stick) holding platform.pub, ca.pem or ca.crt, command.pub",
+        help="a directory (USB stick) holding platform.pub, ack.pub, ca.pem or ca.crt, "
+        "command.pub; the device's <id>.pub and <id>.csr are copied back onto it",
     )
     p.add_argument("--gps-source", choices=("serial", "gpsd", "replay", "none"))
     p.add_argument("--gps-port", help="serial GNSS receiver (default /dev/ttyACM0)")
@@ -184,6 +191,8 @@ def gather(args: argparse.Namespace, ask: Prompter | None) -> Any:
         ("platform_key", "--platform-key", "Platform public key file", layout.platform_pub,
          ("platform.pub",)),
         ("ca", "--ca", "Platform CA certificate file", layout.ca, ("ca.pem", "ca.crt")),
+        ("ack_key", "--ack-key", "Platform ack key file (ack.pub)", layout.ack_pub,
+         ("ack.pub",)),
         ("command_key", "--command-key", "Platform command key file (Enter: none)",
          layout.command_pub, ("command.pub",)),
     ):  # fmt: skip
@@ -226,6 +235,7 @@ def gather(args: argparse.Namespace, ask: Prompter | None) -> Any:
         platform_key=files["platform_key"],
         ca=files["ca"],
         command_key=files["command_key"],
+        ack_key=files["ack_key"],
         gps_source=gps_source,
         gps_port=gps_port,
         gps_replay=Path(gps_replay) if gps_replay else None,
@@ -251,10 +261,15 @@ def cmd_provision(args: argparse.Namespace) -> int:
     print(f"config written: {out.config} (checked: edge-agent config check {out.config})")
     print(out.ownership)
     _receiver(args, layout)
+    print(
+        f"register with the platform: {out.registration} (the device's signing key; it goes "
+        "into the directory `edge-agent ingest --devices DIR` reads)"
+    )
+    _copy_back(args.from_dir, answers.device_id, [out.registration, out.csr])
     if not out.cert_installed:
         print(
             f"\nNEXT: send the certificate request {out.csr} to the platform CA "
-            f"(it asks for CN={answers.device_id}).\n"
+            f"(it asks for CN={answers.device_id}) and {out.registration} to the platform.\n"
             "When the signed certificate comes back, install it and run the self-test:\n"
             f"  sudo edge-agent provision --install-cert FILE"
             + ("" if args.root == Path("/") else f" --root {args.root}")
@@ -272,6 +287,22 @@ def _receiver(args: argparse.Namespace, layout: Any) -> None:
     from agent.gps.receiver_setup import provision_receiver
 
     provision_receiver(load_config(layout.config), layout.root)
+
+
+def _copy_back(media: Path | None, device_id: str, files: list[Path | None]) -> None:
+    """Put what the platform needs (key, CSR) on the technician's stick, where it is writable."""
+    if media is None:
+        return
+    for f in files:
+        if f is None or not f.exists():
+            continue
+        dest = media / f"{device_id}{f.suffix}"
+        try:
+            dest.write_bytes(f.read_bytes())
+        except OSError as exc:
+            print(f"could not copy {f.name} to {media} ({exc.strerror or exc}); copy it by hand")
+            continue
+        print(f"copied for the platform: {dest}")
 
 
 def _after(args: argparse.Namespace, layout: Any) -> int:

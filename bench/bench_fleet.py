@@ -215,6 +215,7 @@ class Fleet:
                     "--ca", str(self.pki.ca), "--cert", str(c.cert), "--cert-key", str(c.key),
                     "--client-id", ident, "--group", "fleet",
                     "--platform-key", str(self.root / "platform" / "platform.key"),
+                    "--trust-on-first-use",
                 ],
                 self.root / f"{ident}.log",
                 self.env,

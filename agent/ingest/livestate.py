@@ -15,6 +15,14 @@ each as ``{"received": <unix s>, "topic": ..., "payload": {...}}``. These are fa
 device, not evidence: files are replaced by rename without fsync, and several workers sharing
 one store write the same facts (an alarm already among the last lines is not appended again).
 
+It also takes each device's signed stream heads (``devices/<id>/heads``, retained) and hands
+them to the :class:`agent.ingest.heads.HeadsBook`, which checks them against the device's key.
+
+Containment (agent.contain): a payload is read within bounds (64 KiB, JSON depth 16), the
+device id of the topic must be valid (agent.ids); whatever one message does, it is logged,
+acknowledged to the broker (a retained poison message is acknowledged at every start, and
+never stops the thread), and the next one is handled.
+
 Wiring: build it on the worker's link before the link starts, then start it::
 
     self.live = LiveRecorder(store.root, self.link, stop)   # in Ingest.__init__
@@ -32,11 +40,17 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.errors import FormatError
+from agent import boundedjson, ids
+from agent.contain import Failures, run_forever
+from agent.errors import AgentError, FormatError
+from agent.ingest.store import private_dirs
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound, MqttLink
+
+if TYPE_CHECKING:
+    from agent.ingest.heads import HeadsBook
 
 log = logging.getLogger(__name__)
 
@@ -48,44 +62,82 @@ DEDUPE_LINES = 50
 class LiveRecorder:
     """Records state and live messages under the store (see the module docstring)."""
 
-    def __init__(self, root: Path, link: MqttLink, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        root: Path,
+        link: MqttLink,
+        stop: threading.Event,
+        *,
+        heads: HeadsBook | None = None,
+    ) -> None:
         self.root = root
         self.stop = stop
         self.link = link
+        self.heads = heads
         self.state_inbox = link.route(proto.STATE_FILTER, qos=1)
         self.live_inbox = link.route(proto.LIVE_FILTER, qos=1)
+        self.heads_inbox = link.route(proto.HEADS_FILTER, qos=1) if heads is not None else None
         self.recorded = 0
         self.dropped = 0
+        self.failures = Failures("ingest-live", log)
         self._thread: threading.Thread | None = None
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="ingest-live")
+        self._thread = threading.Thread(
+            target=run_forever, args=("ingest-live", self.step, self.stop, log), name="ingest-live"
+        )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            handled = False
-            for inbox in (self.state_inbox, self.live_inbox):
-                try:
-                    msg = inbox.get_nowait()
-                except queue.Empty:
-                    continue
-                handled = True
-                try:
-                    self.record(msg.topic, msg.payload, msg.retain)
-                except OSError as exc:
-                    log.error("ingest: cannot record %s: %s", msg.topic, exc)
-                self.link.ack(msg)
-            if not handled:
-                self.stop.wait(0.2)
+    def step(self) -> None:
+        """Handle at most one waiting message of each kind (waits a little when none)."""
+        handled = False
+        for inbox in (self.state_inbox, self.live_inbox, self.heads_inbox):
+            if inbox is None:
+                continue
+            try:
+                msg = inbox.get_nowait()
+            except queue.Empty:
+                continue
+            handled = True
+            self.handle(msg)
+        if not handled:
+            self.stop.wait(0.2)
 
     def handle(self, msg: Inbound) -> None:
-        """Record one message (for callers that route the messages themselves)."""
-        self.record(msg.topic, msg.payload, msg.retain)
+        """Record one message, whatever it holds, and acknowledge it to the broker."""
+        try:
+            if msg.topic.endswith("/heads"):
+                self.record_heads(msg.topic, msg.payload)
+            else:
+                self.record(msg.topic, msg.payload, msg.retain)
+        except OSError as exc:
+            self.dropped += 1
+            log.error("ingest: cannot record %s: %s", msg.topic[:200], exc)
+        except Exception as exc:
+            self.dropped += 1
+            self.failures(f"recording {msg.topic[:200]}", exc)
+        finally:
+            self.link.ack(msg)
+
+    def record_heads(self, topic: str, payload: bytes) -> bool:
+        parsed = proto.parse_topic(topic)
+        if parsed.kind != "heads" or self.heads is None or not payload:
+            return False
+        try:
+            self.heads.record(parsed.device_id, payload)
+        except AgentError as exc:
+            self.dropped += 1
+            log.warning("ingest: refused the heads of %s: %s", parsed.device_id, exc)
+            return False
+        return True
 
     def record(self, topic: str, payload: bytes, retain: bool = False) -> bool:
         """Write what ``payload`` says about its device; False when it was not recorded."""
@@ -95,7 +147,7 @@ class LiveRecorder:
             self.dropped += 1
             log.warning("ingest: ignoring %s", exc)
             return False
-        if parsed.kind not in ("state", "live") or parsed.device_id.startswith("."):
+        if parsed.kind not in ("state", "live"):
             self.dropped += 1
             return False
         if not payload:
@@ -118,8 +170,8 @@ class LiveRecorder:
             "retained": retain,
             "payload": obj,
         }
-        d = self.root / parsed.device_id / "live"
-        d.mkdir(parents=True, exist_ok=True)
+        d = ids.contained(self.root, parsed.device_id, "live")
+        private_dirs(self.root, d)
         if parsed.kind == "state":
             _replace(d / "state.json", entry)
         elif parsed.arg == "alarm":
@@ -130,10 +182,24 @@ class LiveRecorder:
         return True
 
 
+def _write_private(path: Path, data: bytes, flags: int = os.O_TRUNC) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def _replace(path: Path, entry: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(json.dumps(entry, sort_keys=True).encode())
-    os.replace(tmp, path)
+    try:
+        _write_private(tmp, json.dumps(entry, sort_keys=True).encode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _append_alarm(path: Path, entry: dict[str, Any]) -> None:
@@ -143,8 +209,8 @@ def _append_alarm(path: Path, entry: dict[str, Any]) -> None:
         lines = path.read_bytes().splitlines()
         for line in lines[-DEDUPE_LINES:]:
             try:
-                old = json.loads(line)
-            except ValueError:
+                old = boundedjson.loads(line, "alarm line", max_bytes=2 * MAX_PAYLOAD)
+            except AgentError:
                 continue
             if isinstance(old, dict) and json.dumps(old.get("payload"), sort_keys=True) == payload:
                 return  # another worker (or a redelivery) recorded it already
@@ -152,8 +218,11 @@ def _append_alarm(path: Path, entry: dict[str, Any]) -> None:
     if len(lines) >= MAX_ALARM_LINES:
         keep = [*lines[-(MAX_ALARM_LINES // 2) :], line]
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(b"\n".join(keep) + b"\n")
-        os.replace(tmp, path)
+        try:
+            _write_private(tmp, b"\n".join(keep) + b"\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return
-    with path.open("ab") as f:
-        f.write(line + b"\n")
+    _write_private(path, line + b"\n", os.O_APPEND)

@@ -3,12 +3,33 @@
 One MQTT 5 shared subscription (``$share/<group>/devices/+/up/#``) lets several workers split
 the devices' traffic on one broker or a cluster; they may share one store (see
 :mod:`agent.ingest.store`). The device id is taken from the topic, which the broker's ACL
-(``pattern readwrite devices/%u/#`` with ``use_identity_as_username``) ties to the device's
-certificate; the store then requires the manifest and key record to name the same device.
+(``pattern write devices/%u/up/...`` with ``use_identity_as_username``) ties to the device's
+certificate; it must be a valid id (agent.ids), and the store then requires the manifest and
+key record to name the same device and be signed by its registered key.
 
-Each message is acknowledged to the broker (PUBACK, manual) only after the store has written
-what it carried and the platform's acknowledgements have been published; a crash in between
-makes the broker deliver it again, and the store recognises the duplicate.
+Acknowledgements: the platform's acknowledgements of one batch are sent to each device as one
+message signed with the platform's ack key (Ed25519, ``--ack-key``); a device deletes a
+segment only on such a signed acknowledgement naming its exact (device, stream, seq, hash).
+
+Containment (agent.contain): every message is handled inside its own ``try``; whatever it
+does, it is logged and acknowledged to the broker (PUBACK) at the end of its batch, so one
+device's poison never holds one of the 64 slots of the broker's receive maximum, and the next
+device's segment is handled next.
+
+What is durable, and what the device is told:
+
+- a message whose contents were stored is acknowledged to the broker only after its batch was
+  made durable (one ``syncfs``), and only then are the platform's acknowledgements published;
+- a **transient store error** (a full or failing disk: ``OSError``) is retried twice within
+  the batch; if it persists the device is answered ``retry`` (``after_s``): it keeps the
+  segment or key record and sends it again later, from the last byte the platform confirmed.
+  The broker message is acknowledged all the same: nothing is lost, because a device deletes
+  nothing without a signed ``seg`` acknowledgement;
+- if making the batch durable fails, every acknowledgement of the batch that claimed
+  durability (``seg``, ``progress``, ``key``) is replaced by ``retry``;
+- a message that is malformed, or that makes the store fail in an unexpected way, is logged
+  once per kind with its traceback; a chunk or key record that can still be addressed is
+  answered ``retry`` (or ``reject`` by the store when it is refused).
 """
 
 from __future__ import annotations
@@ -16,8 +37,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
-from agent.errors import AgentError, FormatError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent import ids
+from agent.contain import Failures, dead, run_forever
+from agent.errors import FormatError
+from agent.ingest.heads import HeadsBook
 from agent.ingest.livestate import LiveRecorder
 from agent.ingest.store import Store
 from agent.uplink import protocol as proto
@@ -26,26 +53,62 @@ from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 log = logging.getLogger(__name__)
 
 BATCH = 128  # messages stored per group commit (one syncfs) before their acknowledgements
+STORE_ATTEMPTS = 3  # tries of one message when the store's disk fails (OSError)
+STORE_RETRY_WAITS_S = (0.05, 0.25)
+RETRY_AFTER_S = 30  # what a device is told to wait when the store cannot take its message
+SWEEP_EVERY_S = 600.0  # expire idle uploads, look for missing stream heads
+
+
+def _as_retry(ack: proto.Ack, why: str, after_s: int) -> proto.Ack:
+    """The acknowledgement to send instead of ``ack`` when what it claims is not durable."""
+    if isinstance(ack, proto.SegmentAck | proto.Progress):
+        return proto.Retry("seg", why, after_s, ack.stream, ack.seq, ack.hash, 0)
+    if isinstance(ack, proto.KeyAck):
+        return proto.Retry("key", why, after_s, key_id=ack.key_id)
+    return ack
 
 
 class Ingest:
     """One ingest worker: an MQTT link and a thread feeding the store."""
 
     def __init__(
-        self, store: Store, cfg: LinkConfig, stop: threading.Event, *, group: str = "ingest"
+        self,
+        store: Store,
+        cfg: LinkConfig,
+        stop: threading.Event,
+        *,
+        group: str = "ingest",
+        ack_key: Ed25519PrivateKey | None = None,
+        retry_after_s: int = RETRY_AFTER_S,
+        sweep_every_s: float = SWEEP_EVERY_S,
     ) -> None:
         self.store = store
         self.stop = stop
+        self.ack_key = ack_key
+        self.retry_after_s = retry_after_s
+        self.sweep_every_s = sweep_every_s
         self.link = MqttLink(cfg, stop)
         self.inbox = self.link.route(f"$share/{group}/{proto.UP_FILTER}", qos=1)
-        self.live = LiveRecorder(store.root, self.link, stop)
+        self.heads = HeadsBook(store)
+        self.live = LiveRecorder(store.root, self.link, stop, heads=self.heads)
+        self.failures = Failures("ingest", log)
         self.malformed = 0
+        self.retries_sent = 0
+        self._swept_at = -1e18
         self._thread: threading.Thread | None = None
+        self._link_thread: threading.Thread | None = None
+        if ack_key is None:
+            log.warning(
+                "ingest: no ack key (--ack-key): acknowledgements go out unsigned; devices "
+                "provisioned with the platform's ack key ignore them and delete nothing"
+            )
 
     def start(self) -> None:
-        self.link.start()
+        self._link_thread = self.link.start()
         self.live.start()
-        self._thread = threading.Thread(target=self.run, name="ingest")
+        self._thread = threading.Thread(
+            target=run_forever, args=("ingest", self.step, self.stop, log), name="ingest"
+        )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -54,50 +117,127 @@ class Ingest:
         self.link.join(timeout)
         self.live.join(timeout)
 
-    def run(self) -> None:
-        while not self.stop.is_set():
+    def dead(self) -> list[str]:
+        """The worker's threads that have ended (while not stopping: a reason to exit)."""
+        return dead((self._thread, self._link_thread, self.live.thread))
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self) -> None:
+        """One round: sweep when due, then one batch of messages (waits briefly for one)."""
+        now = time.monotonic()
+        if now - self._swept_at >= self.sweep_every_s:
+            self._swept_at = now
+            self.sweep()
+        try:
+            first = self.inbox.get(timeout=0.5)
+        except queue.Empty:
+            return
+        batch = [first]
+        while len(batch) < BATCH:
             try:
-                first = self.inbox.get(timeout=0.5)
+                batch.append(self.inbox.get_nowait())
             except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            self._handle_batch(batch)
+                break
+        self._handle_batch(batch)
+
+    def sweep(self) -> None:
+        """Drop idle uploads past their expiry; report stream heads missing from the store."""
+        try:
+            self.store.expire_partials()
+        except Exception as exc:
+            self.failures("expiring idle uploads", exc)
+        try:
+            self.heads.check_all()
+        except Exception as exc:
+            self.failures("checking stream heads", exc)
 
     def _handle_batch(self, batch: list[Inbound]) -> None:
-        """Store a batch, make it durable together, and only then acknowledge it."""
-        done: list[tuple[Inbound, list[tuple[str, proto.Ack]]]] = []
+        """Store a batch, make it durable together, answer the devices, acknowledge it all."""
+        results: list[tuple[str, list[proto.Ack]]] = []
         try:
-            with self.store.batch():
-                for msg in batch:
-                    try:
-                        done.append((msg, self.handle(msg)))
-                    except AgentError as exc:
-                        log.error("ingest: %s: %s", msg.topic, exc)
-                        # not acknowledged: the broker or the device will send it again
-                    except OSError as exc:
-                        log.error("ingest: store error on %s: %s", msg.topic, exc)
-        except OSError as exc:
-            log.error("ingest: cannot make the batch durable: %s", exc)
-            return  # nothing acknowledged: it will all come again
-        for msg, acks in done:
-            for topic, ack in acks:
-                if self.link.publish(topic, proto.encode_ack(ack), qos=1) is None:
-                    log.debug("ingest: not connected; the device will ask again")
-            self.link.ack(msg)
+            try:
+                failing = [False]
+                with self.store.batch():
+                    for msg in batch:
+                        results.append(self._handle_one(msg, failing))
+            except OSError as exc:
+                log.error("ingest: cannot make a batch of %d durable: %s", len(batch), exc)
+                why = f"the platform's store failed: {exc}"[:300]
+                results = [
+                    (d, [_as_retry(a, why, self.retry_after_s) for a in acks])
+                    for d, acks in results
+                ]
+            self._answer(results)
+        except Exception as exc:  # publishing, or a bug above: never the thread
+            self.failures(f"a batch of {len(batch)}", exc)
+        finally:
+            for msg in batch:
+                self.link.ack(msg)
 
-    def handle(self, msg: Inbound) -> list[tuple[str, proto.Ack]]:
-        """Store one message; returns the (topic, ack) pairs to publish once it is durable."""
+    def _answer(self, results: list[tuple[str, list[proto.Ack]]]) -> None:
+        by_device: dict[str, list[proto.Ack]] = {}
+        for device, acks in results:
+            if device and acks:
+                by_device.setdefault(device, []).extend(acks)
+        for device, acks in by_device.items():
+            self.retries_sent += sum(isinstance(a, proto.Retry) for a in acks)
+            topic = proto.Topics(device).ack
+            for payload in proto.encode_acks(device, acks, self.ack_key):
+                if self.link.publish(topic, payload, qos=1) is None:
+                    log.debug("ingest: not connected; %s will ask again", device)
+
+    def _handle_one(self, msg: Inbound, failing: list[bool]) -> tuple[str, list[proto.Ack]]:
+        """One message, contained: (device, acknowledgements); never raises."""
+        attempts = 1 if failing[0] else STORE_ATTEMPTS
+        for attempt in range(attempts):
+            try:
+                return self.handle(msg)
+            except OSError as exc:
+                if attempt + 1 < attempts:
+                    self.stop.wait(STORE_RETRY_WAITS_S[min(attempt, len(STORE_RETRY_WAITS_S) - 1)])
+                    continue
+                failing[0] = True
+                log.error("ingest: store error on %s: %s", msg.topic[:200], exc)
+                return self._retry(msg, f"the platform's store failed: {exc}"[:300])
+            except Exception as exc:
+                self.failures(f"the message on {msg.topic[:200]}", exc)
+                return self._retry(msg, f"the platform could not handle it ({type(exc).__name__})")
+        return "", []  # not reached
+
+    def _retry(self, msg: Inbound, why: str) -> tuple[str, list[proto.Ack]]:
+        """A ``retry`` answer to whatever ``msg`` was, where it can be addressed."""
+        try:
+            topic = proto.parse_topic(msg.topic)
+            if topic.kind == "seg":
+                h, _data = proto.decode_chunk(msg.payload)
+                nxt = self.store.durable_next(topic.device_id, h)
+                ack = proto.Retry("seg", why, self.retry_after_s, h.stream, h.seq, h.hash, nxt)
+                return topic.device_id, [ack]
+            if topic.kind == "key":
+                from agent.storage.seal import parse_key_record
+
+                kid = parse_key_record(msg.payload).key_id
+                if ids.KEY_ID_RE.match(kid):
+                    return topic.device_id, [
+                        proto.Retry("key", why, self.retry_after_s, key_id=kid)
+                    ]
+        except Exception:  # not addressable: the device resends after its ack timeout
+            pass
+        return "", []
+
+    def handle(self, msg: Inbound) -> tuple[str, list[proto.Ack]]:
+        """Store one message: (device, acknowledgements to publish once it is durable).
+
+        Raises OSError for a transient store failure; anything else it raises is a bug the
+        caller contains.
+        """
         try:
             topic = proto.parse_topic(msg.topic)
         except FormatError as exc:
             self.malformed += 1
             log.warning("ingest: ignoring %s", exc)
-            return []
+            return "", []
         acks: list[proto.Ack] = []
         if topic.kind == "seg":
             try:
@@ -105,7 +245,7 @@ class Ingest:
             except FormatError as exc:
                 self.malformed += 1
                 log.warning("ingest: dropping a chunk from %s: %s", topic.device_id, exc)
-                return []
+                return "", []
             if header.stream != topic.arg:
                 self.malformed += 1
                 log.warning(
@@ -114,15 +254,14 @@ class Ingest:
                     topic.arg,
                     header.stream,
                 )
-                return []
+                return "", []
             acks = self.store.put_chunk(topic.device_id, header, data)
         elif topic.kind == "key":
             ack = self.store.put_key(topic.device_id, msg.payload)
             acks = [ack] if ack is not None else []
         elif topic.kind == "cmd-result":
-            log.info("ingest: %s answered a command: %s", topic.device_id, msg.payload[:500])
-            return []
+            log.info("ingest: %s answered a command: %r", topic.device_id, msg.payload[:500])
+            return "", []
         else:
-            return []
-        out = proto.Topics(topic.device_id).ack
-        return [(out, ack) for ack in acks]
+            return "", []
+        return topic.device_id, acks

@@ -8,7 +8,25 @@ Layout (a generic verifier walks ``seg/`` and ``keys/``)::
     <store>/<device>/seg/<stream>/<seq:012d>.seg   sealed segments, byte-identical to the spool
     <store>/<device>/plain/<stream>/<seq:012d>.bin decrypted (with the platform key only)
     <store>/<device>/partial/<stream>/<seq:012d>-<hash>/<offset:012d>   chunks being assembled
-    <store>/.tmp/                               assembly; emptied of stale files at start
+    <store>/<device>/heads.json                 the device's signed stream heads (heads.py)
+    <store>/.tmp/                               assembly; files older than an hour are
+                                                removed at start (left by a crash)
+
+Names from outside are checked before they become paths: device ids, streams, key ids and
+hashes by :mod:`agent.ids` (a device id from the topic that is not valid is refused), and every
+path is built with :func:`agent.ids.contained`, so nothing lands outside the store. Files are
+created 0600 and directories 0700 whatever the umask (decrypted evidence is in here).
+
+Device keys: registered ones (``devices=DIR`` holding ``<device>.pub``, what ``edge-agent
+provision`` produces for the platform) are the production setting; a device without one is
+refused. Trust on first use (``trust_on_first_use=True``: the first key a device presents is
+pinned in ``<store>/<device>/device.pub``) is for laboratories only and logged loudly.
+
+Uploads in progress are bounded per device (:class:`PartialLimits`): an announced size beyond
+the device's quota is refused at once; bytes held or uploads open beyond the quota make room by
+dropping that device's idle uploads (the device still has them and resends), else are answered
+"retry later"; an upload that saw no chunk for ``expiry_s`` is dropped
+(:meth:`Store.expire_partials`).
 
 Every file lands by rename (temp, fsync, rename, fsync directory). The sealed segment's final
 name is the store's record that it was accepted: it is created with ``link()``, which fails if
@@ -24,18 +42,20 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from agent import ids
 from agent.errors import AgentError, FormatError, KeyFileError, VerificationError
 from agent.storage.durable import fsync_dir, syncfs, write_atomic
 from agent.storage.keys import fingerprint, raw_public
@@ -54,6 +74,29 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 MAX_RESETS = 3
 HASH_CACHE = 100_000
+FILE_MODE = 0o600
+STALE_TMP_S = 3600.0
+DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class PartialLimits:
+    """Per-device bounds on uploads in progress (``partial/``)."""
+
+    # Bytes one device may hold in unfinished uploads; also the largest segment it may announce.
+    quota_bytes: int = 4 << 30
+    # Unfinished uploads one device may have open (a device has at most 64 in flight).
+    max_uploads: int = 256
+    # An upload without a chunk for this long is dropped (the device resends it from byte 0).
+    expiry_s: float = 24 * 3600.0
+    # An upload idle this long may be dropped to make room for one that is moving.
+    idle_s: float = 120.0
+    # What a device is told to wait before sending again when there is no room.
+    retry_after_s: int = 30
+
+
+class QuotaFull(AgentError):
+    """No room for this upload now (the device keeps it and sends it again later)."""
 
 
 @dataclass
@@ -64,6 +107,10 @@ class _Partial:
     unsynced: list[Path] = field(default_factory=list)
     reported: int = 0
     resets: int = 0
+    touched: float = 0.0
+
+    def held(self) -> int:
+        return sum(end - off for off, end in self.ranges.items())
 
     def contiguous(self) -> int:
         pos = 0
@@ -96,6 +143,45 @@ class StoreStats:
     decrypted: int = 0
     missing_keys: int = 0
     gaps: int = 0
+    refused_devices: int = 0
+    partials_expired: int = 0
+    quota_refusals: int = 0
+
+
+def _why(exc: BaseException) -> str:
+    """A refusal's reason: the message of our own errors, the type of anything else."""
+    if isinstance(exc, AgentError):
+        return str(exc)[:500]
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def private_dirs(root: Path, path: Path) -> None:
+    """``mkdir -p path`` (under ``root``), every new level 0700 whatever the umask."""
+    missing: list[Path] = []
+    p = path
+    while p != root and not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)
+
+
+def _create(path: Path, mode: str = "wb") -> BinaryIO:
+    """A new private file (0600 whatever the umask)."""
+    flags = os.O_CREAT | os.O_EXCL | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        return cast(BinaryIO, os.fdopen(fd, mode))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Store:
@@ -107,48 +193,102 @@ class Store:
         *,
         platform_key: X25519PrivateKey | None = None,
         devices: Path | None = None,
+        trust_on_first_use: bool | None = None,
         progress_every: int = MIB,
+        limits: PartialLimits | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.root = root
+        """``trust_on_first_use``: None means "only when no ``devices`` directory is given"
+        (the Python API's default for laboratories; ``edge-agent ingest`` asks explicitly)."""
+        if not root.exists():
+            root.mkdir(mode=DIR_MODE, parents=True)
+            os.chmod(root, DIR_MODE)
+        self.root = root.resolve()
         self.platform_key = platform_key
         self.devices = devices
+        self.tofu = devices is None if trust_on_first_use is None else trust_on_first_use
         self.progress_every = progress_every
+        self.limits = limits or PartialLimits()
+        self._clock = clock
         self.stats = StoreStats()
         self._lock = threading.Lock()
-        self._partials: dict[tuple[str, str, int, str], _Partial] = {}
+        # Uploads in progress, per device: (stream, seq, hash) -> _Partial; bytes held each.
+        self._partials: dict[str, dict[tuple[str, int, str], _Partial]] = {}
+        self._held: dict[str, int] = {}
         self._hashes: OrderedDict[Path, str] = OrderedDict()
         self._pins: dict[str, Ed25519PublicKey] = {}
-        self.tmp = root / ".tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.root / ".tmp"
+        private_dirs(self.root, self.tmp)
+        if self.tofu:
+            log.warning(
+                "ingest: TRUST ON FIRST USE: the first key a device presents is pinned as its "
+                "own; a stolen or forged certificate can claim a device that has not sent yet. "
+                "Register device keys (--devices DIR) in production"
+            )
         # Group commit: inside ``batch()`` each fsync is replaced by one syncfs at its end.
         self._batching = False
         self._dirty = False
+        # Left by a crash. Another worker sharing the store may be assembling right now: only
+        # what is older than an hour is stale.
         for stale in self.tmp.iterdir():
-            stale.unlink(missing_ok=True)
+            try:
+                if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                    stale.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
 
     # ------------------------------------------------------------------ paths
 
     def seg_path(self, device: str, stream: str, seq: int) -> Path:
-        return self.root / device / "seg" / stream / f"{seq:012d}.seg"
+        ids.check_device_id(device)
+        ids.check_stream(stream)
+        ids.check_seq(seq)
+        return ids.contained(self.root, device, "seg", stream, f"{seq:012d}.seg")
 
     def plain_path(self, device: str, stream: str, seq: int) -> Path:
-        return self.root / device / "plain" / stream / f"{seq:012d}.bin"
+        ids.check_device_id(device)
+        ids.check_stream(stream)
+        ids.check_seq(seq)
+        return ids.contained(self.root, device, "plain", stream, f"{seq:012d}.bin")
 
     def key_path(self, device: str, key_id: str) -> Path:
-        return self.root / device / "keys" / f"{key_id}.key"
+        ids.check_device_id(device)
+        ids.check_key_id(key_id)
+        return ids.contained(self.root, device, "keys", f"{key_id}.key")
+
+    def device_dir(self, device: str) -> Path:
+        ids.check_device_id(device)
+        return ids.contained(self.root, device)
 
     def _partial_dir(self, device: str, h: proto.ChunkHeader) -> Path:
-        return self.root / device / "partial" / h.stream / f"{h.seq:012d}-{h.hash}"
+        ids.check_device_id(device)
+        ids.check_stream(h.stream)
+        ids.check_seq(h.seq)
+        ids.check_hash(h.hash)
+        return ids.contained(self.root, device, "partial", h.stream, f"{h.seq:012d}-{h.hash}")
+
+    def _mkdirs(self, path: Path) -> None:
+        private_dirs(self.root, path)
+
+    def mkdirs(self, path: Path) -> None:
+        """``mkdir -p`` under the store's root, new levels 0700."""
+        private_dirs(self.root, ids.contained(self.root, *path.relative_to(self.root).parts))
 
     # ------------------------------------------------------------------ device keys
 
+    def pinned(self, device: str) -> Ed25519PublicKey | None:
+        """The device's registered (or, under trust on first use, pinned) key; None if none."""
+        with self._lock:
+            return self._pinned(device)
+
     def _pinned(self, device: str) -> Ed25519PublicKey | None:
+        ids.check_device_id(device)
         pin = self._pins.get(device)
         if pin is not None:
             return pin
         for path in (
-            (self.devices / f"{device}.pub") if self.devices else None,
-            self.root / device / "device.pub",
+            ids.contained(self.devices, f"{device}.pub") if self.devices else None,
+            ids.contained(self.root, device, "device.pub") if self.tofu else None,
         ):
             if path is not None and path.exists():
                 try:
@@ -159,12 +299,17 @@ class Store:
                     raise KeyFileError(f"{path}: not an Ed25519 public key")
                 self._pins[device] = key
                 return key
-        if self.devices is not None:
-            raise VerificationError(f"device {device!r} is not registered in {self.devices}")
+        if not self.tofu:
+            where = self.devices if self.devices is not None else "--devices"
+            raise VerificationError(
+                f"device {device!r} is not registered (no {device}.pub in {where}); "
+                "register its key (edge-agent provision writes it) before it can deliver"
+            )
         return None
 
     def _pin(self, device: str, device_pub_hex: str) -> Ed25519PublicKey:
-        """Trust on first use: the first verified record of a device pins its key."""
+        """The key to check ``device``'s records against: its registered key, or (trust on
+        first use only) the key of its first verified record, pinned."""
         pinned = self._pinned(device)
         if pinned is not None:
             return pinned
@@ -172,25 +317,31 @@ class Store:
         pem = key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        path = self.root / device / "device.pub"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = ids.contained(self.root, device, "device.pub")
+        self._mkdirs(path.parent)
         write_atomic(path, pem, self.tmp)
-        log.info("ingest: pinned device %s to key %s", device, fingerprint(raw_public(key)))
+        log.warning(
+            "ingest: TRUST ON FIRST USE: pinned device %s to the key it presented, %s "
+            "(not a registered key)",
+            device,
+            fingerprint(raw_public(key)),
+        )
         self._pins[device] = key
         return key
 
     # ------------------------------------------------------------------ key records
 
     def put_key(self, device: str, data: bytes) -> proto.Ack | None:
+        ids.check_device_id(device)
         with self._lock:
             try:
                 rec = parse_key_record(data)
-            except (FormatError, VerificationError) as exc:
+            except (FormatError, VerificationError, ValueError, RecursionError) as exc:
                 self.stats.rejected += 1
                 log.warning("ingest: %s sent an unreadable key record: %s", device, exc)
                 return None
             kid = rec.key_id
-            if not proto.KEY_ID_RE.match(kid):
+            if ids.KEY_ID_RE.match(kid) is None or not kid.isascii():
                 log.warning("ingest: %s sent a key record with a malformed id", device)
                 return None
             try:
@@ -208,12 +359,17 @@ class Store:
                 return proto.Reject("key", str(exc), key_id=kid)
             path = self.key_path(device, kid)
             if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
+                self._mkdirs(path.parent)
                 write_atomic(path, data, self.tmp)
                 self.stats.keys += 1
             return proto.KeyAck(kid)
 
     # ------------------------------------------------------------------ chunks
+
+    def stored_hash(self, path: Path) -> str | None:
+        """The manifest hash of a stored segment file (None when there is none)."""
+        with self._lock:
+            return self._stored_hash(path)
 
     def _stored_hash(self, path: Path) -> str | None:
         h = self._hashes.get(path)
@@ -231,23 +387,123 @@ class Store:
         if len(self._hashes) > HASH_CACHE:
             self._hashes.popitem(last=False)
 
-    def _load_partial(self, device: str, h: proto.ChunkHeader) -> _Partial:
-        key = (device, h.stream, h.seq, h.hash)
-        p = self._partials.get(key)
-        if p is not None and p.size == h.size:
-            return p
-        d = self._partial_dir(device, h)
-        p = _Partial(d, h.size)
-        if d.is_dir():
-            for f in d.iterdir():
+    def _device_partials(self, device: str) -> dict[tuple[str, int, str], _Partial]:
+        """The device's uploads in progress; read from ``partial/`` on first use (after a
+        restart the sizes are not known yet: they count for the quota until a chunk comes)."""
+        parts = self._partials.get(device)
+        if parts is not None:
+            return parts
+        parts = self._partials[device] = {}
+        held = 0
+        base = ids.contained(self.root, device, "partial")
+        if base.is_dir():
+            for sdir in base.iterdir():
+                if not sdir.is_dir() or ids.STREAM_RE.match(sdir.name) is None:
+                    continue
+                for pdir in sdir.iterdir():
+                    seq_s, _, mhash = pdir.name.partition("-")
+                    if not (pdir.is_dir() and seq_s.isdigit() and ids.HASH_RE.match(mhash)):
+                        continue
+                    part = _Partial(pdir, -1, touched=pdir.stat().st_mtime)
+                    self._read_ranges(part)
+                    parts[(sdir.name, int(seq_s), mhash)] = part
+                    held += part.held()
+        self._held[device] = held
+        return parts
+
+    @staticmethod
+    def _read_ranges(p: _Partial) -> None:
+        p.ranges.clear()
+        if p.dir.is_dir():
+            for f in p.dir.iterdir():
                 if f.name.isdigit():
                     off = int(f.name)
                     p.ranges[off] = off + f.stat().st_size
                 else:
                     f.unlink(missing_ok=True)
-            p.unsynced = [d / f"{off:012d}" for off in p.ranges]
-        self._partials[key] = p
+        p.unsynced = [p.dir / f"{off:012d}" for off in p.ranges]
+
+    def _load_partial(self, device: str, h: proto.ChunkHeader) -> _Partial:
+        parts = self._device_partials(device)
+        key = (h.stream, h.seq, h.hash)
+        p = parts.get(key)
+        if p is not None and p.size == h.size:
+            return p
+        if p is not None:
+            self._held[device] -= p.held()
+        p = _Partial(self._partial_dir(device, h), h.size, touched=self._clock())
+        self._read_ranges(p)
+        self._held[device] += p.held()
+        parts[key] = p
         return p
+
+    def _forget_partial(self, device: str, key: tuple[str, int, str]) -> None:
+        p = self._partials.get(device, {}).pop(key, None)
+        if p is not None:
+            self._held[device] -= p.held()
+            shutil.rmtree(p.dir, ignore_errors=True)
+
+    def _make_room(self, device: str, h: proto.ChunkHeader, p: _Partial, grow: int) -> None:
+        """Room for ``grow`` more bytes of upload ``p``: drop the device's idle uploads if
+        needed; QuotaFull if there is still none."""
+        lim = self.limits
+        parts = self._device_partials(device)
+        now = self._clock()
+
+        def fits() -> bool:
+            return self._held[device] + grow <= lim.quota_bytes and len(parts) <= lim.max_uploads
+
+        if fits():
+            return
+        key = (h.stream, h.seq, h.hash)
+        idle = sorted(
+            (q.touched, k) for k, q in parts.items() if k != key and now - q.touched >= lim.idle_s
+        )
+        for _touched, k in idle:
+            log.warning(
+                "ingest: %s: dropping its idle upload %s#%d to make room (it will be resent)",
+                device,
+                k[0],
+                k[1],
+            )
+            self._forget_partial(device, k)
+            if fits():
+                return
+        self.stats.quota_refusals += 1
+        raise QuotaFull(
+            f"{device} holds {self._held[device]} bytes in {len(parts)} unfinished uploads "
+            f"(quota {lim.quota_bytes} bytes, {lim.max_uploads} uploads)"
+        )
+
+    def expire_partials(self) -> int:
+        """Drop uploads that saw no chunk for ``limits.expiry_s``; returns how many."""
+        dropped = 0
+        now = self._clock()
+        with self._lock:
+            for ddir in self.root.iterdir():
+                if ids.device_id_problem(ddir.name) is not None or not ddir.is_dir():
+                    continue
+                base = ddir / "partial"
+                if not base.is_dir():
+                    continue
+                parts = self._device_partials(ddir.name)
+                for key, part in list(parts.items()):
+                    try:
+                        touched = max(part.touched, part.dir.stat().st_mtime)
+                    except FileNotFoundError:
+                        touched = part.touched
+                    if now - touched >= self.limits.expiry_s:
+                        log.info(
+                            "ingest: %s: upload of %s#%d idle for %.0f s; dropped",
+                            ddir.name,
+                            key[0],
+                            key[1],
+                            now - touched,
+                        )
+                        self._forget_partial(ddir.name, key)
+                        dropped += 1
+        self.stats.partials_expired += dropped
+        return dropped
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -322,6 +578,18 @@ class Store:
                     h.hash,
                 )
             ]
+        if h.size > self.limits.quota_bytes:
+            self.stats.rejected += 1
+            return [
+                proto.Reject(
+                    "seg",
+                    f"{h.label}: announced size {h.size} exceeds the per-device upload quota "
+                    f"of {self.limits.quota_bytes} bytes",
+                    h.stream,
+                    h.seq,
+                    h.hash,
+                )
+            ]
         end = h.offset + len(data)
         if h.offset == 0 and end == h.size:
             return self._complete(device, h, bytes(data), None)
@@ -333,17 +601,38 @@ class Store:
             self._sync(p)
             p.reported = p.contiguous()
             return [proto.Progress(h.stream, h.seq, h.hash, p.reported)]
-        p.dir.mkdir(parents=True, exist_ok=True)
         path = p.dir / f"{h.offset:012d}"
-        if h.offset in p.ranges and p.ranges[h.offset] > end:
-            pass  # a longer chunk is already there at this offset
-        else:
+        if not (h.offset in p.ranges and p.ranges[h.offset] > end):
+            grow = end - h.offset - (p.ranges.get(h.offset, h.offset) - h.offset)
+            try:
+                self._make_room(device, h, p, grow)
+            except QuotaFull as exc:
+                log.warning("ingest: %s/%s: no room now: %s", device, h.label, exc)
+                return [
+                    proto.Retry(
+                        "seg",
+                        f"no room for this upload now: {exc}",
+                        self.limits.retry_after_s,
+                        h.stream,
+                        h.seq,
+                        h.hash,
+                        p.reported,
+                    )
+                ]
+            self._mkdirs(p.dir)
             tmp = p.dir / f".{h.offset}.{uuid.uuid4().hex[:8]}"
-            with tmp.open("wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            try:
+                with _create(tmp) as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             p.ranges[h.offset] = end
+            self._held[device] += grow
             p.unsynced.append(path)
+        # else: a longer chunk is already there at this offset
+        p.touched = self._clock()
         self.stats.bytes += len(data)
         nxt = p.contiguous()
         if nxt >= h.size:
@@ -359,6 +648,12 @@ class Store:
             return [proto.Progress(h.stream, h.seq, h.hash, nxt)]
         return []
 
+    def durable_next(self, device: str, h: proto.ChunkHeader) -> int:
+        """Bytes [0, n) of the upload the platform reported durable (0 if unknown)."""
+        with self._lock:
+            p = self._partials.get(device, {}).get((h.stream, h.seq, h.hash))
+            return p.reported if p is not None else 0
+
     def _assemble(self, p: _Partial, out: BinaryIO) -> None:
         pos = 0
         for off in sorted(p.ranges):
@@ -371,7 +666,7 @@ class Store:
             pos = end
 
     def _drop_partial(self, device: str, h: proto.ChunkHeader) -> None:
-        self._partials.pop((device, h.stream, h.seq, h.hash), None)
+        self._forget_partial(device, (h.stream, h.seq, h.hash))
         shutil.rmtree(self._partial_dir(device, h), ignore_errors=True)
 
     def _complete(
@@ -380,7 +675,7 @@ class Store:
         tmp = self.tmp / f"{uuid.uuid4().hex}.seg"
         plain_tmp: Path | None = None
         try:
-            with tmp.open("w+b") as f:
+            with _create(tmp, "w+b") as f:
                 if whole is not None:
                     f.write(whole)
                 else:
@@ -390,8 +685,10 @@ class Store:
                 self._fsync_fd(f.fileno())
                 try:
                     info = read_segment_info(f)
-                except FormatError as exc:
-                    return self._reset_or_reject(device, h, p, f"unreadable: {exc}")
+                except OSError:
+                    raise  # the store's disk, not the segment: the device is asked to retry
+                except Exception as exc:  # FormatError, or anything a crafted manifest causes
+                    return self._reset_or_reject(device, h, p, f"unreadable: {_why(exc)}")
                 if info.manifest_hash != h.hash:
                     return self._reset_or_reject(
                         device, h, p, "reassembled bytes do not carry the announced manifest hash"
@@ -399,16 +696,18 @@ class Store:
                 try:
                     self._check(device, h, f, info)
                     plain_tmp = self._decrypt(device, f, info)
-                except (AgentError, ValueError) as exc:
+                except OSError:
+                    raise
+                except Exception as exc:  # AgentError, or anything a crafted segment causes
                     self.stats.rejected += 1
-                    log.warning("ingest: refused %s/%s: %s", device, h.label, exc)
+                    log.warning("ingest: refused %s/%s: %s", device, h.label, _why(exc))
                     self._drop_partial(device, h)
-                    return [proto.Reject("seg", str(exc), h.stream, h.seq, h.hash)]
+                    return [proto.Reject("seg", _why(exc), h.stream, h.seq, h.hash)]
             final = self.seg_path(device, h.stream, h.seq)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._mkdirs(final.parent)
             if plain_tmp is not None:
                 plain = self.plain_path(device, h.stream, h.seq)
-                plain.parent.mkdir(parents=True, exist_ok=True)
+                self._mkdirs(plain.parent)
                 os.replace(plain_tmp, plain)
                 self._fsync_dir(plain.parent)
                 plain_tmp = None
@@ -458,7 +757,11 @@ class Store:
             )
         trusted = self._pin(device, m["device_pub"])
         verify_segment(f, info, trusted)
-        prev = self._stored_hash(self.seg_path(device, info.stream, info.seq - 1))
+        prev = (
+            self._stored_hash(self.seg_path(device, info.stream, info.seq - 1))
+            if info.seq > 0
+            else None
+        )
         if info.seq == 0 and m["prev"] is not None:
             raise VerificationError(f"{h.label}: the first segment of a stream names a previous")
         if prev is not None and m["prev"] != prev:
@@ -466,8 +769,10 @@ class Store:
                 f"{h.label}: chain broken: prev {str(m['prev'])[:16]} but the stored "
                 f"#{info.seq - 1} is {prev[:16]}"
             )
-        after = self.seg_path(device, info.stream, info.seq + 1)
-        if after.exists():
+        after = (
+            self.seg_path(device, info.stream, info.seq + 1) if info.seq + 1 < ids.MAX_SEQ else None
+        )
+        if after is not None and after.exists():
             with after.open("rb") as g:
                 nxt = read_segment_info(g)
             if nxt.manifest["prev"] != info.manifest_hash:
@@ -497,7 +802,7 @@ class Store:
         open_meta(info, data_key)  # sealed meta (format v2) that does not open: refused
         out = self.tmp / f"{uuid.uuid4().hex}.bin"
         try:
-            with out.open("wb") as g:
+            with _create(out) as g:
                 decrypt_segment(f, info, data_key, g.write)
                 g.flush()
                 self._fsync_fd(g.fileno())
@@ -510,10 +815,14 @@ class Store:
     # ------------------------------------------------------------------ reading
 
     def segments(self, device: str, stream: str | None = None) -> list[Path]:
-        base = self.root / device / "seg"
+        base = ids.contained(self.root, ids.check_device_id(device), "seg")
         if not base.exists():
             return []
-        dirs = [base / stream] if stream else sorted(p for p in base.iterdir() if p.is_dir())
+        dirs = (
+            [ids.contained(base, ids.check_stream(stream))]
+            if stream
+            else sorted(p for p in base.iterdir() if p.is_dir())
+        )
         out: list[Path] = []
         for d in dirs:
             if d.exists():

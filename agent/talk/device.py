@@ -518,6 +518,8 @@ class Talk:
                         self._resend(msg.payload)
                     else:
                         self._on_chunk(msg)
+                except Exception as exc:  # contained (agent.contain): the next one is handled
+                    log.error("talk: the message on %s failed: %r", msg.topic[:200], exc)
                 finally:
                     if self.link is not None:
                         self.link.ack(msg)

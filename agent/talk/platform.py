@@ -18,6 +18,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent import ids
+from agent.contain import Failures, run_forever
 from agent.errors import AgentError, FormatError, UplinkError, VerificationError
 from agent.talk import wire
 from agent.uplink.mqtt import Inbound, MqttLink
@@ -144,20 +146,27 @@ class Listener:
         self.inbox = link.route(wire.OUT_FILTER)
         self._reasm: dict[str, wire.Reassembler] = {}
         self._keys: dict[str, Ed25519PublicKey | None] = {}
+        self.failures = Failures("talk listen", log)
         self.chunk_times: dict[str, list[float]] = {}  # id -> monotonic arrival of each chunk
 
     def run(self) -> None:
-        while not self.stop.is_set():
+        """Thread body. Each message is contained (agent.contain): whatever it does is logged,
+        it is acknowledged to the broker, and the next one is handled."""
+        run_forever("talk listen", self.step, self.stop, log)
+
+    def step(self) -> None:
+        try:
+            msg = self.inbox.get(timeout=0.05)
+        except queue.Empty:
+            msg = None
+        if msg is not None:
             try:
-                msg = self.inbox.get(timeout=0.05)
-            except queue.Empty:
-                msg = None
-            if msg is not None:
-                try:
-                    self.handle(msg)
-                finally:
-                    self.link.ack(msg)
-            self._check_stale(time.monotonic())
+                self.handle(msg)
+            except Exception as exc:
+                self.failures(f"the message on {msg.topic[:200]}", exc)
+            finally:
+                self.link.ack(msg)
+        self._check_stale(time.monotonic())
 
     def handle(self, msg: Inbound) -> None:
         now = time.monotonic()
@@ -186,7 +195,7 @@ class Listener:
         if device not in self._keys:
             key = None
             if self.device_keys is not None:
-                path = self.device_keys / f"{device}.pub"
+                path = ids.contained(self.device_keys, f"{device}.pub")
                 if path.exists():
                     from agent.storage.keys import load_verify_key
 
@@ -221,8 +230,10 @@ class Listener:
             return
         reasm.finish(done.id, "complete")
         if self.out_dir is not None:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(float(done.msg.get("issued", 0))))
-            path = self.out_dir / device / f"{stamp}-{done.id}.ogg"
+            issued = done.msg.get("issued")
+            when = float(issued) if wire.valid_time(issued) else time.time()
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+            path = ids.contained(self.out_dir, device, f"{stamp}-{done.id}.ogg")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".part")
             tmp.write_bytes(done.body)

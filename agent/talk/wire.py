@@ -20,7 +20,7 @@ never pass as a complete one. Control room -> device messages are signed with th
 command key (the one that signs commands); device -> control room messages with the device's
 sealing key.
 
-Topics (device ids and group names: 1-64 of ``A-Z a-z 0-9 . _ -``)::
+Topics (device ids as agent.ids defines them; group names 1-64 of ``A-Z a-z 0-9 . _ -``)::
 
     devices/{d}/talk/out       device -> platform  chunks of the officer's messages
     devices/{d}/talk/receipt   device -> platform  JSON receipts for incoming messages
@@ -45,11 +45,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent import boundedjson, ids
 from agent.errors import FormatError, VerificationError
 
 MAGIC = b"EAT1"
@@ -62,10 +63,17 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_CHUNKS = 4096
 STATUSES = ("delivered", "played", "incomplete", "rejected", "not_played")
 PLATFORM = "platform"
+MAX_JSON = 64 * 1024
+MAX_TIME = 10**11  # unix seconds: a bound on input (1e300 is not a time)
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _device(value: str) -> str:
+    """A device id as agent.ids defines it (it becomes a topic level and a directory)."""
+    return ids.check_device_id(value)
 
 
 def _name(kind: str, value: str) -> str:
@@ -75,19 +83,19 @@ def _name(kind: str, value: str) -> str:
 
 
 def out_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/out"
+    return f"devices/{_device(device)}/talk/out"
 
 
 def receipt_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/receipt"
+    return f"devices/{_device(device)}/talk/receipt"
 
 
 def in_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/in"
+    return f"devices/{_device(device)}/talk/in"
 
 
 def ctl_topic(device: str) -> str:
-    return f"devices/{_name('device id', device)}/talk/ctl"
+    return f"devices/{_device(device)}/talk/ctl"
 
 
 def group_topic(group: str) -> str:
@@ -103,11 +111,11 @@ def device_of(topic: str) -> str:
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != "devices" or parts[2] != "talk":
         raise FormatError(f"topic {topic!r}: not devices/<id>/talk/<kind>")
-    return _name("device id", parts[1])
+    return _device(parts[1])
 
 
 def device_address(device: str) -> str:
-    return f"device:{_name('device id', device)}"
+    return f"device:{_device(device)}"
 
 
 def group_address(group: str) -> str:
@@ -144,9 +152,9 @@ def parse_chunk(payload: bytes) -> Chunk:
     if n > MAX_HEADER or HEAD.size + n > len(payload):
         raise FormatError("talk chunk: bad header length")
     try:
-        head = json.loads(payload[HEAD.size : HEAD.size + n])
-    except (UnicodeDecodeError, ValueError):
-        raise FormatError("talk chunk: header is not JSON") from None
+        head = boundedjson.loads(payload[HEAD.size : HEAD.size + n], "talk chunk header")
+    except FormatError as exc:
+        raise FormatError(f"talk chunk: header is not acceptable JSON ({exc})") from None
     if not isinstance(head, dict) or head.get("v") != 1:
         raise FormatError("talk chunk: unsupported header")
     cid, index, last = head.get("id"), head.get("i"), head.get("last")
@@ -342,7 +350,7 @@ def verify(done: Complete, key: Ed25519PublicKey, *, now: float, skew_s: float =
     if msg.get("sha256") != hashlib.sha256(done.body).hexdigest():
         raise VerificationError("the bytes do not match the signed SHA-256")
     issued, expires = msg.get("issued"), msg.get("expires")
-    if not isinstance(issued, int | float) or not isinstance(expires, int | float):
+    if not valid_time(issued) or not valid_time(expires):
         raise VerificationError("no validity window")
     if expires + skew_s < now:
         raise VerificationError(f"expired {now - expires:.0f} s ago")
@@ -363,13 +371,14 @@ def receipt(device: str, message_id: str, status: str, **extra: Any) -> bytes:
 
 
 def parse_json(payload: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise FormatError(f"{what}: not JSON") from None
-    if not isinstance(obj, dict):
-        raise FormatError(f"{what}: not a JSON object")
+    """A JSON object from the wire, within bounds (agent.boundedjson); FormatError if not."""
+    obj: dict[str, Any] = boundedjson.loads(payload, what, max_bytes=MAX_JSON)
     return obj
+
+
+def valid_time(value: object) -> TypeGuard[int | float]:
+    """A unix time one may compute with: a finite number in [0, MAX_TIME)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < MAX_TIME
 
 
 def resend_request(message_id: str, chunks: list[int]) -> bytes:

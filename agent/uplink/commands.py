@@ -5,6 +5,9 @@
   the spool is empty.
 - ``edge-agent uplink command-key DIR``: the platform's Ed25519 command-signing key pair
   (``command.key`` 0600, ``command.pub`` to install on devices as ``uplink.command_key``).
+- ``edge-agent uplink ack-key DIR``: the platform's Ed25519 acknowledgement-signing key pair
+  (``ack.key`` 0600 for ``edge-agent ingest --ack-key``, ``ack.pub`` to install on devices as
+  ``uplink.ack_key``: they delete a segment only on an acknowledgement signed by it).
 - ``edge-agent uplink send DEVICE CMD``: (platform side) sign a command, publish it and print
   the device's answer.
 
@@ -34,6 +37,11 @@ def register(sub: Any) -> None:
     ck.add_argument("dir", type=Path)
     ck.add_argument("--force", action="store_true", help="replace an existing key")
     ck.set_defaults(func=cmd_command_key)
+
+    ak = usub.add_parser("ack-key", help="create the platform's acknowledgement-signing key pair")
+    ak.add_argument("dir", type=Path)
+    ak.add_argument("--force", action="store_true", help="replace an existing key")
+    ak.set_defaults(func=cmd_ack_key)
 
     send = usub.add_parser("send", help="sign and send a command to a device; print its answer")
     send.add_argument("device")
@@ -127,6 +135,15 @@ def cmd_command_key(args: argparse.Namespace) -> int:
     path = init_command_keys(args.dir, force=args.force)
     print(f"command signing key: {path} (keep it on the platform)")
     print(f"install on devices:  {path.with_name('command.pub')} (uplink.command_key)")
+    return 0
+
+
+def cmd_ack_key(args: argparse.Namespace) -> int:
+    from agent.uplink.control import init_ack_keys
+
+    path = init_ack_keys(args.dir, force=args.force)
+    print(f"ack signing key:    {path} (keep it on the platform: edge-agent ingest --ack-key)")
+    print(f"install on devices: {path.with_name('ack.pub')} (uplink.ack_key)")
     return 0
 
 

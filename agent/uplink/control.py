@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent import wallclock
-from agent.errors import CommandError, FormatError, KeyFileError
+from agent.contain import Failures, run_forever
+from agent.errors import AgentError, CommandError, FormatError, KeyFileError
 from agent.storage.durable import write_atomic
 from agent.storage.keys import write_private, write_public
 from agent.uplink import protocol as proto
@@ -50,7 +51,10 @@ ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 COMMAND_KEY = "command.key"
 COMMAND_PUB = "command.pub"
+ACK_KEY = "ack.key"
+ACK_PUB = "ack.pub"
 MAX_COMMAND = 64 * 1024
+MAX_TIME = 10**11  # unix seconds (year 5138): a bound on input, not a policy
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -58,8 +62,8 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 # --------------------------------------------------------------------------- keys
 
 
-def init_command_keys(directory: Path, force: bool = False) -> Path:
-    """The platform's Ed25519 command-signing key pair (``command.key`` 0600, ``command.pub``)."""
+def init_signing_keys(directory: Path, stem: str, force: bool = False) -> Path:
+    """An Ed25519 key pair of the platform: ``<stem>.key`` (0600) and ``<stem>.pub``."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -69,33 +73,59 @@ def init_command_keys(directory: Path, force: bool = False) -> Path:
     pub = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    write_private(directory / COMMAND_KEY, pem, force)
-    write_public(directory / COMMAND_PUB, pub)
-    return directory / COMMAND_KEY
+    write_private(directory / f"{stem}.key", pem, force)
+    write_public(directory / f"{stem}.pub", pub)
+    return directory / f"{stem}.key"
 
 
-def load_command_private(path: Path) -> Ed25519PrivateKey:
+def init_command_keys(directory: Path, force: bool = False) -> Path:
+    """The platform's Ed25519 command-signing key pair (``command.key`` 0600, ``command.pub``)."""
+    return init_signing_keys(directory, "command", force)
+
+
+def init_ack_keys(directory: Path, force: bool = False) -> Path:
+    """The platform's Ed25519 acknowledgement-signing key pair (``ack.key``, ``ack.pub``)."""
+    return init_signing_keys(directory, "ack", force)
+
+
+def load_signing_private(path: Path, what: str) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read the command key: {exc}") from None
+        raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
     except ValueError as exc:
         raise KeyFileError(f"{path}: not a PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path}: expected an Ed25519 command signing key")
+        raise KeyFileError(f"{path}: expected an Ed25519 {what}")
     return key
 
 
-def load_command_public(path: Path) -> Ed25519PublicKey:
+def load_signing_public(path: Path, what: str) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read the command key: {exc}") from None
+        raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
     except ValueError as exc:
         raise KeyFileError(f"{path}: not a PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path}: expected the platform's Ed25519 command key")
+        raise KeyFileError(f"{path}: expected the platform's Ed25519 {what}")
     return key
+
+
+def load_command_private(path: Path) -> Ed25519PrivateKey:
+    return load_signing_private(path, "command key")
+
+
+def load_command_public(path: Path) -> Ed25519PublicKey:
+    return load_signing_public(path, "command key")
+
+
+def load_ack_private(path: Path) -> Ed25519PrivateKey:
+    return load_signing_private(path, "ack key")
+
+
+def load_ack_public(path: Path) -> Ed25519PublicKey:
+    return load_signing_public(path, "ack key")
 
 
 # --------------------------------------------------------------------------- wire form
@@ -131,16 +161,20 @@ def sign_command(
 
 
 def _number(obj: dict[str, Any], name: str) -> float:
+    """A time in unix seconds: a finite number in [0, MAX_TIME) (checked before any use, so
+    ``1`` followed by 400 zeros or ``1e300`` is a FormatError, not an OverflowError)."""
     v = obj.get(name)
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise FormatError(f"command: {name!r} must be a number")
+    if not 0 <= v < MAX_TIME:
+        raise FormatError(f"command: {name!r} is out of range")
     return float(v)
 
 
 def parse_command(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_COMMAND:
         raise FormatError(f"command: {len(payload)} bytes is too large")
-    obj = proto.loads_object(payload, "command")
+    obj = proto.loads_object(payload, "command", MAX_COMMAND)
     if obj.get("v") != 1:
         raise FormatError(f"command: version {obj.get('v')!r} is not supported")
     for name in ("id", "device", "cmd", "sig"):
@@ -158,6 +192,32 @@ def parse_command(payload: bytes) -> dict[str, Any]:
     if unknown:
         raise FormatError(f"command: unknown fields {', '.join(sorted(unknown))}")
     return obj
+
+
+def _command_id(payload: bytes) -> str | None:
+    """The id of a refused command, to answer it by (None when it has no valid one)."""
+    try:
+        raw = proto.loads_object(payload, "command", MAX_COMMAND)
+    except AgentError:
+        return None
+    cid = raw.get("id")
+    return cid if isinstance(cid, str) and ID_RE.match(cid) else None
+
+
+def _dumps_answer(answer: dict[str, Any]) -> bytes:
+    """An answer as JSON; a handler's result that is not JSON becomes a failure."""
+    try:
+        return proto.dumps(answer)
+    except (TypeError, ValueError) as exc:
+        return proto.dumps(
+            {
+                "v": 1,
+                "id": answer.get("id"),
+                "cmd": answer.get("cmd"),
+                "ok": False,
+                "reason": f"failed: the result is not JSON ({exc})"[:500],
+            }
+        )
 
 
 # --------------------------------------------------------------------------- replay store
@@ -216,6 +276,7 @@ class CommandChannel:
         self._skew = skew_s
         self._clock = clock
         self._handlers: dict[str, Handler] = {}
+        self.failures = Failures("commands", log)
         self.register("ping", lambda args: {"pong": True, "time": round(self._clock(), 3)})
 
     def register(self, name: str, handler: Handler) -> None:
@@ -229,22 +290,28 @@ class CommandChannel:
         return sorted(self._handlers)
 
     def handle(self, payload: bytes) -> dict[str, Any]:
-        """The answer to one command payload (never raises for bad input)."""
+        """The answer to one command payload. Never raises: a refusal (FormatError,
+        CommandError), a handler's failure (EvidenceRefused, AgentError, TOMLDecodeError...)
+        or anything else becomes ``{"ok": false, "reason": ...}``."""
         cid: str | None = None
         name: str | None = None
         try:
             cmd = parse_command(payload)
             cid, name = cmd["id"], cmd["cmd"]
             result = self._run(cmd)
-        except (FormatError, CommandError) as exc:
+        except Exception as exc:
             if cid is None:
-                try:
-                    raw = json.loads(payload)
-                    cid = raw.get("id") if isinstance(raw.get("id"), str) else None
-                except (ValueError, AttributeError):
-                    pass
-            log.warning("commands: refused %s (%s): %s", name or "?", cid or "no id", exc)
-            return {"v": 1, "id": cid, "cmd": name, "ok": False, "reason": str(exc)}
+                cid = _command_id(payload)
+            if isinstance(exc, FormatError | CommandError):
+                reason = str(exc)
+                log.warning("commands: refused %s (%s): %s", name or "?", cid or "no id", exc)
+            elif isinstance(exc, AgentError):
+                reason = f"failed: {exc}"
+                log.warning("commands: %s (%s) failed: %s", name or "?", cid or "no id", exc)
+            else:
+                reason = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+                self.failures(f"command {name or '?'} ({cid or 'no id'})", exc)
+            return {"v": 1, "id": cid, "cmd": name, "ok": False, "reason": reason[:500]}
         return {"v": 1, "id": cid, "cmd": name, "ok": True, "result": result}
 
     def _run(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -272,12 +339,18 @@ class CommandChannel:
         return handler(cmd["args"])
 
     def serve(self, link: MqttLink, inbox: queue.Queue[Inbound], stop: threading.Event) -> None:
-        """Thread body: answer each command, then acknowledge it to the broker."""
-        while not stop.is_set():
+        """Thread body: answer each command, then acknowledge it to the broker (whatever
+        happened: a poison command is acknowledged, never redelivered forever)."""
+
+        def step() -> None:
             try:
                 msg = inbox.get(timeout=0.5)
             except queue.Empty:
-                continue
-            answer = self.handle(msg.payload)
-            link.publish(self.topics.command_result, proto.dumps(answer), qos=1)
-            link.ack(msg)
+                return
+            try:
+                answer = self.handle(msg.payload)
+                link.publish(self.topics.command_result, _dumps_answer(answer), qos=1)
+            finally:
+                link.ack(msg)
+
+        run_forever("commands", step, stop, log)

@@ -19,6 +19,20 @@ Flow control: at most ``window`` chunks unacknowledged by the broker, at most
 ``platform_window_kib`` bytes not yet confirmed by the platform and ``max_segments_in_flight``
 segments awaiting acknowledgement, so the broker's per-client queue (mosquitto: 1000 messages)
 never fills even when the platform is away.
+
+Signed acknowledgements: with the platform's ack key (``uplink.ack_key``) only a batch signed
+by it and naming this device counts (protocol.parse_acks); an unsigned or forged one deletes
+nothing, is counted (``forged_acks``) and logged. A ``retry`` answer (the platform could not
+store it for now) holds that segment or key record for ``after_s`` and then sends it again
+from the last byte the platform confirmed.
+
+Stream heads: after a change (and on each new connection) the forwarder publishes, retained
+and signed with the device key, each stream's last sealed seq and manifest hash and how many
+of its segments are not yet acknowledged (agent.uplink.heads), at most every ``HEADS_EVERY_S``.
+
+Containment: every acknowledgement message is handled in its own ``try`` and acknowledged to
+the broker whatever happens; the thread's loop outlives anything a round raises (reported once
+per kind, then retried after a pause).
 """
 
 from __future__ import annotations
@@ -34,11 +48,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from agent import wallclock
-from agent.errors import AgentError, FormatError, SpoolError
+from agent.contain import Failures
+from agent.errors import AgentError, FormatError, SpoolError, VerificationError
 from agent.model import Alarm, Fix, Severity
 from agent.storage.seal import read_segment_info
 from agent.storage.spool import Spool, SpoolItem
+from agent.uplink import heads as heads_msg
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound, MqttLink
 from agent.uplink.settings import UplinkSettings
@@ -50,6 +68,8 @@ IDLE_POLL_S = 0.5
 READY_REFRESH_S = 1.0
 MAX_ALARMS = 256
 ACK_BATCH = 256  # acknowledgements handled (and removed from the spool) per transaction
+HEADS_EVERY_S = 2.0  # the signed stream heads go out at most this often
+FORGED_LOG_EVERY_S = 60.0
 
 
 class TokenBucket:
@@ -86,6 +106,7 @@ class _Upload:
     last_word: float
     high: int = 0  # highest byte sent so far (for the resent figure)
     sent_at: dict[int, int] = field(default_factory=dict)  # offset -> send counter
+    hold_until: float = 0.0  # the platform asked to wait (retry) until then
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -103,6 +124,9 @@ class ForwarderStats:
     rejected: int = 0
     resends_after_silence: int = 0
     bad_acks: int = 0
+    forged_acks: int = 0
+    retries: int = 0
+    heads_sent: int = 0
 
 
 class Forwarder:
@@ -118,10 +142,30 @@ class Forwarder:
         *,
         alarm: Callable[[Alarm], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ack_key: Ed25519PublicKey | None = None,
+        heads_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.spool = spool
         self.link = link
+        self.device_id = device_id
         self.topics = proto.Topics(device_id)
+        if ack_key is None and settings.ack_key is not None:
+            from agent.uplink.control import load_ack_public
+
+            ack_key = load_ack_public(settings.ack_key)
+        self._ack_key = ack_key
+        if ack_key is None:
+            log.warning(
+                "uplink: no platform ack key (uplink.ack_key): acknowledgements are taken on "
+                "trust; any client allowed to publish on %s can make this device delete "
+                "evidence. Install the platform's ack.pub (edge-agent provision --ack-key)",
+                self.topics.ack,
+            )
+        self._heads_key = heads_key if heads_key is not None else _sealer_key(spool)
+        self._heads_due = 0.0
+        self._heads_state: object = None
+        self._forged_logged = -1e18
+        self.failures = Failures("uplink-forwarder", log)
         self.settings = settings
         self.stop = stop
         self._alarm = alarm or (lambda a: None)
@@ -198,6 +242,10 @@ class Forwarder:
                         log.error("uplink: forwarding failed, retrying: %s", exc)
                     failing = str(exc)
                     wait = 1.0
+                except Exception as exc:  # a bug: reported once per kind, never the thread
+                    self.failures("a forwarding round", exc)
+                    failing = f"{type(exc).__name__}"
+                    wait = 1.0
                 if wait > 0:
                     self.wake.wait(min(wait, IDLE_POLL_S) if not failing else wait)
         finally:
@@ -215,6 +263,7 @@ class Forwarder:
         if not self.link.connected:
             return IDLE_POLL_S
         self._send_live()
+        self._send_heads()
         for mid, reason in self.link.failures().items():
             log.error("uplink: the broker refused publish %d: %s", mid, reason)
         self._check_silence()
@@ -222,6 +271,7 @@ class Forwarder:
 
     def _on_new_connection(self) -> None:
         now = self._clock()
+        self._heads_state = None  # say it again on this connection
         self._keys_sent.clear()
         for u in self._uploads:
             if u.next != u.confirmed:
@@ -260,46 +310,97 @@ class Forwarder:
 
     # ------------------------------------------------------------------ acks
 
+    def _send_heads(self) -> None:
+        """Publish the signed stream heads when they changed (retained; see heads.py)."""
+        if self._heads_key is None:
+            return
+        now = self._clock()
+        if now < self._heads_due:
+            return
+        self._heads_due = now + HEADS_EVERY_S
+        chains = self.spool.chain_state()
+        pending = {s: b.count for s, b in self.spool.backlog().items()}
+        state = (sorted(chains.items()), sorted(pending.items()))
+        if state == self._heads_state:
+            return
+        payload = heads_msg.sign_heads(
+            self._heads_key,
+            self.device_id,
+            str(getattr(self.spool.sealer, "boot_id", "") or "unknown"),
+            wallclock.now(),
+            chains,
+            pending,
+        )
+        if self.link.publish(self.topics.heads, payload, qos=1, retain=True) is not None:
+            self._heads_state = state
+            self.stats.heads_sent += 1
+
+    def _read_acks(self, msg: Inbound) -> list[proto.Ack]:
+        """The acknowledgements a ``down/ack`` message carries, if it is to be believed."""
+        try:
+            return proto.parse_acks(msg.payload, self.device_id, self._ack_key).acks
+        except VerificationError as exc:
+            self.stats.forged_acks += 1
+            now = self._clock()
+            if now - self._forged_logged >= FORGED_LOG_EVERY_S:
+                self._forged_logged = now
+                log.error(
+                    "uplink: ignored an acknowledgement on %s not signed by the platform's ack "
+                    "key (%s): nothing deleted (%d so far)",
+                    msg.topic,
+                    exc,
+                    self.stats.forged_acks,
+                )
+        except FormatError as exc:
+            self.stats.bad_acks += 1
+            log.warning("uplink: ignoring a malformed acknowledgement on %s: %s", msg.topic, exc)
+        except Exception as exc:
+            self.stats.bad_acks += 1
+            self.failures(f"reading an acknowledgement on {msg.topic}", exc)
+        return []
+
     def _drain_acks(self) -> None:
-        """Handle every acknowledgement waiting; segment acks go to the spool in one batch."""
+        """Handle every acknowledgement waiting; segment acks go to the spool in one batch.
+        Every message is acknowledged to the broker, whatever it held."""
         batch: list[tuple[proto.SegmentAck, _Upload | None]] = []
         handled: list[Inbound] = []
-        while len(handled) < ACK_BATCH:
-            try:
-                msg = self.acks.get_nowait()
-            except queue.Empty:
-                break
-            handled.append(msg)
-            try:
-                ack = proto.parse_ack(msg.payload)
-            except FormatError as exc:
-                self.stats.bad_acks += 1
-                log.warning(
-                    "uplink: ignoring a malformed acknowledgement on %s: %s", msg.topic, exc
-                )
-                continue
-            if isinstance(ack, proto.SegmentAck):
-                batch.append((ack, self._find(ack.stream, ack.seq, ack.hash)))
-            else:
-                self._handle_ack(ack)
-        if batch:
-            try:
-                done = self.spool.ack_many([(a.stream, a.seq, a.hash) for a, _u in batch])
-            except (SpoolError, sqlite3.Error, OSError) as exc:
-                # Not removed: the platform will be asked again (it answers "duplicate").
-                # The broker messages are not acknowledged either, so they come again.
-                log.error("uplink: cannot record %d acknowledgements: %s", len(batch), exc)
-                return
-            for (ack, u), ok in zip(batch, done, strict=True):
-                if ok:
-                    self.stats.segments_acked += 1
-                    log.debug("uplink: platform has %s#%d (%s)", ack.stream, ack.seq, ack.result)
-                if u is not None and u in self._uploads:
-                    self._uploads.remove(u)
-                    self._drop_upload(u, release=False)
-        # Acknowledged to the broker only once handled (and, for segments, removed).
-        for msg in handled:
-            self.link.ack(msg)
+        try:
+            while len(handled) < ACK_BATCH:
+                try:
+                    msg = self.acks.get_nowait()
+                except queue.Empty:
+                    break
+                handled.append(msg)
+                for ack in self._read_acks(msg):
+                    if isinstance(ack, proto.SegmentAck):
+                        batch.append((ack, self._find(ack.stream, ack.seq, ack.hash)))
+                        continue
+                    try:
+                        self._handle_ack(ack)
+                    except Exception as exc:
+                        self.failures(f"handling {type(ack).__name__}", exc)
+            if batch:
+                self._remove_acked(batch)
+        finally:
+            # Acknowledged to the broker once handled (and, for segments, removed). Should the
+            # spool fail, nothing was removed: the upload stays, the platform is asked again
+            # after ack_timeout_s and answers "duplicate".
+            for msg in handled:
+                self.link.ack(msg)
+
+    def _remove_acked(self, batch: list[tuple[proto.SegmentAck, _Upload | None]]) -> None:
+        try:
+            done = self.spool.ack_many([(a.stream, a.seq, a.hash) for a, _u in batch])
+        except (SpoolError, sqlite3.Error, OSError) as exc:
+            log.error("uplink: cannot record %d acknowledgements: %s", len(batch), exc)
+            return
+        for (ack, u), ok in zip(batch, done, strict=True):
+            if ok:
+                self.stats.segments_acked += 1
+                log.debug("uplink: platform has %s#%d (%s)", ack.stream, ack.seq, ack.result)
+            if u is not None and u in self._uploads:
+                self._uploads.remove(u)
+                self._drop_upload(u, release=False)
 
     def _find(self, stream: str, seq: int, mhash: str) -> _Upload | None:
         for u in self._uploads:
@@ -307,9 +408,11 @@ class Forwarder:
                 return u
         return None
 
-    def _handle_ack(self, ack: proto.Progress | proto.KeyAck | proto.Reject) -> None:
+    def _handle_ack(self, ack: proto.Progress | proto.KeyAck | proto.Reject | proto.Retry) -> None:
         now = self._clock()
-        if isinstance(ack, proto.Progress):
+        if isinstance(ack, proto.Retry):
+            self._retry_later(ack, now)
+        elif isinstance(ack, proto.Progress):
             u = self._find(ack.stream, ack.seq, ack.hash)
             if u is None or ack.next > u.size:
                 return
@@ -342,6 +445,33 @@ class Forwarder:
                     log.warning("uplink: cannot record key ack %s: %s", ack.key_id, exc)
         else:
             self._rejected_by_platform(ack)
+
+    def _retry_later(self, ack: proto.Retry, now: float) -> None:
+        """The platform could not take it now: hold it ``after_s``, then send it again (from
+        the last byte the platform confirmed). Nothing is deleted."""
+        self.stats.retries += 1
+        if ack.what == "key":
+            log.warning(
+                "uplink: the platform asks to resend key record %s in %d s: %s",
+                ack.key_id,
+                ack.after_s,
+                ack.reason,
+            )
+            self._keys_sent[ack.key_id] = now + ack.after_s - self.settings.ack_timeout_s
+            return
+        u = self._find(ack.stream, ack.seq, ack.hash)
+        if u is None:
+            return
+        log.warning(
+            "uplink: the platform asks to resend %s#%d in %d s: %s",
+            ack.stream,
+            ack.seq,
+            ack.after_s,
+            ack.reason,
+        )
+        u.next = u.confirmed
+        u.hold_until = now + ack.after_s
+        u.last_word = u.hold_until
 
     def _rejected_by_platform(self, ack: proto.Reject) -> None:
         self.stats.rejected += 1
@@ -405,7 +535,8 @@ class Forwarder:
         unconfirmed = sum(u.next - u.confirmed for u in self._uploads)
         if unconfirmed >= self.settings.platform_window_kib * KIB:
             return IDLE_POLL_S  # woken by the platform's progress
-        u = next((u for u in self._uploads if u.next < u.size), None)
+        now = self._clock()
+        u = next((u for u in self._uploads if u.next < u.size and u.hold_until <= now), None)
         if u is None:
             if len(self._uploads) >= self.settings.max_segments_in_flight:
                 return IDLE_POLL_S
@@ -526,3 +657,18 @@ class Forwarder:
 
     def in_flight(self) -> int:
         return len(self._uploads)
+
+    @property
+    def acks_signed(self) -> bool:
+        """True when only acknowledgements signed by the platform's ack key count."""
+        return self._ack_key is not None
+
+
+def _sealer_key(spool: Spool) -> Ed25519PrivateKey | None:
+    """The device key the spool's sealer signs with (it signs the stream heads too)."""
+    sealer = spool.sealer
+    for name in ("signing_key", "_signing_key"):
+        key = getattr(sealer, name, None)
+        if isinstance(key, Ed25519PrivateKey):
+            return key
+    return None

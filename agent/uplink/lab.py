@@ -5,10 +5,13 @@ benchmarks and the demo can start the same broker the tests use:
 
 - :func:`make_pki` writes a CA, a broker certificate for ``127.0.0.1``/``localhost`` and client
   certificates whose CN is the MQTT identity (a device id, or the ingest identity);
-- :class:`Mosquitto` runs the Debian ``mosquitto`` on a free loopback port with mutual TLS,
-  ``use_identity_as_username``, an ACL ``pattern readwrite devices/%u/#`` (plus full access for
-  the ingest identity) and persistence; :meth:`Mosquitto.kill` sends SIGKILL and
-  :meth:`Mosquitto.start` brings it back on the same port with the same persistence file;
+- :class:`Mosquitto` runs the Debian ``mosquitto`` with the **shipped** configuration and ACL
+  (``deploy/mosquitto/edge-agent.conf`` and ``edge-agent.acl``: mutual TLS,
+  ``use_identity_as_username``, per-device topics, queue and packet limits), rewriting only
+  what is site-specific (certificate paths, a free loopback port) and adding what Debian's main
+  mosquitto.conf would (user, persistence, log); each extra platform identity gets the ingest
+  identity's rights. :meth:`Mosquitto.kill` sends SIGKILL and :meth:`Mosquitto.start` brings it
+  back on the same port with the same persistence file;
 - :class:`BlackHole` is a TCP proxy that can stop forwarding (a dead cellular zone): bytes are
   held, not forwarded, and new connections hang until the cut ends.
 """
@@ -40,6 +43,9 @@ from agent.errors import UplinkError
 log = logging.getLogger(__name__)
 
 INGEST_IDENTITY = "ingest"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+SHIPPED_CONF = DEPLOY / "edge-agent.conf"
+SHIPPED_ACL = DEPLOY / "edge-agent.acl"
 
 
 # --------------------------------------------------------------------------- PKI
@@ -199,18 +205,73 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _shipped(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise UplinkError(
+            f"{path}: the shipped broker configuration is needed (run from the source tree): {exc}"
+        ) from None
+
+
 def acl_text(ingest_identities: tuple[str, ...] = (INGEST_IDENTITY,)) -> str:
-    lines = [
-        "# Each device reads and writes only under its own topic tree.",
-        "pattern readwrite devices/%u/#",
-    ]
+    """The shipped ACL, plus the ingest identity's rights for each other platform identity."""
+    text = _shipped(SHIPPED_ACL).rstrip("\n")
+    lines = [text]
     for identity in ingest_identities:
-        lines += [f"user {identity}", "topic readwrite devices/#"]
+        if identity != INGEST_IDENTITY:
+            lines += [f"user {identity}", "topic readwrite devices/#"]
     return "\n".join(lines) + "\n"
 
 
+def site_config(
+    directory: Path,
+    pki: Pki,
+    port: int,
+    acl: Path,
+    *,
+    max_queued_messages: int | None = None,
+    extra: str = "",
+) -> str:
+    """The shipped mosquitto configuration with this site's paths and a loopback listener,
+    after what Debian's /etc/mosquitto/mosquitto.conf adds around conf.d."""
+    text = _shipped(SHIPPED_CONF)
+    replacements = {
+        "/etc/mosquitto/certs/ca.crt": str(pki.ca),
+        "/etc/mosquitto/certs/broker.crt": str(pki.server_cert),
+        "/etc/mosquitto/certs/broker.key": str(pki.server_key),
+        "/etc/mosquitto/edge-agent.acl": str(acl),
+        "\nlistener 8883\n": f"\nlistener {port} 127.0.0.1\n",
+    }
+    for old, new in replacements.items():
+        if text.count(old) != 1:
+            raise UplinkError(f"{SHIPPED_CONF}: expected {old.strip()!r} exactly once")
+        text = text.replace(old, new)
+    if max_queued_messages is not None:
+        out = []
+        for line in text.splitlines():
+            if line.startswith("max_queued_messages "):
+                line = f"max_queued_messages {max_queued_messages}"
+            out.append(line)
+        text = "\n".join(out) + "\n"
+    main = [
+        # mosquitto started as root drops to the user "mosquitto", who cannot read these
+        # files: stay the user who started it.
+        f"user {pwd.getpwuid(os.getuid()).pw_name}",
+        "persistence true",
+        f"persistence_location {directory / 'data'}/",
+        f"log_dest file {directory / 'mosquitto.log'}",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "connection_messages true",
+    ]
+    return "\n".join(main) + "\n" + text + (extra + "\n" if extra else "")
+
+
 class Mosquitto:
-    """The Debian mosquitto on a loopback port with mTLS, an ACL and persistence."""
+    """The Debian mosquitto, shipped configuration and ACL, on a loopback port."""
 
     def __init__(
         self,
@@ -236,37 +297,17 @@ class Mosquitto:
         self.acl = directory / "acl"
         self.acl.write_text(acl_text(ingest_identities))
         self.log_path = directory / "mosquitto.log"
-        lines = [
-            # mosquitto started as root drops to the user "mosquitto", who cannot read these
-            # files: stay the user who started it.
-            f"user {pwd.getpwuid(os.getuid()).pw_name}",
-            "per_listener_settings false",
-            "persistence true",
-            f"persistence_location {directory / 'data'}/",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
-            f"acl_file {self.acl}",
-            f"listener {self.port} 127.0.0.1",
-            f"cafile {pki.ca}",
-            f"certfile {pki.server_cert}",
-            f"keyfile {pki.server_key}",
-            "require_certificate true",
-            "use_identity_as_username true",
-            # The client id is forced to the certificate's identity, so one device cannot take
-            # over (and kick off) another device's session by claiming its client id.
-            "use_username_as_clientid true",
-            "tls_version tlsv1.2",
-        ]
-        if max_queued_messages is not None:
-            lines.append(f"max_queued_messages {max_queued_messages}")
-        if extra:
-            lines.append(extra)
         self.conf = directory / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
+        self.conf.write_text(
+            site_config(
+                directory,
+                pki,
+                self.port,
+                self.acl,
+                max_queued_messages=max_queued_messages,
+                extra=extra,
+            )
+        )
 
     def start(self, timeout: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -38,6 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.contain import Failures
 from agent.errors import UplinkError
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ class MqttLink:
         self._last_socket_error = ""
         self._done_early: set[int] = set()
         self._state_logged = ""
+        self._failures = Failures(f"mqtt {cfg.client_id}", log)
         self.dropped_inbound = 0
         # Told (topic, payload bytes) of every message handed to the broker connection, e.g.
         # agent.cellular.traffic.TrafficMeter.count: what was sent per lane and per day.
@@ -472,6 +474,9 @@ class MqttLink:
         except (OSError, ssl.SSLError) as exc:
             _close(client)
             raise UplinkError(explain_tls_error(exc, cfg)) from None
+        except ValueError as exc:  # e.g. a host name the IDNA codec refuses (label too long)
+            _close(client)
+            raise UplinkError(f"cannot connect to {cfg.host[:80]!r}:{cfg.port}: {exc}") from None
         deadline = time.monotonic() + cfg.connect_timeout_s
         while True:
             rc = client.loop(0.1)
@@ -528,8 +533,20 @@ class MqttLink:
                 client = retrying(self._connect_once)
             except UplinkError:
                 continue  # only when stopping
+            except Exception as exc:  # a bug: reported, waited out, never the link's end
+                self._failures("connecting", exc)
+                self.stop.wait(self.cfg.backoff_max_s)
+                continue
             began = time.monotonic()
-            self._serve(client)
+            try:
+                self._serve(client)
+            except Exception as exc:
+                self._failures("serving the connection", exc)
+                _close(client)
+                with self._lock:
+                    self._connected = False
+                    self._client = None
+                self.wake.set()
             if time.monotonic() - began < self.cfg.backoff_min_s:
                 # A connection that drops at once (e.g. a refused certificate under TLS 1.3):
                 # wait before trying again rather than spinning.

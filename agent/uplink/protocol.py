@@ -11,11 +11,18 @@ Device to platform::
     devices/{d}/up/key              a signed key record (raw bytes, as stored)
     devices/{d}/up/seg/{stream}     one chunk of a sealed segment (binary, see Chunk)
     devices/{d}/up/cmd              answer to a command, JSON
+    devices/{d}/heads               retained, the device-signed head of each stream (heads.py)
 
 Platform to device::
 
-    devices/{d}/down/ack            acknowledgements and progress, JSON (see parse_ack)
+    devices/{d}/down/ack            acknowledgements and progress, JSON: a batch signed by the
+                                    platform's ack key (see encode_acks / parse_acks)
     devices/{d}/down/cmd            signed commands, JSON (agent.uplink.control)
+
+Everything from the wire is read within bounds before it is used: JSON through
+:func:`agent.boundedjson.loads` (size, depth, integer digits), identifiers through
+:mod:`agent.ids` (device ids, streams, key ids, hashes, ``seq`` < 10^12), sizes and offsets
+against :data:`MAX_SEGMENT_SIZE`. A malformed message raises :class:`FormatError` only.
 """
 
 from __future__ import annotations
@@ -26,14 +33,17 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import FormatError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent import boundedjson, ids
+from agent.errors import FormatError, VerificationError
 
 ROOT = "devices"
-DEVICE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-STREAM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
-HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-BOOT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+STREAM_RE = ids.STREAM_RE
+KEY_ID_RE = ids.KEY_ID_RE
+HASH_RE = ids.HASH_RE
+BOOT_RE = ids.BOOT_RE
 CHUNK_MAGIC = b"EAC1"
 CHUNK_HEAD = struct.Struct(">4sH")
 MAX_CHUNK_HEADER = 1024
@@ -42,12 +52,30 @@ MAX_CHUNK_HEADER = 1024
 PACKET_OVERHEAD = 2048
 MAX_SEGMENT_SIZE = 1 << 40
 LIVE_KINDS = ("fix", "alarm", "status")
+# Stream names that are also the last level of another device topic. The broker ACL gives a
+# device `devices/%u/up/seg/+` and `devices/%u/state`, so a certificate whose CN is
+# "<other>/up/seg" could publish on devices/<other>/up/seg/state: these names are never streams.
+RESERVED_STREAMS = frozenset({"state", "heads", "key", "cmd"})
+# Acknowledgements: at most this many per signed batch, and this many bytes per message.
+MAX_ACKS = 512
+MAX_ACK_BYTES = 256 * 1024
+MAX_REASON = 500
+# How long a device waits before resending what the platform could not store for now.
+MAX_RETRY_AFTER_S = 3600
+ACK_CONTEXT = b"edge-agent ack v1\x00"
 
 
-def check_device_id(device_id: str) -> str:
-    if not DEVICE_RE.match(device_id):
-        raise FormatError(f"device id {device_id!r}: must be 1-64 of A-Z a-z 0-9 . _ -")
-    return device_id
+def check_device_id(device_id: object) -> str:
+    """A device id as agent.ids defines it (ASCII, no leading dot, not reserved)."""
+    return ids.check_device_id(device_id)
+
+
+def check_stream(stream: object, what: str = "stream") -> str:
+    """A stream name as agent.ids defines it, and not one of RESERVED_STREAMS."""
+    name = ids.check_stream(stream, what)
+    if name in RESERVED_STREAMS:
+        raise FormatError(f"{what} {name!r}: reserved (it names another topic)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -77,9 +105,7 @@ class Topics:
         return f"{self.base}/up/key"
 
     def segment(self, stream: str) -> str:
-        if not STREAM_RE.match(stream):
-            raise FormatError(f"stream {stream!r}: must match {STREAM_RE.pattern}")
-        return f"{self.base}/up/seg/{stream}"
+        return f"{self.base}/up/seg/{check_stream(stream)}"
 
     @property
     def command_result(self) -> str:
@@ -97,41 +123,51 @@ class Topics:
     def down(self) -> str:
         return f"{self.base}/down/#"
 
+    @property
+    def heads(self) -> str:
+        return f"{self.base}/heads"
+
 
 # Filters the platform subscribes to (every device).
 UP_FILTER = f"{ROOT}/+/up/#"
 STATE_FILTER = f"{ROOT}/+/state"
 LIVE_FILTER = f"{ROOT}/+/live/#"
+HEADS_FILTER = f"{ROOT}/+/heads"
 
 
 @dataclass(frozen=True)
 class ParsedTopic:
     device_id: str
-    kind: str  # state | live | key | seg | cmd-result | ack | cmd
+    kind: str  # state | live | key | seg | cmd-result | ack | cmd | heads
     arg: str = ""  # live kind or stream
 
 
 def parse_topic(topic: str) -> ParsedTopic:
     """Split a topic of this protocol; anything else raises FormatError."""
     parts = topic.split("/")
-    if len(parts) < 3 or parts[0] != ROOT or not DEVICE_RE.match(parts[1]):
-        raise FormatError(f"topic {topic!r}: not under {ROOT}/<device id>/")
+    if len(parts) < 3 or parts[0] != ROOT:
+        raise FormatError(f"topic {topic[:200]!r}: not under {ROOT}/<device id>/")
     device, rest = parts[1], parts[2:]
+    problem = ids.device_id_problem(device)
+    if problem is not None:
+        raise FormatError(f"topic {topic[:200]!r}: device id {problem}")
     if rest == ["state"]:
         return ParsedTopic(device, "state")
+    if rest == ["heads"]:
+        return ParsedTopic(device, "heads")
     if len(rest) == 2 and rest[0] == "live" and rest[1] in LIVE_KINDS:
         return ParsedTopic(device, "live", rest[1])
     if rest == ["up", "key"]:
         return ParsedTopic(device, "key")
-    if len(rest) == 3 and rest[:2] == ["up", "seg"] and STREAM_RE.match(rest[2]):
-        return ParsedTopic(device, "seg", rest[2])
+    if len(rest) == 3 and rest[:2] == ["up", "seg"]:
+        return ParsedTopic(device, "seg", check_stream(rest[2], f"topic {topic[:200]!r}: stream"))
     if rest == ["up", "cmd"]:
         return ParsedTopic(device, "cmd-result")
     if rest == ["down", "ack"]:
         return ParsedTopic(device, "ack")
     if rest == ["down", "cmd"]:
         return ParsedTopic(device, "cmd")
-    raise FormatError(f"topic {topic!r}: unknown kind {'/'.join(rest)!r}")
+    raise FormatError(f"topic {topic[:200]!r}: unknown kind {'/'.join(rest)[:100]!r}")
 
 
 # --------------------------------------------------------------------------- JSON helpers
@@ -141,13 +177,11 @@ def dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def loads_object(payload: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{what}: not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise FormatError(f"{what}: must be a JSON object")
+def loads_object(
+    payload: bytes | bytearray | memoryview, what: str, max_bytes: int = 1 << 20
+) -> dict[str, Any]:
+    """A JSON object from the wire, read within bounds (agent.boundedjson)."""
+    obj: dict[str, Any] = boundedjson.loads(payload, what, max_bytes=max_bytes, want=dict)
     return obj
 
 
@@ -163,9 +197,23 @@ def _field(obj: dict[str, Any], name: str, tp: type, what: str) -> Any:
 
 
 def _match(value: str, pattern: re.Pattern[str], name: str, what: str) -> str:
-    if not pattern.match(value):
+    if not value.isascii() or not pattern.match(value):
         raise FormatError(f"{what}: {name!r} is malformed: {value[:80]!r}")
     return value
+
+
+def _seq(obj: dict[str, Any], what: str) -> int:
+    value = _field(obj, "seq", int, what)
+    if not 0 <= value < ids.MAX_SEQ:
+        raise FormatError(f"{what}: seq {value} is out of range (0 <= seq < {ids.MAX_SEQ})")
+    return int(value)
+
+
+def _offset(obj: dict[str, Any], name: str, what: str) -> int:
+    value = _field(obj, name, int, what)
+    if not 0 <= value <= MAX_SEGMENT_SIZE:
+        raise FormatError(f"{what}: {name!r} {value} is out of range")
+    return int(value)
 
 
 # --------------------------------------------------------------------------- chunks
@@ -217,15 +265,15 @@ def decode_chunk(payload: bytes) -> tuple[ChunkHeader, memoryview]:
     if hlen > MAX_CHUNK_HEADER or CHUNK_HEAD.size + hlen > len(payload):
         raise FormatError(f"chunk: header length {hlen} is impossible")
     obj = loads_object(payload[CHUNK_HEAD.size : CHUNK_HEAD.size + hlen], what)
-    stream = _match(_field(obj, "stream", str, what), STREAM_RE, "stream", what)
-    seq = _field(obj, "seq", int, what)
+    stream = check_stream(_field(obj, "stream", str, what), "chunk: 'stream'")
+    if _field(obj, "seq", int, what) < 0:
+        raise FormatError(f"chunk: seq {obj['seq']} is negative")
+    seq = _seq(obj, what)
     boot = _match(_field(obj, "boot", str, what), BOOT_RE, "boot", what)
     mhash = _match(_field(obj, "hash", str, what), HASH_RE, "hash", what)
-    size = _field(obj, "size", int, what)
-    offset = _field(obj, "offset", int, what)
+    size = _offset(obj, "size", what)
+    offset = _offset(obj, "offset", what)
     data = memoryview(payload)[CHUNK_HEAD.size + hlen :]
-    if seq < 0:
-        raise FormatError(f"chunk: seq {seq} is negative")
     if not 0 < size <= MAX_SEGMENT_SIZE:
         raise FormatError(f"chunk: segment size {size} is impossible")
     if offset < 0 or offset + len(data) > size:
@@ -289,20 +337,35 @@ class Reject:
     key_id: str = ""
 
 
-Ack = SegmentAck | Progress | KeyAck | Reject
+@dataclass(frozen=True)
+class Retry:
+    """The platform could not store this for now (a full or failing disk, a quota): the
+    device keeps it and sends it again, from byte ``next`` of the segment, after ``after_s``.
+    Nothing is refused and nothing may be deleted."""
+
+    what: str  # seg | key
+    reason: str
+    after_s: int
+    stream: str = ""
+    seq: int = -1
+    hash: str = ""
+    next: int = 0
+    key_id: str = ""
 
 
-def encode_ack(ack: Ack) -> bytes:
+Ack = SegmentAck | Progress | KeyAck | Reject | Retry
+
+
+def ack_to_json(ack: Ack) -> dict[str, Any]:
+    """One acknowledgement as the JSON object of docs/protocol.md."""
     if isinstance(ack, SegmentAck):
-        return dumps(
-            {
-                "type": "seg",
-                "stream": ack.stream,
-                "seq": ack.seq,
-                "hash": ack.hash,
-                "result": ack.result,
-            }
-        )
+        return {
+            "type": "seg",
+            "stream": ack.stream,
+            "seq": ack.seq,
+            "hash": ack.hash,
+            "result": ack.result,
+        }
     if isinstance(ack, Progress):
         obj: dict[str, Any] = {
             "type": "progress",
@@ -313,50 +376,145 @@ def encode_ack(ack: Ack) -> bytes:
         }
         if ack.got is not None:
             obj["got"] = ack.got
-        return dumps(obj)
+        return obj
     if isinstance(ack, KeyAck):
-        return dumps({"type": "key", "key_id": ack.key_id})
-    obj = {"type": "reject", "what": ack.what, "reason": ack.reason}
+        return {"type": "key", "key_id": ack.key_id}
+    if isinstance(ack, Retry):
+        obj = {"type": "retry", "what": ack.what, "reason": ack.reason[:MAX_REASON]}
+        obj["after_s"] = ack.after_s
+        if ack.what == "seg":
+            obj.update(stream=ack.stream, seq=ack.seq, hash=ack.hash, next=ack.next)
+        else:
+            obj.update(key_id=ack.key_id)
+        return obj
+    obj = {"type": "reject", "what": ack.what, "reason": ack.reason[:MAX_REASON]}
     if ack.what == "seg":
         obj.update(stream=ack.stream, seq=ack.seq, hash=ack.hash)
     else:
         obj.update(key_id=ack.key_id)
-    return dumps(obj)
+    return obj
 
 
-def parse_ack(payload: bytes) -> Ack:
+def encode_ack(ack: Ack) -> bytes:
+    """One unsigned acknowledgement (protocol v1; see :func:`encode_acks` for v2)."""
+    return dumps(ack_to_json(ack))
+
+
+def ack_from_json(obj: dict[str, Any]) -> Ack:
+    """One acknowledgement object, checked field by field; FormatError otherwise."""
     what = "ack"
-    obj = loads_object(payload, what)
     kind = _field(obj, "type", str, what)
     if kind == "key":
         return KeyAck(_match(_field(obj, "key_id", str, what), KEY_ID_RE, "key_id", what))
-    if kind == "reject":
+    if kind in ("reject", "retry"):
         target = _field(obj, "what", str, what)
-        reason = _field(obj, "reason", str, what)[:500]
+        reason = _field(obj, "reason", str, what)[:MAX_REASON]
+        after = 0
+        if kind == "retry":
+            after = _field(obj, "after_s", int, what)
+            if not 0 <= after <= MAX_RETRY_AFTER_S:
+                raise FormatError(f"ack: after_s {after} is out of range")
         if target == "key":
             kid = _match(_field(obj, "key_id", str, what), KEY_ID_RE, "key_id", what)
+            if kind == "retry":
+                return Retry("key", reason, after, key_id=kid)
             return Reject("key", reason, key_id=kid)
         if target != "seg":
-            raise FormatError(f"ack: reject of unknown kind {target!r}")
-    if kind not in ("seg", "progress", "reject"):
-        raise FormatError(f"ack: unknown type {kind!r}")
-    stream = _match(_field(obj, "stream", str, what), STREAM_RE, "stream", what)
-    seq = _field(obj, "seq", int, what)
-    mhash = _match(_field(obj, "hash", str, what), HASH_RE, "hash", what)
-    if seq < 0:
+            raise FormatError(f"ack: {kind} of unknown kind {target[:40]!r}")
+    elif kind not in ("seg", "progress"):
+        raise FormatError(f"ack: unknown type {kind[:40]!r}")
+    stream = check_stream(_field(obj, "stream", str, what), "ack: 'stream'")
+    if _field(obj, "seq", int, what) < 0:
         raise FormatError("ack: seq is negative")
+    seq = _seq(obj, what)
+    mhash = _match(_field(obj, "hash", str, what), HASH_RE, "hash", what)
     if kind == "seg":
         result = _field(obj, "result", str, what)
         if result not in ("stored", "duplicate"):
-            raise FormatError(f"ack: result {result!r} is not stored|duplicate")
+            raise FormatError(f"ack: result {result[:40]!r} is not stored|duplicate")
         return SegmentAck(stream, seq, mhash, result)
     if kind == "reject":
-        return Reject("seg", _field(obj, "reason", str, what)[:500], stream, seq, mhash)
-    nxt = _field(obj, "next", int, what)
-    got = obj.get("got")
-    if nxt < 0 or (got is not None and (isinstance(got, bool) or not isinstance(got, int))):
-        raise FormatError("ack: progress fields are malformed")
+        return Reject("seg", _field(obj, "reason", str, what)[:MAX_REASON], stream, seq, mhash)
+    if kind == "retry":
+        nxt = _offset(obj, "next", what)
+        return Retry("seg", obj["reason"][:MAX_REASON], after, stream, seq, mhash, nxt)
+    nxt = _offset(obj, "next", what)
+    got = _offset(obj, "got", what) if obj.get("got") is not None else None
     return Progress(stream, seq, mhash, nxt, got)
+
+
+def parse_ack(payload: bytes) -> Ack:
+    """One unsigned acknowledgement (protocol v1)."""
+    return ack_from_json(loads_object(payload, "ack", MAX_ACK_BYTES))
+
+
+# A batch of acknowledgements (protocol v2), signed by the platform's ack key:
+#   {"v": 2, "device": "<id>", "acks": [<ack>, ...], "sig": "<hex Ed25519>"}
+# "sig" covers ACK_CONTEXT + canonical JSON of the other three fields; it binds every
+# acknowledgement to this device, stream, seq and manifest hash. "sig" is absent only where
+# the platform runs without an ack key (a lab); a device holding the ack key ignores such
+# messages.
+
+
+def _ack_body(device: str, acks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"v": 2, "device": device, "acks": acks}
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def encode_acks(device: str, acks: list[Ack], key: Ed25519PrivateKey | None) -> list[bytes]:
+    """The acknowledgements for one device as signed messages (one per MAX_ACKS)."""
+    out = []
+    for i in range(0, len(acks), MAX_ACKS):
+        body = _ack_body(device, [ack_to_json(a) for a in acks[i : i + MAX_ACKS]])
+        if key is not None:
+            body["sig"] = key.sign(ACK_CONTEXT + _canonical(body)).hex()
+        out.append(_canonical(body))
+    return out
+
+
+@dataclass(frozen=True)
+class AckBatch:
+    acks: list[Ack]
+    signed: bool  # True only when the signature was checked against the platform's ack key
+
+
+def parse_acks(payload: bytes, device: str, key: Ed25519PublicKey | None) -> AckBatch:
+    """A ``down/ack`` message for ``device``.
+
+    With the platform's ack ``key``: only a v2 batch signed by it, naming this device, is
+    accepted (VerificationError otherwise: unsigned, forged, or for another device). Without
+    a key (a lab): v2 batches and v1 single acknowledgements are taken on trust.
+    """
+    obj = loads_object(payload, "ack", MAX_ACK_BYTES)
+    if obj.get("v") != 2:
+        if "type" in obj and key is None:
+            return AckBatch([ack_from_json(obj)], signed=False)
+        if "type" in obj:
+            raise VerificationError("an unsigned acknowledgement (protocol v1)")
+        raise FormatError(f"ack: version {str(obj.get('v'))[:20]} is not supported")
+    unknown = set(obj) - {"v", "device", "acks", "sig"}
+    if unknown:
+        raise FormatError(f"ack: unknown fields {', '.join(sorted(unknown))[:100]}")
+    named = _field(obj, "device", str, "ack")
+    raw = _field(obj, "acks", list, "ack")
+    if len(raw) > MAX_ACKS or not all(isinstance(a, dict) for a in raw):
+        raise FormatError(f"ack: 'acks' must be a list of at most {MAX_ACKS} objects")
+    if key is not None:
+        sig = obj.get("sig")
+        if not isinstance(sig, str):
+            raise VerificationError("an unsigned acknowledgement")
+        try:
+            key.verify(bytes.fromhex(sig), ACK_CONTEXT + _canonical(_ack_body(named, raw)))
+        except (InvalidSignature, ValueError):
+            raise VerificationError(
+                "bad signature (not signed by the platform's ack key)"
+            ) from None
+    if named != device:
+        raise VerificationError(f"acknowledgements for {named[:70]!r}, not for {device!r}")
+    return AckBatch([ack_from_json(a) for a in raw], signed=key is not None)
 
 
 # --------------------------------------------------------------------------- state / live

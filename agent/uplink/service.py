@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent import __version__
 from agent.errors import ConfigError
 from agent.model import Alarm
@@ -52,6 +54,7 @@ class Uplink:
         stop: threading.Event,
         alarm: Callable[[Alarm], None] | None = None,
         versions: dict[str, str] | None = None,
+        heads_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.settings = settings
         self.topics = proto.Topics(device_id)
@@ -65,7 +68,9 @@ class Uplink:
             will=Will(self.topics.state, proto.last_will(boot_id)),
             birth=lambda: (self.topics.state, proto.birth(boot_id, self.versions, self.backlog())),
         )
-        self.forwarder = Forwarder(spool, self.link, device_id, settings, stop, alarm=alarm)
+        self.forwarder = Forwarder(
+            spool, self.link, device_id, settings, stop, alarm=alarm, heads_key=heads_key
+        )
         self.control: CommandChannel | None = None
         self._threads: list[threading.Thread] = []
         if settings.command_key is not None:
@@ -95,10 +100,12 @@ class Uplink:
             "in_flight": self.forwarder.in_flight(),
             "sent": {"chunks": st.chunks_sent, "bytes": st.bytes_sent},
             "acked": {"segments": st.segments_acked, "keys": st.keys_acked},
+            "acks_signed": self.forwarder.acks_signed,
+            "forged_acks": st.forged_acks,
         }
 
     def start(self) -> None:
-        self.link.start()
+        self._threads.append(self.link.start())
         self._threads.append(self.forwarder.start())
         if self.control is not None:
             control = self.control

@@ -42,6 +42,11 @@ class UplinkSettings:
     ack_timeout_s: float = field(default=20.0, metadata=check(in_range(0.1, 3600)))
     # The platform's Ed25519 command-signing public key (PEM); no commands without it.
     command_key: Path | None = None
+    # The platform's Ed25519 acknowledgement-signing public key (PEM, `ack.pub`). With it, a
+    # segment leaves the spool only on an acknowledgement signed by the platform; without it
+    # (a laboratory) any client that may publish on devices/<id>/down/ack can make the device
+    # delete evidence, and the agent says so at every start. `edge-agent provision` installs it.
+    ack_key: Path | None = None
     # Where the command channel remembers the ids it has seen (replay protection).
     state_dir: Path = Path("/var/lib/edge-agent/uplink")
     # Longest lifetime a signed command may carry, and the clock skew tolerated.

@@ -530,6 +530,7 @@ class Chaos:
                 "--cert", str(ing.cert), "--cert-key", str(ing.key),
                 "--client-id", INGEST_IDENTITY,
                 "--platform-key", str(self.keys / "platform" / "platform.key"),
+                "--trust-on-first-use",
             ],
             r / "ingest.log",
             self.env,

@@ -45,7 +45,7 @@ def test_example_config_is_valid() -> None:
             '[device]\nid="a"\n[seal]\ncipher="rot13"\n',
             "seal.cipher: must be one of aes-256-gcm, chacha20-poly1305",
         ),
-        ('[device]\nid="a b"\n', "device.id: must be 1-64 letters"),
+        ('[device]\nid="a b"\n', "device.id: must be 1-64 ASCII letters"),
         ("[device]\n", "device.id: required"),
         ('[device]\nid="a"\n[gps]\nbaud=true\n', "gps.baud: must be an integer, got a boolean"),
         ('[device]\nid="a"\nuplink=3\n', "device.uplink: unknown setting"),

@@ -124,6 +124,7 @@ control_socket = "{self.tmp}/run/control.sock"
                 "--cert", str(ing.cert), "--cert-key", str(ing.key),
                 "--client-id", INGEST_IDENTITY, "--group", f"hil-{self.id}",
                 "--platform-key", str(self.tmp / "keys" / "platform" / "platform.key"),
+                "--trust-on-first-use",
             ],
             cwd=REPO,
             stdout=(self.tmp / "ingest.log").open("wb"),

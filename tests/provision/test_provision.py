@@ -23,7 +23,7 @@ def mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
-def provision_args(root: Path, keyset: KeySet, pki: Pki, *extra: str) -> list[str]:
+def provision_args(root: Path, keyset: KeySet, pki: Pki, ack_key: Path, *extra: str) -> list[str]:
     return [
         "provision",
         "--root", str(root),
@@ -34,6 +34,7 @@ def provision_args(root: Path, keyset: KeySet, pki: Pki, *extra: str) -> list[st
         "--broker", "mqtts://127.0.0.1:18883",
         "--platform-key", str(keyset.platform_pub_path),
         "--ca", str(pki.ca),
+        "--ack-key", str(ack_key.with_name("ack.pub")),
         "--gps-source", "none",
         "--video-source", "synthetic",
         *extra,
@@ -41,9 +42,9 @@ def provision_args(root: Path, keyset: KeySet, pki: Pki, *extra: str) -> list[st
 
 
 @pytest.fixture
-def provisioned(tmp_path: Path, keyset: KeySet, pki: Pki) -> Layout:
+def provisioned(tmp_path: Path, keyset: KeySet, pki: Pki, ack_key: Path) -> Layout:
     root = tmp_path / "root"
-    res = edge_agent(*provision_args(root, keyset, pki))
+    res = edge_agent(*provision_args(root, keyset, pki, ack_key))
     assert res.returncode == 0, res.stderr + res.stdout
     return Layout(root)
 
@@ -83,6 +84,15 @@ def test_blank_to_enrolled(provisioned: Layout, pki: Pki, tmp_path: Path) -> Non
     res = edge_agent("config", "check", str(lay.config))
     assert res.returncode == 0, res.stderr
     assert f"OK (device {DEVICE}, profile dashcam" in res.stdout
+
+    # What the platform registers: the device's signing key, named for `ingest --devices`.
+    from agent.storage.keys import load_signing_key, load_verify_key, raw_public
+
+    reg = lay.registration(DEVICE)
+    assert raw_public(load_verify_key(reg)) == raw_public(
+        load_signing_key(lay.device_key).public_key()
+    )
+    assert cfg["uplink"]["ack_key"] == str(lay.ack_pub) and lay.ack_pub.exists()
 
 
 def test_rerun_keeps_keys_and_answers(provisioned: Layout, pki: Pki, tmp_path: Path) -> None:
@@ -127,14 +137,15 @@ def test_missing_answers_are_named(tmp_path: Path, keyset: KeySet) -> None:
     assert res.returncode == 1
     assert "missing answers" in res.stderr
     assert "--broker" in res.stderr and "--ca (or --from-dir)" in res.stderr
+    assert "--ack-key (or --from-dir)" in res.stderr
     assert not (tmp_path / "root" / "etc" / "edge-agent" / "agent.toml").exists()
 
 
 def test_bad_inputs_refused_before_anything_changes(
-    tmp_path: Path, keyset: KeySet, pki: Pki
+    tmp_path: Path, keyset: KeySet, pki: Pki, ack_key: Path
 ) -> None:
     root = tmp_path / "root"
-    args = provision_args(root, keyset, pki)
+    args = provision_args(root, keyset, pki, ack_key)
     bad_url = [*args]
     bad_url[bad_url.index("--broker") + 1] = "mqtt://broker:1883"
     res = edge_agent(*bad_url)
@@ -143,27 +154,50 @@ def test_bad_inputs_refused_before_anything_changes(
     swapped[swapped.index("--ca") + 1] = str(keyset.platform_pub_path)
     res = edge_agent(*swapped)
     assert res.returncode == 1 and "not a PEM certificate" in res.stderr
-    bad_id = [*args]
-    bad_id[bad_id.index("--device-id") + 1] = "cam 42"
-    res = edge_agent(*bad_id)
-    assert res.returncode == 1 and "--device-id: must be 1-64 letters" in res.stderr
+    # Device ids as agent.ids defines them (issue 15, finding 5): no path tricks, no names the
+    # platform uses for itself, ASCII only.
+    for bad, why in (
+        ("cam 42", "must be 1-64 ASCII letters"),
+        ("..", "must be 1-64 ASCII letters"),
+        (".", "must be 1-64 ASCII letters"),
+        ("cam-d/up", "must be 1-64 ASCII letters"),
+        ("c\u00e4m-1", "must be 1-64 ASCII letters"),
+        ("ingest", "'ingest' is reserved for the platform"),
+    ):
+        bad_id = [*args]
+        bad_id[bad_id.index("--device-id") + 1] = bad
+        res = edge_agent(*bad_id)
+        assert res.returncode == 1 and f"--device-id: {why}" in res.stderr, (bad, res.stderr)
+    assert not (root / "etc" / "edge-agent" / "keys" / "device.key").exists()
+    no_ack = [*args]
+    del no_ack[no_ack.index("--ack-key") : no_ack.index("--ack-key") + 2]
+    res = edge_agent(*no_ack)
+    assert res.returncode == 1 and "--ack-key" in res.stderr
     assert not (root / "etc" / "edge-agent" / "keys" / "device.key").exists()
 
 
-def test_from_dir_reads_a_usb_stick(tmp_path: Path, keyset: KeySet, pki: Pki) -> None:
+def test_from_dir_reads_a_usb_stick(
+    tmp_path: Path, keyset: KeySet, pki: Pki, ack_key: Path
+) -> None:
     usb = tmp_path / "usb"
     usb.mkdir()
     (usb / "platform.pub").write_bytes(keyset.platform_pub_path.read_bytes())
     (usb / "ca.crt").write_bytes(pki.ca.read_bytes())
+    (usb / "ack.pub").write_bytes(ack_key.with_name("ack.pub").read_bytes())
     res = edge_agent("provision", "--root", str(tmp_path / "root"), "--device-id", "trk-9",
                      "--profile", "tracker", "--broker", "broker.example:8883",
                      "--gps-source", "gpsd", "--from-dir", str(usb))  # fmt: skip
     assert res.returncode == 0, res.stderr
     lay = Layout(tmp_path / "root")
     assert lay.ca.read_bytes() == pki.ca.read_bytes()
+    assert lay.ack_pub.read_bytes() == ack_key.with_name("ack.pub").read_bytes()
     cfg = tomllib.loads(lay.config.read_text())
     assert cfg["video"]["enabled"] is False and cfg["gps"]["source"] == "gpsd"
     assert cfg["uplink"]["host"] == "broker.example"
+    assert cfg["uplink"]["ack_key"] == str(lay.ack_pub)
+    # What the platform registers comes back on the stick: the key and the CSR.
+    assert (usb / "trk-9.pub").read_bytes() == lay.registration("trk-9").read_bytes()
+    assert (usb / "trk-9.csr").read_bytes() == lay.csr.read_bytes()
 
 
 @pytest.mark.parametrize("fault", ["wrong key", "wrong CN", "expired", "other CA"])
@@ -193,7 +227,9 @@ def test_bad_certificate_refused(fault: str, provisioned: Layout, pki: Pki, tmp_
     assert not lay.cert.exists()
 
 
-def test_interactive_prompts_on_a_terminal(tmp_path: Path, keyset: KeySet, pki: Pki) -> None:
+def test_interactive_prompts_on_a_terminal(
+    tmp_path: Path, keyset: KeySet, pki: Pki, ack_key: Path
+) -> None:
     """stdin a terminal: every missing answer is asked, a bad one asked again."""
     import os
     import subprocess
@@ -212,6 +248,7 @@ def test_interactive_prompts_on_a_terminal(tmp_path: Path, keyset: KeySet, pki: 
         str(keyset.platform_pub_path),
         str(tmp_path / "missing.pem"),  # refused: no such file
         str(pki.ca),
+        str(ack_key.with_name("ack.pub")),
         "",  # no command key
         "none",  # GPS
         "synthetic",  # camera
@@ -231,7 +268,7 @@ def test_interactive_prompts_on_a_terminal(tmp_path: Path, keyset: KeySet, pki: 
     os.close(master)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Device id (e.g. cam-0042): " in proc.stdout
-    assert "must be 1-64 letters" in proc.stdout
+    assert "must be 1-64 ASCII letters" in proc.stdout
     assert "Profile (bodycam, tracker, dashcam) [bodycam]: " in proc.stdout
     assert "must be mqtts://HOST:PORT" in proc.stdout
     assert "no such file" in proc.stdout

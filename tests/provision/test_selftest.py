@@ -21,6 +21,7 @@ from agent.gps.synth import truck_log
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
 from agent.provision import Answers, Layout, install_cert, provision
+from agent.uplink.control import load_ack_private
 from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, free_port, other_ca
 from agent.uplink.mqtt import LinkConfig
 from tests.fixtures.keys import KeySet
@@ -28,7 +29,13 @@ from tests.provision.helpers import edge_agent, now_tuple, sign_csr
 
 
 def enrol(
-    root: Path, device: str, keyset: KeySet, pki: Pki, port: int, gps_replay: Path | None
+    root: Path,
+    device: str,
+    keyset: KeySet,
+    pki: Pki,
+    port: int,
+    gps_replay: Path | None,
+    ack_pub: Path,
 ) -> Layout:
     layout = Layout(root)
     answers = Answers(
@@ -39,6 +46,7 @@ def enrol(
         broker=f"mqtts://127.0.0.1:{port}",
         platform_key=keyset.platform_pub_path,
         ca=pki.ca,
+        ack_key=ack_pub,
         gps_source="replay" if gps_replay else "none",
         gps_replay=gps_replay,
         video_source="synthetic",
@@ -51,7 +59,9 @@ def enrol(
 
 
 @pytest.fixture
-def ingest(broker_alive: Mosquitto, pki: Pki, keyset: KeySet, tmp_path: Path) -> Iterator[Store]:
+def ingest(
+    broker_alive: Mosquitto, pki: Pki, keyset: KeySet, tmp_path: Path, ack_key: Path
+) -> Iterator[Store]:
     store = Store(tmp_path / "store", platform_key=keyset.platform_private)
     ident = pki.client(INGEST_IDENTITY)
     stop = threading.Event()
@@ -60,6 +70,7 @@ def ingest(broker_alive: Mosquitto, pki: Pki, keyset: KeySet, tmp_path: Path) ->
         LinkConfig(host=broker_alive.host, port=broker_alive.port, client_id=INGEST_IDENTITY,
                    ca=pki.ca, cert=ident.cert, key=ident.key),
         stop,
+        ack_key=load_ack_private(ack_key),
     )  # fmt: skip
     worker.start()
     deadline = time.monotonic() + 15
@@ -79,11 +90,19 @@ def selftest(layout: Layout, *extra: str) -> tuple[int, dict[str, dict[str, str]
 
 
 def test_all_items_pass(
-    tmp_path: Path, keyset: KeySet, pki: Pki, broker_alive: Mosquitto, ingest: Store
+    tmp_path: Path, keyset: KeySet, pki: Pki, broker_alive: Mosquitto, ingest: Store, ack_key: Path
 ) -> None:
     log = tmp_path / "drive.nmea"
     log.write_bytes(truck_log(60, start=now_tuple(ahead_s=2)))
-    layout = enrol(tmp_path / "root", "cam-st1", keyset, pki, broker_alive.port, log)
+    layout = enrol(
+        tmp_path / "root",
+        "cam-st1",
+        keyset,
+        pki,
+        broker_alive.port,
+        log,
+        ack_key.with_name("ack.pub"),
+    )
     rc, items, progress = selftest(layout, "--max-clock-offset", "10")
     summary = {k: (v["status"], v["detail"]) for k, v in items.items()}
     assert rc == 0, (summary, progress)
@@ -114,10 +133,12 @@ def test_all_items_pass(
 
 
 def test_broker_down_and_wrong_ca_fail_clearly(
-    tmp_path: Path, keyset: KeySet, pki: Pki, broker_alive: Mosquitto
+    tmp_path: Path, keyset: KeySet, pki: Pki, broker_alive: Mosquitto, ack_key: Path
 ) -> None:
     port = free_port()  # nothing listens there
-    layout = enrol(tmp_path / "root", "cam-st2", keyset, pki, port, None)
+    layout = enrol(
+        tmp_path / "root", "cam-st2", keyset, pki, port, None, ack_key.with_name("ack.pub")
+    )
     rc, items, progress = selftest(layout)
     assert rc == 1, progress
     assert items["broker"]["status"] == "FAIL"

@@ -1,4 +1,5 @@
-"""Who may talk to the broker, and about what (mosquitto as ``agent.uplink.lab`` configures it).
+"""Who may talk to the broker, and about what (mosquitto with the shipped configuration and ACL,
+``deploy/mosquitto/``, as ``agent.uplink.lab`` runs it).
 
 - no client certificate, a certificate from another CA, or an expired one: refused at the TLS
   handshake (no MQTT session at all);
@@ -23,7 +24,7 @@ import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.uplink.lab import Mosquitto, Pki, other_ca
-from tests.fixtures.pki import DEVICE_A, DEVICE_B
+from tests.fixtures.pki import DEVICE_A, DEVICE_B, OPERATOR
 
 
 def _tls_handshake(
@@ -135,12 +136,23 @@ def test_one_device_cannot_read_or_write_anothers_topics(pki: Pki, broker_alive:
 
 @pytest.mark.parametrize("identity", [DEVICE_A])
 def test_a_device_reads_its_own_topics(pki: Pki, broker_alive: Mosquitto, identity: str) -> None:
-    """The control for the test above: the same subscription does see the device's own tree."""
+    """The control for the test above: the same subscriptions do see the device's own downlink
+    (the platform's command), and the device may write its own uplink."""
     a = Client(pki, identity, broker_alive.port)
+    ops = Client(pki, OPERATOR, broker_alive.port)
     try:
-        a.m.subscribe([(f"devices/{identity}/sec/#", 1)])
+        a.m.subscribe([("devices/#", 1), (f"devices/{identity}/#", 1)])
         a.subacks.get(timeout=10)
-        a.m.publish(f"devices/{identity}/sec/x", b"mine", qos=1).wait_for_publish(10)
-        assert a.messages.get(timeout=10).payload == b"mine"
+        ops.m.publish(f"devices/{identity}/down/cmd", b"mine", qos=1).wait_for_publish(10)
+        got = a.messages.get(timeout=10)
+        while got.topic != f"devices/{identity}/down/cmd":  # its own retained state, first
+            got = a.messages.get(timeout=10)
+        assert got.payload == b"mine"
+        info = a.m.publish(f"devices/{identity}/live/fix", b"{}", qos=1)
+        info.wait_for_publish(10)
+        threading.Event().wait(0.3)
+        rc = a.pubacks.get(info.mid)
+        assert rc is not None and not rc.is_failure, rc
     finally:
         a.close()
+        ops.close()

@@ -26,6 +26,7 @@ from agent.storage.keys import (
 from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
+from agent.uplink.control import init_ack_keys, load_ack_private
 from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
 from agent.uplink.mqtt import LinkConfig
 from agent.uplink.service import Uplink
@@ -53,14 +54,34 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 @dataclass
 class Platform:
+    """The platform's keys and its register of device keys (as in production)."""
+
     dir: Path
     key: Path
     pub: Path
+    ack_key: Path
+    ack_pub: Path
+    devices: Path
+
+    def register(self, device_id: str, device_pub: Path) -> None:
+        """What the platform does with the <id>.pub that edge-agent provision writes."""
+        self.devices.mkdir(parents=True, exist_ok=True)
+        (self.devices / f"{device_id}.pub").write_bytes(device_pub.read_bytes())
 
 
 def make_platform(directory: Path) -> Platform:
     init_platform_keys(directory)
-    return Platform(directory, directory / "platform.key", directory / "platform.pub")
+    ack = init_ack_keys(directory)
+    devices = directory / "devices"
+    devices.mkdir()
+    return Platform(
+        directory,
+        directory / "platform.key",
+        directory / "platform.pub",
+        ack,
+        ack.with_name("ack.pub"),
+        devices,
+    )
 
 
 @dataclass
@@ -134,6 +155,8 @@ class Device:
             f"window = {s.window}",
             f'state_dir = "{self.dir / "state"}"',
         ]
+        if s.ack_key is not None:
+            lines.append(f'ack_key = "{s.ack_key}"')
         path = self.dir / "agent.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -144,6 +167,7 @@ def make_device(
 ) -> Device:
     directory.mkdir(parents=True, exist_ok=True)
     init_device_keys(directory / "keys")
+    platform.register(device_id, directory / "keys" / "device.pub")
     client = pki.client(device_id)
     if not client.cert.exists():
         client = pki.issue(device_id)
@@ -160,6 +184,7 @@ def make_device(
         connect_timeout_s=3.0,
         ack_timeout_s=3.0,
         state_dir=directory / "state",
+        ack_key=platform.ack_pub,
     )
     settings = replace(settings, **uplink)
     return Device(device_id, directory, pki, platform, port, settings)
@@ -183,12 +208,16 @@ def ingest_config(pki: Pki, port: int, identity: str = INGEST_IDENTITY) -> LinkC
 
 @contextmanager
 def running_ingest(
-    store_dir: Path, pki: Pki, port: int, platform: Platform | None
+    store_dir: Path, pki: Pki, port: int, platform: Platform | None, **store: Any
 ) -> Iterator[Ingest]:
+    """An ingest worker as production runs it: registered device keys, signed acks (without
+    ``platform``: trust on first use, unsigned acks, no plaintext)."""
     stop = threading.Event()
     key = load_platform_private(platform.key) if platform else None
-    store = Store(store_dir, platform_key=key)
-    ingest = Ingest(store, ingest_config(pki, port), stop)
+    devices = platform.devices if platform else None
+    ack_key = load_ack_private(platform.ack_key) if platform else None
+    s = Store(store_dir, platform_key=key, devices=devices, **store)
+    ingest = Ingest(s, ingest_config(pki, port), stop, ack_key=ack_key)
     ingest.start()
     try:
         yield ingest
@@ -232,6 +261,10 @@ def ingest_process(
             str(c.key),
             "--platform-key",
             str(platform.key),
+            "--devices",
+            str(platform.devices),
+            "--ack-key",
+            str(platform.ack_key),
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -302,5 +335,13 @@ def assert_delivered(store_dir: Path, device: Device, *, plain: bool = True) -> 
         spool.close()
 
 
-def broker_queue_default(broker: Mosquitto) -> bool:
-    return "max_queued_messages" not in broker.conf.read_text()
+def broker_queue_shipped(broker: Mosquitto) -> bool:
+    """The broker bounds every client's queue as deploy/mosquitto/edge-agent.conf does."""
+    from agent.uplink.lab import SHIPPED_CONF
+
+    shipped = {
+        line
+        for line in SHIPPED_CONF.read_text().splitlines()
+        if line.startswith(("max_queued_messages ", "max_queued_bytes "))
+    }
+    return len(shipped) == 2 and shipped <= set(broker.conf.read_text().splitlines())

@@ -63,7 +63,7 @@ def test_ping(channel: CommandChannel, key: Ed25519PrivateKey) -> None:
             lambda k: sign_command(Ed25519PrivateKey.generate(), "cam-1", "ping", now=NOW),
             "bad signature",
         ),
-        (lambda k: b"not json", "not valid JSON"),
+        (lambda k: b"not json", "not JSON"),
         (lambda k: b'{"v":1}', "must be a string"),
     ],
 )

@@ -15,7 +15,7 @@ from agent.uplink.lab import BlackHole, Mosquitto, Pki
 from tests.uplink.harness import (
     all_delivered,
     assert_delivered,
-    broker_queue_default,
+    broker_queue_shipped,
     forwarder_process,
     ingest_process,
     make_device,
@@ -43,7 +43,7 @@ def _partial_chunks(store_dir: Path, device: str) -> int:
 def test_broker_sigkill_during_chunked_upload(
     tmp_path: Path, pki: Pki, broker_alive: Mosquitto
 ) -> None:
-    assert broker_queue_default(broker_alive), "this test runs with mosquitto's default queue"
+    assert broker_queue_shipped(broker_alive), "this test runs with the shipped queue limits"
     platform = make_platform(tmp_path / "platform")
     dev = make_device(
         tmp_path / "dev",

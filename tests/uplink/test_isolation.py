@@ -60,7 +60,7 @@ def test_device_cannot_publish_or_read_as_another(
         assert len(failures) == 2 and all("authori" in r.lower() for r in failures.values())
         # A publishes on its own tree: the platform sees it, B does not.
         good.publish(topics.live("status"), b'{"ok":true}', qos=1)
-        good.publish(topics.ack, b"{}", qos=1)
+        good.publish(topics.live("fix"), b"{}", qos=1)
         got: list[bytes] = []
         while not {b'{"ok":true}', b"{}"} <= set(got):
             msg = spied.get(timeout=10)

@@ -46,7 +46,8 @@ def test_chunk_round_trip() -> None:
         (proto.ChunkHeader("video", 1, "b", H, 100, 90), b"x" * 20, "outside"),
         (proto.ChunkHeader("video", 1, "b", H, 100, 0), b"", "no bytes"),
         (proto.ChunkHeader("video", -1, "b", H, 100, 0), b"x", "negative"),
-        (proto.ChunkHeader("Video", 1, "b", H, 100, 0), b"x", "malformed"),
+        (proto.ChunkHeader("Video", 1, "b", H, 100, 0), b"x", "must be 1-32"),
+        (proto.ChunkHeader("state", 1, "b", H, 100, 0), b"x", "reserved"),
         (proto.ChunkHeader("video", 1, "b", "zz", 100, 0), b"x", "malformed"),
     ],
 )
@@ -142,3 +143,70 @@ def test_refused_and_wrong_ca(tmp_path: Path, pki: Pki) -> None:
             named._connect_once()
     finally:
         m.kill()
+
+
+ACKS: list[proto.Ack] = [
+    proto.SegmentAck("gps", 3, H, "stored"),
+    proto.Progress("video", 1, H, 4096, got=8192),
+    proto.KeyAck("0011223344556677"),
+    proto.Reject("seg", "chain broken", "gps", 2, H),
+    proto.Retry("seg", "disk full", 30, "video", 1, H, 4096),
+    proto.Retry("key", "disk full", 5, key_id="0011223344556677"),
+]
+
+
+def test_signed_ack_batches() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.errors import VerificationError
+
+    key = Ed25519PrivateKey.generate()
+    (payload,) = proto.encode_acks("cam-1", ACKS, key)
+    batch = proto.parse_acks(payload, "cam-1", key.public_key())
+    assert batch.acks == ACKS and batch.signed
+    # One signature per batch: small (the signature is 128 hex characters once).
+    assert len(payload) < 200 * len(ACKS) + 200
+    with pytest.raises(VerificationError, match="not for 'cam-2'"):
+        proto.parse_acks(payload, "cam-2", key.public_key())
+    with pytest.raises(VerificationError, match="bad signature"):
+        proto.parse_acks(payload, "cam-1", Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(VerificationError, match="unsigned"):
+        proto.parse_acks(proto.encode_ack(ACKS[0]), "cam-1", key.public_key())
+    (unsigned,) = proto.encode_acks("cam-1", ACKS, None)
+    with pytest.raises(VerificationError, match="unsigned"):
+        proto.parse_acks(unsigned, "cam-1", key.public_key())
+    # Without a key (a laboratory) both forms are taken on trust, and said to be unsigned.
+    assert proto.parse_acks(unsigned, "cam-1", None) == proto.AckBatch(ACKS, signed=False)
+    assert proto.parse_acks(proto.encode_ack(ACKS[0]), "cam-1", None).acks == ACKS[:1]
+    # Large batches are split, each signed.
+    many = [proto.KeyAck(f"{i:016x}") for i in range(proto.MAX_ACKS + 5)]
+    parts = proto.encode_acks("cam-1", many, key)
+    assert len(parts) == 2
+    got = [a for p in parts for a in proto.parse_acks(p, "cam-1", key.public_key()).acks]
+    assert got == many
+
+
+@pytest.mark.parametrize(
+    ("obj", "why"),
+    [
+        ({"type": "seg", "stream": "gps", "seq": 10**12, "hash": H, "result": "stored"}, "seq"),
+        ({"type": "progress", "stream": "gps", "seq": 1, "hash": H, "next": 2**41}, "next"),
+        (
+            {
+                "type": "retry",
+                "what": "seg",
+                "reason": "x",
+                "after_s": 10**6,
+                "stream": "gps",
+                "seq": 1,
+                "hash": H,
+                "next": 0,
+            },
+            "after_s",
+        ),
+        ({"type": "seg", "stream": "state", "seq": 1, "hash": H, "result": "stored"}, "reserved"),
+    ],
+)
+def test_ack_bounds(obj: dict[str, object], why: str) -> None:
+    with pytest.raises(FormatError, match=why):
+        proto.ack_from_json(obj)
