@@ -56,6 +56,11 @@ class Sealer:
         self._key: DataKey | None = None
         self._key_born = 0.0
 
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The device key: it signs segments, key records and the stream heads."""
+        return self._signing_key
+
     def current_key(self) -> DataKey:
         """The epoch's data key, making a new one when the epoch is over."""
         with self._lock:

@@ -161,7 +161,7 @@ class Forwarder:
                 "evidence. Install the platform's ack.pub (edge-agent provision --ack-key)",
                 self.topics.ack,
             )
-        self._heads_key = heads_key if heads_key is not None else _sealer_key(spool)
+        self._heads_key = heads_key if heads_key is not None else spool.sealer.signing_key
         self._heads_due = 0.0
         self._heads_state: object = None
         self._forged_logged = -1e18
@@ -662,13 +662,3 @@ class Forwarder:
     def acks_signed(self) -> bool:
         """True when only acknowledgements signed by the platform's ack key count."""
         return self._ack_key is not None
-
-
-def _sealer_key(spool: Spool) -> Ed25519PrivateKey | None:
-    """The device key the spool's sealer signs with (it signs the stream heads too)."""
-    sealer = spool.sealer
-    for name in ("signing_key", "_signing_key"):
-        key = getattr(sealer, name, None)
-        if isinstance(key, Ed25519PrivateKey):
-            return key
-    return None
