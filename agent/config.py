@@ -17,6 +17,7 @@ from agent.fleet.settings import FleetSettings
 from agent.gps.settings import GpsSettings
 from agent.gps.time_settings import ReceiverSettings, TimeSettings
 from agent.health_settings import HealthSettings
+from agent.jt808.settings import Jt808Settings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.talk.settings import TalkSettings
@@ -73,6 +74,8 @@ class AgentConfig:
     # chrony as the clock's reference; the GNSS receiver's own settings (time_settings.py)
     time: TimeSettings = field(default_factory=TimeSettings)
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+    # a JT/T 808 terminal beside the MQTT uplink (tracker and dashcam profiles)
+    jt808: Jt808Settings = field(default_factory=Jt808Settings)
 
 
 def parse_config(text: str, origin: str = "config") -> AgentConfig:

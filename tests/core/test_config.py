@@ -103,7 +103,7 @@ def test_example_config_documents_every_setting() -> None:
     tables: dict[str, str] = {}
     current = ""
     for line in text.splitlines():
-        m = re.match(r"^\[([a-z_.]+)\]", line)
+        m = re.match(r"^\[([a-z0-9_.]+)\]", line)
         if m:
             current = m.group(1)
             continue
