@@ -168,7 +168,7 @@ def decode_frame(data: bytes, *, strict: bool = True) -> Frame:
     """A frame (with or without its 0x7e flags) -> header and body, every check done.
 
     ``strict=False`` (``edge-agent jt808 decode`` only, never the terminal) lets a wrong check
-    code or body length through, noted in ``Frame.problems``: devices in the field send such
+    code, body length or a phone number that is not BCD through, noted in ``Frame.problems``: devices in the field send such
     frames, and a technician wants to read them anyway."""
     if data[:1] == b"\x7e":
         data = data[1:]
@@ -193,11 +193,18 @@ def decode_frame(data: bytes, *, strict: bool = True) -> Frame:
         if len(raw) < pos + 1 + 10 + 2:
             raise FormatError("frame: too short for a 2019 header")
         version = raw[pos]
-        phone = bcd_decode(raw[pos + 1 : pos + 11], "frame: terminal phone number")
+        phone_bytes = raw[pos + 1 : pos + 11]
         pos += 11
     else:
-        phone = bcd_decode(raw[pos : pos + 6], "frame: terminal phone number")
+        phone_bytes = raw[pos : pos + 6]
         pos += 6
+    try:
+        phone = bcd_decode(phone_bytes, "frame: terminal phone number")
+    except FormatError as exc:
+        if strict:
+            raise
+        problems.append(str(exc))
+        phone = phone_bytes.hex()
     (serial,) = _SERIAL.unpack_from(raw, pos)
     pos += 2
     package: tuple[int, int] | None = None
