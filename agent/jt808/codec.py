@@ -168,8 +168,8 @@ def decode_frame(data: bytes, *, strict: bool = True) -> Frame:
     """A frame (with or without its 0x7e flags) -> header and body, every check done.
 
     ``strict=False`` (``edge-agent jt808 decode`` only, never the terminal) lets a wrong check
-    code, body length or a phone number that is not BCD through, noted in ``Frame.problems``: devices in the field send such
-    frames, and a technician wants to read them anyway."""
+    code, body length or a phone number that is not BCD through, noted in ``Frame.problems``:
+    devices in the field send such frames, and a technician wants to read them anyway."""
     if data[:1] == b"\x7e":
         data = data[1:]
     if data[-1:] == b"\x7e":

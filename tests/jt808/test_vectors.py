@@ -43,7 +43,7 @@ def test_traccar_0704_2013_batch_satellites_14() -> None:
         "ef0400000000037e"
     )
     assert not f.header.is_2019 and f.header.phone == "014450376202"
-    kind, locs = m.decode_batch(f.body)
+    _, locs = m.decode_batch(f.body)
     assert len(locs) == 1 and satellites(locs[0]) == 14
 
 
