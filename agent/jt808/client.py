@@ -66,6 +66,8 @@ POLL_S = 0.25
 RESPONSES = {m.P_GENERAL_RESPONSE, m.P_REGISTER_RESPONSE, m.P_RESEND_REQUEST, 0x8004}
 #: Sub-packaged messages of ours kept for a platform's 0x8003.
 KEEP_SENT_PACKAGES = 8
+#: A platform message still missing packages after this long is asked for once (0x0005).
+REASSEMBLY_TIMEOUT_S = 30.0
 
 
 class LinkFailed(UplinkError):
@@ -107,7 +109,7 @@ class Session:
     def __init__(self, sock: socket.socket, settings: Jt808Settings) -> None:
         self.sock = sock
         self.reader = FrameReader()
-        self.reassembler = Reassembler()
+        self.reassembler = Reassembler(timeout_s=REASSEMBLY_TIMEOUT_S)
         self.pending: dict[int, Pending] = {}
         self.parked: set[int] = set()
         self.live_from = 0

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -77,8 +78,11 @@ class Terminal:
 class ReferencePlatform:
     """See the module docstring. Thread-safe; ``stop()`` ends every thread."""
 
-    def __init__(self, *, port: int = 0, code: str = "EA-LAB-AUTH-1") -> None:
+    def __init__(
+        self, *, port: int = 0, code: str = "EA-LAB-AUTH-1", tls: ssl.SSLContext | None = None
+    ) -> None:
         self.code = code
+        self.tls = tls
         self._listener = socket.create_server(("127.0.0.1", port))
         self._listener.settimeout(0.2)
         self.port = int(self._listener.getsockname()[1])
@@ -163,9 +167,17 @@ class ReferencePlatform:
         self._serial = (self._serial + 1) & 0xFFFF
         return self._serial
 
-    def send(self, msg_id: int, body: bytes, phone: str | None = None) -> int:
+    def send(
+        self,
+        msg_id: int,
+        body: bytes,
+        phone: str | None = None,
+        *,
+        skip_packages: tuple[int, ...] = (),
+    ) -> int:
         """Send a platform message to a terminal (the only one, or ``phone``); returns the
-        serial of its first frame."""
+        serial of its first frame. ``skip_packages``: package numbers not sent (lost), for
+        the terminal to ask for."""
         with self._lock:
             term = self._terminal(phone)
             frames = encode_message(
@@ -177,7 +189,9 @@ class ReferencePlatform:
             )
             if len(frames) > 1:
                 term.sent_packages[frames[0][0]] = {i: f for i, (_, f) in enumerate(frames, 1)}
-            term.sock.sendall(b"".join(f for _, f in frames))
+            term.sock.sendall(
+                b"".join(f for i, (_, f) in enumerate(frames, 1) if i not in skip_packages)
+            )
             return frames[0][0]
 
     def send_raw(self, data: bytes, phone: str | None = None) -> None:
@@ -223,10 +237,16 @@ class ReferencePlatform:
         packages = Reassembler()
         term: Terminal | None = None
         try:
+            if self.tls is not None:
+                sock.settimeout(10)
+                sock = self.tls.wrap_socket(sock, server_side=True)
+                sock.settimeout(None)
             while not self._stop.is_set():
-                ready, _, _ = select.select([sock], [], [], 0.2)
-                if not ready:
-                    continue
+                pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+                if not pending:
+                    ready, _, _ = select.select([sock], [], [], 0.2)
+                    if not ready:
+                        continue
                 data = sock.recv(65536)
                 if not data:
                     return
@@ -244,7 +264,7 @@ class ReferencePlatform:
                             self.malformed += 1
                         continue
                     term = self._on_frame(sock, term, frame)
-        except OSError:
+        except (OSError, ValueError):
             return
         finally:
             with contextlib.suppress(OSError):

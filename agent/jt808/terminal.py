@@ -423,7 +423,7 @@ class Jt808Terminal:
         record = {
             "serial": frame.serial,
             "flags": text.flags,
-            "type": text.kind,
+            "text_type": text.kind,
             "text": text.text,
             "emergency": bool(text.flags & 1),
             "server": self.settings.server,
