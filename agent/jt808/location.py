@@ -161,7 +161,8 @@ class AlarmState:
         self.report_now = False
 
     def apply(self, alarm: Alarm, areas: dict[str, AreaRef]) -> bool:
-        """Take one alarm in; True when it changes what the platform must hear."""
+        """Take one alarm in; True when the position must be reported now: an SOS, a change
+        of a bit, or any fleet event (the agent's own strategy reports those fixes too)."""
         kind = alarm.kind
         d: dict[str, Any] = alarm.details if isinstance(alarm.details, dict) else {}
         subject = str(d.get("subject", ""))
@@ -175,9 +176,8 @@ class AlarmState:
             self.held &= ~ALARM_OVERSPEED
             self._overspeed_at = None
         elif kind in ("fleet_area_enter", "fleet_area_exit"):
-            if d.get("initial"):
-                return False  # the vehicle was already inside: no crossing
-            self._crossing(subject, areas, leaving=kind == "fleet_area_exit", t=alarm.time)
+            if not d.get("initial"):  # an initial entry: it was inside already, no crossing
+                self._crossing(subject, areas, leaving=kind == "fleet_area_exit", t=alarm.time)
         elif kind == "fleet_route_left":
             self._deviated.add(subject)
             self.held |= ALARM_DEVIATION
@@ -195,7 +195,7 @@ class AlarmState:
             self.held |= ALARM_GNSS_FAULT
         elif kind == "receiver_restored":
             self.held &= ~ALARM_GNSS_FAULT
-        else:
+        elif not kind.startswith("fleet_"):
             return False
         self.report_now = True
         return True

@@ -179,12 +179,13 @@ def test_alarm_bits_held_and_latched() -> None:
     assert again.alarm == ALARM_AREA and again.items == []
     a.acknowledged(snap.latches)
     assert a.snapshot().alarm == 0
-    # no alarm for area 8, nor for an initial entry
+    # no alarm for area 8, nor for an initial entry (but the position is reported at once,
+    # as for every fleet event)
     assert a.apply(_alarm("fleet_area_exit", subject="jt808.circle.8"), refs)
-    assert (
-        a.apply(_alarm("fleet_area_enter", subject="jt808.circle.7", initial=True), refs) is False
-    )
+    assert a.apply(_alarm("fleet_area_enter", subject="jt808.circle.7", initial=True), refs)
+    assert a.report_now
     assert a.snapshot().alarm == 0
+    assert a.apply(_alarm("fleet_idle"), refs) and a.snapshot().alarm == 0
     # route: deviation held while off any assigned route; 808 route 3 alarms its exit
     a.apply(_alarm("fleet_route_left", subject="jt808.route.3"), refs)
     snap = a.snapshot()
