@@ -3,8 +3,10 @@
 The argument is hex (spaces, ``0x`` and line breaks allowed; one or more frames, with or
 without their 0x7e flags), or a file holding hex text or raw captured bytes (e.g. a TCP
 stream saved with ``tcpdump -w`` then ``tshark -T fields -e tcp.payload``, or ``nc``). One
-JSON object is printed per frame and line (``--indent 2`` for people); frames that do not
-decode print ``{"error": ...}`` and make the exit status 1.
+JSON object is printed per frame and line (``--indent 2`` for people). A frame that does not
+decode prints ``{"error": ...}``; one read despite a wrong check code, body length or phone
+number lists them in ``"problems"``; a body that does not parse gives ``"body_error"``. Any of
+these makes the exit status 1.
 
 Nothing heavy is imported at module level: the CLI imports this module for ``--help``.
 """
@@ -84,6 +86,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
     bad = 0
     for raw in frames:
         out = describe_frame(raw)
-        bad += "error" in out
+        bad += any(k in out for k in ("error", "problems", "body_error"))
         print(json.dumps(out, ensure_ascii=False, indent=args.indent))
     return 1 if bad else 0

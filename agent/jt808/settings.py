@@ -126,22 +126,22 @@ class Jt808Settings:
     def __post_init__(self) -> None:
         """Checks across fields (each field's own checks ran at load)."""
         if self.protocol == "2013":
-            for name, limit in (("phone", 12), ("manufacturer_id", 5), ("terminal_model", 20)):
+            limits = (("phone", 12), ("manufacturer_id", 5), ("terminal_model", 20))
+            for name, limit in (*limits, ("terminal_id", 7)):
                 if len(getattr(self, name)) > limit:
                     raise ConfigError(
                         f"jt808.{name}: at most {limit} characters with protocol 2013"
                     )
-            if len(self.terminal_id) > 7:
-                raise ConfigError("jt808.terminal_id: at most 7 characters with protocol 2013")
+        for name in ("ca", "cert", "key"):
+            if getattr(self, name) is not None and not self.tls:
+                raise ConfigError(f"jt808.{name}: set only with jt808.tls = true")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("jt808.cert: a client certificate needs jt808.key (and vice versa)")
         if not self.enabled:
             return
         for name in ("server", "phone"):
             if not getattr(self, name):
                 raise ConfigError(f"jt808.{name}: required when jt808.enabled = true")
-        if self.tls is False and (self.ca or self.cert or self.key):
-            raise ConfigError("jt808.ca: set only with jt808.tls = true")
-        if (self.cert is None) != (self.key is None):
-            raise ConfigError("jt808.cert: a client certificate needs jt808.key (and vice versa)")
 
     @property
     def host(self) -> str:
