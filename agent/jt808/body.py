@@ -13,6 +13,7 @@ platform engineer can act on.
 from __future__ import annotations
 
 import calendar
+import functools
 import struct
 import time
 
@@ -122,8 +123,10 @@ class Writer:
 # --------------------------------------------------------------------------- BCD
 
 
+@functools.lru_cache(maxsize=64)
 def bcd_encode(digits: str, n: int) -> bytes:
-    """``digits`` (0-9 only) as ``n`` BCD bytes, left-padded with zeros."""
+    """``digits`` (0-9 only) as ``n`` BCD bytes, left-padded with zeros (cached: a terminal
+    writes its phone number in every frame)."""
     if not digits.isdigit() and digits:
         raise FormatError(f"BCD: {digits!r} is not all digits")
     if len(digits) > 2 * n:
@@ -146,8 +149,10 @@ def bcd_time(t: float) -> bytes:
     g = time.gmtime(int(t // 1) + GMT8_S)
     if not 2000 <= g.tm_year <= 2099:
         raise FormatError(f"time: {g.tm_year} cannot be written as YY (2000-2099)")
-    fields = (g.tm_year % 100, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec)
-    return bytes.fromhex("".join(f"{v:02d}" for v in fields))
+    return bytes.fromhex(
+        "%02d%02d%02d%02d%02d%02d"  # noqa: UP031 - the fastest way here (a hot path)
+        % (g.tm_year - 2000, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec)
+    )
 
 
 def parse_bcd_time(digits: str) -> float | None:

@@ -25,6 +25,8 @@ length) before anything looks at its body.
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
 import time
 from collections.abc import Callable
@@ -115,7 +117,10 @@ def unescape(data: bytes) -> bytes:
 
 
 def bcc(data: bytes) -> int:
-    """XOR of every byte (folded as one big integer: no per-byte Python loop)."""
+    """XOR of every byte: a reduce for short frames, else folded as one big integer (no
+    per-byte Python loop; measured faster beyond ~100 bytes)."""
+    if len(data) <= 96:
+        return functools.reduce(operator.xor, data, 0)
     x = int.from_bytes(data, "little")
     width = (len(data) + 1) // 2 * 8
     while width >= 8:
@@ -147,21 +152,22 @@ def encode_frame(
         props |= 1 << 13
     if version is not None:
         props |= 1 << 14
-        head = (
-            _PROPS.pack(msg_id, props)
-            + bytes([version])
-            + bcd_encode(phone, PHONE_DIGITS_2019 // 2)
-        )
+        parts = [
+            _PROPS.pack(msg_id, props),
+            bytes((version,)),
+            bcd_encode(phone, PHONE_DIGITS_2019 // 2),
+        ]
     else:
-        head = _PROPS.pack(msg_id, props) + bcd_encode(phone, PHONE_DIGITS_2013 // 2)
-    head += _SERIAL.pack(serial)
+        parts = [_PROPS.pack(msg_id, props), bcd_encode(phone, PHONE_DIGITS_2013 // 2)]
+    parts.append(_SERIAL.pack(serial))
     if package is not None:
         count, number = package
         if not 1 <= number <= count <= 0xFFFF:
             raise FormatError(f"frame: package {number} of {count}")
-        head += _PACKAGE.pack(count, number)
-    raw = head + body
-    return b"\x7e" + escape(raw + bytes([bcc(raw)])) + b"\x7e"
+        parts.append(_PACKAGE.pack(count, number))
+    parts.append(body)
+    raw = b"".join(parts)
+    return b"\x7e" + escape(raw + bytes((bcc(raw),))) + b"\x7e"
 
 
 def decode_frame(data: bytes, *, strict: bool = True) -> Frame:

@@ -271,22 +271,23 @@ def build_location(
 ) -> Location:
     """The 0x0200 body of ``fix`` (a fix without a position reports 0, 0 and status bit 1
     clear, as terminals do)."""
-    lat = fix.lat if fix.has_position and fix.lat is not None else 0.0
-    lon = fix.lon if fix.has_position and fix.lon is not None else 0.0
-    alt = fix.alt if fix.alt is not None and math.isfinite(fix.alt) else 0.0
-    speed = fix.speed if fix.speed is not None and math.isfinite(fix.speed) else 0.0
-    track = fix.track if fix.track is not None and math.isfinite(fix.track) else 0.0
+    lat, lon = (fix.lat, fix.lon) if fix.has_position else (0.0, 0.0)
+    assert lat is not None and lon is not None
+    alt, speed, track = fix.alt, fix.speed, fix.track
+    alt = alt if alt is not None and math.isfinite(alt) else 0.0
+    speed = speed if speed is not None and math.isfinite(speed) else 0.0
+    track = track if track is not None and math.isfinite(track) else 0.0
     return Location(
-        alarm=alarm,
-        status=status,
-        lat_e6=round(lat * 1e6),
-        lon_e6=round(lon * 1e6),
+        alarm,
+        status,
+        round(lat * 1e6),
+        round(lon * 1e6),
         # WORD: 0..65535 m (a negative altitude is sent as 0: the field is unsigned)
-        altitude_m=min(max(round(alt), 0), 0xFFFF),
-        speed_dkmh=min(max(round(speed * 36.0), 0), 0xFFFF),  # m/s -> 1/10 km/h
-        direction=round(track) % 360,
-        time_bcd=bcd_time(fix.time).hex(),
-        items=tuple(items),
+        min(max(round(alt), 0), 0xFFFF),
+        min(max(round(speed * 36.0), 0), 0xFFFF),  # m/s -> 1/10 km/h
+        round(track) % 360,
+        bcd_time(fix.time).hex(),
+        tuple(items),
     )
 
 

@@ -10,6 +10,7 @@ Field layouts follow JT/T 808-2019 and, where they differ, JT/T 808-2013 (noted 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from agent.errors import FormatError
@@ -268,28 +269,52 @@ STATUS_SOUTH = 1 << 2
 STATUS_WEST = 1 << 3
 
 
+_LOC = struct.Struct(">IIIIHHH")
+
+
 def encode_location(loc: Location) -> bytes:
     status = loc.status & ~(STATUS_SOUTH | STATUS_WEST)
     if loc.lat_e6 < 0:
         status |= STATUS_SOUTH
     if loc.lon_e6 < 0:
         status |= STATUS_WEST
-    w = (
-        Writer()
-        .u32(loc.alarm, "alarm flags")
-        .u32(status, "status")
-        .u32(abs(loc.lat_e6), "latitude")
-        .u32(abs(loc.lon_e6), "longitude")
-        .u16(loc.altitude_m, "altitude")
-        .u16(loc.speed_dkmh, "speed")
-        .u16(loc.direction, "direction")
-        .raw(bcd_encode(loc.time_bcd, 6))
+    fields = (
+        loc.alarm,
+        status,
+        abs(loc.lat_e6),
+        abs(loc.lon_e6),
+        loc.altitude_m,
+        loc.speed_dkmh,
+        loc.direction,
     )
+    try:
+        head = _LOC.pack(*fields)
+    except struct.error:
+        # Name the field that does not fit (the slow path, for the error message only).
+        w = Writer()
+        for (name, size), v in zip(_LOC_FIELDS, fields, strict=True):
+            (w.u32 if size == 4 else w.u16)(v, name)
+        raise FormatError("location: a field does not fit") from None  # pragma: no cover
+    t = loc.time_bcd
+    time_bytes = bytes.fromhex(t) if len(t) == 12 and t.isdigit() else bcd_encode(t, 6)
+    parts = [head, time_bytes]
     for item_id, value in loc.items:
-        if len(value) > 255:
+        if len(value) > 255 or not 0 <= item_id <= 255:
             raise FormatError(f"additional item 0x{item_id:02x}: {len(value)} bytes (max 255)")
-        w.u8(item_id, "additional item id").u8(len(value)).raw(value)
-    return w.bytes()
+        parts.append(bytes((item_id, len(value))))
+        parts.append(value)
+    return b"".join(parts)
+
+
+_LOC_FIELDS = (
+    ("alarm flags", 4),
+    ("status", 4),
+    ("latitude", 4),
+    ("longitude", 4),
+    ("altitude", 2),
+    ("speed", 2),
+    ("direction", 2),
+)
 
 
 def decode_location(body: bytes, what: str = "0x0200 location") -> Location:
