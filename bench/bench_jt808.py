@@ -123,21 +123,21 @@ def _body_of(fix: Fix) -> bytes:
 def run(report: Reporter) -> None:
     data = fixes()
     bodies = [_body_of(f) for f in data]
-    for i, b in enumerate(bodies):
-        assert ours_frame(b, i) == naive_frame(b, i), "the two encoders must agree"
+    for i, body in enumerate(bodies):
+        assert ours_frame(body, i) == naive_frame(body, i), "the two encoders must agree"
     batches = [m.encode_batch(bodies[i : i + 20]) for i in range(0, len(bodies), 20)]
-    for i, b in enumerate(batches):
-        assert ours_batch(b, i) == naive_batch(b, i)
+    for i, body in enumerate(batches):
+        assert ours_batch(body, i) == naive_batch(body, i)
     for name, ours_fn, naive_fn, items, target in (
         ("encode", ours_frame, naive_frame, bodies, 1.3),
         ("encode_batch", ours_batch, naive_batch, batches, 3.0),
     ):
-        a: list[float] = []
-        b: list[float] = []
+        mine: list[float] = []
+        theirs: list[float] = []
         for _ in range(ROUNDS):
-            a.append(_rate(ours_fn, items))
-            b.append(_rate(naive_fn, items))
-        ra, rb = statistics.median(a), statistics.median(b)
+            mine.append(_rate(ours_fn, items))
+            theirs.append(_rate(naive_fn, items))
+        ra, rb = statistics.median(mine), statistics.median(theirs)
         what = "live 0x0200 frames/s" if name == "encode" else "0x0704 frames/s (20 reports)"
         report.figure(
             GROUP,
