@@ -88,9 +88,7 @@ def location_json(loc: m.Location) -> dict[str, Any]:
         "alarm": f"0x{loc.alarm:08x}",
         "alarms": _bits(loc.alarm, ALARM_NAMES),
         "status": f"0x{loc.status:08x}",
-        "status_bits": [
-            n for n in _bits(loc.status & ~0x300, STATUS_NAMES) if not n.startswith("bit 8")
-        ],
+        "status_bits": _bits(loc.status & ~0x300, STATUS_NAMES),  # bits 8-9: the load
         "load": LOAD[(loc.status >> 8) & 3],
         "lat": loc.lat_e6 / 1e6,
         "lon": loc.lon_e6 / 1e6,
