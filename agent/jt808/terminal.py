@@ -122,6 +122,9 @@ class Jt808Terminal:
     def health(self) -> dict[str, Any]:
         st = self.client.stats
         oldest = self.queue.oldest_time()
+        with self._lock:
+            bits = self.alarms.active
+            mileage_km = round(self._odometer_m / 1000, 1)
         return {
             "server": self.settings.server,
             "state": st.state,
@@ -140,8 +143,8 @@ class Jt808Terminal:
             "platform_messages": st.platform_messages,
             "malformed": st.malformed,
             "unsupported": st.unsupported,
-            "alarm_bits": f"0x{self.alarms.active:08x}",
-            "mileage_km": round(self._odometer_m / 1000, 1),
+            "alarm_bits": f"0x{bits:08x}",
+            "mileage_km": mileage_km,
             "last_error": st.last_error,
         }
 

@@ -169,3 +169,36 @@ def test_unsolicited_answers_and_resend_requests_are_ignored(
     assert ans.msg_id == m.T_LOCATION_ANSWER
     assert not platform.other  # nothing was answered to the answers
     assert t.client.stats.sessions == 1
+
+
+def test_our_long_messages_go_in_packages_and_a_lost_one_is_sent_again(tmp_path: Path) -> None:
+    """A body over 1023 bytes leaves in packages (a serial each); the platform's 0x8003 for
+    package 2 gets exactly that frame again (2019: WORD count of package numbers)."""
+    client, sess, peer = _client_on_a_socketpair(tmp_path)
+    peer.setblocking(True)
+    peer.settimeout(5)
+    try:
+        body = bytes(range(256)) * 10  # 2560 bytes: 3 packages
+        first = client._send(sess, m.T_PARAMS, body)
+        data = b""
+        while data.count(b"\x7e") < 6:
+            data += peer.recv(65536)
+        frames = [decode_frame(f) for f in FrameReader().feed(data)]
+        assert [f.header.package for f in frames] == [(3, 1), (3, 2), (3, 3)]
+        assert [f.serial for f in frames] == [first, first + 1, first + 2]
+        assert b"".join(f.body for f in frames) == body
+        ask = encode_frame(
+            m.P_RESEND_REQUEST, m.encode_resend_request(first, [2]), phone=PHONE, serial=9
+        )
+        frame = client._parse(sess, FrameReader().feed(ask)[0])
+        assert frame is not None
+        client._dispatch(sess, frame)
+        again = b""
+        while again.count(b"\x7e") < 2:
+            again += peer.recv(65536)
+        (resent,) = [decode_frame(f) for f in FrameReader().feed(again)]
+        assert resent == frames[1]
+    finally:
+        peer.close()
+        sess.sock.close()
+        client.t.queue.close()
