@@ -13,7 +13,6 @@ platform engineer can act on.
 from __future__ import annotations
 
 import calendar
-import functools
 import struct
 import time
 
@@ -123,10 +122,8 @@ class Writer:
 # --------------------------------------------------------------------------- BCD
 
 
-@functools.lru_cache(maxsize=64)
 def bcd_encode(digits: str, n: int) -> bytes:
-    """``digits`` (0-9 only) as ``n`` BCD bytes, left-padded with zeros (cached: a terminal
-    writes its phone number in every frame)."""
+    """``digits`` (0-9 only) as ``n`` BCD bytes, left-padded with zeros."""
     if not digits.isdigit() and digits:
         raise FormatError(f"BCD: {digits!r} is not all digits")
     if len(digits) > 2 * n:
