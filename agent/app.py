@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from agent.fleet.service import FleetService
     from agent.gps.clock import ClockMonitor
     from agent.gps.service import GpsService
+    from agent.jt808.terminal import Jt808Terminal
     from agent.power.monitor import PowerMonitor
     from agent.power.poweroff import CriticalShutdown, PowerOff
     from agent.power.reading import PowerSource
@@ -120,6 +121,10 @@ def check_profile(cfg: AgentConfig) -> None:
         )
     if profile == "dashcam" and cfg.video.enabled and cfg.video.mode != "continuous":
         raise ConfigError("video.mode: the dashcam profile records continuously")
+    if cfg.jt808.enabled and profile not in ("tracker", "dashcam"):
+        raise ConfigError(
+            "jt808.enabled: the JT/T 808 terminal is for the tracker and dashcam profiles"
+        )
 
 
 class Alarms:
@@ -179,6 +184,9 @@ class Agent:
             from agent.fleet.service import FleetService
 
             self.fleet = FleetService(cfg.fleet, self.spool, self.stop, alarm=self.alarms.raise_)
+        self.jt808: Jt808Terminal | None = None
+        if cfg.jt808.enabled:
+            self.jt808 = self._build_jt808()
         if cfg.gps.source != "none":
             from agent.gps.service import GpsService
 
@@ -189,6 +197,7 @@ class Agent:
                 clock=self.clock,
                 live=self._live_fix if self.uplink else None,
                 fleet=self.fleet,
+                observers=[self.jt808.on_fix] if self.jt808 is not None else (),
             )
         self.audio: AudioRecorder | None = None
         muxed: list[AvEncoder] = []  # the video encoder carrying the audio track, once open
@@ -336,6 +345,31 @@ class Agent:
             self.link = LinkMonitor(cfg.cellular, self.stop, alarm=self.alarms.raise_,
                                     traffic=traffic)  # fmt: skip
 
+    def _build_jt808(self) -> Jt808Terminal:
+        """The JT/T 808 terminal: every fix and alarm, its queue keyed from the device key."""
+        from cryptography.hazmat.primitives import serialization
+
+        from agent.jt808.queue import derive_key
+        from agent.jt808.terminal import Jt808Terminal
+
+        secret = load_signing_key(self.cfg.keys.device_key).private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        terminal = Jt808Terminal(
+            self.cfg.jt808,
+            strategy=self.cfg.gps.strategy,
+            stop=self.stop,
+            queue_key=derive_key(secret),
+            fleet=self.fleet,
+            spool=self.spool,
+        )
+        self.alarms.add_sink(terminal.on_alarm)
+        if self.cfg.gps.source == "none":
+            log.warning("jt808: no GPS source (gps.source = none): no location reports")
+        return terminal
+
     def _live_fix(self, fix: Fix) -> None:
         """A reported position, with the vehicle's inputs when a fleet part runs."""
         if self.uplink is not None:
@@ -437,6 +471,8 @@ class Agent:
             out["audio"] = self.audio.health()
         if self.talk is not None:
             out["talk"] = self.talk.health()
+        if self.jt808 is not None:
+            out["jt808"] = self.jt808.health()
         if self.fleet is not None:
             out["fleet"] = {
                 "plan": self.fleet.plan.version,
@@ -466,6 +502,8 @@ class Agent:
             dead.append("link")
         if not self.local.is_alive():
             dead.append("local control")
+        if self.jt808 is not None and not self.jt808.is_alive():
+            dead.append("jt808")
         return dead
 
     def _heartbeat(self) -> None:
@@ -576,6 +614,8 @@ class Agent:
             self.uplink.start()
         if self.fleet is not None:
             self.fleet.start()
+        if self.jt808 is not None:
+            self.jt808.start()
         if self.gps is not None:
             self.gps.start()
         if self.chrony is not None:
@@ -652,6 +692,8 @@ class Agent:
             self.chrony.join(timeout)
         if self.fleet is not None:
             self.fleet.join(timeout)
+        if self.jt808 is not None:
+            self.jt808.join(timeout)
         if self.uplink is not None:
             self.uplink.join(timeout)
         if self._status_thread.is_alive():

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "agent.provision_commands",
     "agent.web.commands",
     "agent.talk.commands",
+    "agent.jt808.commands",
 )
 
 log = logging.getLogger("edge-agent")

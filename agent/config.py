@@ -20,6 +20,7 @@ from agent.gps.settings import GpsSettings
 from agent.gps.time_settings import ReceiverSettings, TimeSettings
 from agent.health_settings import HealthSettings
 from agent.ids import device_id_problem
+from agent.jt808.settings import Jt808Settings
 from agent.power.settings import PowerSettings
 from agent.settings import check, load_dataclass, one_of
 from agent.storage.settings import SealSettings, SpoolSettings
@@ -76,6 +77,8 @@ class AgentConfig:
     # chrony as the clock's reference; the GNSS receiver's own settings (time_settings.py)
     time: TimeSettings = field(default_factory=TimeSettings)
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+    # a JT/T 808 terminal beside the MQTT uplink (tracker and dashcam profiles)
+    jt808: Jt808Settings = field(default_factory=Jt808Settings)
 
 
 def parse_config(text: str, origin: str = "config") -> AgentConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from agent import wallclock
@@ -47,12 +47,16 @@ class GpsService:
         live: Callable[[Fix], None] | None = None,
         source: FixSource | None = None,
         fleet: FleetService | None = None,
+        observers: Sequence[Callable[[Fix], None]] = (),
     ) -> None:
         self.settings = settings
         self.fleet = fleet
         self.stop = stop
         self.clock = clock
         self._live = live
+        # Called with every fix after the fleet rules (e.g. the JT/T 808 terminal, which runs
+        # its own reporting strategy); they must not raise.
+        self._observers = tuple(observers)
         self.strategy = ReportingStrategy(settings.strategy)
         self.records = RecordLog(spool, "gps", content_type=FIX_CONTENT_TYPE)
         self.pump = SourceThread(source or open_source(settings), stop, settings.queue_size)
@@ -104,6 +108,8 @@ class GpsService:
         decision = self.strategy.decide(
             fix, alarm=bool(events), parked=fleet is not None and fleet.parked
         )
+        for observe in self._observers:
+            observe(fix)
         if fix.has_position and decision.reason not in ("impossible-date", "no-fix"):
             with self._lock:
                 self._latest = fix

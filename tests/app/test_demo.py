@@ -34,3 +34,9 @@ def test_demo_runs_and_the_platform_verifies_everything(tmp_path: Path) -> None:
     assert "sent    today (" in out and "backfill" in out, out
     # It cleaned up every process it started.
     assert "stopped mosquitto" in out and "stopped agent" in out and "stopped ingest" in out
+    # The truck beside it reported to the reference JT/T 808 platform.
+    import re
+
+    got = re.search(r"jt808: tracker trk-demo-01 .* received (\d+) location reports", out)
+    assert got and int(got.group(1)) >= 1, out
+    assert "stopped tracker" in out
