@@ -59,6 +59,13 @@ class Fix:
     sats_visible: int | None = None
     hdop: float | None = None
     source: str = ""
+    # Constellations used in the fix ("gps", "beidou", "galileo", "glonass", "qzss", "navic",
+    # "sbas"), where the receiver says so (GSA system IDs, GNS modes, UBX NAV-SAT/NAV-PVT).
+    systems: tuple[str, ...] | None = None
+    # The receiver's own view of its time (u-blox NAV-PVT; None when it does not say):
+    time_acc: float | None = None  # accuracy estimate of the time, seconds (tAcc)
+    time_resolved: bool | None = None  # UTC fully resolved, no ambiguity of whole seconds
+    time_confirmed: bool | None = None  # date and time confirmed by independent solutions
 
     @property
     def has_position(self) -> bool:
