@@ -26,9 +26,18 @@ class ClockState:
 
     source: ClockSource = ClockSource.NONE
     offset_s: float | None = None
+    # What the GNSS receiver says of its own time, when it says it (u-blox NAV-PVT): the
+    # accuracy estimate (tAcc, seconds) and whether date and time are confirmed.
+    time_acc_s: float | None = None
+    time_confirmed: bool | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"source": self.source.value, "offset_s": self.offset_s}
+        out: dict[str, object] = {"source": self.source.value, "offset_s": self.offset_s}
+        if self.time_acc_s is not None:
+            out["time_acc_s"] = self.time_acc_s
+        if self.time_confirmed is not None:
+            out["time_confirmed"] = self.time_confirmed
+        return out
 
 
 class FixMode(enum.IntEnum):
