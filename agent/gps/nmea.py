@@ -23,7 +23,9 @@ report without a date (no RMC/ZDA seen yet) makes no Fix (``stats.undated``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from itertools import islice
 
 from agent.errors import NmeaError
 from agent.gps.nmea_cycle import CLEAR, NMEA_MAX, REPORT, CycleEngine, Report, has_position
@@ -42,6 +44,9 @@ __all__ = [
 MAX_SENTENCE = NMEA_MAX - 2
 #: A partial line longer than this is dropped (binary protocol noise with no newline).
 MAX_PENDING = 4096
+#: Valid lines remembered, so that a repeated one is not checked again (about 100 KB).
+_SEEN_MAX = 1024
+_CLEAR_OR_REPORT = CLEAR | REPORT
 _MODES = (FixMode.NO_FIX, FixMode.NO_FIX, FixMode.FIX_2D, FixMode.FIX_3D)
 _isfinite = math.isfinite
 
@@ -77,29 +82,30 @@ class ReaderStats:
 def checksum(body: bytes) -> int:
     """XOR of all bytes of ``body`` (the text between ``$`` and ``*``).
 
-    Bit ``k`` of the XOR is the parity of bit ``k`` over all bytes: the body as one integer,
-    masked to every byte's bit ``k``, has that parity as its ``bit_count()``. Eight C-level
-    integer operations instead of a Python loop over the bytes (about 10x faster).
+    The body is read as one integer and folded in halves (each XOR of two big integers is one
+    C-level operation) down to a byte: about 3x faster than a Python loop over the bytes.
     """
-    if len(body) > _MASK_BYTES:
-        return checksum(body[:_MASK_BYTES]) ^ checksum(body[_MASK_BYTES:])
+    n = len(body)
+    if n > 128:
+        return checksum(body[:128]) ^ checksum(body[128:])
     x = int.from_bytes(body, "little")
-    return (
-        ((x & _M0).bit_count() & 1)
-        | ((x & _M1).bit_count() & 1) << 1
-        | ((x & _M2).bit_count() & 1) << 2
-        | ((x & _M3).bit_count() & 1) << 3
-        | ((x & _M4).bit_count() & 1) << 4
-        | ((x & _M5).bit_count() & 1) << 5
-        | ((x & _M6).bit_count() & 1) << 6
-        | ((x & _M7).bit_count() & 1) << 7
-    )
+    if n > 64:
+        x = (x >> 512) ^ (x & _M512)
+    if n > 32:
+        x = (x >> 256) ^ (x & _M256)
+    if n > 16:
+        x = (x >> 128) ^ (x & _M128)
+    if n > 8:
+        x = (x >> 64) ^ (x & _M64)
+    x = (x >> 32) ^ (x & _M32)
+    x ^= x >> 16
+    x ^= x >> 8
+    return x & 0xFF
 
 
-_MASK_BYTES = 256
-_M0, _M1, _M2, _M3, _M4, _M5, _M6, _M7 = (
-    int.from_bytes(bytes([1 << k]) * _MASK_BYTES, "little") for k in range(8)
-)
+_M512, _M256, _M128, _M64, _M32 = ((1 << b) - 1 for b in (512, 256, 128, 64, 32))
+#: A sentence as receivers send it: ``$``, printable ASCII without ``*``, ``*hh``, blanks.
+_SENTENCE = re.compile(rb"\$([\x20-\x29\x2b-\x7e]{2,})\*([0-9A-Fa-f]{2})[ \t]*\Z")
 _HEX = {b"%02X" % i: i for i in range(256)} | {b"%02x" % i: i for i in range(256)}
 _HEX |= {(b"%02X" % i)[:1] + (b"%02x" % i)[1:]: i for i in range(256)}
 _HEX |= {(b"%02x" % i)[:1] + (b"%02X" % i)[1:]: i for i in range(256)}
@@ -174,6 +180,7 @@ class NmeaReader:
         self.stats = ReaderStats()
         self.engine = CycleEngine()
         self._pending = bytearray()
+        self._seen: dict[bytes, tuple[tuple[str, ...], int]] = {}  # valid lines, recently
         self._epoch_ms: int | None = None  # time of the reports being collected
         self._epoch_pos: Report | None = None  # its last report with a position
         self._epoch_last: Report | None = None  # its last report
@@ -201,15 +208,35 @@ class NmeaReader:
         return out
 
     def feed_lines(self, complete: bytes, out: list[Fix]) -> None:
-        """Consume bytes that end at a line end (no partial sentence at the end)."""
-        line_fn = self._line
-        for line in complete.splitlines():
-            if line:
-                line_fn(line, out)
+        """Consume bytes that end at a line end (no partial sentence at the end).
+
+        The hot loop (:meth:`_line` for one line, inlined): a receiver repeats many sentences
+        byte for byte (satellite lists while the sky does not change, marine instruments), so
+        a line seen recently and found valid is not checked again.
+        """
+        lines = complete.splitlines()
+        stats = self.stats
+        stats.lines += len(lines)
+        seen_get = self._seen.get
+        check = self._check
+        sentence = self.engine.sentence
+        for line in lines:
+            seen = seen_get(line)
+            if seen is None:
+                if not line:
+                    continue
+                seen = check(line, out)
+                if seen is None:
+                    continue
+            stats.sentences += 1
+            mask = sentence(seen[0], seen[1])
+            if mask & _CLEAR_OR_REPORT:
+                self._after(mask, out)
 
     def feed_line(self, line: bytes | str) -> list[Fix]:
         """Consume exactly one line (with or without its ending)."""
         out: list[Fix] = []
+        self.stats.lines += 1
         self._line(line.encode("latin-1") if isinstance(line, str) else line, out)
         return out
 
@@ -224,31 +251,73 @@ class NmeaReader:
         self._pending.clear()
 
     def _line(self, line: bytes, out: list[Fix]) -> None:
-        """The hot path: the checks of :func:`parse_sentence`, without the objects."""
+        """The hot path: the checks of :func:`parse_sentence`, without the objects.
+
+        A receiver repeats many sentences byte for byte (satellite lists while the sky does not
+        change, marine instruments): a line seen recently and found valid is not checked again.
+        """
         stats = self.stats
-        stats.lines += 1
-        start = line.rfind(b"$")
-        if start:
-            if start < 0:
-                if line[:1] == b"!":
-                    stats.ignored += 1  # AIS
-                else:
-                    stats.bad_framing += 1
+        seen = self._seen.get(line)
+        if seen is None:
+            seen = self._check(line, out)
+            if seen is None:
                 return
-            line = line[start:]
+        stats.sentences += 1
+        self._after(self.engine.sentence(seen[0], seen[1]), out)
+
+    def _after(self, mask: int, out: list[Fix]) -> None:
+        """A sentence started a cycle or was reported: collect and emit epochs."""
+        engine = self.engine
+        if mask & CLEAR and self._epoch_ms is not None:
+            t = engine.time_ns
+            if t > 0 and (t + 500_000) // 1_000_000 > self._epoch_ms:
+                self._emit(out)  # a later cycle began: the previous one is complete
+        if mask & REPORT:
+            self._report(engine.report(), out)
+
+    def _check(self, line: bytes, out: list[Fix]) -> tuple[tuple[str, ...], int] | None:
+        """Frame and checksum a line not seen recently: its fields and length, or None."""
+        stats = self.stats
+        start = line.rfind(b"$")
+        if start < 0:
+            if line[:1] in b"!{#":  # AIS, gpsd's JSON, comments: not for us
+                stats.ignored += 1
+            else:
+                stats.bad_framing += 1
+            return None
+        m = _SENTENCE.match(line, start)  # the usual shape: printable, one '*', two hex
+        if m is None:
+            self._odd_line(line[start:], out)
+            return None
+        body, hex_sum = m.groups()
+        n = len(body) + 4
+        if n > MAX_SENTENCE:
+            stats.bad_framing += 1
+            return None
+        if checksum(body) != _HEX[hex_sum]:
+            stats.bad_checksum += 1
+            return None
+        fields = body.decode("ascii").split(",")
+        address = fields[0]
+        if not (address.isalnum() and address.isupper()) or len(address) < 2:
+            stats.bad_fields += 1
+            return None
+        seen = self._seen
+        if len(seen) >= _SEEN_MAX:  # forget the older half
+            for old in list(islice(seen, _SEEN_MAX // 2)):
+                del seen[old]
+        checked = seen[line] = (tuple(fields), n + 2)
+        return checked
+
+    def _odd_line(self, line: bytes, out: list[Fix]) -> None:
+        """A line not of the usual shape: a '*' in the body, text after the checksum, ..."""
+        stats = self.stats
+        line = line.rstrip()
         n = len(line)
-        if line[n - 1] in b" \t":
-            line = line.rstrip()
-            n = len(line)
-        if n < 6 or n > MAX_SENTENCE:
+        star = line.rfind(b"*")
+        if star < 3 or star + 3 > n or n > MAX_SENTENCE:
             stats.bad_framing += 1
             return
-        star = n - 3
-        if line[star] != 0x2A:  # '*' not where it normally is: look for the last one
-            star = line.rfind(b"*")
-            if star < 2 or star + 3 > n:
-                stats.bad_framing += 1
-                return
         want = _HEX.get(line[star + 1 : star + 3])
         if want is None:
             stats.bad_framing += 1
@@ -269,37 +338,25 @@ class NmeaReader:
             text = text[: text.find("*")]
         fields = text.split(",")
         address = fields[0]
-        if not address.isalnum() or not address.isupper() or len(address) < 2:
+        if not (address.isalnum() and address.isupper()) or len(address) < 2:
             stats.bad_fields += 1
             return
         stats.sentences += 1
-        engine = self.engine
-        mask = engine.sentence(fields, n + 2)
-        if mask & CLEAR and self._epoch_ms is not None:
-            t = engine.time_ns
-            if t > 0 and (t + 500_000) // 1_000_000 > self._epoch_ms:
-                self._emit(out)  # a later cycle began: the previous one is complete
-        if mask & REPORT:
-            self._report(engine.report(), out)
+        self._sentence(tuple(fields), n + 2, out)
 
     # ------------------------------------------------------------------ sentence level
     def apply(self, s: Sentence, out: list[Fix]) -> None:
         """Apply one verified sentence; append completed epochs to ``out``."""
         address = "P" + s.kind if s.talker == "P" else s.talker + s.kind
-        fields = [address, *s.fields]
+        fields = (address, *s.fields)
         self._sentence(fields, len(",".join(fields)) + 6, out)
 
-    def _sentence(self, fields: list[str], length: int, out: list[Fix]) -> None:
-        engine = self.engine
-        mask = engine.sentence(fields, length)
-        if mask & CLEAR and self._epoch_ms is not None:
-            t = engine.time_ns
-            if t > 0 and (t + 500_000) // 1_000_000 > self._epoch_ms:
-                self._emit(out)  # a later cycle began: the previous one is complete
-        if mask & REPORT:
-            self._report(engine.report(), out)
+    def _sentence(self, fields: tuple[str, ...], length: int, out: list[Fix]) -> None:
+        self._after(self.engine.sentence(fields, length), out)
 
     def _report(self, r: Report, out: list[Fix]) -> None:
+        if r is self._epoch_last:
+            return  # the same report again: nothing changed
         t = r[0]
         if t <= 0:
             self.stats.undated += 1

@@ -33,7 +33,6 @@ from __future__ import annotations
 import calendar
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 
 __all__ = [
@@ -46,6 +45,8 @@ __all__ = [
 ]
 
 NAN = math.nan
+#: A sentence's fields, the address first (a tuple, or a list).
+Fields = tuple[str, ...]
 _isfinite = math.isfinite
 
 # --- what a sentence carried (a subset of gpsd's gps_mask_t) ---------------------------------
@@ -64,6 +65,8 @@ ATTITUDE = 1 << 11
 OTHER = 1 << 12  # any other data (errors, heading, depth, ...): "new data" for the detector
 CLEAR = 1 << 13  # a new cycle starts with this sentence
 REPORT = 1 << 14  # the fix is reported after this sentence
+_MERGED = TIME | LATLON | ALTITUDE | SPEED | TRACK | STATUS | MODE | DOP | CLEAR
+_CHANGES = _MERGED | SATELLITE | USED  # what a report describes may have changed
 
 #: Longest sentence gpsd parses, with its CR LF (``NMEA_MAX``).
 NMEA_MAX = 130
@@ -170,10 +173,10 @@ def has_position(r: Report) -> bool:
 
 def _atoi(s: str) -> int:
     """C ``atoi``: the leading integer of ``s``, 0 when there is none."""
-    try:
+    if s.isdigit():
         return int(s)
-    except ValueError:
-        pass
+    if not s:
+        return 0
     s = s.lstrip(" ")
     end = 1 if s[:1] in ("-", "+") else 0
     while end < len(s) and s[end].isdigit():
@@ -191,8 +194,8 @@ def _atof(s: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        v = _atof_prefix(s)
-    return v if _isfinite(v) else NAN
+        return _atof_prefix(s)
+    return v if v - v == 0.0 else NAN  # inf and NaN are not numbers here
 
 
 def _atof_prefix(s: str) -> float:
@@ -203,12 +206,12 @@ def _atof_prefix(s: str) -> float:
         dot = dot or s[end] == "."
         end += 1
     try:
-        return float(s[:end])
+        v = float(s[:end])
     except ValueError:
         return NAN
+    return v if v - v == 0.0 else NAN
 
 
-@lru_cache(maxsize=512)
 def _coord(value: str, hemi: str, limit: float) -> float:
     """``DDMM.mmmm``/``DDDMM.mmmm`` and hemisphere to signed degrees; NaN when malformed.
 
@@ -234,12 +237,18 @@ def _coord(value: str, hemi: str, limit: float) -> float:
     return -v if h in ("S", "W") else v
 
 
-def _latlon(f: list[str], i: int) -> tuple[float, float] | None:
+def _latlon(f: Fields, i: int) -> tuple[float, float] | None:
     """gpsd's ``do_lat_lon()`` on fields ``i..i+3``: None unless all four are present."""
     if not (f[i] and f[i + 1] and f[i + 2] and f[i + 3]):
         return None
-    lat = _coord(f[i], f[i + 1], 90.0)
-    lon = _coord(f[i + 2], f[i + 3], 180.0)
+    return _position(f[i], f[i + 1], f[i + 2], f[i + 3])
+
+
+@lru_cache(maxsize=256)
+def _position(lat_s: str, ns: str, lon_s: str, ew: str) -> tuple[float, float] | None:
+    # RMC, GGA, GLL and GNS of one cycle carry the same four strings: decoded once.
+    lat = _coord(lat_s, ns, 90.0)
+    lon = _coord(lon_s, ew, 180.0)
     if lat != lat or lon != lon:  # NaN
         return None
     return lat, lon
@@ -297,13 +306,13 @@ _STATUS_OF_FAA = {"D": 2, "E": 6, "F": 5, "M": 7, "P": 2, "R": 4, "S": 8}
 # --- the sentence table ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    tag: str  # identity for the cycle-ender table (gpsd: index in its table)
-    min_fields: int  # gpsd's ``nf``: fewer fields and the sentence is not decoded
-    continuer: bool  # may extend a cycle after its time changed (GLL)
-    handler: Callable[[CycleEngine, list[str], int], int]
-    fix: bool  # carries fix data: this sentence's data record starts empty
+#: A table entry: (handler, gpsd's minimum field count ``nf``, flags, tag). The tag identifies
+#: the sentence type in the table of cycle enders (gpsd: its index in the sentence table).
+_Entry = tuple[Callable[["CycleEngine", "Fields", int], int], int, int, str]
+_FIX = 1  # carries fix data: its data record starts empty
+_CONTINUER = 2  # may extend a cycle after its time changed (GLL)
+_GSV = 4  # satellites in view, in several parts
+_GSA = 8
 
 
 class CycleEngine:
@@ -322,6 +331,7 @@ class CycleEngine:
         self.track = NAN
         self.hdop = NAN
         self.closed: Report | None = None  # the previous cycle's fix as it was when it ended
+        self._last_report: Report | None = None
         # lastfix / oldfix: only what the mode rules read.
         self._last_time = 0
         self._last_mode = _NOT_SEEN
@@ -343,6 +353,7 @@ class CycleEngine:
         self._month = 0
         self._day = 0
         self._tod_ns = 0  # time of day of the last merged timestamp
+        self._date_ns = 0  # the date as UTC ns at midnight
         # Cycle detection.
         self._this_frac = 0
         self._last_frac = 0
@@ -377,47 +388,56 @@ class CycleEngine:
         self.sats_visible: int | None = None
 
     # ------------------------------------------------------------------ the detector
-    def sentence(self, fields: list[str], length: int) -> int:
+    def sentence(self, fields: Fields, length: int) -> int:
         """One checksum-verified sentence (``length``: its characters incl. CR LF)."""
         if length > NMEA_MAX:
             return ONLINE  # gpsd rejects overlong sentences before anything else
-        self._latch = self._gsx_more = False
         count = len(fields)
-        if count < 20:
-            fields += _PAD[count:]
-        else:
-            fields.append("")  # gpsd: fields past the last are empty
+        fields = fields + _PADS[count] if count < 20 else (*fields, "")  # missing ones: ""
         address = fields[0]
-        entry = _LONG.get(address)
-        if entry is None and address != "PGRMC":  # PGRMC: known, not decoded, not RMC
-            if len(address) == 5:
-                entry = _SHORT.get(address[2:])
-            elif address == "PSTI" or address == "PERC":
-                entry = _SUB.get((address, fields[1]))
-        kind = address[2:5]
-        if kind != "GSV" and self._last_gsv_talker:
-            self._end_gsv_talker = self._last_gsv_talker
-            self._last_gsv_talker = ""
-        if entry is None or count < entry.min_fields:
+        if len(address) == 5 and address[0] != "P":
+            entry = _SHORT.get(address[2:])
+        else:
+            entry = _LONG.get(address)
+            if entry is None and address != "PGRMC":  # PGRMC: known, not decoded, not RMC
+                if len(address) == 5:
+                    entry = _SHORT.get(address[2:])
+                elif address == "PSTI" or address == "PERC":
+                    entry = _SUB.get((address, fields[1]))
+        if entry is None:
+            kind = address[2:5]
+            flags = _GSV if kind == "GSV" else _GSA if kind == "GSA" else 0
             mask = ONLINE
             thistag = ""
         else:
-            if entry.fix:
-                self._n_lat = self._n_lon = self._n_alt_msl = self._n_alt_hae = NAN
-                self._n_mode = self._n_status = 0
-            mask = entry.handler(self, fields, count)
-            self._continue = entry.continuer
-            thistag = entry.tag
-        if kind != "GSA":
+            handler, min_fields, flags, tag = entry
+            if count < min_fields:
+                mask = ONLINE
+                thistag = ""
+            else:
+                if flags & _FIX:
+                    self._n_lat = self._n_lon = self._n_alt_msl = self._n_alt_hae = NAN
+                    self._n_mode = self._n_status = 0
+                mask = handler(self, fields, count)
+                self._continue = flags & _CONTINUER != 0
+                thistag = tag
+        if not flags & _GSV and self._last_gsv_talker:
+            self._end_gsv_talker = self._last_gsv_talker
+            self._last_gsv_talker = ""
+        if not flags & _GSA:
             self._last_gsa_talker = ""
         if self._gsx_more:
+            self._gsx_more = False
             return mask  # more GSV parts to come: neither starts nor ends a cycle
+        if mask & _CHANGES:
+            self._last_report = None
         if mask & TIME:
-            self._n_time = self._utc() if self._year or self._day else 0
+            self._n_time = self._date_ns + self._tod_ns if self._year else 0
 
         enders = self._enders
         lasttag = self._lasttag
         if self._latch:
+            self._latch = False
             if abs(self._this_frac - self._last_frac) > _SAME_TIME_NS:
                 mask |= CLEAR
                 if lasttag and lasttag not in enders and not self._continue:
@@ -434,7 +454,10 @@ class CycleEngine:
                 enders.add(thistag)
                 self.reliable = True
                 mask |= REPORT
-        if mask == ONLINE:
+        if not mask & _MERGED:
+            # Nothing of the fix changed (nor would gpsd's bookkeeping of it).
+            if mask & ATTITUDE and not self.reliable:
+                mask |= REPORT
             return mask
         if (
             mask & MODE
@@ -452,7 +475,7 @@ class CycleEngine:
         """``gpsd_poll()``: clear at a cycle start, merge, then the error model's bookkeeping."""
         if mask & CLEAR:
             # What the ending cycle had at its end (speed, track, ... may come after the report).
-            self.closed = self.report() if self.time_ns > 0 else None
+            self.closed = self._snapshot() if self.time_ns > 0 else None
             if not mask & DOP:
                 self.hdop = NAN
             self.time_ns = 0
@@ -497,10 +520,17 @@ class CycleEngine:
             self._last_time, self._last_mode, self._last_alt = t, self.mode, alt
 
     def _utc(self) -> int:
-        return _day_ns(self._year, self._month, self._day) + self._tod_ns
+        return self._date_ns + self._tod_ns
 
     def report(self) -> Report:
-        """The fix as reported now (after a sentence whose mask had :data:`REPORT`)."""
+        """The fix as reported now (after a sentence whose mask had :data:`REPORT`); the same
+        object as the previous report when nothing it describes has changed since."""
+        r = self._last_report
+        if r is None:
+            r = self._last_report = self._snapshot()
+        return r
+
+    def _snapshot(self) -> Report:
         used = self.sats or len(self._used) or None
         systems = self._systems
         if systems is _STALE:
@@ -536,7 +566,23 @@ class CycleEngine:
         d = _ddmmyy(s)
         if d is None:
             return False
-        self._year, self._month, self._day = d
+        self._set_date(d)
+        return True
+
+    def _set_date(self, d: tuple[int, int, int]) -> None:
+        if d != (self._year, self._month, self._day):
+            self._year, self._month, self._day = d
+            self._date_ns = _day_ns(*d)
+
+    def _stamp(self, s: str) -> bool:
+        """Merge a time of day and let it feed the cycle detector (most timed sentences)."""
+        t = _tod(s)
+        if t < 0:
+            return False
+        self._tod_ns = t
+        self._last_frac = self._this_frac
+        self._this_frac = t
+        self._latch = True
         return True
 
     def _register(self) -> None:
@@ -548,11 +594,11 @@ class CycleEngine:
 
     def _forget_date(self) -> None:
         """An untimed no-fix sentence (``$GPRMC,,V,...``): forget the date, report at once."""
-        self._year = self._month = self._day = 0
+        self._year = self._month = self._day = self._date_ns = 0
         self.reliable = False
 
     # ------------------------------------------------------------------ sentences
-    def _rmc(self, f: list[str], count: int) -> int:
+    def _rmc(self, f: Fields, count: int) -> int:
         mask = ONLINE
         if f[2][:1] != "A":
             # V (and anything else: NMEA defines A and V) is a navigation warning: no fix,
@@ -587,7 +633,7 @@ class CycleEngine:
         self._n_status = status
         return mask | MODE | STATUS
 
-    def _gga(self, f: list[str], count: int) -> int:
+    def _gga(self, f: Fields, count: int) -> int:
         mask = ONLINE
         talker = f[0][1:2]
         previous_talker = self._last_gga_talker
@@ -613,10 +659,8 @@ class CycleEngine:
             self._last_gga_time = f[1]
         sats = _atoi(f[7])
         self._gga_sats = self._n_sats = sats
-        if f[1] and self._merge_time(f[1]):
-            self._register()
-            if self._year:
-                mask |= TIME
+        if f[1] and self._stamp(f[1]) and self._year:
+            mask |= TIME
         pos = _latlon(f, 2)
         if pos is not None and quality != 0:
             self._n_lat, self._n_lon = pos
@@ -641,12 +685,10 @@ class CycleEngine:
                 mask |= DOP
         return mask
 
-    def _gns(self, f: list[str], count: int) -> int:
+    def _gns(self, f: Fields, count: int) -> int:
         mask = ONLINE
-        if f[1] and self._merge_time(f[1]):
-            self._register()
-            if self._year:
-                mask = TIME
+        if f[1] and self._stamp(f[1]) and self._year:
+            mask = TIME
         modes = f[6]
         systems = tuple(
             system for system, c in zip(_GNS_SYSTEMS, modes, strict=False) if c not in "NV"
@@ -682,12 +724,10 @@ class CycleEngine:
         self._n_status = _STATUS_OF_FAA.get(first, 1)
         return mask | MODE | STATUS
 
-    def _gll(self, f: list[str], count: int) -> int:
+    def _gll(self, f: Fields, count: int) -> int:
         mask = ONLINE
-        if f[5] and self._merge_time(f[5]):
-            self._register()
-            if self._year:
-                mask = TIME
+        if f[5] and self._stamp(f[5]) and self._year:
+            mask = TIME
         pos = _latlon(f, 1) if f[6][:1] == "A" and (count < 8 or f[7][:1] != "N") else None
         if pos is None:
             self._n_mode = _NO_FIX
@@ -702,18 +742,18 @@ class CycleEngine:
             self._n_status = _STATUS_OF_FAA.get(f[7][:1], 1) if count >= 8 else 1
         return mask | STATUS | MODE
 
-    def _zda(self, f: list[str], count: int) -> int:
+    def _zda(self, f: Fields, count: int) -> int:
         if not (f[1] and f[2] and f[3] and f[4]) or not self._merge_time(f[1]):
             return ONLINE
         year = _atoi(f[4])
         date = _valid_date(year, _atoi(f[3]), _atoi(f[2])) if 1900 <= year <= 2200 else None
         if date is None:
             return ONLINE
-        self._year, self._month, self._day = date
+        self._set_date(date)
         self._register()
         return TIME
 
-    def _gsa(self, f: list[str], count: int) -> int:
+    def _gsa(self, f: Fields, count: int) -> int:
         mask = ONLINE
         talker = f[0][1:2]
         previous = self._last_gsa_talker
@@ -724,13 +764,13 @@ class CycleEngine:
                 mask = MODE
             system_id = 0
             if count <= 19:
-                for i in (15, 16, 17):
-                    if f[i]:
-                        dop = _atof(f[i])
-                        if 0.01 <= dop <= 89.99:
-                            mask |= DOP
-                            if i == 16:
-                                self.hdop = dop
+                # PDOP, HDOP, VDOP: gpsd keeps each one in 0.01-89.99 (only HDOP is used here).
+                hdop = _atof(f[16]) if f[16] else NAN
+                if 0.01 <= hdop <= 89.99:
+                    self.hdop = hdop
+                    mask |= DOP
+                elif any(0.01 <= _atof(f[i]) <= 89.99 for i in (15, 17) if f[i]):
+                    mask |= DOP
                 if count == 19 and f[18] and "." not in f[18]:
                     system_id = _atoi(f[18])
             if not previous or (talker == previous and talker not in ("N", "Q")):
@@ -739,19 +779,15 @@ class CycleEngine:
             self._last_gsa_talker = talker
             if talker != "P" and talker in _OTHER_TALKERS:
                 self._seen_other_gsa = True
-            address = f[0][:2]
             used = self._used
-            for s in f[3 : count - 3]:
-                if not s:
-                    continue
-                if "." in s:
-                    break
-                try:
-                    n = int(s)
-                except ValueError:
-                    n = _atoi(s)
-                if 1 <= n <= 600 and len(used) < MAXCHANNELS:
-                    used[(system_of(address, n, system_id), n)] = None
+            keys = _gsa_keys(f[0][:2], system_id, tuple(f[3 : count - 3]))
+            if len(used) + len(keys) <= MAXCHANNELS:
+                used.update(dict.fromkeys(keys))
+            else:
+                for key in keys:
+                    if len(used) >= MAXCHANNELS:
+                        break
+                    used[key] = None
             mask |= USED
         if self._seen_other_gsa and talker == "P":
             mask = ONLINE
@@ -759,9 +795,10 @@ class CycleEngine:
             mask = ONLINE | MODE
         return mask
 
-    def _gsv(self, f: list[str], count: int) -> int:
-        total = _atoi(f[1])
-        part = _atoi(f[2])
+    def _gsv(self, f: Fields, count: int) -> int:
+        s1, s2 = f[1], f[2]
+        total = int(s1) if s1.isdigit() else _atoi(s1)
+        part = int(s2) if s2.isdigit() else _atoi(s2)
         if count <= 3 or not 1 <= total <= 10 or not 1 <= part <= total or count % 4 == 3:
             self._zero_sky()
             return ONLINE
@@ -777,15 +814,20 @@ class CycleEngine:
         any_az = self._any_az
         for base in range(4, count & ~3, 4):
             s = f[base]
-            if not s or _atoi(s) == 0:
-                continue
+            if not s or (not s.strip("0") if s.isdigit() else _atoi(s) == 0):
+                continue  # no satellite number, or 0
             if visible >= MAXCHANNELS:
                 visible, any_az = 0, False
                 break
-            az = f[base + 2]
-            # An azimuth of 0 (or 360) counts against the SiRF "all zero" check below.
-            if not any_az and (not f[base + 1] or not az or _atoi(az) not in (0, 360)):
-                any_az = True
+            if not any_az:
+                # An azimuth of 0 (or 360) counts against the SiRF "all zero" check below.
+                az = f[base + 2]
+                if not f[base + 1] or not az:
+                    any_az = True
+                elif az.isdigit():
+                    any_az = az.lstrip("0") not in ("", "360")
+                else:
+                    any_az = _atoi(az) not in (0, 360)
             visible += 1
         self._visible, self._any_az = visible, any_az
         if part < total:
@@ -803,7 +845,7 @@ class CycleEngine:
         self._visible = 0
         self._any_az = False
 
-    def _vtg(self, f: list[str], count: int) -> int:
+    def _vtg(self, f: Fields, count: int) -> int:
         if not f[1] or not f[5]:
             return ONLINE
         if count > 9 and f[9][:1] in ("E", "N"):
@@ -812,7 +854,7 @@ class CycleEngine:
         self._n_speed = _atof(f[5]) * _KNOTS_TO_MPS
         return ONLINE | TRACK | SPEED
 
-    def _gbs(self, f: list[str], count: int) -> int:
+    def _gbs(self, f: Fields, count: int) -> int:
         t = _tod(f[1])
         if t < 0:
             return ONLINE
@@ -823,22 +865,20 @@ class CycleEngine:
             return OTHER
         return ONLINE
 
-    def _bwc(self, f: list[str], count: int) -> int:
+    def _bwc(self, f: Fields, count: int) -> int:
         if f[1] and self._merge_time(f[1]) and self._year:
             return TIME
         return ONLINE
 
-    def _grs(self, f: list[str], count: int) -> int:
+    def _grs(self, f: Fields, count: int) -> int:
         if f[1]:
             self._merge_time(f[1])
         return ONLINE
 
-    def _psrfepe(self, f: list[str], count: int) -> int:
+    def _psrfepe(self, f: Fields, count: int) -> int:
         mask = STATUS
-        if f[1] and self._merge_time(f[1]):
-            self._register()
-            if self._year:
-                mask |= TIME
+        if f[1] and self._stamp(f[1]) and self._year:
+            mask |= TIME
         if f[2] != "A":
             return mask
         if f[3]:
@@ -846,7 +886,7 @@ class CycleEngine:
             mask |= DOP
         return mask | OTHER
 
-    def _pashr(self, f: list[str], count: int) -> int:
+    def _pashr(self, f: Fields, count: int) -> int:
         kind = f[1]
         if kind == "POS":
             mask = ONLINE | MODE | STATUS | CLEAR
@@ -856,8 +896,7 @@ class CycleEngine:
             self._n_mode = _3D
             self._n_status = 2 if _atoi(f[2]) >= 1 else 1
             self._gga_sats = _atoi(f[3])
-            if self._merge_time(f[4]):
-                self._register()
+            if self._stamp(f[4]):
                 mask |= TIME
             pos = _latlon(f, 5)
             if pos is not None:
@@ -878,7 +917,7 @@ class CycleEngine:
             self._merge_time(f[1])  # OxTS attitude: time of day only, not a cycle
         return ONLINE
 
-    def _psti030(self, f: list[str], count: int) -> int:
+    def _psti030(self, f: Fields, count: int) -> int:
         mask = ONLINE
         if f[3] == "V" or f[13] == "N":
             self._n_mode = _NO_FIX
@@ -900,23 +939,23 @@ class CycleEngine:
         self._n_status = _STATUS_OF_FAA.get(f[13][:1], 1)
         return mask | STATUS | OTHER
 
-    def _psti_time(self, f: list[str], count: int, valid: bool) -> int:
+    def _psti_time(self, f: Fields, count: int, valid: bool) -> int:
         """$PSTI,032/033/035/036: a time and date that feed the detector."""
         if valid and f[2] and f[3] and self._merge_time(f[2]) and self._merge_date(f[3]):
             self._register()
             return ONLINE | TIME | OTHER
         return ONLINE
 
-    def _psti032(self, f: list[str], count: int) -> int:
+    def _psti032(self, f: Fields, count: int) -> int:
         return self._psti_time(f, count, f[4] == "A")
 
-    def _psti033(self, f: list[str], count: int) -> int:
+    def _psti033(self, f: Fields, count: int) -> int:
         return self._psti_time(f, count, f[4] == "2" and f[5] in ("B", "R"))
 
-    def _psti035(self, f: list[str], count: int) -> int:
+    def _psti035(self, f: Fields, count: int) -> int:
         return self._psti_time(f, count, True)
 
-    def _pgrmz(self, f: list[str], count: int) -> int:
+    def _pgrmz(self, f: Fields, count: int) -> int:
         mask = ONLINE
         if f[2] == "f" and f[1]:
             self._n_alt_msl = _atoi(f[1]) * _FEET_TO_M
@@ -927,12 +966,12 @@ class CycleEngine:
             mask |= MODE
         return mask
 
-    def _pmgnst(self, f: list[str], count: int) -> int:
+    def _pmgnst(self, f: Fields, count: int) -> int:
         mode = _atoi(f[2])
         self._n_mode = mode if f[3][:1] == "T" and mode in (2, 3) else _NO_FIX
         return ONLINE | MODE
 
-    def _pgrmf(self, f: list[str], count: int) -> int:
+    def _pgrmf(self, f: Fields, count: int) -> int:
         # Garmin's fix: gpsd prefers GPS week/TOW with the leap seconds; the UTC date and time
         # of the same sentence are used here (the week number has only 10 bits).
         mask = ONLINE
@@ -954,27 +993,27 @@ class CycleEngine:
 
     # Sentences that carry no fix: only whether they bring new data matters (a report after
     # the cycle's end), as in gpsd's handlers.
-    def _hdg(self, f: list[str], count: int) -> int:
+    def _hdg(self, f: Fields, count: int) -> int:
         heading, deviation = _atof(f[1]), _atof(f[2])
         if not f[1] or not 0.0 <= heading <= 360.0 or deviation < 0.0 or deviation > 360.0:
             return ONLINE
         return ONLINE | OTHER
 
-    def _heading(self, f: list[str], count: int) -> int:  # HDM, HDT
+    def _heading(self, f: Fields, count: int) -> int:  # HDM, HDT
         return ONLINE | ATTITUDE if f[1] and 0.0 <= _atof(f[1]) <= 360.0 else ONLINE
 
-    def _rot(self, f: list[str], count: int) -> int:
+    def _rot(self, f: Fields, count: int) -> int:
         return ONLINE | ATTITUDE if f[1] and f[2][:1] == "A" else ONLINE
 
-    def _mwv(self, f: list[str], count: int) -> int:
+    def _mwv(self, f: Fields, count: int) -> int:
         relative = f[2][:1] == "R" and f[4][:1] == "N" and f[5][:1] == "A"
         return ONLINE | OTHER if relative else ONLINE
 
-    def _depth(self, f: list[str], count: int) -> int:  # DBT, DPT
+    def _depth(self, f: Fields, count: int) -> int:  # DBT, DPT
         present = (f[3] or f[1] or f[5]) if f[0][2:] == "DBT" else f[1]
         return ONLINE | OTHER if present else ONLINE
 
-    def _xdr(self, f: list[str], count: int) -> int:
+    def _xdr(self, f: Fields, count: int) -> int:
         for i in range(min(count // 4, 10)):
             j = i * 4
             kind, name = f[j + 1][:1], f[j + 4]
@@ -986,17 +1025,36 @@ class CycleEngine:
                 return ONLINE | ATTITUDE
         return ONLINE
 
-    def _online(self, f: list[str], count: int) -> int:
+    def _online(self, f: Fields, count: int) -> int:
         return ONLINE
 
-    def _other(self, f: list[str], count: int) -> int:
+    def _other(self, f: Fields, count: int) -> int:
         return ONLINE | OTHER
 
-    def _attitude(self, f: list[str], count: int) -> int:
+    def _attitude(self, f: Fields, count: int) -> int:
         return ONLINE | ATTITUDE
 
 
-_PAD = [""] * 20
+@lru_cache(maxsize=256)
+def _gsa_keys(
+    talker: str, system_id: int, prns: tuple[str, ...]
+) -> tuple[tuple[str | None, int], ...]:
+    """GSA's satellite fields to (system, number) keys, as gpsd reads them (numbers 1-600,
+    up to the first field with a decimal point, which is PDOP). Receivers repeat the same
+    GSA for many cycles, hence the cache."""
+    keys: dict[tuple[str | None, int], None] = {}
+    for s in prns:
+        if not s:
+            continue
+        if "." in s:
+            break
+        n = _atoi(s)
+        if 1 <= n <= 600:
+            keys[(system_of(talker, n, system_id), n)] = None
+    return tuple(keys)
+
+
+_PADS = [("",) * (20 - k) for k in range(20)]  # fields up to index 19 exist, empty
 # Talkers after which gpsd expects GPGSA/GPGSV not to end a group (GL, GA, GB, BD, GI, GN, QZ).
 _OTHER_TALKERS = frozenset("ABDILNQZ")
 
@@ -1084,13 +1142,17 @@ def _entries() -> tuple[dict[str, _Entry], dict[str, _Entry], dict[tuple[str, st
     }
     for name, nf in (("FWsts", 6), ("GPctr", 6), ("GPdbg", 19), ("GPreh", 2), ("GPver", 4)):
         sub[("PERC", name)] = (nf, e._online)
-    cont = {"GLL"}
     fix = {"RMC", "GGA", "GNS", "GLL", "GSA", "PASHR", "PSRFEPE", "PGRMZ", "PGRMF", "PMGNST"}
     fix |= {"PSTI030"}
+
+    def flags(tag: str) -> int:
+        named = {"GLL": _CONTINUER, "GSV": _GSV, "GSA": _GSA}.get(tag, 0)
+        return named | (_FIX if tag in fix else 0)
+
     return (
-        {k: _Entry(k, nf, k in cont, h, k in fix) for k, (nf, h) in short.items()},
-        {k: _Entry(k, nf, False, h, k in fix) for k, (nf, h) in long.items()},
-        {k: _Entry("".join(k), nf, False, h, "".join(k) in fix) for k, (nf, h) in sub.items()},
+        {k: (h, nf, flags(k), k) for k, (nf, h) in short.items()},
+        {k: (h, nf, flags(k), k) for k, (nf, h) in long.items()},
+        {k: (h, nf, flags("".join(k)), "".join(k)) for k, (nf, h) in sub.items()},
     )
 
 

@@ -133,7 +133,7 @@ def engine_reports(log: Path) -> list[Tpv]:
     out: list[Tpv] = []
     sentence = engine.sentence
 
-    def spy(fields: list[str], length: int) -> int:
+    def spy(fields: tuple[str, ...], length: int) -> int:
         mask = sentence(fields, length)
         if mask & REPORT:
             t, mode, lat, lon = engine.report()[:4]
