@@ -28,7 +28,16 @@ from dataclasses import dataclass
 from itertools import islice
 
 from agent.errors import NmeaError
-from agent.gps.nmea_cycle import CLEAR, NMEA_MAX, REPORT, CycleEngine, Report, has_position
+from agent.gps.nmea_cycle import (
+    CLEAR,
+    NMEA_MAX,
+    REPORT,
+    CycleEngine,
+    Prepared,
+    Report,
+    has_position,
+    prepare,
+)
 from agent.model import Fix, FixMode
 
 __all__ = [
@@ -180,7 +189,7 @@ class NmeaReader:
         self.stats = ReaderStats()
         self.engine = CycleEngine()
         self._pending = bytearray()
-        self._seen: dict[bytes, tuple[tuple[str, ...], int]] = {}  # valid lines, recently
+        self._seen: dict[bytes, Prepared] = {}  # valid lines seen recently, ready to run
         self._epoch_ms: int | None = None  # time of the reports being collected
         self._epoch_pos: Report | None = None  # its last report with a position
         self._epoch_last: Report | None = None  # its last report
@@ -219,17 +228,17 @@ class NmeaReader:
         stats.lines += len(lines)
         seen_get = self._seen.get
         check = self._check
-        sentence = self.engine.sentence
+        run = self.engine.run
         for line in lines:
-            seen = seen_get(line)
-            if seen is None:
+            prepared = seen_get(line)
+            if prepared is None:
                 if not line:
                     continue
-                seen = check(line, out)
-                if seen is None:
+                prepared = check(line, out)
+                if prepared is None:
                     continue
             stats.sentences += 1
-            mask = sentence(seen[0], seen[1])
+            mask = run(prepared)
             if mask & _CLEAR_OR_REPORT:
                 self._after(mask, out)
 
@@ -257,13 +266,13 @@ class NmeaReader:
         change, marine instruments): a line seen recently and found valid is not checked again.
         """
         stats = self.stats
-        seen = self._seen.get(line)
-        if seen is None:
-            seen = self._check(line, out)
-            if seen is None:
+        prepared = self._seen.get(line)
+        if prepared is None:
+            prepared = self._check(line, out)
+            if prepared is None:
                 return
         stats.sentences += 1
-        self._after(self.engine.sentence(seen[0], seen[1]), out)
+        self._after(self.engine.run(prepared), out)
 
     def _after(self, mask: int, out: list[Fix]) -> None:
         """A sentence started a cycle or was reported: collect and emit epochs."""
@@ -275,8 +284,8 @@ class NmeaReader:
         if mask & REPORT:
             self._report(engine.report(), out)
 
-    def _check(self, line: bytes, out: list[Fix]) -> tuple[tuple[str, ...], int] | None:
-        """Frame and checksum a line not seen recently: its fields and length, or None."""
+    def _check(self, line: bytes, out: list[Fix]) -> Prepared | None:
+        """Frame and checksum a line not seen recently: the sentence ready for the engine."""
         stats = self.stats
         start = line.rfind(b"$")
         if start < 0:
@@ -302,12 +311,16 @@ class NmeaReader:
         if not (address.isalnum() and address.isupper()) or len(address) < 2:
             stats.bad_fields += 1
             return None
+        prepared = prepare(tuple(fields), n + 2)
+        if prepared is None:
+            stats.bad_framing += 1
+            return None
         seen = self._seen
         if len(seen) >= _SEEN_MAX:  # forget the older half
             for old in list(islice(seen, _SEEN_MAX // 2)):
                 del seen[old]
-        checked = seen[line] = (tuple(fields), n + 2)
-        return checked
+        seen[line] = prepared
+        return prepared
 
     def _odd_line(self, line: bytes, out: list[Fix]) -> None:
         """A line not of the usual shape: a '*' in the body, text after the checksum, ..."""

@@ -34,6 +34,7 @@ import calendar
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 __all__ = [
     "CLEAR",
@@ -309,6 +310,9 @@ _STATUS_OF_FAA = {"D": 2, "E": 6, "F": 5, "M": 7, "P": 2, "R": 4, "S": 8}
 #: A table entry: (handler, gpsd's minimum field count ``nf``, flags, tag). The tag identifies
 #: the sentence type in the table of cycle enders (gpsd: its index in the sentence table).
 _Entry = tuple[Callable[["CycleEngine", "Fields", int], int], int, int, str]
+#: A sentence ready for :meth:`CycleEngine.run`: padded fields, their count before padding, its
+#: table entry (or None), flags, and a memo where handlers keep what they parsed from it.
+Prepared = tuple["Fields", int, "_Entry | None", int, list[Any]]
 _FIX = 1  # carries fix data: its data record starts empty
 _CONTINUER = 2  # may extend a cycle after its time changed (GLL)
 _GSV = 4  # satellites in view, in several parts
@@ -331,6 +335,7 @@ class CycleEngine:
         self.track = NAN
         self.hdop = NAN
         self.closed: Report | None = None  # the previous cycle's fix as it was when it ended
+        self._memo: list[Any] = [None]  # the memo of the sentence being handled
         self._last_report: Report | None = None
         # lastfix / oldfix: only what the mode rules read.
         self._last_time = 0
@@ -390,37 +395,24 @@ class CycleEngine:
     # ------------------------------------------------------------------ the detector
     def sentence(self, fields: Fields, length: int) -> int:
         """One checksum-verified sentence (``length``: its characters incl. CR LF)."""
-        if length > NMEA_MAX:
-            return ONLINE  # gpsd rejects overlong sentences before anything else
-        count = len(fields)
-        fields = fields + _PADS[count] if count < 20 else (*fields, "")  # missing ones: ""
-        address = fields[0]
-        if len(address) == 5 and address[0] != "P":
-            entry = _SHORT.get(address[2:])
-        else:
-            entry = _LONG.get(address)
-            if entry is None and address != "PGRMC":  # PGRMC: known, not decoded, not RMC
-                if len(address) == 5:
-                    entry = _SHORT.get(address[2:])
-                elif address == "PSTI" or address == "PERC":
-                    entry = _SUB.get((address, fields[1]))
-        if entry is None:
-            kind = address[2:5]
-            flags = _GSV if kind == "GSV" else _GSA if kind == "GSA" else 0
+        prepared = prepare(fields, length)
+        return ONLINE if prepared is None else self.run(prepared)
+
+    def run(self, prepared: Prepared) -> int:
+        """A sentence as :func:`prepare` made it ready (a reader may keep that for a line it
+        sees again: the handlers then keep what they parsed from it in its memo)."""
+        fields, count, entry, flags, memo = prepared
+        if entry is None or count < entry[1]:
             mask = ONLINE
             thistag = ""
         else:
-            handler, min_fields, flags, tag = entry
-            if count < min_fields:
-                mask = ONLINE
-                thistag = ""
-            else:
-                if flags & _FIX:
-                    self._n_lat = self._n_lon = self._n_alt_msl = self._n_alt_hae = NAN
-                    self._n_mode = self._n_status = 0
-                mask = handler(self, fields, count)
-                self._continue = flags & _CONTINUER != 0
-                thistag = tag
+            handler, _, _, thistag = entry
+            if flags & _FIX:
+                self._n_lat = self._n_lon = self._n_alt_msl = self._n_alt_hae = NAN
+                self._n_mode = self._n_status = 0
+            self._memo = memo
+            mask = handler(self, fields, count)
+            self._continue = flags & _CONTINUER != 0
         if not flags & _GSV and self._last_gsv_talker:
             self._end_gsv_talker = self._last_gsv_talker
             self._last_gsv_talker = ""
@@ -758,21 +750,17 @@ class CycleEngine:
         talker = f[0][1:2]
         previous = self._last_gsa_talker
         if not self._latch_mode:
-            mode = _atoi(f[2])
-            if 1 <= mode <= 3:
+            memo = self._memo
+            parsed = memo[0]
+            if parsed is None:
+                parsed = memo[0] = _parse_gsa(f, count)
+            mode, hdop, dop, keys = parsed
+            if mode:
                 self._n_mode = mode
                 mask = MODE
-            system_id = 0
-            if count <= 19:
-                # PDOP, HDOP, VDOP: gpsd keeps each one in 0.01-89.99 (only HDOP is used here).
-                hdop = _atof(f[16]) if f[16] else NAN
-                if 0.01 <= hdop <= 89.99:
-                    self.hdop = hdop
-                    mask |= DOP
-                elif any(0.01 <= _atof(f[i]) <= 89.99 for i in (15, 17) if f[i]):
-                    mask |= DOP
-                if count == 19 and f[18] and "." not in f[18]:
-                    system_id = _atoi(f[18])
+            if hdop == hdop:
+                self.hdop = hdop
+            mask |= dop
             if not previous or (talker == previous and talker not in ("N", "Q")):
                 self._used = {}
             self._systems = _STALE
@@ -780,7 +768,6 @@ class CycleEngine:
             if talker != "P" and talker in _OTHER_TALKERS:
                 self._seen_other_gsa = True
             used = self._used
-            keys = _gsa_keys(f[0][:2], system_id, tuple(f[3 : count - 3]))
             if len(used) + len(keys) <= MAXCHANNELS:
                 used.update(dict.fromkeys(keys))
             else:
@@ -796,39 +783,25 @@ class CycleEngine:
         return mask
 
     def _gsv(self, f: Fields, count: int) -> int:
-        s1, s2 = f[1], f[2]
-        total = int(s1) if s1.isdigit() else _atoi(s1)
-        part = int(s2) if s2.isdigit() else _atoi(s2)
-        if count <= 3 or not 1 <= total <= 10 or not 1 <= part <= total or count % 4 == 3:
-            self._zero_sky()
+        memo = self._memo
+        parsed = memo[0]
+        if parsed is None:
+            parsed = memo[0] = _parse_gsv(f, count)
+        shape, total, part, talker, add, az = parsed
+        if shape != _GSV_OK:
+            if shape == _GSV_BAD:
+                self._zero_sky()
             return ONLINE
-        if count % 4 == 2 and not 4 <= _atoi(f[count - 1]) <= 5:
-            return ONLINE  # Quectel's $PQGSV names BeiDou (4) or QZSS (5) only
-        talker = f[0][1:2]
         if part == 1 and not self._last_gsv_talker:
             self._zero_sky()
         self._last_gsv_talker = talker
         if talker != "P" and talker in _OTHER_TALKERS:
             self._seen_other_gsv = True
-        visible = self._visible
-        any_az = self._any_az
-        for base in range(4, count & ~3, 4):
-            s = f[base]
-            if not s or (not s.strip("0") if s.isdigit() else _atoi(s) == 0):
-                continue  # no satellite number, or 0
-            if visible >= MAXCHANNELS:
-                visible, any_az = 0, False
-                break
-            if not any_az:
-                # An azimuth of 0 (or 360) counts against the SiRF "all zero" check below.
-                az = f[base + 2]
-                if not f[base + 1] or not az:
-                    any_az = True
-                elif az.isdigit():
-                    any_az = az.lstrip("0") not in ("", "360")
-                else:
-                    any_az = _atoi(az) not in (0, 360)
-            visible += 1
+        visible = self._visible + add
+        if visible > MAXCHANNELS:  # gpsd zeroes the sky when it overflows
+            visible, any_az = 0, False
+        else:
+            any_az = self._any_az or az
         self._visible, self._any_az = visible, any_az
         if part < total:
             self._gsx_more = True
@@ -994,6 +967,13 @@ class CycleEngine:
     # Sentences that carry no fix: only whether they bring new data matters (a report after
     # the cycle's end), as in gpsd's handlers.
     def _hdg(self, f: Fields, count: int) -> int:
+        memo = self._memo
+        if memo[0] is None:
+            memo[0] = self._hdg_mask(f)
+        mask: int = memo[0]
+        return mask
+
+    def _hdg_mask(self, f: Fields) -> int:
         heading, deviation = _atof(f[1]), _atof(f[2])
         if not f[1] or not 0.0 <= heading <= 360.0 or deviation < 0.0 or deviation > 360.0:
             return ONLINE
@@ -1035,6 +1015,48 @@ class CycleEngine:
         return ONLINE | ATTITUDE
 
 
+_GSV_BAD, _GSV_SKIP, _GSV_OK = 0, 1, 2
+
+
+def _parse_gsa(f: Fields, count: int) -> tuple[int, float, int, tuple[tuple[str | None, int], ...]]:
+    """What a GSA says, whatever the state: (mode 1-3 or 0, HDOP or NaN, DOP bit, satellite
+    keys), as ``processGSA()`` reads them (DOPs kept in 0.01-89.99; a 19th field is the
+    NMEA 4.10 system ID unless it has a decimal point)."""
+    mode = _atoi(f[2])
+    hdop, dop, system_id = NAN, 0, 0
+    if count <= 19:
+        h = _atof(f[16]) if f[16] else NAN
+        if 0.01 <= h <= 89.99:
+            hdop, dop = h, DOP
+        elif any(0.01 <= _atof(f[i]) <= 89.99 for i in (15, 17) if f[i]):
+            dop = DOP
+        if count == 19 and f[18] and "." not in f[18]:
+            system_id = _atoi(f[18])
+    keys = _gsa_keys(f[0][:2], system_id, tuple(f[3 : count - 3]))
+    return (mode if 1 <= mode <= 3 else 0), hdop, dop, keys
+
+
+def _parse_gsv(f: Fields, count: int) -> tuple[int, int, int, str, int, bool]:
+    """What a GSV says, whatever the state: (shape, total parts, part, talker letter,
+    satellites with a number, whether one has a non-zero azimuth) as ``processGSV()`` reads
+    them (an azimuth of 0 or 360 counts against SiRF's "all zero" check)."""
+    total, part = _atoi(f[1]), _atoi(f[2])
+    if count <= 3 or not 1 <= total <= 10 or not 1 <= part <= total or count % 4 == 3:
+        return _GSV_BAD, total, part, "", 0, False
+    if count % 4 == 2 and not 4 <= _atoi(f[count - 1]) <= 5:
+        return _GSV_SKIP, total, part, "", 0, False  # $PQGSV: BeiDou (4) or QZSS (5) only
+    add, az_found = 0, False
+    for base in range(4, count & ~3, 4):
+        s = f[base]
+        if not s or _atoi(s) == 0:
+            continue  # no satellite number, or 0
+        add += 1
+        if not az_found:
+            el, az = f[base + 1], f[base + 2]
+            az_found = not el or not az or _atoi(az) not in (0, 360)
+    return _GSV_OK, total, part, f[0][1:2], add, az_found
+
+
 @lru_cache(maxsize=256)
 def _gsa_keys(
     talker: str, system_id: int, prns: tuple[str, ...]
@@ -1057,6 +1079,31 @@ def _gsa_keys(
 _PADS = [("",) * (20 - k) for k in range(20)]  # fields up to index 19 exist, empty
 # Talkers after which gpsd expects GPGSA/GPGSV not to end a group (GL, GA, GB, BD, GI, GN, QZ).
 _OTHER_TALKERS = frozenset("ABDILNQZ")
+
+
+def prepare(fields: Fields, length: int) -> Prepared | None:
+    """Find a sentence's table entry and give it gpsd's empty fields past the last; None for a
+    sentence gpsd rejects before anything else (longer than ``NMEA_MAX``)."""
+    if length > NMEA_MAX:
+        return None
+    count = len(fields)
+    fields = fields + _PADS[count] if count < 20 else (*fields, "")  # missing ones: ""
+    address = fields[0]
+    if len(address) == 5 and address[0] != "P":
+        entry = _SHORT.get(address[2:])
+    else:
+        entry = _LONG.get(address)
+        if entry is None and address != "PGRMC":  # PGRMC: known, not decoded, not RMC
+            if len(address) == 5:
+                entry = _SHORT.get(address[2:])
+            elif address == "PSTI" or address == "PERC":
+                entry = _SUB.get((address, fields[1]))
+    if entry is None:
+        kind = address[2:5]
+        flags = _GSV if kind == "GSV" else _GSA if kind == "GSA" else 0
+    else:
+        flags = entry[2]
+    return fields, count, entry, flags, [None]
 
 
 def _entries() -> tuple[dict[str, _Entry], dict[str, _Entry], dict[tuple[str, str], _Entry]]:

@@ -107,6 +107,7 @@ class ReceiverReader:
                 return
             if u > i:
                 self._text_region(bytes(buf[i:u]), nmea_out)
+                i = u
             if n - u < 6:
                 break  # the header is not all here yet
             length = buf[u + 4] | buf[u + 5] << 8
@@ -131,6 +132,7 @@ class ReceiverReader:
         """Bytes between binary frames: complete NMEA lines; a line cut by a frame is noise."""
         parts = _LINE_END.split(region)
         tail = parts.pop()
+        self.stats.nmea.lines += len(parts)
         for line in parts:
             if line:
                 self.nmea._line(line, out)

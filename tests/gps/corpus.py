@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.gps.nmea_cycle import REPORT
+from agent.gps.nmea_cycle import REPORT, Prepared
 from agent.gps.replay import read_fixes
 from agent.model import Fix, format_utc
 
@@ -131,10 +131,10 @@ def engine_reports(log: Path) -> list[Tpv]:
     reader = NmeaReader(log.name)
     engine = reader.engine
     out: list[Tpv] = []
-    sentence = engine.sentence
+    run = engine.run
 
-    def spy(fields: tuple[str, ...], length: int) -> int:
-        mask = sentence(fields, length)
+    def spy(prepared: Prepared) -> int:
+        mask = run(prepared)
         if mask & REPORT:
             t, mode, lat, lon = engine.report()[:4]
             pos = mode >= 2 and lat == lat and lon == lon
@@ -147,7 +147,7 @@ def engine_reports(log: Path) -> list[Tpv]:
             )
         return mask
 
-    engine.sentence = spy  # type: ignore[method-assign]
+    engine.run = spy  # type: ignore[method-assign]
     reader.feed(log.read_bytes())
     reader.flush()
     return out

@@ -103,6 +103,12 @@ def test_chunking_does_not_change_the_result() -> None:
             chunked += reader.feed(data[i : i + 7])
         chunked += reader.flush()
         assert chunked == whole, log.name
+        whole_reader = ReceiverReader(source=f"replay:{log.name}")
+        whole_reader.feed(data)
+        whole_reader.flush()
+        # Every sentence and frame is read once, however the bytes arrive.
+        assert reader.stats.nmea.sentences == whole_reader.stats.nmea.sentences, log.name
+        assert reader.stats.ubx.frames == whole_reader.stats.ubx.frames, log.name
 
 
 def test_the_cli_prints_what_the_agreement_measures(tmp_path: Path) -> None:
