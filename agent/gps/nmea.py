@@ -113,8 +113,9 @@ def checksum(body: bytes) -> int:
 
 
 _M512, _M256, _M128, _M64, _M32 = ((1 << b) - 1 for b in (512, 256, 128, 64, 32))
-#: A sentence as receivers send it: ``$``, printable ASCII without ``*``, ``*hh``, blanks.
-_SENTENCE = re.compile(rb"\$([\x20-\x29\x2b-\x7e]{2,})\*([0-9A-Fa-f]{2})[ \t]*\Z")
+#: A sentence as receivers send it: ``$``, an address of capitals and digits, printable ASCII
+#: without ``*``, ``*hh``, blanks.
+_SENTENCE = re.compile(rb"\$([A-Z][0-9A-Z]+(?:,[\x20-\x29\x2b-\x7e]*)?)\*([0-9A-Fa-f]{2})[ \t]*\Z")
 _HEX = {b"%02X" % i: i for i in range(256)} | {b"%02x" % i: i for i in range(256)}
 _HEX |= {(b"%02X" % i)[:1] + (b"%02x" % i)[1:]: i for i in range(256)}
 _HEX |= {(b"%02x" % i)[:1] + (b"%02X" % i)[1:]: i for i in range(256)}
@@ -306,12 +307,7 @@ class NmeaReader:
         if checksum(body) != _HEX[hex_sum]:
             stats.bad_checksum += 1
             return None
-        fields = body.decode("ascii").split(",")
-        address = fields[0]
-        if not (address.isalnum() and address.isupper()) or len(address) < 2:
-            stats.bad_fields += 1
-            return None
-        prepared = prepare(tuple(fields), n + 2)
+        prepared = prepare(tuple(body.decode("ascii").split(",")), n + 2)
         if prepared is None:
             stats.bad_framing += 1
             return None

@@ -67,6 +67,13 @@ class Receiver:
         reference of the corpus and of this reader), or None."""
         if self.gll_late:
             return "GLL a second late (3.22 keeps GLL's cycle-continue flag forever)"
+        if "GLL" in self.order:
+            after = self.order[(self.order.index("GLL") + 1) % len(self.order)]
+            if after in ("PUBX", "PSTI", "PERD"):
+                return (
+                    "GLL followed by a sentence gpsd does not decode (3.22 keeps GLL's "
+                    "cycle-continue flag forever; 3.26 carries it over such sentences only)"
+                )
         if "GGA" in self.order and "sats" in self.missing:
             return (
                 "GGA without a satellite count (3.22: no fix for every talker; 3.26: for GP/GN "

@@ -35,13 +35,16 @@ from .conftest import free_port
 from .receivers import Receiver, Truth, make_receiver, simulate
 
 SOAK = os.environ.get("EDGE_AGENT_SOAK") == "1"
-RECEIVERS, CYCLES = (400, 40) if SOAK else (30, 12)
+RECEIVERS, CYCLES = (400, 40) if SOAK else (36, 10)
 if os.environ.get("EDGE_AGENT_GPS_RECEIVERS"):
     RECEIVERS = int(os.environ["EDGE_AGENT_GPS_RECEIVERS"])
 SEED = int(os.environ.get("EDGE_AGENT_GPS_SEED", "17"))
 TOL = 1e-6
 
-pytestmark = pytest.mark.skipif(shutil.which("gpsfake") is None, reason="gpsfake missing")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("gpsfake") is None, reason="gpsfake missing"),
+    pytest.mark.timeout(3600 if SOAK else 300),
+]
 
 
 @dataclass
