@@ -53,6 +53,7 @@ bench: setup
 
 soak: setup
 	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -s tests/storage/test_powercut.py
+	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q tests/gps/test_receivers.py
 	$(PY) -m tests.chaos --minutes 60
 
 format: setup

@@ -403,6 +403,13 @@ class CycleEngine:
         sees again: the handlers then keep what they parsed from it in its memo)."""
         fields, count, entry, flags, memo = prepared
         if entry is None or count < entry[1]:
+            if not self._continue:  # the usual case: it only passes by
+                if not flags & _GSV and self._last_gsv_talker:
+                    self._end_gsv_talker = self._last_gsv_talker
+                    self._last_gsv_talker = ""
+                if not flags & _GSA:
+                    self._last_gsa_talker = ""
+                return ONLINE
             mask = ONLINE
             thistag = ""
         else:

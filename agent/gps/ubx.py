@@ -207,7 +207,7 @@ class UbxReader:
         t_ns = calendar.timegm((year, month, day, hour, minute, second)) * 1_000_000_000 + nano
         ms = (t_ns + 500_000) // 1_000_000
         invalid_llh = len(p) >= 80 and _PVT_FLAGS3.unpack_from(p, 78)[0] & 0x01
-        lat_deg, lon_deg = lat * 1e-7, lon * 1e-7
+        lat_deg, lon_deg = lat / 1e7, lon / 1e7
         has_pos = (
             flags & 0x01  # gnssFixOK
             and 1 <= fix_type <= 4
@@ -234,11 +234,11 @@ class UbxReader:
             lon=lon_deg if has_pos else None,
             alt=h_msl / 1000.0 if has_pos and mode == FixMode.FIX_3D else None,
             speed=g_speed / 1000.0 if has_pos else None,
-            track=head_mot * 1e-5 if has_pos else None,
+            track=head_mot / 1e5 if has_pos else None,
             quality=quality,
             sats_used=num_sv,
             source=self.source,
-            time_acc=t_acc * 1e-9,
+            time_acc=t_acc / 1e9,
             time_resolved=bool(valid & 0x04),
             time_confirmed=confirmed,
         )
