@@ -120,7 +120,10 @@ class ClockMonitor:
             return ClockState(ClockSource.NONE, None)
         acc, confirmed = self._receiver_time
         return ClockState(
-            ClockSource.GNSS, round(statistics.median(self._offsets), 3), acc, confirmed
+            ClockSource.GNSS,
+            round(statistics.median(self._offsets), 3),
+            time_acc_s=acc,
+            time_confirmed=confirmed,
         )
 
     def gnss_now(self) -> float | None:
