@@ -55,6 +55,7 @@ bench: setup
 soak: setup
 	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -s tests/storage/test_powercut.py \
 		tests/capture/test_recording_cut.py tests/app/test_run_bodycam_cut.py
+	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q tests/gps/test_receivers.py
 	$(PY) -m tests.chaos --minutes 60
 
 format: setup

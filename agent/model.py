@@ -37,6 +37,11 @@ class ClockState:
     synced: bool | None = None
     via: str = ""
 
+    # What the GNSS receiver says of its own time, when it says it (u-blox NAV-PVT): the
+    # accuracy estimate (tAcc, seconds) and whether date and time are confirmed.
+    time_acc_s: float | None = None
+    time_confirmed: bool | None = None
+
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"source": self.source.value, "offset_s": self.offset_s}
         if self.error_s is not None:
@@ -45,6 +50,10 @@ class ClockState:
             out["synced"] = self.synced
         if self.via:
             out["via"] = self.via
+        if self.time_acc_s is not None:
+            out["time_acc_s"] = self.time_acc_s
+        if self.time_confirmed is not None:
+            out["time_confirmed"] = self.time_confirmed
         return out
 
 
@@ -76,6 +85,13 @@ class Fix:
     sats_visible: int | None = None
     hdop: float | None = None
     source: str = ""
+    # Constellations used in the fix ("gps", "beidou", "galileo", "glonass", "qzss", "navic",
+    # "sbas"), where the receiver says so (GSA system IDs, GNS modes, UBX NAV-SAT/NAV-PVT).
+    systems: tuple[str, ...] | None = None
+    # The receiver's own view of its time (u-blox NAV-PVT; None when it does not say):
+    time_acc: float | None = None  # accuracy estimate of the time, seconds (tAcc)
+    time_resolved: bool | None = None  # UTC fully resolved, no ambiguity of whole seconds
+    time_confirmed: bool | None = None  # date and time confirmed by independent solutions
 
     @property
     def has_position(self) -> bool:

@@ -1,8 +1,12 @@
-"""GPS benchmarks: reader speed vs pynmea2, CPU of the whole GPS path at 10 Hz, RSS.
+"""GPS benchmarks: reader speed vs pynmea2 and pyubx2, CPU of the whole GPS path at 10 Hz, RSS.
 
-* ``gps/reader``: sentences per second of :class:`agent.gps.nmea.NmeaReader` over every
-  checksum-valid sentence of the corpus, versus ``pynmea2.parse`` on the same sentences in the
-  same run (target ratio >= 2).
+* ``gps/reader``: sentences per second of :class:`agent.gps.receiver.ReceiverReader` (the
+  reader the serial source and replay use: framing, checksums, gpsd's cycle rules, one Fix per
+  epoch) over every checksum-valid sentence of the corpus, versus ``pynmea2.parse`` plus the
+  field reads a tracker needs on the same sentences in the same run (target ratio >= 2).
+* ``gps/ubx``: NAV-PVT messages per second through the same reader (splitting, checksum,
+  decoding, one Fix per epoch) versus ``pyubx2.UBXReader.parse`` alone on the same frames
+  (target ratio >= 1: the reader validates with pyubx2 and must not cost more than it).
 * ``gps/cpu_10hz``: a GPS-only subprocess replays a 10 Hz log paced in real time through the
   whole path (replay source thread -> bounded queue -> consumer: strategy, clock, wire
   encoding of kept fixes) for ``CPU_RUN_S`` seconds; CPU seconds are scaled to one hour and
@@ -113,7 +117,7 @@ PYNMEA2_FIELDS = {
 def bench_reader(report: Reporter) -> None:
     import pynmea2
 
-    from agent.gps.nmea import NmeaReader
+    from agent.gps.receiver import ReceiverReader
 
     lines = corpus_sentences()
     blob = b"\r\n".join(lines) + b"\r\n"
@@ -121,8 +125,9 @@ def bench_reader(report: Reporter) -> None:
 
     def ours() -> float:
         t = time.perf_counter()
-        reader = NmeaReader()
-        reader.feed(blob)
+        reader = ReceiverReader()
+        for i in range(0, len(blob), 4096):  # as a serial port or a replay delivers it
+            reader.feed(blob[i : i + 4096])
         reader.flush()
         return time.perf_counter() - t
 
@@ -164,6 +169,60 @@ def bench_reader(report: Reporter) -> None:
         ratio_bare,
         "x",
         f"pynmea2.parse alone (lazy, converts no field) {n / bare_s:.0f} sentences/s",
+    )
+
+
+def nav_pvt_frames() -> list[bytes]:
+    """The NAV-PVT frames of the corpus's u-blox receiver (ZED-F9R), checksum-valid."""
+    from agent.gps.ubx import frame_ok
+
+    data = (CORPUS / "ublox-zed-f9r.log").read_bytes()
+    frames, i = [], 0
+    while (j := data.find(b"\xb5\x62\x01\x07", i)) >= 0:
+        n = data[j + 4] | data[j + 5] << 8
+        if frame_ok(data[j : j + 8 + n]):
+            frames.append(data[j : j + 8 + n])
+        i = j + 2
+    return frames
+
+
+def bench_ubx(report: Reporter) -> None:
+    from pyubx2 import UBXReader
+
+    from agent.gps.receiver import ReceiverReader
+
+    frames = nav_pvt_frames() * 100
+    stream = b"".join(frames)
+
+    def ours() -> float:
+        t = time.perf_counter()
+        reader = ReceiverReader()
+        for i in range(0, len(stream), 4096):
+            reader.feed(stream[i : i + 4096])
+        fixes = reader.stats.ubx.fixes + len(reader.flush())
+        elapsed = time.perf_counter() - t
+        assert fixes >= len(frames) // 100  # one per epoch (the log has 30 epochs, repeated)
+        return elapsed
+
+    def theirs() -> float:
+        t = time.perf_counter()
+        for f in frames:
+            UBXReader.parse(f)
+        return time.perf_counter() - t
+
+    rounds = [(ours(), theirs()) for _ in range(5)]
+    ours_s = min(r[0] for r in rounds)
+    theirs_s = min(r[1] for r in rounds)
+    ratio = statistics.median(r[1] / r[0] for r in rounds)
+    n = len(frames)
+    report.figure(
+        "gps",
+        "ubx",
+        n / ours_s,
+        f"NAV-PVT messages/s ({n} frames of a ZED-F9R: framing, checksum, decoding, epochs)",
+        ratio=ratio,
+        baseline=f"pyubx2 UBXReader.parse alone {n / theirs_s:.0f}/s",
+        target=1.0,
     )
 
 
@@ -214,4 +273,5 @@ def bench_path(report: Reporter) -> None:
 
 def run(report: Reporter) -> None:
     bench_reader(report)
+    bench_ubx(report)
     bench_path(report)

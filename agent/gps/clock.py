@@ -77,11 +77,12 @@ class ClockMonitor:
         self.warn_offset_s = warn_offset_s
         self._warned = False
         self.rejected = 0
+        self._receiver_time: tuple[float | None, bool | None] = (None, None)
 
     def observe(self, fix: Fix, received_at: float | None = None) -> ClockState:
         """Take one fix (received at ``received_at``, system time; default: now)."""
         now = self._now() if received_at is None else received_at
-        if not fix.has_position or not plausible_time(fix.time):
+        if not fix.has_position or not plausible_time(fix.time) or not self._time_usable(fix):
             if fix.has_position:
                 self.rejected += 1
             return self.state()
@@ -97,6 +98,15 @@ class ClockMonitor:
             log.info("system clock agrees with GNSS time again")
         self._warned = big
         return state
+
+    def _time_usable(self, fix: Fix) -> bool:
+        """The receiver's own word on its time (u-blox NAV-PVT): a UTC time that is not fully
+        resolved may be off by whole seconds and is not a sample; the accuracy estimate and
+        confirmation of the last sample go into the state."""
+        if fix.time_resolved is False:
+            return False
+        self._receiver_time = (fix.time_acc, fix.time_confirmed)
+        return True
 
     def _check_step(self) -> None:
         wm = self._now() - self._monotonic()
@@ -127,7 +137,14 @@ class ClockMonitor:
             # The system clock was stepped backwards, or GNSS has been silent too long for the
             # old offset to describe the clock now.
             return ClockState(ClockSource.NONE, None)
-        return ClockState(ClockSource.GNSS, round(statistics.median(self._offsets), 3), via="fixes")
+        acc, confirmed = self._receiver_time
+        return ClockState(
+            ClockSource.GNSS,
+            round(statistics.median(self._offsets), 3),
+            via="fixes",
+            time_acc_s=acc,
+            time_confirmed=confirmed,
+        )
 
     def gnss_now(self) -> float | None:
         """The current time by GNSS (system time corrected by the offset), if known."""

@@ -5,22 +5,24 @@ follows the fixes' own timestamps (the first fix is delivered at once, each late
 its time, relative to the first, has elapsed on the monotonic clock divided by ``speed``);
 waiting is ``stop.wait``, so a replay ends at once on shutdown.
 
-The format is recognised from the content: a file whose first data line is a JSON object is
-a gpsd log (``gpspipe -w`` output, or gpsd's ``.chk`` files, whose NMEA echo lines are
-skipped); anything else is read as NMEA with :class:`~agent.gps.nmea.NmeaReader` (binary
-noise and vendor sentences included).
+The format is recognised from the whole content, not from its first lines: a file that holds
+gpsd TPV reports (``{"class":"TPV",...}`` lines: ``gpspipe -w`` output, gpsd's ``.chk`` files,
+whose NMEA echo lines are then skipped) is a gpsd log; anything else is what a receiver sent
+and is read with :class:`~agent.gps.receiver.ReceiverReader` (NMEA and u-blox UBX, with gpsd's
+``VERSION``/``DEVICES``/``WATCH`` banner, comments and binary noise skipped).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from agent.errors import SourceError
-from agent.gps.nmea import NmeaReader
+from agent.gps.receiver import ReceiverReader
 from agent.gps.source import Emit
 from agent.gps.tpv import TpvAssembler
 from agent.model import Fix
@@ -30,22 +32,25 @@ log = logging.getLogger(__name__)
 CHUNK = 4096
 
 
+#: A gpsd TPV report on a line of its own.
+_TPV_LINE = re.compile(rb'(?m)^[ \t]*\{[ \t]*"class"[ \t]*:[ \t]*"TPV"')
+_SCAN = 1 << 20
+
+
 def detect_format(path: Path) -> str:
-    """``"gpsd-json"`` or ``"nmea"``."""
+    """``"gpsd-json"`` when the file holds gpsd TPV reports, else ``"receiver"``.
+
+    The whole file is scanned (a chunk at a time, overlapping by one line): a log may start
+    with gpsd's JSON banner and carry NMEA after it, or carry its first TPV late.
+    """
+    tail = b""
     with path.open("rb") as f:
-        head = f.read(65536)
-    for raw in head.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        if line.startswith(b"{") and b'"class"' in line:
-            return "gpsd-json"
-        if line.startswith((b"$", b"!")):
-            # NMEA first; a .chk file interleaves gpsd's JSON: look further.
-            if b'\n{"class":' in head:
+        while chunk := f.read(_SCAN):
+            data = tail + chunk
+            if _TPV_LINE.search(data):
                 return "gpsd-json"
-            return "nmea"
-    return "nmea"
+            tail = data[data.rfind(b"\n") + 1 :][-256:]
+    return "receiver"
 
 
 def read_fixes(path: Path) -> Iterator[Fix]:
@@ -62,7 +67,7 @@ def read_fixes(path: Path) -> Iterator[Fix]:
                 yield from tpv.feed_line(line)
             yield from tpv.flush()
         else:
-            reader = NmeaReader(source=f"replay:{path.name}")
+            reader = ReceiverReader(source=f"replay:{path.name}")
             while chunk := f.read(CHUNK):
                 yield from reader.feed(chunk)
             yield from reader.flush()

@@ -1,4 +1,4 @@
-"""NMEA straight off a serial port (USB or UART receiver) with pyserial.
+"""A receiver straight off a serial port (USB or UART) with pyserial: NMEA, u-blox UBX or both.
 
 Survives the receiver being unplugged and plugged back: a read error or a port that stays
 silent for ``stale_after_s`` closes the port, which is reopened with a capped exponential
@@ -16,7 +16,7 @@ from typing import cast
 import serial
 
 from agent.errors import SourceError
-from agent.gps.nmea import NmeaReader
+from agent.gps.receiver import ReceiverReader
 from agent.gps.source import Emit, LinkLog, open_with_backoff
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,9 @@ READ_TIMEOUT_S = 0.2
 
 
 class SerialSource:
-    """A :class:`~agent.gps.source.FixSource` reading NMEA 0183 from ``port`` at ``baud``.
+    """A :class:`~agent.gps.source.FixSource` reading a receiver on ``port`` at ``baud``.
+
+    The port may carry NMEA 0183, u-blox UBX or both (:class:`~agent.gps.receiver.ReceiverReader`).
 
     ``port`` may be a device path or any pyserial URL (``loop://``, ``socket://host:port``).
     """
@@ -45,7 +47,7 @@ class SerialSource:
         self.baud = baud
         self.reconnect_max_s = reconnect_max_s
         self.stale_after_s = stale_after_s
-        self.reader = NmeaReader(source=self.name)
+        self.reader = ReceiverReader(source=self.name)
         self.link = LinkLog(log, self.name)
         self.reopens = 0
 

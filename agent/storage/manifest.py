@@ -289,10 +289,12 @@ def _check_clock(clock: object, what: str) -> None:
     off = clock["offset_s"]
     if off is not None and not _seconds(off):
         raise FormatError(f"{what}: clock.offset_s must be null or a number of seconds")
-    if "error_s" in clock and not (_seconds(clock["error_s"]) and clock["error_s"] >= 0):
-        raise FormatError(f"{what}: clock.error_s must be a non-negative number of seconds")
-    if "synced" in clock and not isinstance(clock["synced"], bool):
-        raise FormatError(f"{what}: clock.synced must be true or false")
+    for name in ("error_s", "time_acc_s"):
+        if name in clock and not (_seconds(clock[name]) and clock[name] >= 0):
+            raise FormatError(f"{what}: clock.{name} must be a non-negative number of seconds")
+    for name in ("synced", "time_confirmed"):
+        if name in clock and not isinstance(clock[name], bool):
+            raise FormatError(f"{what}: clock.{name} must be true or false")
     if "via" in clock and clock["via"] not in CLOCK_VIA:
         raise FormatError(f"{what}: clock.via must be one of {', '.join(CLOCK_VIA)}")
 

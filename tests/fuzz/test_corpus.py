@@ -10,7 +10,7 @@ import pytest
 
 from agent.config import parse_config
 from agent.errors import AgentError, ConfigError, FormatError, VerificationError
-from agent.gps.nmea import NmeaReader
+from agent.gps.receiver import ReceiverReader
 from agent.ingest.store import Store
 from agent.storage.seal import parse_key_record, read_segment_info, verify_segment
 from agent.uplink import protocol as proto
@@ -28,7 +28,7 @@ def test_replay(case: Path, tmp_path: Path) -> None:
     target, data = case.parent.name, case.read_bytes()
     TRIED[f"corpus/{target}"] += 1
     if target == "nmea":
-        reader = NmeaReader("corpus")
+        reader = ReceiverReader("corpus")  # NMEA and u-blox UBX, as a receiver's port
         reader.feed(data)
         reader.flush()
     elif target == "segment":

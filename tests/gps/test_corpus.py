@@ -1,18 +1,33 @@
-"""KEY ACCEPTANCE: our NMEA reader agrees with gpsd over gpsd's own regression corpus.
+"""KEY ACCEPTANCE: our replay agrees with gpsd over gpsd's own regression corpus.
 
-For every epoch where gpsd's ``.chk`` reports a TPV fix (mode >= 2) our replay must report the
-same time (to the ms) and lat/lon within 1e-6 degrees for >= 99.5% of gpsd's epochs, and at
-most 0.5% of our fixes may fall at times where gpsd reports none (a log's final epoch aside).
-Only NMEA logs count (see ``docs/gps.md``); every log must still be read without error.
+For every epoch where gpsd's ``.chk`` reports a TPV fix (mode >= 2) our replay (the code of
+``edge-agent gps replay LOG --json``) must report the same time (to the ms) and lat/lon
+within 1e-6 degrees for >= 99.5% of gpsd's epochs, and at most 0.5% of our fixes may fall at
+times where gpsd reports none. All 50 logs count (the u-blox log through its UBX frames).
+
+A stricter second figure: for the NMEA logs, the cycle engine must reproduce gpsd's whole
+stream of TPV reports in order (time, mode, position), not only the last one of each epoch.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from agent.gps.nmea import NmeaReader
+from agent.gps.receiver import ReceiverReader
 
-from .corpus import CORPUS, compare, corpus_logs, is_binary_protocol, replay_fixes
+from .corpus import (
+    CORPUS,
+    compare,
+    corpus_logs,
+    is_binary_protocol,
+    replay_fixes,
+    report_agreement,
+)
 
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus missing: {CORPUS}")
 
@@ -22,8 +37,7 @@ def test_corpus_is_complete() -> None:
 
 
 def test_agreement_with_gpsd_over_the_corpus(report_lines: list[str]) -> None:
-    results = [compare(log) for log in corpus_logs() if not is_binary_protocol(log)]
-    skipped = [log.stem for log in corpus_logs() if is_binary_protocol(log)]
+    results = [compare(log) for log in corpus_logs()]
     epochs = sum(r.gpsd_epochs for r in results)
     strict = sum(r.matched for r in results)
     wkro = sum(r.matched_wkro for r in results)
@@ -32,11 +46,10 @@ def test_agreement_with_gpsd_over_the_corpus(report_lines: list[str]) -> None:
     agree = (strict + wkro) / epochs
     extra_share = extras / ours
     report_lines.append(
-        f"gps corpus agreement: {len(results)} NMEA logs (binary-protocol logs left out: "
-        f"{', '.join(skipped)}); gpsd epochs with a fix {epochs}; ours matched "
-        f"{strict + wkro} = {100 * agree:.2f}% ({strict} = {100 * strict / epochs:.2f}% "
-        f"without undoing gpsd's 1024-week WKRO shift on {wkro}); our fixes {ours}, "
-        f"at times gpsd reports none {extras} = {100 * extra_share:.2f}% (final epochs aside)"
+        f"gps corpus agreement: {len(results)} logs; gpsd epochs with a fix {epochs}; ours "
+        f"matched {strict + wkro} = {100 * agree:.2f}% ({strict} = {100 * strict / epochs:.2f}% "
+        f"without undoing gpsd's 1024-week WKRO shift on {wkro}); our fixes {ours}, at times "
+        f"gpsd reports none {extras} = {100 * extra_share:.2f}%"
     )
     for r in results:
         for m in r.misses:
@@ -48,10 +61,26 @@ def test_agreement_with_gpsd_over_the_corpus(report_lines: list[str]) -> None:
     assert extra_share <= 0.005, "\n".join(report_lines)
 
 
+def test_every_gpsd_report_in_order(report_lines: list[str]) -> None:
+    """The engine reports what gpsd reports, when gpsd reports it (NMEA logs)."""
+    total = same = 0
+    for log in corpus_logs():
+        if is_binary_protocol(log):
+            continue  # gpsd's u-blox driver reports those cycles, not its NMEA driver
+        n, k = report_agreement(log)
+        total, same = total + n, same + k
+        if k < n:
+            report_lines.append(f"  {log.stem}: {k} of gpsd's {n} reports in order")
+    report_lines.append(
+        f"gps corpus reports: {same} of gpsd's {total} TPV reports reproduced in order "
+        f"({100 * same / total:.2f}%)"
+    )
+    assert total > 4000
+    assert same / total >= 0.99, "\n".join(report_lines)
+
+
 @pytest.mark.parametrize("log", corpus_logs(), ids=lambda p: p.stem)
 def test_every_log_is_read_without_error(log: object) -> None:
-    from pathlib import Path
-
     assert isinstance(log, Path)
     fixes = replay_fixes(log)
     times = [f.time for f in fixes if f.has_position]
@@ -64,12 +93,37 @@ def test_every_log_is_read_without_error(log: object) -> None:
 
 def test_chunking_does_not_change_the_result() -> None:
     """Feeding a log in odd-sized chunks (as a serial port does) gives the same fixes."""
-    for log in corpus_logs()[:12]:
+    logs = corpus_logs()[:12] + [p for p in corpus_logs() if is_binary_protocol(p)]
+    for log in logs:
         data = log.read_bytes()
         whole = replay_fixes(log)
-        reader = NmeaReader(source=log.name)
+        reader = ReceiverReader(source=f"replay:{log.name}")
         chunked = []
         for i in range(0, len(data), 7):
             chunked += reader.feed(data[i : i + 7])
         chunked += reader.flush()
         assert chunked == whole, log.name
+        whole_reader = ReceiverReader(source=f"replay:{log.name}")
+        whole_reader.feed(data)
+        whole_reader.flush()
+        # Every sentence and frame is read once, however the bytes arrive.
+        assert reader.stats.nmea.sentences == whole_reader.stats.nmea.sentences, log.name
+        assert reader.stats.ubx.frames == whole_reader.stats.ubx.frames, log.name
+
+
+def test_the_cli_prints_what_the_agreement_measures(tmp_path: Path) -> None:
+    """``edge-agent gps replay LOG --json``: one TPV per fix, the times and positions above."""
+    for name in ("ublox-zed-f9r", "beidou-bd", "telit-pls83-w"):
+        log = CORPUS / f"{name}.log"
+        out = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "gps", "replay", str(log), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        tpvs = [json.loads(line) for line in out.splitlines()]
+        fixes = replay_fixes(log)
+        assert [t["time"] for t in tpvs] == [f.iso_time() for f in fixes]
+        assert [t.get("lat") for t in tpvs] == [f.lat for f in fixes]
+        assert any(t.get("lat") is not None for t in tpvs)
