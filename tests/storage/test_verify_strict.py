@@ -127,6 +127,13 @@ def _drop(name: str) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _append(name: str, suffix: str) -> Callable[[dict[str, Any]], None]:
+    def edit(m: dict[str, Any]) -> None:
+        m[name] = m[name] + suffix
+
+    return edit
+
+
 MANIFEST_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "extra field": _set("note", "hello"),
     "missing field": _drop("sealed_utc"),
@@ -137,6 +144,12 @@ MANIFEST_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "start_utc not a real date": _set("start_utc", "2026-02-30T10:00:00.000Z"),
     "end_utc without milliseconds": _set("end_utc", "2026-09-21T14:13:20Z"),
     "sealed_utc with an offset": _set("sealed_utc", "2026-09-21T14:13:20.000+00:00"),
+    "start_utc with a final newline": _append("start_utc", "\n"),
+    "start_utc in non-ASCII digits": _set(
+        "start_utc", "\uff12\uff10\uff12\uff16-09-21T14:13:20.000Z"
+    ),
+    "content type with a final newline": _append("content_type", "\n"),
+    "sealed meta with a final newline": _append("sealed_meta", "\n"),
     "upper-case plain_sha256": _upper("plain_sha256"),
     "upper-case body_sha256": _upper("body_sha256"),
     "upper-case salt": _upper("salt"),
