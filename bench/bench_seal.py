@@ -16,7 +16,7 @@ from agent.storage.seal import (
     decrypt_segment,
     parse_key_record,
     read_segment_info,
-    verify_segment,
+    verify_decrypt_segment,
 )
 from bench import Reporter
 from bench.common import Lab, best_of
@@ -61,14 +61,12 @@ def _measure(lab: Lab, report: Reporter, cipher: str, mib: int) -> None:
         out = io.BytesIO()
         sealer.seal(out, header, ChainLink(0, None), [data], key)
         info = read_segment_info(out)
-        # The platform's verify: signature and body hash, then AEAD + signed plaintext hash.
-        verify_segment(out, info)
-        decrypt_segment(out, info, dk, lambda _b: None)
+        # The platform's verify: signature, then body hash, AEAD and plaintext hash in one read.
+        verify_decrypt_segment(out, info, dk, lambda _b: None)
 
     def verify() -> None:
         info = read_segment_info(sealed)
-        verify_segment(sealed, info)
-        decrypt_segment(sealed, info, dk, lambda _b: None)
+        verify_decrypt_segment(sealed, info, dk, lambda _b: None)
 
     def decrypt_only() -> None:
         decrypt_segment(sealed, read_segment_info(sealed), dk, lambda _b: None)

@@ -421,6 +421,7 @@ def seal_segment(
     chunk_size: int,
     pieces: Iterable[bytes],
     sealed_utc: float,
+    device_pub: bytes | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Encrypt ``pieces`` chunk by chunk into ``out``; return (manifest, manifest bytes).
 
@@ -445,6 +446,7 @@ def seal_segment(
         boot_id=boot_id,
         signing_key=signing_key,
         sealed_utc=sealed_utc,
+        device_pub=device_pub,
     )
 
 
@@ -458,15 +460,17 @@ def seal_trailer(
     boot_id: str,
     signing_key: Ed25519PrivateKey,
     sealed_utc: float,
+    device_pub: bytes | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Write the manifest and signature after a finished :class:`BodyWriter` body.
 
     ``header.meta`` is sealed under the data key here, at the end, since a journaled
-    segment's meta is only known when it ends.
+    segment's meta is only known when it ends. ``device_pub``: the raw public half of
+    ``signing_key``, when the caller holds it (deriving it costs a scalar multiplication).
     """
     if not body.finished:
         raise FormatError("segment body: the final chunk is missing")
-    dpk = raw_public(signing_key.public_key())
+    dpk = device_pub if device_pub is not None else raw_public(signing_key.public_key())
     sealed_meta = aead_for(body.cipher, meta_key(body.key.secret, body.salt)).encrypt(
         META_NONCE, _meta_bytes(header.meta, f"{header.stream}#{link.seq}"), None
     )

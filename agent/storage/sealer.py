@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent import wallclock
 from agent.ids import check_boot_id, check_device_id
+from agent.storage.keys import raw_public
 from agent.storage.seal import (
     BodyWriter,
     ChainLink,
@@ -48,6 +49,7 @@ class Sealer:
         self.device_id = check_device_id(device_id)
         self.boot_id = check_boot_id(boot_id)
         self._signing_key = signing_key
+        self._device_pub = raw_public(signing_key.public_key())
         self._platform_public = platform_public
         self.settings = settings
         self._clock = clock
@@ -96,6 +98,7 @@ class Sealer:
             chunk_size=self.settings.chunk_size,
             pieces=pieces,
             sealed_utc=self._clock(),
+            device_pub=self._device_pub,
         )
 
     # Streamed sealing (the fragment journal): the body is written as it arrives.
@@ -117,4 +120,5 @@ class Sealer:
             boot_id=self.boot_id,
             signing_key=self._signing_key,
             sealed_utc=self._clock(),
+            device_pub=self._device_pub,
         )
