@@ -427,7 +427,9 @@ def seal_segment(
 
     Memory stays bounded by two chunks whatever the segment's size. Plaintext goes only to
     the hash and the cipher, never to ``out``; ``header.meta`` is sealed under the data key.
-    The manifest is checked by the verifier's own rules before it is signed.
+    The manifest is checked by the verifier's own rules before it is signed. ``out`` must
+    take the bytes it is given before its ``write`` returns (a file does): frames come from
+    one reused buffer.
     """
     body = BodyWriter(key, cipher, chunk_size)
     out.write(body.prefix())
