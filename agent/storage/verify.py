@@ -379,6 +379,9 @@ def _open(
         later.append(Problem("output_refused", info.label, str(exc)))
         return
     except OSError as exc:
+        # Writing the plaintext out failed, or reading the segment did: the body is judged
+        # on its own then (a segment that cannot be read is the caller's "unreadable").
+        verify_body(f, info)
         later.append(Problem("unreadable", info.label, str(exc)))
         return
     summary = report.streams.setdefault(
