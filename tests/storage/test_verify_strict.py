@@ -585,3 +585,22 @@ def test_a_segment_in_another_streams_directory_is_misplaced(store: Path) -> Non
     dest.parent.mkdir()
     src.rename(dest)
     assert ("misplaced", "dev-1/video#0") in kinds(verify_paths([store]))
+
+
+@pytest.mark.parametrize("where", ["first chunk", "last chunk"])
+def test_an_altered_body_is_named_so_with_the_platform_key_in_one_read(
+    store: Path, keyset: KeySet, where: str
+) -> None:
+    """With the key the body is hashed and decrypted in one read; a flipped body byte (whose
+    chunk also fails authentication) is still "body_altered", exactly as without the key,
+    and nothing is reported from decrypting a body that is not the signed one."""
+    p = seg(store, "video", 1)
+    data = bytearray(p.read_bytes())
+    data[8 + 100 if where == "first chunk" else 8 + 2 * (4 + CHUNK + 16) + 100] ^= 0x01
+    p.write_bytes(bytes(data))
+    keyless = verify_paths([store])
+    keyed = verify_paths([store], platform_private=keyset.platform_private)
+    assert ("body_altered", str(p)) in kinds(keyed), keyed.problems
+    assert not {"decrypt_failed", "bad_content"} & {k for k, _ in kinds(keyed)}, keyed.problems
+    assert kinds(keyed) == kinds(keyless)  # the same findings (the gap it leaves included)
+    assert "dev-1/video#1" not in keyed.metas
