@@ -91,6 +91,9 @@ CREATE TABLE IF NOT EXISTS keys (
 """
 
 EVENT_STREAM = "event"
+# A put's index row is committed without a WAL sync, but at least this often one is synced,
+# so a power cut leaves at most this long of rows for recovery to rebuild (adopt).
+INDEX_SYNC_S = 30.0
 BALLAST = ".ballast"
 BALLAST_BYTES = 4 * 1024 * 1024
 
@@ -149,6 +152,7 @@ class Spool:
         self._stored_keys: set[str] = set()
         self._inflight: set[int] = set()
         self._ballast_released = False
+        self._synced_at = time.monotonic()  # the last durable index commit
         self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
         for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
             makedirs_durable(self.root / sub)
@@ -192,6 +196,8 @@ class Spool:
                         self._db.execute("ROLLBACK")
                         raise
                     self._db.execute("COMMIT")
+                    if durable:
+                        self._synced_at = time.monotonic()
                 finally:
                     if not durable:
                         self._db.execute("PRAGMA synchronous=FULL")
@@ -305,6 +311,11 @@ class Spool:
                     "SELECT COALESCE(SUM(size), 0) FROM segments WHERE class=?", (cls.value,)
                 ).fetchone()
                 self._used[cls] = int(used)
+        if stats["adopted"]:
+            log.info(
+                "spool: adopted %d sealed segments whose index rows the last stop lost",
+                stats["adopted"],
+            )
         if stats["quarantined"] or stats["lost"]:
             self._put_event_safe(
                 "spool_recovery",
@@ -359,7 +370,7 @@ class Spool:
             )
             seen.add(key)
             stats["adopted"] += 1
-            log.info("spool: adopted %s sealed just before the last stop", info.label)
+            log.debug("spool: adopted %s, sealed but not indexed at the last stop", info.label)
             return
         self._quarantine(path, f"{info.label} is not in the index and does not extend its chain")
         stats["quarantined"] += 1
@@ -381,9 +392,11 @@ class Spool:
         ``durable=False`` (a put): the row is committed without its own WAL sync. A power
         cut may lose it, never the file: recovery adopts a sealed file that extends its
         stream's chain (:meth:`_recover_file`), so the put's promise holds either way, and the
-        next durable commit (an acknowledgement, a key) makes the row durable too.
+        next durable commit (an acknowledgement, a key, or this one when the last was
+        ``INDEX_SYNC_S`` ago) makes the row durable too.
         """
         cls = classify(stream)
+        durable = durable or time.monotonic() - self._synced_at >= INDEX_SYNC_S
         with self._tx(durable=durable) as db:
             db.execute(
                 "INSERT INTO segments (stream, seq, boot, key_id, class, size, manifest_hash,"
