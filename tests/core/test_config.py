@@ -43,7 +43,7 @@ def test_example_config_is_valid() -> None:
         ),
         (
             '[device]\nid="a"\n[seal]\ncipher="rot13"\n',
-            "seal.cipher: must be one of aes-256-gcm, chacha20-poly1305",
+            "seal.cipher: must be one of auto, aes-256-gcm, chacha20-poly1305",
         ),
         ('[device]\nid="a b"\n', "device.id: must be 1-64 ASCII letters"),
         ("[device]\n", "device.id: required"),
