@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.settings import check, in_range, one_of
 
-_MODEM = re.compile(r"^(any|[0-9]{1,4}|/org/freedesktop/ModemManager1/Modem/[0-9]{1,4})$")
+_MODEM = re.compile(r"^(any|[0-9]{1,4}|/org/freedesktop/ModemManager1/Modem/[0-9]{1,4})\Z")
 
 
 def _modem(v: Any) -> str | None:

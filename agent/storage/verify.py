@@ -51,7 +51,7 @@ from agent.storage.seal import (
 
 log = logging.getLogger(__name__)
 
-SEQ_NAME = re.compile(r"^(\d+)\.seg$")
+SEQ_NAME = re.compile(r"^([0-9]+)\.seg\Z")
 MAX_KEY_RECORD = PREFIX_LEN + MAX_MANIFEST + TRAILER_FIXED
 EXTENSIONS = {
     "video/mp4": ".mp4",

@@ -9,7 +9,7 @@ from typing import Any
 from agent.settings import check, in_range
 
 RATES = (8000, 12000, 16000, 24000, 48000)
-GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _groups(v: Any) -> str | None:

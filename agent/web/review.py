@@ -74,14 +74,14 @@ MEDIA_TYPES = {
     "application/json": "application/json",
 }
 ROUTES: list[tuple[str, re.Pattern[str]]] = [
-    ("devices", re.compile(r"^/$")),
-    ("device", re.compile(r"^/d/(?P<dev>[^/]{1,64})$")),
+    ("devices", re.compile(r"^/\Z")),
+    ("device", re.compile(r"^/d/(?P<dev>[^/]{1,64})\Z")),
     (
         "segment",
-        re.compile(r"^/d/(?P<dev>[^/]{1,64})/s/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})$"),
+        re.compile(r"^/d/(?P<dev>[^/]{1,64})/s/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})\Z"),
     ),
-    ("media", re.compile(r"^/d/(?P<dev>[^/]{1,64})/m/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})$")),
-    ("static", re.compile(r"^/static/(?P<name>[^/]{1,64})$")),
+    ("media", re.compile(r"^/d/(?P<dev>[^/]{1,64})/m/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})\Z")),
+    ("static", re.compile(r"^/static/(?P<name>[^/]{1,64})\Z")),
 ]
 
 

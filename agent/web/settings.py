@@ -35,7 +35,7 @@ def _host(v: object) -> str | None:
 def _pin(v: object) -> str | None:
     if v == "":
         return None
-    if not isinstance(v, str) or not v.isdigit() or not 4 <= len(v) <= 12:
+    if not isinstance(v, str) or not (v.isascii() and v.isdigit()) or not 4 <= len(v) <= 12:
         return "must be 4-12 digits"
     return None
 

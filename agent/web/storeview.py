@@ -51,8 +51,8 @@ from agent.web.liveview import LiveView, read_live
 
 log = logging.getLogger(__name__)
 
-SEQ_TEXT_RE = re.compile(r"^\d{1,12}$")
-SEG_NAME_RE = re.compile(r"^(\d{12})\.seg$")
+SEQ_TEXT_RE = re.compile(r"^[0-9]{1,12}\Z")
+SEG_NAME_RE = re.compile(r"^([0-9]{12})\.seg\Z")
 MAX_EVENT_JSON = 256 * 1024
 MAX_EVENT_DEPTH = 16
 # Problems that make a stored segment fail (a gap is shown as a gap, not as a failure).
