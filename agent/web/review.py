@@ -80,7 +80,10 @@ ROUTES: list[tuple[str, re.Pattern[str]]] = [
         "segment",
         re.compile(r"^/d/(?P<dev>[^/]{1,64})/s/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})\Z"),
     ),
-    ("media", re.compile(r"^/d/(?P<dev>[^/]{1,64})/m/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})\Z")),
+    (
+        "media",
+        re.compile(r"^/d/(?P<dev>[^/]{1,64})/m/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})\Z"),
+    ),
     ("static", re.compile(r"^/static/(?P<name>[^/]{1,64})\Z")),
 ]
 
