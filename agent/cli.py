@@ -18,16 +18,17 @@ from agent.errors import AgentError
 
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "agent.storage.commands",
-    "agent.gps.commands",
-    "agent.uplink.commands",
-    "agent.ingest.commands",
-    "agent.capture.commands",
-    "agent.app_commands",
-    "agent.provision_commands",
-    "agent.web.commands",
-    "agent.talk.commands",
-    "agent.jt808.commands",
+    "agent.storage.cli",
+    "agent.gps.cli",
+    "agent.uplink.cli",
+    "agent.ingest.cli",
+    "agent.capture.cli",
+    "agent.runtime.cli",
+    "agent.config.cli",
+    "agent.enrol.cli",
+    "agent.web.cli",
+    "agent.talk.cli",
+    "agent.jt808.cli",
 )
 
 log = logging.getLogger("edge-agent")

@@ -56,7 +56,8 @@ def _flood(link: Any, topic: str, stop: threading.Event, sent: list[int]) -> Non
 
 
 def run(report: Reporter) -> None:
-    from agent.capture.pulse_lab import PulseServer
+    from agent.labs.broker import INGEST_IDENTITY, Mosquitto, make_pki
+    from agent.labs.pulse import PulseServer
     from agent.storage.keys import (
         init_device_keys,
         init_platform_keys,
@@ -69,7 +70,6 @@ def run(report: Reporter) -> None:
     from agent.talk.device import Talk
     from agent.talk.platform import Listener
     from agent.talk.settings import TalkSettings
-    from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, make_pki
     from agent.uplink.mqtt import LinkConfig, MqttLink
 
     device = "talk-bench"

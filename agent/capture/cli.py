@@ -60,7 +60,7 @@ def _settings(args: argparse.Namespace, board: Any) -> tuple[Any, dict[str, str]
     settings = VideoSettings()
     given: set[str] = set()
     if args.config:
-        from agent.config import load_config
+        from agent.config.schema import load_config
 
         cfg = load_config(args.config)
         settings = cfg.video

@@ -1,12 +1,12 @@
-"""Remote settings (``settings.get``, ``settings.set``) and ``time.sync``, for the command channel.
+"""Remote settings (``settings.get``, ``settings.set``), for the command channels.
 
 The platform (signed commands) and the device's control socket may change a chosen set of
 settings: report intervals, segment lengths, bitrates, ... Each change is
 
 - **validated** exactly as the config loader validates the file (the new
-  :class:`~agent.config.AgentConfig` is built with :func:`agent.settings.load_dataclass`, so a
-  bad value is refused with the loader's message naming the field, e.g.
-  ``video.bitrate_kbps: must be 100..100000, got 5``);
+  :class:`~agent.config.schema.AgentConfig` is built with
+  :func:`agent.config.fields.load_dataclass`, so a bad value is refused with the loader's
+  message naming the field, e.g. ``video.bitrate_kbps: must be 100..100000, got 5``);
 - **persisted** in an overrides file under the state directory (``/var/lib/edge-agent/
   overrides.toml`` by default: the service may not write ``/etc/edge-agent``), which
   :func:`load_with_overrides` merges over ``agent.toml`` at every start;
@@ -19,12 +19,8 @@ Settable keys are limited to :data:`SETTABLE` (tables or single keys): identity,
 and the broker connection are not, because a wrong value sent remotely could cut the device off
 for good; those change on the device with ``edge-agent provision``.
 
-``time.sync`` reports the GNSS-minus-system offset from :class:`agent.gps.clock.ClockMonitor`
-and, with ``{"apply": true}``, steps the system clock to GNSS time, but only where the process
-may (``may_step_clock``) and the clock is not kept by NTP. On a Raspberry Pi the clock is
-normally set by chrony or systemd-timesyncd (which can use the GNSS receiver through gpsd as a
-reference), and the systemd unit forbids the agent to set it (``ProtectClock=yes``, no
-``CAP_SYS_TIME``): there the command refuses with that reason and only reports.
+``time.sync`` (the clock, not a setting) is :mod:`agent.gps.time_sync`; the root gives both
+to each channel (:mod:`agent.runtime.routing`).
 """
 
 from __future__ import annotations
@@ -32,26 +28,22 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.config import AgentConfig
+from agent.config.fields import load_dataclass
+from agent.config.schema import AgentConfig, check_profile
+from agent.config.toml_write import config_to_dict, render_toml
 from agent.errors import AgentError, CommandError, ConfigError
-from agent.settings import load_dataclass
 from agent.storage.durable import write_atomic
-from agent.toml_render import config_to_dict, render_toml
 
 if TYPE_CHECKING:
-    from agent.gps.clock import ClockMonitor
     from agent.gps.service import GpsService
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 OVERRIDES_NAME = "overrides.toml"
 
@@ -88,10 +80,6 @@ SETTABLE: tuple[str, ...] = (
 
 #: Keys a running agent takes at once (the rest: at the next start).
 LIVE: tuple[str, ...] = ("gps.strategy", "log.level")
-
-#: Below this GNSS-minus-system offset, stepping the clock does nothing useful.
-STEP_MIN_S = 0.5
-_UNSET = object()
 
 
 def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -138,7 +126,7 @@ def merge_overrides(base: str | Mapping[str, Any], overrides: Mapping[str, Any])
 
     ``overrides`` may be nested tables (as read from ``overrides.toml``) or flat dotted keys
     (``{"video.segment_s": 20}``), or both. Only the keys named are replaced; tables merge key
-    by key. The result is a new dict for :func:`agent.settings.load_dataclass`; neither input
+    by key. The result is a new dict for :func:`agent.config.fields.load_dataclass`; neither input
     is changed. Validation is the loader's: unknown keys and bad values fail there, naming the
     field.
     """
@@ -190,7 +178,7 @@ def load_with_overrides(config_path: Path, overrides_path: Path | None = None) -
     file that cannot be read or no longer validates (e.g. after an upgrade changed a limit) is
     logged and ignored: the device starts with its config rather than not at all.
     """
-    from agent.config import load_config
+    from agent.config.schema import load_config
 
     cfg = load_config(config_path)
     path = overrides_path or default_overrides_path(cfg)
@@ -307,8 +295,6 @@ class RemoteSettings:
         overrides = {**self.overrides, **changes}
         try:
             new = build_config(self.base, overrides)
-            from agent.app import check_profile
-
             check_profile(new)
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
@@ -371,142 +357,3 @@ class RemoteSettings:
             logging.getLogger().setLevel(new.log.level.upper())
             self.running = replace(self.running, log=new.log)
         return live, restart
-
-
-# --------------------------------------------------------------------------- time
-
-
-def _ntp_synchronised() -> bool | None:
-    from agent.selftest import timedatectl
-
-    info = timedatectl()
-    if info is None:
-        return None
-    return info.get("NTPSynchronized") == "yes"
-
-
-class TimeSync:
-    def __init__(
-        self,
-        clock: ClockMonitor,
-        *,
-        spool: Any = None,
-        may_step_clock: bool = False,
-        ntp_synchronised: Callable[[], bool | None] = _ntp_synchronised,
-        step: Callable[[float], None] | None = None,
-    ) -> None:
-        self.clock = clock
-        self.spool = spool
-        self.may_step_clock = may_step_clock
-        self._ntp = ntp_synchronised
-        self._step = step or (lambda t: time.clock_settime(time.CLOCK_REALTIME, t))
-
-    def __call__(self, args: dict[str, Any]) -> dict[str, Any]:
-        apply = args.get("apply", False)
-        if not isinstance(apply, bool):
-            raise CommandError("apply: must be true or false")
-        st = self.clock.state()
-        now = time.time()
-        ntp = self._ntp()
-        report: dict[str, Any] = {
-            "source": st.source.value,
-            "offset_s": st.offset_s,
-            "system_time": now,
-            "gnss_time": None if st.offset_s is None else now + st.offset_s,
-            "ntp_synchronised": ntp,
-            "stepped": False,
-        }
-        if not apply:
-            return report
-        if st.offset_s is None:
-            raise CommandError("no GNSS time to set the clock from (no recent fix)")
-        if not self.may_step_clock:
-            raise CommandError(
-                "this agent may not set the system clock (the service runs with "
-                "ProtectClock=yes and no CAP_SYS_TIME); chrony or systemd-timesyncd keeps it: "
-                f"GNSS - system = {st.offset_s:+.3f} s"
-            )
-        if ntp:
-            raise CommandError(
-                "the clock is kept by NTP (timedatectl: NTPSynchronized=yes); stepping it "
-                "would fight the NTP daemon"
-            )
-        if abs(st.offset_s) < STEP_MIN_S:
-            report["note"] = f"offset below {STEP_MIN_S} s: clock left alone"
-            return report
-        target = self.clock.gnss_now()
-        assert target is not None
-        try:
-            self._step(target)
-        except PermissionError:
-            raise CommandError(
-                "the operating system refused to set the clock (needs CAP_SYS_TIME)"
-            ) from None
-        except OSError as exc:
-            raise CommandError(f"cannot set the clock: {exc}") from None
-        report["stepped"] = True
-        report["recorded"] = record_event(
-            self.spool, "time_sync", {"stepped_by_s": st.offset_s, "to": target}
-        )
-        log.warning("system clock stepped by %+.3f s to GNSS time", st.offset_s)
-        return report
-
-
-# --------------------------------------------------------------------------- wiring
-
-
-class RemoteCommands:
-    """Built once per agent (one overrides file, one lock); ``handlers(origin)`` gives the
-    command table for each channel ("platform": signed commands; "device": the local socket).
-    """
-
-    def __init__(
-        self,
-        *,
-        config: AgentConfig,
-        spool: Any,
-        clock: ClockMonitor,
-        gps: GpsService | None = None,
-        config_path: Path | None = None,
-        overrides_path: Path | None = None,
-        may_step_clock: bool = False,
-    ) -> None:
-        self.settings = RemoteSettings(
-            config_path=config_path,
-            running=config,
-            overrides_path=overrides_path or default_overrides_path(config),
-            spool=spool,
-            gps=gps,
-        )
-        self.time_sync = TimeSync(clock, spool=spool, may_step_clock=may_step_clock)
-
-    def handlers(self, origin: str = "platform") -> dict[str, Handler]:
-        return {
-            "settings.get": self.settings.get,
-            "settings.set": lambda args: self.settings.set(args, origin=origin),
-            "time.sync": self.time_sync,
-        }
-
-
-def remote_command_handlers(
-    *,
-    config: AgentConfig,
-    spool: Any,
-    clock: ClockMonitor,
-    gps: GpsService | None = None,
-    overrides_path: Path | None = None,
-    config_path: Path | None = None,
-    origin: str = "platform",
-    may_step_clock: bool = False,
-) -> dict[str, Handler]:
-    """``settings.get``, ``settings.set`` and ``time.sync`` for one channel. (For two channels
-    sharing one overrides file, build one :class:`RemoteCommands` and call ``handlers``.)"""
-    return RemoteCommands(
-        config_path=config_path,
-        config=config,
-        spool=spool,
-        clock=clock,
-        gps=gps,
-        overrides_path=overrides_path,
-        may_step_clock=may_step_clock,
-    ).handlers(origin)

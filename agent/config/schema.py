@@ -14,15 +14,15 @@ from pathlib import Path
 
 from agent.capture.settings import AudioSettings, VideoSettings
 from agent.cellular.settings import CellularSettings
+from agent.config.fields import check, load_dataclass, one_of
 from agent.errors import ConfigError
 from agent.fleet.settings import FleetSettings
 from agent.gps.settings import GpsSettings
 from agent.gps.time_settings import ReceiverSettings, TimeSettings
-from agent.health_settings import HealthSettings
 from agent.ids import device_id_problem
 from agent.jt808.settings import Jt808Settings
 from agent.power.settings import PowerSettings
-from agent.settings import check, load_dataclass, one_of
+from agent.runtime.settings import HealthSettings
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.talk.settings import TalkSettings
 from agent.uplink.settings import UplinkSettings
@@ -79,6 +79,29 @@ class AgentConfig:
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
     # a JT/T 808 terminal beside the MQTT uplink (tracker and dashcam profiles)
     jt808: Jt808Settings = field(default_factory=Jt808Settings)
+
+
+def check_profile(cfg: AgentConfig) -> None:
+    """Refuse a config whose parts do not fit its profile, naming the field."""
+    profile = cfg.device.profile
+    if profile == "tracker" and (cfg.video.enabled or cfg.audio.enabled or cfg.talk.enabled):
+        which = (
+            "video.enabled"
+            if cfg.video.enabled
+            else "audio.enabled"
+            if cfg.audio.enabled
+            else "talk.enabled"
+        )
+        raise ConfigError(
+            f"{which}: the tracker profile records no video or audio "
+            "(set device.profile to dashcam or bodycam)"
+        )
+    if profile == "dashcam" and cfg.video.enabled and cfg.video.mode != "continuous":
+        raise ConfigError("video.mode: the dashcam profile records continuously")
+    if cfg.jt808.enabled and profile not in ("tracker", "dashcam"):
+        raise ConfigError(
+            "jt808.enabled: the JT/T 808 terminal is for the tracker and dashcam profiles"
+        )
 
 
 def parse_config(text: str, origin: str = "config") -> AgentConfig:

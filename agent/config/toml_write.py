@@ -7,7 +7,7 @@ renderer covers exactly that, and every output is read back with ``tomllib`` by 
 before it replaces a file.
 
 :func:`config_to_dict` turns a settings dataclass (e.g. :class:`agent.config.AgentConfig`) into
-the nested dict :func:`agent.settings.load_dataclass` reads (``None`` values left out, paths as
+the nested dict :func:`agent.config.fields.load_dataclass` reads (``None`` values left out, paths as
 strings), so ``load_dataclass(AgentConfig, config_to_dict(cfg)) == cfg``.
 """
 

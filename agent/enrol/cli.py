@@ -6,8 +6,8 @@
     sudo edge-agent provision --install-cert /media/usb/cam-0042.pem
     sudo edge-agent selftest [--json]
 
-The work is in :mod:`agent.provision` and :mod:`agent.selftest`; nothing heavy is imported at
-module level (``--help`` stays fast on a Pi Zero).
+The work is in :mod:`agent.enrol.provision` and :mod:`agent.enrol.selftest`; nothing heavy is
+imported at module level (``--help`` stays fast on a Pi Zero).
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ def _choice(*choices: str) -> Callable[[str], str | None]:
 
 def gather(args: argparse.Namespace, ask: Prompter | None) -> Any:
     """The answers: options, else prompts (terminal), else the previous config's values."""
-    from agent.errors import ConfigError
-    from agent.provision import (
+    from agent.enrol.provision import (
         Answers,
         Layout,
         defaults_from,
@@ -135,6 +134,7 @@ def gather(args: argparse.Namespace, ask: Prompter | None) -> Any:
         parse_broker_url,
         previous_config,
     )
+    from agent.errors import ConfigError
 
     layout = Layout(args.root)
     d = defaults_from(previous_config(layout), layout)
@@ -247,7 +247,7 @@ def gather(args: argparse.Namespace, ask: Prompter | None) -> Any:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from agent.provision import Layout, install_cert, provision
+    from agent.enrol.provision import Layout, install_cert, provision
 
     layout = Layout(args.root)
     if args.install_cert is not None:
@@ -283,7 +283,7 @@ def _receiver(args: argparse.Namespace, layout: Any) -> None:
     """The receiver's port and setup: agent/gps/receiver_setup.py (never stops provisioning)."""
     if args.skip_receiver:
         return
-    from agent.config import load_config
+    from agent.config.schema import load_config
     from agent.gps.receiver_setup import provision_receiver
 
     provision_receiver(load_config(layout.config), layout.root)
@@ -309,7 +309,7 @@ def _after(args: argparse.Namespace, layout: Any) -> int:
     if args.no_selftest:
         print(f"self-test skipped; run it with: sudo edge-agent selftest --config {layout.config}")
         return 0
-    from agent.selftest import run_selftest
+    from agent.enrol.selftest import run_selftest
 
     return run_selftest(
         layout.config,
@@ -321,8 +321,8 @@ def _after(args: argparse.Namespace, layout: Any) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from agent.app import config_path
-    from agent.selftest import run_selftest
+    from agent.config.reading import config_path
+    from agent.enrol.selftest import run_selftest
 
     return run_selftest(
         config_path(args.config),

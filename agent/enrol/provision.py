@@ -46,7 +46,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.config import AgentConfig, load_config, parse_config
+from agent.config.schema import AgentConfig, load_config, parse_config
+from agent.config.toml_write import config_to_dict, render_toml
 from agent.errors import ConfigError, KeyFileError
 from agent.storage.durable import fsync_dir
 from agent.storage.keys import (
@@ -58,7 +59,6 @@ from agent.storage.keys import (
     raw_public,
     write_private,
 )
-from agent.toml_render import config_to_dict, render_toml
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ def render_config(data: dict[str, Any], layout: Layout) -> str:
 
 
 def _validate(text: str, layout: Layout) -> AgentConfig:
-    from agent.app import check_profile
+    from agent.config.schema import check_profile
 
     cfg = parse_config(text, str(layout.config))
     check_profile(cfg)

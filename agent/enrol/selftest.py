@@ -41,7 +41,6 @@ import os
 import queue
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -51,9 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig
+from agent.config.schema import AgentConfig
 from agent.errors import AgentError, ConfigError
 from agent.gps.clock import ClockMonitor, plausible_time
+from agent.gps.time_sync import timedatectl
 from agent.model import ClockSource
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ class SelfTest:
         self._not_while_running("spool")
         if not self.broker_ok:
             raise Skip("the broker is not reachable (see the broker item)")
-        from agent.app import build_spool
+        from agent.storage.from_config import build_spool
         from agent.uplink.forwarder import Forwarder
         from agent.uplink.mqtt import MqttLink
         from agent.uplink.service import link_config
@@ -621,24 +621,6 @@ def probe_broker(cfg: Any, timeout: float | None = None) -> str:
     return f"connected to {cfg.host}:{cfg.port} as {cfg.client_id}, {proto}"
 
 
-def timedatectl() -> dict[str, str] | None:
-    """``timedatectl show`` as a dict, or None where it cannot answer (no systemd)."""
-    try:
-        res = subprocess.run(
-            ["timedatectl", "show"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if res.returncode != 0:
-        return None
-    out: dict[str, str] = {}
-    for line in res.stdout.splitlines():
-        k, sep, v = line.partition("=")
-        if sep:
-            out[k] = v
-    return out
-
-
 def run_selftest(
     config: Path,
     *,
@@ -649,7 +631,7 @@ def run_selftest(
     overrides: Path | None = None,
 ) -> int:
     """The CLI's entry: load the config (with remote overrides), run, print; exit code."""
-    from agent.remote_settings import load_with_overrides
+    from agent.config.remote import load_with_overrides
 
     try:
         cfg = load_with_overrides(config, overrides)

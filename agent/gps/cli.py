@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
     watch.add_argument("--count", type=int, default=0, help="stop after N fixes (0 = never)")
     watch.set_defaults(func=cmd_watch)
 
-    from agent.gps.configure_command import register as register_configure
+    from agent.gps.configure_cli import register as register_configure
 
     register_configure(sub)  # gps configure (u-blox), gps udev-rule
 
@@ -85,7 +85,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import queue
     import threading
 
-    from agent.config import load_config
+    from agent.config.schema import load_config
     from agent.gps.clock import ClockMonitor
     from agent.gps.source import SourceThread, open_source
     from agent.gps.strategy import ReportingStrategy

@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
 
 
 def _load(path: Path) -> Any:
-    from agent.config import AgentConfig, load_config
+    from agent.config.schema import AgentConfig, load_config
 
     if not path.exists():
         return AgentConfig()

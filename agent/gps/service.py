@@ -89,6 +89,11 @@ class GpsService:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def threads(self) -> list[threading.Thread]:
+        """The source's reader and the consumer (the composition root watches both); a
+        replayed log that has played to its end (``finished``) is no longer watched."""
+        return ([] if self.pump.finished else [self.pump.thread]) + [self._thread]
+
     def start(self) -> None:
         self.pump.start()
         self._thread.start()

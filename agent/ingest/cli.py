@@ -21,7 +21,7 @@ EXIT_THREAD_DIED = 70
 
 
 def register(sub: Any) -> None:
-    from agent.uplink.commands import add_broker_args
+    from agent.uplink.cli import add_broker_args
 
     p = sub.add_parser(
         "ingest", help="platform side: receive, verify, store and acknowledge segments"
@@ -60,7 +60,7 @@ def register(sub: Any) -> None:
         default=24.0,
         help="drop an unfinished upload idle this long (default %(default)s)",
     )
-    from agent.web.commands import add_web_args
+    from agent.web.cli import add_web_args
 
     add_web_args(p, required=False)
     add_broker_args(p, identity_help="client id = the ingest certificate's identity")
@@ -114,7 +114,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     import threading
 
     from agent.ingest.receiver import Ingest
-    from agent.uplink.commands import broker_config
+    from agent.uplink.cli import broker_config
     from agent.uplink.control import load_ack_private
 
     log = logging.getLogger("edge-agent")
@@ -124,7 +124,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     web = None
     if args.web:
-        from agent.web.commands import start_from_args
+        from agent.web.cli import start_from_args
 
         web = start_from_args(args, stop, store.platform_key)
     ingest = Ingest(store, broker_config(args), stop, group=args.group, ack_key=ack_key)

@@ -157,6 +157,10 @@ class Jt808Client:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
     def wake(self) -> None:
         """A report was stored: let the session send it now (from any thread)."""
         with contextlib.suppress(OSError):

@@ -11,7 +11,8 @@
    ``edge-agent verify`` checks what the platform holds and decrypts it for playback.
 
 Beside it, a truck: the agent in the ``tracker`` profile with ``[jt808]``, reporting to a
-reference JT/T 808 platform (``agent/jt808/lab.py``) on loopback (see :func:`jt808_tracker`).
+reference JT/T 808 platform (``agent/labs/jt808_platform.py``) on loopback (see
+:func:`jt808_tracker`).
 
 Every process it starts is stopped at the end, whatever happens. Output: ./demo-out.
 """
@@ -29,14 +30,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from agent.capture.pulse_lab import PulseServer
-from agent.cellular.sim import write_fake_mmcli
 from agent.errors import SourceError
-from agent.gps.synth import truck_log
-from agent.power.sim import lay_out_power_supply
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, make_pki
+from agent.labs.mmcli import write_fake_mmcli
+from agent.labs.nmea import truck_log
+from agent.labs.power import lay_out_power_supply
+from agent.labs.pulse import PulseServer
 from agent.storage.keys import init_device_keys, init_platform_keys
 from agent.uplink.control import init_ack_keys
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 
 OUT = Path("demo-out").resolve()
 DEVICE = "cam-demo-01"
@@ -166,7 +167,7 @@ traffic_file = "{OUT}/device/traffic.json"
 def jt808_tracker(keys: Path) -> Iterator[Callable[[], str]]:
     """A tracker reporting to a reference JT/T 808 platform while the body camera records;
     yields a function that says what the platform received."""
-    from agent.jt808.lab import ReferencePlatform
+    from agent.labs.jt808_platform import ReferencePlatform
 
     d = OUT / "truck"
     d.mkdir()

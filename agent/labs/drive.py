@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from agent.fleet.shapes import Projection
-from agent.gps.synth import sentence
+from agent.labs.nmea import sentence
 from agent.model import Fix, FixMode
 
 

@@ -1,6 +1,6 @@
 """A reference JT/T 808 platform and a link-cutting proxy, for tests, the demo and the bench.
 
-Nothing here runs on a device (like :mod:`agent.uplink.lab`, it lives in the package so that
+Nothing here runs on a device (like :mod:`agent.labs.broker`, it lives in the package so that
 the demo and the benchmarks can start what the tests use).
 
 :class:`ReferencePlatform` listens on 127.0.0.1 (a random port by default) and, per terminal

@@ -221,7 +221,7 @@ def write_fake_mmcli(directory: Path, scenario: dict[str, Any] | None = None) ->
     exe.write_text(
         "#!/bin/sh\n"
         f"PYTHONPATH='{root}'${{PYTHONPATH:+:$PYTHONPATH}} "
-        f"exec '{sys.executable}' -m agent.cellular.sim --state '{state}' \"$@\"\n"
+        f"exec '{sys.executable}' -m agent.labs.mmcli --state '{state}' \"$@\"\n"
     )
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return exe

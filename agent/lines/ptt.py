@@ -21,7 +21,7 @@ import threading
 from typing import Any, Protocol
 
 from agent.errors import AgentError
-from agent.serial_lines import LineServer
+from agent.lines.serial import LineServer
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class SerialPtt(LineServer):
 
 class GpioPtt:
     """A push button on a GPIO line, through the fleet inputs' libgpiod v2 binding
-    (:class:`agent.fleet.inputs.GpioInputSource`, kernel debounce, active low with a pull-up)
+    (:class:`agent.lines.inputs.GpioInputSource`, kernel debounce, active low with a pull-up)
     and its :class:`InputThread` (debounce, one thread, the stop event). ``source`` replaces the
     GPIO source (tests: ``SimInputSource``)."""
 
@@ -103,7 +103,7 @@ class GpioPtt:
         debounce_s: float = 0.02,
         source: Any = None,
     ) -> None:
-        from agent.fleet.inputs import GpioInputSource, InputThread
+        from agent.lines.inputs import GpioInputSource, InputThread
 
         self._talk = talk
         src = source or GpioInputSource(chip, {"ptt": line}, debounce_s=debounce_s)

@@ -1,10 +1,13 @@
-"""CLI: ``run``, ``status``, ``record``, ``still`` and ``config check``."""
+"""CLI of the running agent: ``run``, ``status``, ``record``, ``still``, ``mute``, ``unmute``.
+
+``run`` is the one importer of the composition root (:mod:`agent.runtime.app`); the others
+talk to a running agent through its status file and control socket.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 
@@ -13,32 +16,6 @@ def register(sub: Any) -> None:
     register_status(sub)
     register_record(sub)
     register_mute(sub)
-    config = sub.add_parser("config", help="check a configuration file")
-    csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = csub.add_parser("check", help="load FILE and report the first problem, if any")
-    check.add_argument("file", help="TOML config file")
-    check.set_defaults(func=_config_check)
-
-
-def _config_check(args: argparse.Namespace) -> int:
-    from agent.config import load_config
-
-    cfg = load_config(Path(args.file))
-    enabled = [
-        name
-        for name, on in (
-            ("gps", cfg.gps.source != "none"),
-            ("uplink", cfg.uplink.enabled),
-            ("video", cfg.video.enabled),
-            ("audio", cfg.audio.enabled),
-        )
-        if on
-    ]
-    print(
-        f"{args.file}: OK (device {cfg.device.id}, profile {cfg.device.profile}, "
-        f"enabled: {', '.join(enabled) or 'nothing but the spool'})"
-    )
-    return 0
 
 
 def register_run(sub: Any) -> None:
@@ -48,7 +25,8 @@ def register_run(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.app import Agent, read_config
+    from agent.config.reading import read_config
+    from agent.runtime.app import Agent
 
     cfg = read_config(args.config)
     logging.getLogger().setLevel(cfg.log.level.upper())
@@ -66,9 +44,9 @@ def _status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from agent.app import read_config
+    from agent.config.reading import read_config
     from agent.errors import AgentError
-    from agent.health import format_status
+    from agent.runtime.status_text import format_status
 
     cfg = read_config(args.config)
     path = cfg.health.status_file
@@ -97,8 +75,8 @@ def register_record(sub: Any) -> None:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from agent.app import read_config
-    from agent.local_control import send
+    from agent.config.reading import read_config
+    from agent.runtime.local_control import send
 
     cfg = read_config(args.config)
     send(
@@ -109,8 +87,8 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _still(args: argparse.Namespace) -> int:
-    from agent.app import read_config
-    from agent.local_control import send
+    from agent.config.reading import read_config
+    from agent.runtime.local_control import send
 
     cfg = read_config(args.config)
     send(cfg.health.control_socket, "video.still")
@@ -126,8 +104,8 @@ def register_mute(sub: Any) -> None:
 
 
 def _mute(args: argparse.Namespace) -> int:
-    from agent.app import read_config
-    from agent.local_control import send
+    from agent.config.reading import read_config
+    from agent.runtime.local_control import send
 
     cfg = read_config(args.config)
     send(cfg.health.control_socket, f"audio.{args.action}")

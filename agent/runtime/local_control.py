@@ -69,6 +69,10 @@ class LocalControl:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def threads(self) -> list[threading.Thread]:
+        """The socket thread, once started (a socket that could not be bound has none)."""
+        return [self._thread] if self._thread.ident is not None else []
+
     def is_alive(self) -> bool:
         """False once a started socket thread has ended before ``stop`` (the health loop asks)."""
         return self._thread.ident is None or self._thread.is_alive() or self.stop.is_set()

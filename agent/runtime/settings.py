@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.settings import check, in_range
+from agent.config.fields import check, in_range
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,9 @@ def _keys_platform_init(args: argparse.Namespace) -> int:
 
 
 def _seal(args: argparse.Namespace) -> int:
-    from agent.app import build_spool, read_config
+    from agent.config.reading import read_config
     from agent.model import ClockState
+    from agent.storage.from_config import build_spool
     from agent.storage.seal import SegmentHeader
 
     src = Path(args.file)
@@ -172,7 +173,7 @@ def _print_meta(report: Any, *, with_key: bool) -> None:
 
 
 def _spool_status(args: argparse.Namespace) -> int:
-    from agent.app import read_config
+    from agent.config.reading import read_config
     from agent.storage.status import format_figures, read_figures, retry_refused
 
     cfg = read_config(args.config)

@@ -21,7 +21,7 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    from agent.uplink.commands import add_broker_args
+    from agent.uplink.cli import add_broker_args
 
     talk = sub.add_parser("talk", help="push-to-talk voice: press/release/say, send, listen")
     tsub = talk.add_subparsers(dest="talk_command", metavar="TALK_COMMAND")
@@ -73,8 +73,8 @@ def _help(parser: argparse.ArgumentParser) -> int:
 def _local(args: argparse.Namespace) -> int:
     import json
 
-    from agent.app import read_config
-    from agent.local_control import send
+    from agent.config.reading import read_config
+    from agent.runtime.local_control import send
 
     cfg = read_config(args.config)
     request: dict[str, Any] = {}
@@ -91,7 +91,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     from agent.talk import wire
     from agent.talk.codec import SAMPLE_BYTES, decode_to_pcm, encode_pcm
-    from agent.uplink.commands import broker_config
+    from agent.uplink.cli import broker_config
     from agent.uplink.control import load_command_private
     from agent.uplink.mqtt import MqttLink
 
@@ -159,7 +159,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     import time
 
     from agent.talk.platform import Listener
-    from agent.uplink.commands import broker_config
+    from agent.uplink.cli import broker_config
     from agent.uplink.mqtt import MqttLink
 
     if args.save is None and not args.play:

@@ -93,8 +93,9 @@ def cmd_forward(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from agent.app import boot_id, read_config
+    from agent.config.reading import read_config
     from agent.errors import ConfigError
+    from agent.storage.from_config import boot_id
     from agent.storage.keys import load_platform_public, load_signing_key
     from agent.storage.sealer import Sealer
     from agent.storage.spool import Spool

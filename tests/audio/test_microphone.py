@@ -17,8 +17,8 @@ import pytest
 
 from agent.capture.audio import MicState, load_sounddevice
 from agent.capture.audio_recorder import AudioRecorder, command_handlers
-from agent.capture.pulse_lab import SINE_HZ, PulseServer, wait_for
 from agent.capture.settings import AudioSettings
+from agent.labs.pulse import SINE_HZ, PulseServer, wait_for
 from agent.storage.spool import Spool
 from tests.audio.conftest import Sealed, decode_audio, decrypt_all, peak_hz, rms
 from tests.fixtures.keys import KeySet

@@ -11,20 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import build_spool
 from agent.config import load_config
+from agent.config.remote import load_with_overrides, merge_overrides
 from agent.errors import CommandError
 from agent.gps.clock import ClockMonitor
 from agent.gps.service import GpsService
-from agent.gps.synth import truck_log
-from agent.local_control import LocalControl, send
+from agent.gps.time_sync import TimeSync
+from agent.labs.nmea import truck_log
 from agent.model import Fix, FixMode
-from agent.remote_settings import (
-    RemoteCommands,
-    TimeSync,
-    load_with_overrides,
-    merge_overrides,
-)
+from agent.runtime.local_control import LocalControl, send
+from agent.runtime.routing import RemoteCommands
+from agent.storage.from_config import build_spool
 from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet

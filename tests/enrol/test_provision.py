@@ -11,10 +11,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agent.provision import Layout
-from agent.uplink.lab import Pki, other_ca
+from agent.enrol.provision import Layout
+from agent.labs.broker import Pki, other_ca
+from tests.enrol.helpers import edge_agent, sign_csr
 from tests.fixtures.keys import KeySet
-from tests.provision.helpers import edge_agent, sign_csr
 
 DEVICE = "cam-0042"
 
@@ -235,7 +235,7 @@ def test_interactive_prompts_on_a_terminal(
     import subprocess
     import sys
 
-    from tests.provision.helpers import REPO
+    from tests.enrol.helpers import REPO
 
     answers = [
         "cam 7",  # refused: a space

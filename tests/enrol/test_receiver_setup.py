@@ -8,8 +8,8 @@ from pathlib import Path
 
 from agent.config import parse_config
 from agent.gps.receiver_setup import provision_receiver, rule_path, serial_item, write_udev_rule
+from tests.enrol.test_uart import board
 from tests.gps.ublox_sim import SimReceiver
-from tests.provision.test_uart import board
 
 
 def config(port: str, source: str = "serial", profile: str = "bodycam") -> object:

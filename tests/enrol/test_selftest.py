@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.gps.synth import truck_log
+from agent.enrol.provision import Answers, Layout, install_cert, provision
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
-from agent.provision import Answers, Layout, install_cert, provision
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, free_port, other_ca
+from agent.labs.nmea import truck_log
 from agent.uplink.control import load_ack_private
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, free_port, other_ca
 from agent.uplink.mqtt import LinkConfig
+from tests.enrol.helpers import edge_agent, now_tuple, sign_csr
 from tests.fixtures.keys import KeySet
-from tests.provision.helpers import edge_agent, now_tuple, sign_csr
 
 
 def enrol(

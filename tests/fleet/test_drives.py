@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.fleet.drive import Drive
 from agent.fleet.plan import Plan, parse_plan
 from agent.fleet.rules import FleetEvent, Inputs, RuleEngine, RuleSettings
+from agent.labs.drive import Drive
 from agent.model import Alarm, FixMode, Severity, format_utc
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet

@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
-from agent.local_control import LocalControl, send
+from agent.labs.broker import free_port
+from agent.runtime.local_control import LocalControl, send
 from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
@@ -40,7 +41,6 @@ from agent.talk.platform import Listener
 from agent.uplink import protocol as proto
 from agent.uplink.control import CommandChannel, SeenIds, sign_command
 from agent.uplink.forwarder import Forwarder
-from agent.uplink.lab import free_port
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from agent.uplink.settings import UplinkSettings
 from tests.fixtures.keys import KeySet

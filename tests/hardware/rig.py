@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
 from agent.storage.keys import init_device_keys, init_platform_keys
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
 
 REPO = Path(__file__).resolve().parents[2]
 

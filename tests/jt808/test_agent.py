@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from agent.gps.synth import truck_log
-from agent.jt808.lab import ReferencePlatform
 from agent.jt808.location import STATUS_ACC
+from agent.labs.jt808_platform import ReferencePlatform
+from agent.labs.nmea import truck_log
 from tests.fixtures.keys import KeySet
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ import pytest
 from agent.gps.settings import StrategySettings
 from agent.jt808 import messages as m
 from agent.jt808.body import bcd_time
-from agent.jt808.lab import CutProxy, ReferencePlatform
 from agent.jt808.location import ALARM_DEVIATION, ALARM_OVERSPEED, STATUS_ACC
+from agent.labs.jt808_platform import CutProxy, ReferencePlatform
 from agent.storage.spool import Spool
 from tests.fleet.harness import load_drive, make_service
 from tests.jt808.conftest import Rig, wait

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from agent.errors import SourceError
-from agent.fleet.inputs import (
+from agent.fleet.rules import Inputs
+from agent.fleet.service import FleetService
+from agent.lines.inputs import (
     Debouncer,
     GpioInputSource,
     InputEvent,
@@ -29,8 +31,6 @@ from agent.fleet.inputs import (
     load_gpiod,
     parse_line,
 )
-from agent.fleet.rules import Inputs
-from agent.fleet.service import FleetService
 from agent.model import Alarm, Severity
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet
@@ -199,7 +199,7 @@ def test_gpio_without_the_binding_says_what_to_install(monkeypatch: pytest.Monke
 
 def test_fleet_imports_neither_gpiod_nor_numpy() -> None:
     code = (
-        "import sys, agent.fleet.service, agent.fleet.inputs; "
+        "import sys, agent.fleet.service, agent.lines.inputs; "
         "bad = [m for m in ('gpiod', 'numpy', 'cv2') if m in sys.modules]; "
         "assert not bad, bad"
     )

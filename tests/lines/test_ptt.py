@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from agent.errors import CommandError
-from agent.talk.buttons import SerialPtt, ptt_line
+from agent.lines.ptt import SerialPtt, ptt_line
 
 
 class FakeTalk:
@@ -57,8 +57,8 @@ def test_serial_ptt_over_a_loop_port() -> None:
 
 
 def test_gpio_ptt_through_the_fleet_inputs_thread() -> None:
-    from agent.fleet.inputs import Reading, SimInputSource
-    from agent.talk.buttons import GpioPtt
+    from agent.lines.inputs import Reading, SimInputSource
+    from agent.lines.ptt import GpioPtt
 
     t = FakeTalk()
     stop = threading.Event()

@@ -11,10 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-from agent.app import Agent, build_spool
 from agent.config import parse_config
+from agent.labs.power import lay_out_power_supply, set_attr
 from agent.model import Alarm
-from agent.power.sim import lay_out_power_supply, set_attr
+from agent.runtime.app import Agent
+from agent.storage.from_config import build_spool
 from agent.storage.verify import verify_paths
 from tests.fixtures.keys import KeySet
 from tests.storage.helpers import decrypt_stream

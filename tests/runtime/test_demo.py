@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_runs_and_the_platform_verifies_everything(tmp_path: Path) -> None:
     env = dict(os.environ, EDGE_AGENT_DEMO_RECORD_S="6", PYTHONPATH=str(REPO))
     res = subprocess.run(
-        [sys.executable, "-m", "agent.demo"],
+        [sys.executable, "-m", "agent.labs.demo"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.gps.synth import truck_log
+from agent.labs.nmea import truck_log
 from agent.storage.verify import verify_paths
 from tests.fixtures.keys import KeySet
 
@@ -142,7 +142,7 @@ def test_record_without_a_running_agent_is_a_clear_error(tmp_path: Path) -> None
 
 def test_bodycam_with_microphone_records_audio_inside_video(tmp_path: Path, keyset: KeySet) -> None:
     """A real PulseAudio sine microphone: the video segments carry an Opus track."""
-    from agent.capture.pulse_lab import PulseServer
+    from agent.labs.pulse import PulseServer
 
     pulse = PulseServer(tmp_path / "pulse")
     pulse.start()

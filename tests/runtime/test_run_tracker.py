@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.gps.replay import read_fixes
-from agent.gps.synth import truck_log
 from agent.gps.wire import decode_fix
+from agent.labs.nmea import truck_log
 from agent.storage.records import JOURNAL_CONTENT_TYPE, unpack_records
 from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info
 from agent.storage.verify import verify_paths

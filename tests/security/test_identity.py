@@ -17,8 +17,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from agent.labs.broker import Mosquitto, Pki
 from agent.uplink import protocol as proto
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import LinkConfig, MqttLink
 from agent.uplink.service import link_config
 from tests.security import hostile

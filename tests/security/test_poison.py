@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
 from agent.talk import wire
 from agent.talk.platform import Listener
 from agent.uplink import protocol as proto
 from agent.uplink.control import load_ack_public
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
 from agent.uplink.mqtt import MqttLink
 from agent.uplink.service import link_config
 from tests.security import hostile

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.capture.pulse_lab import PulseServer
+from agent.labs.broker import Mosquitto, Pki, acl_text
+from agent.labs.pulse import PulseServer
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
 from agent.talk import wire
@@ -30,7 +31,6 @@ from agent.talk.codec import tone
 from agent.talk.device import Talk
 from agent.talk.settings import TalkSettings
 from agent.uplink.control import SeenIds
-from agent.uplink.lab import Mosquitto, Pki, acl_text
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from tests.fixtures.keys import KeySet, make_sealer
 from tests.fixtures.pulse import serving_pulse

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
 from agent.storage.keys import (
     init_device_keys,
     init_platform_keys,
@@ -27,7 +28,6 @@ from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
 from agent.uplink.control import init_ack_keys, load_ack_private
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
 from agent.uplink.mqtt import LinkConfig
 from agent.uplink.service import Uplink
 from agent.uplink.settings import UplinkSettings
@@ -337,7 +337,7 @@ def assert_delivered(store_dir: Path, device: Device, *, plain: bool = True) -> 
 
 def broker_queue_shipped(broker: Mosquitto) -> bool:
     """The broker bounds every client's queue as deploy/mosquitto/edge-agent.conf does."""
-    from agent.uplink.lab import SHIPPED_CONF
+    from agent.labs.broker import SHIPPED_CONF
 
     shipped = {
         line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.uplink.lab import Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
 from tests.uplink.harness import (
     all_delivered,
     assert_delivered,

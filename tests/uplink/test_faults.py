@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.uplink.lab import BlackHole, Mosquitto, Pki
+from agent.labs.broker import BlackHole, Mosquitto, Pki
 from tests.uplink.harness import (
     all_delivered,
     assert_delivered,

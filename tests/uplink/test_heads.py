@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.uplink.lab import Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
 from tests.uplink.harness import (
     ROOT,
     make_device,

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from agent.gps.synth import truck_log
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.nmea import truck_log
 from agent.uplink.mqtt import LinkConfig
 from tests.fixtures.keys import KeySet
 
@@ -178,11 +178,11 @@ def _backlog_empty(agent: Any) -> bool:
 def pipeline(
     broker: Mosquitto, pki: Pki, keyset: KeySet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
-    from agent.app import Agent
     from agent.config import load_config
     from agent.ingest.livestate import LiveRecorder
     from agent.ingest.receiver import Ingest
     from agent.ingest.store import Store
+    from agent.runtime.app import Agent
 
     tmp = tmp_path_factory.mktemp("pipeline")
     stop = threading.Event()

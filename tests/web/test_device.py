@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from agent.config.fields import load_dataclass
 from agent.errors import ConfigError
-from agent.settings import load_dataclass
 from agent.web.device import COOKIE, DevicePage
 from agent.web.settings import WebSettings
 from tests.web.conftest import (
