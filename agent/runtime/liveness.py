@@ -33,7 +33,8 @@ SHUTDOWN_S = 20.0
 
 @dataclass(frozen=True)
 class Part:
-    """One watched part: a flag per thread it started, and how it is joined.
+    """One watched part: a flag per thread it started (False once it has ended), and how it
+    is joined.
 
     ``join(timeout)`` waits up to ``timeout`` seconds and then does the part's own clean-up
     (saving its state, closing its files); it may return anything.
@@ -53,10 +54,11 @@ class Part:
 
 
 def join_threads(threads: Sequence[threading.Thread], timeout: float) -> None:
-    """Join each thread, all within ``timeout`` seconds together."""
+    """Join each started thread, all within ``timeout`` seconds together."""
     deadline = time.monotonic() + timeout
     for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
+        if t.ident is not None:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def of_threads(
@@ -68,7 +70,8 @@ def of_threads(
     the timeout) is its own join when it has clean-up to do after them."""
 
     def alive() -> list[bool]:
-        return [t.is_alive() for t in threads()]
+        # a thread not started yet has not ended either: it is not counted
+        return [t.is_alive() for t in threads() if t.ident is not None]
 
     return Part(name, alive, join or (lambda timeout: join_threads(threads(), timeout)))
 

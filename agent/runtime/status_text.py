@@ -27,6 +27,12 @@ def format_status(s: dict[str, Any], now: float) -> str:
     if stale > 30:
         head += f"  STALE: last update {_age(stale)} ago (agent stopped?)"
     lines.append(head)
+    dead = s.get("dead")
+    if isinstance(dead, list) and dead:
+        lines.append(
+            f"parts   DEAD: {', '.join(str(d) for d in dead)} (stopped; the watchdog restarts "
+            "the agent)"
+        )
     clock = s.get("clock") or {}
     source = clock.get("source", "none")
     offset = clock.get("offset_s")
