@@ -36,6 +36,7 @@ from agent.labs.mmcli import write_fake_mmcli
 from agent.labs.nmea import truck_log
 from agent.labs.power import lay_out_power_supply
 from agent.labs.pulse import PulseServer
+from agent.labs.waiting import TimedOut, wait_for
 from agent.storage.keys import init_device_keys, init_platform_keys
 from agent.uplink.control import init_ack_keys
 
@@ -73,14 +74,6 @@ def process(name: str, args: list[str], log: Path) -> Iterator[subprocess.Popen[
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         print(f"   stopped {name} (log: {log})")
-
-
-def wait_for(cond: Callable[[], bool], what: str, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def write_config(pki: Pki, port: int, keys: Path, audio: bool) -> Path:
@@ -307,7 +300,7 @@ def run_agent(broker: Mosquitto, pki: Pki, keys: Path, audio: bool) -> int:
         ) as agent,
     ):
         sock = OUT / "device" / "run" / "control.sock"
-        wait_for(sock.exists, "the agent to start", 60)
+        wait_for(sock.exists, 60, "the agent to start", step=0.25)
         record_s = float(os.environ.get("EDGE_AGENT_DEMO_RECORD_S", RECORD_S))
         say(f"recording for {record_s:.0f} s (edge-agent record start / mark / still / stop)")
         cli("record", "start", "--config", str(cfg))
@@ -319,7 +312,8 @@ def run_agent(broker: Mosquitto, pki: Pki, keys: Path, audio: bool) -> int:
         status_file = OUT / "device" / "run" / "status.json"
         say("waiting until the platform has acknowledged everything")
         time.sleep(min(12.0, record_s))  # let the last GPS batch be sealed
-        wait_for(lambda: backlog_empty(status_file) or agent.poll() is not None, "delivery", 120)
+        wait_for(lambda: backlog_empty(status_file) or agent.poll() is not None, 120, "delivery",
+                 step=0.25)  # fmt: skip
         print(cli("status", "--config", str(cfg)).stdout)
         print(jt808())
     say("what the platform received and verified (edge-agent verify)")
@@ -347,4 +341,7 @@ def run_agent(broker: Mosquitto, pki: Pki, keys: Path, audio: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except TimedOut as exc:
+        sys.exit(f"demo: {exc}")

@@ -137,8 +137,9 @@ class ReferencePlatform:
 
     # ------------------------------------------------------------------ queries
 
-    def wait_for(self, cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-        """Wait (up to ``timeout``) until ``cond()`` holds; re-checked at every arrival."""
+    def _await(self, cond: Callable[[], bool], timeout: float) -> bool:
+        """Wait (up to ``timeout``) until ``cond()`` holds; re-checked at every arrival (tests
+        wait with :func:`agent.labs.waiting.wait_for`)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while not cond():
@@ -202,7 +203,7 @@ class ReferencePlatform:
     def request(self, msg_id: int, body: bytes, timeout: float = 10.0) -> Frame:
         """Send, and wait for the terminal's answer to that serial."""
         serial = self.send(msg_id, body)
-        if not self.wait_for(lambda: serial in self.answers, timeout):
+        if not self._await(lambda: serial in self.answers, timeout):
             raise TimeoutError(f"no answer to 0x{msg_id:04x} (serial {serial})")
         with self._lock:
             return self.answers[serial]

@@ -14,11 +14,10 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import SourceError
+from agent.labs.waiting import TimedOut, wait_for
 
 SINE_HZ = 440
 CONFIG = """\
@@ -28,18 +27,6 @@ load-module module-sine-source source_name=sine frequency={hz} rate=48000
 set-default-source sine
 set-default-sink null
 """
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    """Poll ``cond`` until true or ``timeout`` seconds pass (an Event as the clock)."""
-    clock = threading.Event()
-    waited = 0.0
-    while not cond():
-        if waited >= timeout:
-            return cond()
-        clock.wait(step)
-        waited += step
-    return True
 
 
 class PulseServer:
@@ -96,10 +83,14 @@ class PulseServer:
             start_new_session=True,
         )
         log.close()
-        if not wait_for(self._ready, timeout):
+        try:
+            wait_for(self._ready, timeout, "PulseAudio")
+        except TimedOut:
             reason = self._tail()
             self.stop()
-            raise SourceError(f"PulseAudio did not start within {timeout:.0f} s:\n{reason}")
+            raise SourceError(
+                f"PulseAudio did not start within {timeout:.0f} s:\n{reason}"
+            ) from None
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -40,10 +40,11 @@ from agent.gps.chrony_conf import render
 from agent.gps.clock import ClockMonitor
 from agent.gps.time_settings import TimeSettings
 from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from agent.model import Alarm, ClockSource, Fix, FixMode
 from tests.fixtures.keys import KeySet
 
-from .conftest import free_port, wait_for
+from .conftest import free_port
 
 # Captured from chronyc 4.3 (this machine) against chronyd -x with gpsd's SHM 0.
 TRACKING_GNSS = (

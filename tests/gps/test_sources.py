@@ -18,9 +18,10 @@ from agent.gps.serial_source import SerialSource
 from agent.gps.settings import GpsSettings
 from agent.gps.source import LinkState, SourceThread, open_source
 from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from agent.model import Fix
 
-from .conftest import GpsFake, PtySerial, free_port, wait_for
+from .conftest import GpsFake, PtySerial, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from agent.storage.verify import verify_paths
 from tests.fixtures.keys import KeySet
 
@@ -25,14 +26,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-def _wait(cond: object, what: str, proc: subprocess.Popen[str], limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():  # type: ignore[operator]
-        assert proc.poll() is None, f"agent exited while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_bodycam_records_on_local_command_and_seals_on_sigterm(
@@ -81,11 +74,11 @@ control_socket = "{tmp_path / "control.sock"}"
         text=True,
     )
     try:
-        _wait(lambda: (tmp_path / "control.sock").exists(), "the control socket", proc)
+        wait_for(lambda: (tmp_path / "control.sock").exists(), 60, "the control socket", proc=proc)
         res = cli("record", "start", "--config", str(cfg))
         assert res.returncode == 0, res.stderr
         video = spool / "seg" / "video"
-        _wait(lambda: len(list(video.glob("*.seg"))) >= 2, "two video segments", proc)
+        wait_for(lambda: len(list(video.glob("*.seg"))) >= 2, 60, "two video segments", proc=proc)
         assert cli("record", "mark", "--note", "suspect left", "--config", str(cfg)).returncode == 0
         assert cli("still", "--config", str(cfg)).returncode == 0
         # SIGTERM while recording: what is held is sealed, nothing is lost.
@@ -182,17 +175,17 @@ control_socket = "{tmp_path / "control.sock"}"
         text=True,
     )
     try:
-        _wait(lambda: (tmp_path / "control.sock").exists(), "the control socket", proc)
+        wait_for(lambda: (tmp_path / "control.sock").exists(), 60, "the control socket", proc=proc)
         assert cli("record", "start", "--config", str(cfg)).returncode == 0
         video = spool / "seg" / "video"
-        _wait(lambda: len(list(video.glob("*.seg"))) >= 3, "three video segments", proc)
+        wait_for(lambda: len(list(video.glob("*.seg"))) >= 3, 60, "three video segments", proc=proc)
 
         def mic_state() -> str:
             status = json.loads((tmp_path / "status.json").read_text())
             return str(status["audio"]["state"])
 
         # The health loop rewrites the status file every few seconds.
-        _wait(lambda: mic_state() == "ok", "the microphone reported ok", proc)
+        wait_for(lambda: mic_state() == "ok", 60, "the microphone reported ok", proc=proc)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:

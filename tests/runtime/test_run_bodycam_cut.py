@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from agent.labs.waiting import wait_for
 from agent.storage.seal import parse_key_record
 from agent.storage.segjournal import RECOVERED_CONTENT_TYPE, open_recovered
 from agent.storage.settings import SpoolSettings
@@ -51,14 +52,6 @@ def _agent(cfg: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _wait(cond: Any, what: str, proc: subprocess.Popen[str], limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        assert proc.poll() is None, f"agent exited while waiting for {what}: {proc.stderr}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _utc(text: str) -> float:
@@ -109,7 +102,7 @@ control_socket = "{sock}"
     kills: list[float] = []
     proc = _agent(cfg)
     try:
-        _wait(sock.exists, "the control socket", proc)
+        wait_for(sock.exists, 60, "the control socket", proc=proc)
         res = subprocess.run(
             [sys.executable, "-m", "agent.cli", "record", "start", "--config", str(cfg)],
             cwd=REPO,
@@ -119,7 +112,7 @@ control_socket = "{sock}"
         )
         assert res.returncode == 0, res.stderr
         for _ in range(KILLS):
-            _wait(state.exists, "the recording's durable state", proc)
+            wait_for(state.exists, 60, "the recording's durable state", proc=proc)
             time.sleep(rng.uniform(2.5, 6.0))
             assert proc.poll() is None
             kills.append(time.time())
@@ -129,7 +122,7 @@ control_socket = "{sock}"
                 proc.stderr.close()
             sock.unlink(missing_ok=True)
             proc = _agent(cfg)  # no record start: the recording must resume by itself
-            _wait(sock.exists, "the control socket", proc)
+            wait_for(sock.exists, 60, "the control socket", proc=proc)
         time.sleep(3)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)

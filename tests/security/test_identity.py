@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import LinkConfig, MqttLink
 from agent.uplink.service import link_config
@@ -30,7 +31,6 @@ from tests.uplink.harness import (
     running_uplink,
     stored,
     unique_id,
-    wait_for,
 )
 
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.labs.broker import Mosquitto, Pki, acl_text
 from agent.labs.pulse import PulseServer
+from agent.labs.waiting import wait_for
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
 from agent.talk import wire
@@ -105,15 +106,6 @@ def broker_argv(broker: Mosquitto, identity: str) -> list[str]:
         "--client-id",
         identity,
     ]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        ev.wait(0.05)
 
 
 def write_tone_wav(path: Path, hz: float, seconds: float, rate: int = RATE) -> Path:

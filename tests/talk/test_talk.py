@@ -13,6 +13,7 @@ import pytest
 
 from agent.errors import CommandError
 from agent.labs.broker import Mosquitto
+from agent.labs.waiting import wait_for
 from agent.talk import wire
 from agent.talk.audio_io import SoundDeviceIO
 from agent.talk.platform import publish_all
@@ -26,7 +27,6 @@ from tests.talk.conftest import (
     broker_argv,
     message_chunks,
     tone_runs,
-    wait_for,
     write_tone_wav,
 )
 

@@ -7,8 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,16 +39,6 @@ def unique_id(tmp_path: Path) -> str:
     """A device id per test: each test's fresh spool starts its chains at seq 0 again, and the
     broker keeps sessions (and queued messages) across tests."""
     return "cam-" + "".join(c for c in tmp_path.name.lower() if c.isalnum())[-24:]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait (with a deadline) for a condition; fail naming it."""
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        ev.wait(0.05)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import AgentError, EvidenceRefused
 from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.runtime.local_control import MAX_REQUEST, LocalControl, send
 from agent.uplink import protocol as proto
 from agent.uplink.control import (
@@ -44,7 +45,6 @@ from tests.uplink.harness import (
     make_platform,
     running_uplink,
     unique_id,
-    wait_for,
 )
 
 NOW = 1_800_000_000.0

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.model import Alarm
 from agent.uplink import protocol as proto
 from agent.uplink.forwarder import Forwarder
@@ -19,7 +20,6 @@ from tests.uplink.harness import (
     make_platform,
     running_ingest,
     stored,
-    wait_for,
 )
 
 
