@@ -1,24 +1,24 @@
-"""Writing TOML: the agent's settings (plain tables of scalars and lists) back to text.
+"""Writing TOML: the agent's settings back to text, with tomli-w.
 
-Python reads TOML (``tomllib``) but does not write it. What the agent writes is small and
-regular (``edge-agent provision``'s ``agent.toml``, the remote-settings overrides file): tables
-of strings, numbers, booleans, paths and lists of strings, nested one or two levels. This
-renderer covers exactly that, and every output is read back with ``tomllib`` by its callers
-before it replaces a file.
+Python reads TOML (``tomllib``) but does not write it. ``edge-agent provision`` writes
+``agent.toml`` and ``settings.set`` the remote-settings overrides file; both go through
+tomli-w, which escapes every character TOML forbids in a string (the C0 controls and DEL:
+the renderer this replaced wrote DEL raw, which ``tomllib`` then refused). Callers still read
+every output back with ``tomllib`` before it replaces a file.
 
-:func:`config_to_dict` turns a settings dataclass (e.g. :class:`agent.config.AgentConfig`) into
-the nested dict :func:`agent.config.fields.load_dataclass` reads (``None`` values left out, paths as
-strings), so ``load_dataclass(AgentConfig, config_to_dict(cfg)) == cfg``.
+:func:`config_to_dict` turns a settings dataclass (e.g. :class:`agent.config.schema.AgentConfig`)
+into the nested dict :func:`agent.config.fields.load_dataclass` reads (``None`` values left
+out, paths as strings), so ``load_dataclass(AgentConfig, config_to_dict(cfg)) == cfg``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 
 def config_to_dict(obj: Any) -> dict[str, Any]:
@@ -31,58 +31,24 @@ def config_to_dict(obj: Any) -> dict[str, Any]:
             continue
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             out[f.name] = config_to_dict(value)
-        elif isinstance(value, Path):
-            out[f.name] = str(value)
-        elif isinstance(value, tuple):
-            out[f.name] = [str(v) if isinstance(v, Path) else v for v in value]
         else:
-            out[f.name] = value
+            out[f.name] = _plain(value)
     return out
 
 
-def _key(k: str) -> str:
-    if k and all(c.isalnum() or c in "-_" for c in k):
-        return k
-    return json.dumps(k)
-
-
-def value_text(v: Any) -> str:
-    """One TOML value."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v) or math.isinf(v):
-            raise ValueError(f"cannot write {v} as a setting")
-        return repr(v)
+def _plain(v: Any) -> Any:
+    """Paths as strings, tuples as lists, tables key by key (what tomli-w writes)."""
     if isinstance(v, Path):
-        return json.dumps(str(v))
-    if isinstance(v, str):
-        # A JSON string is a valid TOML basic string for everything json.dumps emits.
-        return json.dumps(v, ensure_ascii=False)
+        return str(v)
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(value_text(x) for x in v) + "]"
-    raise ValueError(f"cannot write a {type(v).__name__} as a setting")
+        return [_plain(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
 
 
 def render_toml(data: Mapping[str, Any], header: str = "") -> str:
-    """Nested tables of scalars and lists as TOML text (tables after the scalars they hold)."""
-    lines: list[str] = [f"# {line}".rstrip() for line in header.splitlines()]
-    if lines:
-        lines.append("")
-
-    def table(prefix: str, t: Mapping[str, Any]) -> None:
-        scalars = [(k, v) for k, v in t.items() if not isinstance(v, Mapping)]
-        subs = [(k, v) for k, v in t.items() if isinstance(v, Mapping)]
-        if prefix and (scalars or not subs):
-            lines.append(f"[{prefix}]")
-        for k, v in scalars:
-            lines.append(f"{_key(k)} = {value_text(v)}")
-        if prefix and (scalars or not subs):
-            lines.append("")
-        for k, v in subs:
-            table(f"{prefix}.{_key(k)}" if prefix else _key(k), v)
-
-    table("", data)
-    return "\n".join(lines).rstrip() + "\n"
+    """Nested tables of scalars and lists as TOML text, under ``header`` as comments."""
+    comments = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    body = tomli_w.dumps(_plain(data))
+    return comments + ("\n" if comments else "") + body
