@@ -225,3 +225,13 @@ def test_each_package_says_what_it_holds(package: str) -> None:
     for path in sorted((AGENT / package).glob("*.py")):
         if path.name != "__init__.py":
             assert ast.get_docstring(ast.parse(path.read_text())), f"{path}: no docstring"
+
+
+def test_cli_modules_are_named_cli_and_each_is_registered() -> None:
+    """``cli.py`` is the command line of its package (``commands`` are what the platform and
+    the control socket send: agent/runtime/routing.py); every one adds its subcommands."""
+    from agent.cli import CLI_MODULES
+
+    found = sorted(_module_name(p) for p in AGENT.rglob("cli.py") if p.parent != AGENT)
+    assert sorted(CLI_MODULES) == found
+    assert not list(AGENT.rglob("commands.py")), "CLI modules are named cli.py"
