@@ -199,7 +199,7 @@ def test_gpio_without_the_binding_says_what_to_install(monkeypatch: pytest.Monke
 
 def test_fleet_imports_neither_gpiod_nor_numpy() -> None:
     code = (
-        "import sys, agent.fleet.service, agent.lines.inputs; "
+        "import sys, agent.fleet.service, agent.lines.inputs, agent.lines.serial, agent.lines.ptt; "
         "bad = [m for m in ('gpiod', 'numpy', 'cv2') if m in sys.modules]; "
         "assert not bad, bad"
     )
