@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 
 def config_to_dict(obj: Any) -> dict[str, Any]:
     """A settings dataclass as the nested dict its TOML would load into."""
@@ -49,6 +47,8 @@ def _plain(v: Any) -> Any:
 
 def render_toml(data: Mapping[str, Any], header: str = "") -> str:
     """Nested tables of scalars and lists as TOML text, under ``header`` as comments."""
+    import tomli_w  # only when writing: a running tracker never needs it
+
     comments = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
     body = tomli_w.dumps(_plain(data))
     return comments + ("\n" if comments else "") + body
