@@ -23,8 +23,8 @@ from agent.capture.sim import SyntheticSource
 from agent.capture.stills import Stills
 from agent.capture.triggers import SerialTrigger, command_handlers, handle_line
 from agent.cli import main as cli_main
+from agent.config.fields import load_dataclass
 from agent.errors import ConfigError, EvidenceRefused, SourceError
-from agent.settings import load_dataclass
 
 from .conftest import FIX, FPS, H, Keys, W, decrypt_all, small_settings
 

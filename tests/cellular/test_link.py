@@ -12,12 +12,12 @@ import pytest
 
 from agent.cellular.monitor import LinkMonitor
 from agent.cellular.settings import CellularSettings
-from agent.cellular.sim import set_scenario, write_fake_mmcli
 from agent.cellular.traffic import TrafficMeter, lane_of
-from agent.health import format_status
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.mmcli import set_scenario, write_fake_mmcli
 from agent.model import Alarm
+from agent.runtime.status_text import format_status
 from agent.uplink import protocol as proto
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import LinkConfig, MqttLink
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.labs.waiting import wait_for
+
 _LINES = pytest.StashKey[list[str]]()
 
 
@@ -41,16 +43,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``cond`` until true; fails the test after ``timeout`` (a bound, not a timing)."""
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        ev.wait(0.02)
 
 
 class GpsFake:

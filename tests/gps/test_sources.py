@@ -17,10 +17,11 @@ from agent.gps.replay import ReplaySource, read_fixes
 from agent.gps.serial_source import SerialSource
 from agent.gps.settings import GpsSettings
 from agent.gps.source import LinkState, SourceThread, open_source
-from agent.gps.synth import truck_log
+from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from agent.model import Fix
 
-from .conftest import GpsFake, PtySerial, free_port, wait_for
+from .conftest import GpsFake, PtySerial, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,7 +230,7 @@ def test_gps_only_process_imports_neither_cv2_nor_numpy() -> None:
         "import sys\n"
         "import agent.gps.source, agent.gps.replay, agent.gps.serial_source, "
         "agent.gps.gpsd_source, agent.gps.strategy, agent.gps.clock, agent.gps.wire, "
-        "agent.gps.commands, agent.gps.settings, agent.model\n"
+        "agent.gps.cli, agent.gps.settings, agent.model\n"
         "bad = sorted(m for m in ('cv2', 'numpy', 'av', 'sounddevice') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )

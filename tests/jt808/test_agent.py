@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from agent.gps.synth import truck_log
-from agent.jt808.lab import ReferencePlatform
 from agent.jt808.location import STATUS_ACC
+from agent.labs.jt808_platform import ReferencePlatform
+from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from tests.fixtures.keys import KeySet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +72,7 @@ control_socket = "{tmp_path / "run" / "control.sock"}"
         text=True,
     )
     try:
-        assert platform.wait_for(lambda: len(platform.received) >= 8, 60), "no reports"
+        wait_for(lambda: len(platform.received) >= 8, 60, "eight location reports")
         assert platform.registrations[0].plate == "粤B00007"
         got = platform.locations()
         # the ignition input (the simulated source's level arrives debounced, after the first
