@@ -364,11 +364,17 @@ class Agent:
             queue_key=derive_key(secret),
             fleet=self.fleet,
             spool=self.spool,
+            signal=self._modem_signal,
         )
         self.alarms.add_sink(terminal.on_alarm)
         if self.cfg.gps.source == "none":
             log.warning("jt808: no GPS source (gps.source = none): no location reports")
         return terminal
+
+    def _modem_signal(self) -> int | None:
+        """The modem's signal for the JT/T 808 location reports (item 0x30), if one is read."""
+        link = getattr(self, "link", None)  # built after the terminal
+        return link.signal_csq() if link is not None else None
 
     def _live_fix(self, fix: Fix) -> None:
         """A reported position, with the vehicle's inputs when a fleet part runs."""
