@@ -74,8 +74,8 @@ def ingest(
     )  # fmt: skip
     worker.start()
     deadline = time.monotonic() + 15
-    while not worker.link.connected:
-        assert time.monotonic() < deadline, "ingest did not connect"
+    while not worker.link.subscribed:
+        assert time.monotonic() < deadline, "ingest did not connect and subscribe"
         time.sleep(0.05)
     yield store
     stop.set()

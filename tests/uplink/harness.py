@@ -211,7 +211,10 @@ def running_ingest(
     store_dir: Path, pki: Pki, port: int, platform: Platform | None, **store: Any
 ) -> Iterator[Ingest]:
     """An ingest worker as production runs it: registered device keys, signed acks (without
-    ``platform``: trust on first use, unsigned acks, no plaintext)."""
+    ``platform``: trust on first use, unsigned acks, no plaintext). Entered once the broker
+    acknowledged its subscriptions: a device message published from then on reaches it (one
+    published before would reach no subscriber, since each test starts without the ingest's
+    session: tests/fixtures/broker.py)."""
     stop = threading.Event()
     key = load_platform_private(platform.key) if platform else None
     devices = platform.devices if platform else None
@@ -220,6 +223,7 @@ def running_ingest(
     ingest = Ingest(s, ingest_config(pki, port), stop, ack_key=ack_key)
     ingest.start()
     try:
+        wait_for(lambda: ingest.link.subscribed, 30, "the ingest's subscriptions")
         yield ingest
     finally:
         stop.set()
