@@ -51,7 +51,11 @@ def register(sub: Any) -> None:
     p.add_argument("--gps-source", choices=("serial", "gpsd", "replay", "none"))
     p.add_argument("--gps-port", help="serial GNSS receiver (default /dev/ttyACM0)")
     p.add_argument("--gps-replay", type=Path, help="NMEA/gpsd log (with --gps-source replay)")
-    p.add_argument("--video-source", help="/dev/video0, a file, a stream URL or 'synthetic'")
+    p.add_argument(
+        "--video-source",
+        help="auto (the board's camera, default), picamera2, rpicam, /dev/video0, a file, a "
+        "stream URL or 'synthetic'",
+    )
     p.add_argument("--force", action="store_true", help="replace existing keys (re-enrolment)")
     p.add_argument(
         "--non-interactive", action="store_true", help="never ask; fail naming what is missing"
@@ -109,6 +113,31 @@ class Prompter:
             if problem is None:
                 return value
             self._say(f"  {problem}")
+
+
+CAMERA_PROMPT = (
+    "Camera: auto (the board's), picamera2 or rpicam (the Pi camera module; its stack comes "
+    "with deploy/install.sh --camera picamera2|rpicam), /dev/video0 (USB), a stream URL, "
+    "or synthetic"
+)
+
+
+def camera_stack_note(source: str) -> str | None:
+    """What to do when the Pi camera stack a source needs is not installed here."""
+    import importlib.util
+    import shutil
+
+    if source == "picamera2" and importlib.util.find_spec("picamera2") is None:
+        return (
+            "NOTE: picamera2 is not installed for the agent: rerun deploy/install.sh "
+            "--camera picamera2 (docs/deploy.md); until then the camera is reported lost"
+        )
+    if source == "rpicam" and shutil.which("rpicam-vid") is None:
+        return (
+            "NOTE: rpicam-vid is not installed: rerun deploy/install.sh --camera rpicam "
+            "(docs/deploy.md); until then the camera is reported lost"
+        )
+    return None
 
 
 def _required(v: str) -> str | None:
@@ -217,9 +246,9 @@ def gather(args: argparse.Namespace, ask: Prompter | None) -> Any:
     gps_replay = args.gps_replay or d.get("gps_replay")
     if gps_source == "replay" and gps_replay is None:
         missing.append("--gps-replay")
-    video_source = str(args.video_source or d.get("video_source") or "/dev/video0")
+    video_source = str(args.video_source or d.get("video_source") or "auto")
     if profile != "tracker" and ask is not None and args.video_source is None:
-        video_source = ask("Camera (/dev/video0, a stream URL, or synthetic)", video_source)
+        video_source = ask(CAMERA_PROMPT, video_source)
     if missing:
         raise ConfigError(
             "missing answers (stdin is not a terminal, so nothing was asked): "
@@ -258,6 +287,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
     out = provision(answers, layout, force=args.force)
     for note in out.notes:
         print(note)
+    camera_note = camera_stack_note(answers.video_source)
+    if camera_note and answers.profile != "tracker":
+        print(camera_note)
     print(f"config written: {out.config} (checked: edge-agent config check {out.config})")
     print(out.ownership)
     _receiver(args, layout)

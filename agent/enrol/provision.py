@@ -165,7 +165,7 @@ class Answers:
     gps_source: str = "serial"
     gps_port: str = "/dev/ttyACM0"
     gps_replay: Path | None = None
-    video_source: str = "/dev/video0"
+    video_source: str = "auto"  # the board's camera (docs/video.md)
 
 
 @dataclass
@@ -241,7 +241,7 @@ def defaults_from(previous: AgentConfig | None, layout: Layout) -> dict[str, Any
         "profile": "bodycam",
         "gps_source": "serial",
         "gps_port": "/dev/ttyACM0",
-        "video_source": "/dev/video0",
+        "video_source": "auto",
     }
     if previous is None:
         return d

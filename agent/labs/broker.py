@@ -393,11 +393,16 @@ class BlackHole:
     def close(self) -> None:
         self._stop.set()
         self._open.set()
+        # close() alone does not wake a thread blocked in accept() on Linux: shut it down.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             for s in self._socks:
                 with contextlib.suppress(OSError):
                     s.close()
+        for t in self._threads:
+            t.join(5)
 
     def _accept(self) -> None:
         while not self._stop.is_set():

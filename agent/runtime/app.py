@@ -98,7 +98,9 @@ class Agent:
             self.fleet = FleetService(cfg.fleet, self.spool, self.stop, alarm=self.alarms.raise_)
         self.jt808: Jt808Terminal | None = None
         if cfg.jt808.enabled:
-            self.jt808 = build_jt808(cfg, stop=self.stop, fleet=self.fleet, spool=self.spool)
+            self.jt808 = build_jt808(
+                cfg, stop=self.stop, fleet=self.fleet, spool=self.spool, signal=self._modem_signal
+            )
             self.alarms.add_sink(self.jt808.on_alarm)
         if cfg.gps.source != "none":
             from agent.gps.service import GpsService
@@ -248,6 +250,11 @@ class Agent:
         if traffic is not None or cfg.cellular.source != "none":
             self.link = LinkMonitor(cfg.cellular, self.stop, alarm=self.alarms.raise_,
                                     traffic=traffic)  # fmt: skip
+
+    def _modem_signal(self) -> int | None:
+        """The modem's signal for the JT/T 808 location reports (item 0x30), if one is read."""
+        link: LinkMonitor | None = getattr(self, "link", None)  # built after the terminal
+        return link.signal_csq() if link is not None else None
 
     def _live_fix(self, fix: Fix) -> None:
         """A reported position, with the vehicle's inputs when a fleet part runs."""
@@ -440,7 +447,12 @@ def build_talk(
 
 
 def build_jt808(
-    cfg: AgentConfig, *, stop: threading.Event, fleet: FleetService | None, spool: Spool
+    cfg: AgentConfig,
+    *,
+    stop: threading.Event,
+    fleet: FleetService | None,
+    spool: Spool,
+    signal: Callable[[], int | None] | None = None,
 ) -> Jt808Terminal:
     """The JT/T 808 terminal: every fix and alarm, its queue keyed from the device key."""
     from cryptography.hazmat.primitives import serialization
@@ -460,6 +472,7 @@ def build_jt808(
         queue_key=derive_key(secret),
         fleet=fleet,
         spool=spool,
+        signal=signal,
     )
     if cfg.gps.source == "none":
         log.warning("jt808: no GPS source (gps.source = none): no location reports")

@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
     verify.add_argument(
         "--decrypt-to",
         help="write decrypted contents (and each segment's meta, NNN.meta.json) under this"
-        " directory",
+        " directory; a recovered video or audio part is written as its playable media",
     )
     verify.add_argument(
         "--show-meta",

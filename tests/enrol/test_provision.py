@@ -131,6 +131,26 @@ def test_rerun_keeps_keys_and_answers(provisioned: Layout, pki: Pki, tmp_path: P
     assert mode(lay.device_key) == mode(lay.tls_key) == 0o600
 
 
+def test_the_camera_defaults_to_the_boards_and_the_pi_stack_is_pointed_to(
+    tmp_path: Path, keyset: KeySet, pki: Pki, ack_key: Path
+) -> None:
+    """No --video-source: the board's camera (auto). picamera2 where it is not installed
+    (this machine): provisioning goes on and says how to install it."""
+    args = provision_args(tmp_path / "a", keyset, pki, ack_key)
+    i = args.index("--video-source")
+    del args[i : i + 2]
+    res = edge_agent(*args, "--no-selftest", "--skip-receiver")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert tomllib.loads(Layout(tmp_path / "a").config.read_text())["video"]["source"] == "auto"
+    assert "install.sh --camera" not in res.stdout
+    args[args.index(str(tmp_path / "a"))] = str(tmp_path / "b")
+    res = edge_agent(*args, "--video-source", "picamera2", "--no-selftest", "--skip-receiver")
+    assert res.returncode == 0, res.stderr + res.stdout
+    cfg = tomllib.loads(Layout(tmp_path / "b").config.read_text())
+    assert cfg["video"]["source"] == "picamera2"
+    assert "rerun deploy/install.sh --camera picamera2" in res.stdout
+
+
 def test_missing_answers_are_named(tmp_path: Path, keyset: KeySet) -> None:
     res = edge_agent("provision", "--root", str(tmp_path / "root"), "--device-id", "cam-1",
                      "--platform-key", str(keyset.platform_pub_path))  # fmt: skip
@@ -270,6 +290,9 @@ def test_interactive_prompts_on_a_terminal(
     assert "Device id (e.g. cam-0042): " in proc.stdout
     assert "must be 1-64 ASCII letters" in proc.stdout
     assert "Profile (bodycam, tracker, dashcam) [bodycam]: " in proc.stdout
+    assert (
+        "picamera2|rpicam), /dev/video0 (USB), a stream URL, or synthetic [auto]: " in proc.stdout
+    )
     assert "must be mqtts://HOST:PORT" in proc.stdout
     assert "no such file" in proc.stdout
     cfg = tomllib.loads(Layout(tmp_path / "root").config.read_text())

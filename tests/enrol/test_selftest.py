@@ -74,8 +74,8 @@ def ingest(
     )  # fmt: skip
     worker.start()
     deadline = time.monotonic() + 15
-    while not worker.link.connected:
-        assert time.monotonic() < deadline, "ingest did not connect"
+    while not worker.link.subscribed:
+        assert time.monotonic() < deadline, "ingest did not connect and subscribe"
         time.sleep(0.05)
     yield store
     stop.set()
@@ -117,8 +117,13 @@ def test_all_items_pass(
     assert f"127.0.0.1:{broker_alive.port} as cam-st1" in items["broker"]["detail"]
     assert items["segment"]["status"] == "PASS"
     assert "acknowledged by the platform" in items["segment"]["detail"]
-    # The progress display, one line per item.
-    assert re.search(r"\[3/\d+\] GPS fix ... PASS \(52.0000, 5.0000, 9 sats\)", progress)
+    # The progress display, one line per item. Warnings still show (run_selftest): the
+    # replayed log's times lag the system clock by more than 2 s when this machine is slow
+    # to start the self-test, and agent.gps.clock says so between an item and its result.
+    warnings = r"(?:[^\n]* WARNING [^\n]*\n)*"
+    assert re.search(
+        rf"\[3/\d+\] GPS fix ... {warnings}PASS \(52.0000, 5.0000, 9 sats\)", progress
+    ), progress
     # A replayed log has no serial port to check.
     assert items["serial"]["status"] == "SKIP"
     # skipped: the microphone, the serial port, and the power and modem (none configured,

@@ -69,11 +69,13 @@ def test_serial_pty_and_gpsd_give_the_same_fixes(
     writer = threading.Thread(target=pty_serial.write_paced, args=(log.read_bytes(), stop))
     writer.start()
 
-    # gpsd: the same log through gpsfake.
-    fake = gpsfake_factory(log, cycle=0.005)
+    # gpsd: the same log through gpsfake, played once the source watches.
+    fake = gpsfake_factory(log, cycle=0.005, held=True)
     gpsd_fixes = Collector()
     gpsd_src = GpsdSource(port=fake.port, stale_after_s=30)
     t2 = run_in_thread(gpsd_src, stop, gpsd_fixes)
+    wait_for(lambda: gpsd_src.connects >= 1, 60, "the source's watch on gpsd")
+    fake.play()
 
     wait_for(lambda: serial_fixes.count() >= 12, 60, "12 fixes over the pty")
     wait_for(lambda: gpsd_fixes.count() >= 10, 60, "fixes from gpsd")
@@ -153,10 +155,13 @@ def test_gpsd_source_contains_gpsd_py3_globals(
 
     log = tmp_path / "truck.log"
     log.write_bytes(truck_log(5))
-    fake = gpsfake_factory(log, cycle=0.01)
+    fake = gpsfake_factory(log, cycle=0.01, held=True)
     stop = threading.Event()
     sink = Collector()
-    t = run_in_thread(GpsdSource(port=fake.port), stop, sink)
+    src = GpsdSource(port=fake.port)
+    t = run_in_thread(src, stop, sink)
+    wait_for(lambda: src.connects >= 1, 60, "the source's watch on gpsd")
+    fake.play()
     wait_for(lambda: sink.count() >= 1, 60, "a fix")
     stop.set()
     t.join(10)

@@ -16,6 +16,7 @@ from typing import Any
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
 from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.storage.keys import (
     init_device_keys,
     init_platform_keys,
@@ -200,7 +201,10 @@ def running_ingest(
     store_dir: Path, pki: Pki, port: int, platform: Platform | None, **store: Any
 ) -> Iterator[Ingest]:
     """An ingest worker as production runs it: registered device keys, signed acks (without
-    ``platform``: trust on first use, unsigned acks, no plaintext)."""
+    ``platform``: trust on first use, unsigned acks, no plaintext). Entered once the broker
+    acknowledged its subscriptions: a device message published from then on reaches it (one
+    published before would reach no subscriber, since each test starts without the ingest's
+    session: tests/fixtures/broker.py)."""
     stop = threading.Event()
     key = load_platform_private(platform.key) if platform else None
     devices = platform.devices if platform else None
@@ -209,6 +213,7 @@ def running_ingest(
     ingest = Ingest(s, ingest_config(pki, port), stop, ack_key=ack_key)
     ingest.start()
     try:
+        wait_for(lambda: ingest.link.subscribed, 30, "the ingest's subscriptions")
         yield ingest
     finally:
         stop.set()

@@ -27,11 +27,12 @@ from typing import Any
 
 import pytest
 
-from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
 from agent.labs.nmea import truck_log
 from agent.labs.waiting import wait_for
 from agent.uplink.mqtt import LinkConfig
 from tests.fixtures.keys import KeySet
+from tests.fixtures.pki import WEB_INGEST
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "web"
@@ -178,11 +179,11 @@ def pipeline(
 
     tmp = tmp_path_factory.mktemp("pipeline")
     stop = threading.Event()
-    ingest_cert = pki.client(INGEST_IDENTITY)
+    ingest_cert = pki.client(WEB_INGEST)
     link = LinkConfig(
         host="127.0.0.1",
         port=broker.port,
-        client_id=INGEST_IDENTITY,
+        client_id=WEB_INGEST,
         ca=pki.ca,
         cert=ingest_cert.cert,
         key=ingest_cert.key,
