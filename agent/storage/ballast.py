@@ -2,8 +2,8 @@
 
 ``<spool>/.ballast`` is allocated at open (when the disk has room for it beyond the reserve).
 When the disk fills, it is deleted so the index can still commit what frees space (the
-platform's acknowledgements) and record refusals; it is allocated again after an
-acknowledgement has freed space.
+platform's acknowledgements) and record refusals; once acknowledgements have removed
+segments, it is allocated again if the disk has room for it.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ cut that loses such a row leaves a sealed file that extends its chain, which rec
 adopts (:mod:`agent.storage.spoolrecovery`). Everything else commits durably.
 
 When the disk fills, a transaction first gives back the ballast (:mod:`agent.storage.ballast`)
-so acknowledgements (which free space) and refusals still commit; an index that cannot commit
-raises :class:`SpoolError` (retried when space returns), never a bare ``sqlite3`` error.
+so acknowledgements (which free space) and refusals still commit; a commit the full disk still
+refuses raises :class:`SpoolError` (retried when space returns), not a bare ``sqlite3`` error.
 
 Segments in flight (being sent) are kept in memory only: after any stop, everything
 unacknowledged is ready again.
