@@ -34,8 +34,7 @@ OVER_400_WAIVED = {
     # removed when i18-mechanisms lands (one recording state machine, one microphone owner)
     "agent/capture/audio_recorder.py::AudioPipeline",
     "agent/talk/device.py::Talk",
-    # owned by i19-seal (storage/spool.py) and i19-link (uplink/*, ingest/*) in this wave
-    "agent/storage/spool.py::Spool",
+    # owned by i19-link (uplink/*, ingest/*) in this wave
     "agent/uplink/forwarder.py::Forwarder",
     "agent/uplink/mqtt.py::MqttLink",  # grew with fix-flaky's subscribed (i19-link splits it)
     "agent/ingest/store.py::Store",
