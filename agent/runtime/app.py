@@ -113,6 +113,7 @@ class Agent:
                 live=self._live_fix if self.uplink else None,
                 fleet=self.fleet,
                 observers=[self.jt808.on_fix] if self.jt808 is not None else (),
+                alarm=self.alarms.raise_,
             )
         self.audio: AudioRecorder | None = None
         muxed: list[AvEncoder] = []  # the video encoder carrying the audio track, once open

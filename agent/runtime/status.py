@@ -84,6 +84,9 @@ def status_figures(a: Running, dead: list[str]) -> dict[str, Any]:
             "seen": a.gps.fixes_seen,
             "kept": a.gps.fixes_kept,
             "reported": a.gps.fixes_reported,
+            # kept but not stored yet (a full disk): retried; dropped once over the limit
+            "unstored": a.gps.unstored(),
+            "unstored_dropped": a.gps.fixes_unstored_dropped,
         }
     if a.uplink is not None:
         out["uplink"] = {"connected": a.uplink.link.connected}
