@@ -1,0 +1,147 @@
+"""Issue 21: the GPS consumer survives a full disk (a real one: a small tmpfs, root only).
+
+Found by the chaos suite (seed 4242): the journal's header write in ``RecordLog._open_batch``
+raised ENOSPC into ``GpsService.handle`` and the ``gps-consumer`` thread died. Now the fix the
+disk refuses stays queued and is stored once space returns, the clock monitor keeps its GNSS
+reference and the live lane its positions all along, and the outage raises one alarm.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import wallclock
+from agent.gps.clock import ClockMonitor
+from agent.gps.service import GpsService
+from agent.gps.settings import GpsSettings, StrategySettings
+from agent.gps.source import Emit
+from agent.gps.wire import decode_fix
+from agent.labs.waiting import wait_for
+from agent.loops.guard import FAILING_ALARM, RECOVERED_ALARM
+from agent.model import Alarm, ClockSource, Fix, FixMode
+from agent.storage.records import unpack_records
+from agent.storage.settings import SpoolSettings
+from agent.storage.spool import Spool
+from tests.fixtures.keys import KeySet, make_sealer
+from tests.storage.helpers import decrypt_stream
+
+
+class FedSource:
+    """A GNSS receiver behind the FixSource interface, its epochs given by the test."""
+
+    name = "fed"
+
+    def __init__(self) -> None:
+        self.epochs: queue.Queue[Fix] = queue.Queue()
+
+    def run(self, stop: threading.Event, emit: Emit) -> None:
+        while not stop.is_set():
+            try:
+                emit(self.epochs.get(timeout=0.05))
+            except queue.Empty:
+                pass
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"NOT EXERCISED: mounting a small tmpfs was refused ({res.stderr.strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(fs: Path) -> Path:
+    filler = fs / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _fix(i: int) -> Fix:
+    # ~1 m apart, a fresh time each: every one is a good fix the strategy keeps
+    return Fix(
+        wallclock.now(), FixMode.FIX_3D, lat=52.0 + i * 1e-5, lon=4.0, speed=1.5, hdop=0.9
+    )
+
+
+def test_the_consumer_keeps_a_refused_fix_and_stores_it_once_space_returns(
+    tiny_fs: Path, keyset: KeySet
+) -> None:
+    settings = SpoolSettings(dir=tiny_fs / "spool", reserve_mb=0)
+    spool = Spool(settings, make_sealer(keyset))
+    spool.put_event("start", {})  # this epoch's key record is on the disk
+    stop = threading.Event()
+    alarms: list[Alarm] = []
+    live: list[Fix] = []
+    source = FedSource()
+    clock = ClockMonitor()
+    gps = GpsService(
+        GpsSettings(strategy=StrategySettings(keep_interval_s=0)),
+        spool,
+        stop,
+        clock=clock,
+        source=source,
+        live=live.append,
+        alarm=alarms.append,
+    )
+    filler = _fill(tiny_fs)
+    try:
+        gps.start()
+        # the first fix meets the full disk where the chaos run met it: the journal's header
+        source.epochs.put(_fix(0))
+        wait_for(lambda: gps.fixes_seen == 1 and gps.unstored() == 1, 20, "a refused fix")
+        assert not (settings.dir / "journal" / "gps.part").exists()  # nothing half-made
+        # more fixes during the outage: the thread, the clock and the live lane go on
+        for i in range(1, 6):
+            source.epochs.put(_fix(i))
+            wait_for(lambda i=i: gps.fixes_seen == i + 1, 20, "the next fix handled")
+            time.sleep(0.3)  # a few of the store's retries meet the full disk
+        assert gps.is_alive()
+        assert gps.unstored() == 6
+        assert clock.state().source is ClockSource.GNSS
+        assert len(live) >= 1
+        failing = [a for a in alarms if a.kind == FAILING_ALARM]
+        assert len(failing) == 1, alarms  # one outage, one alarm
+        assert failing[0].details["thread"] == "gps-store"
+        assert "No space left" in failing[0].message
+        # space returns: the queued fixes are stored, the outage ends
+        filler.unlink()
+        wait_for(lambda: gps.unstored() == 0, 30, "the queued fixes stored")
+        assert [a.kind for a in alarms] == [FAILING_ALARM, RECOVERED_ALARM]
+        source.epochs.put(_fix(6))
+        wait_for(lambda: gps.fixes_seen == 7 and gps.unstored() == 0, 20, "a fix after")
+    finally:
+        stop.set()
+        gps.join(10)
+        filler.unlink(missing_ok=True)
+    assert not gps.is_alive()
+    # sealed at the stop: every fix once, in order, the refused one first
+    lats = [
+        round(decode_fix(r).lat or 0.0, 6)
+        for s in decrypt_stream(spool, keyset.platform_private, "gps")
+        for r in unpack_records(s.data)
+    ]
+    spool.close()
+    assert lats == [round(52.0 + i * 1e-5, 6) for i in range(7)]
