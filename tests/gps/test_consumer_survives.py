@@ -8,6 +8,7 @@ reference and the live lane its positions all along, and the outage raises one a
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import subprocess
 import threading
@@ -43,10 +44,8 @@ class FedSource:
 
     def run(self, stop: threading.Event, emit: Emit) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(queue.Empty):
                 emit(self.epochs.get(timeout=0.05))
-            except queue.Empty:
-                pass
 
 
 @pytest.fixture
@@ -81,9 +80,7 @@ def _fill(fs: Path) -> Path:
 
 def _fix(i: int) -> Fix:
     # ~1 m apart, a fresh time each: every one is a good fix the strategy keeps
-    return Fix(
-        wallclock.now(), FixMode.FIX_3D, lat=52.0 + i * 1e-5, lon=4.0, speed=1.5, hdop=0.9
-    )
+    return Fix(wallclock.now(), FixMode.FIX_3D, lat=52.0 + i * 1e-5, lon=4.0, speed=1.5, hdop=0.9)
 
 
 def test_the_consumer_keeps_a_refused_fix_and_stores_it_once_space_returns(
