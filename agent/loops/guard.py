@@ -212,6 +212,10 @@ class Guard:
         self._retry_at = now + self._wait
         self._wait = min(self.backoff_max_s, self._wait * 2)
 
+    def retry_now(self) -> None:
+        """End the running backoff (a last attempt at the stop)."""
+        self._retry_at = 0.0
+
     def pause(self) -> None:
         """Wait out the running backoff (at once on ``stop``)."""
         left = self._retry_at - self._monotonic()

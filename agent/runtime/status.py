@@ -113,6 +113,8 @@ def status_figures(a: Running, dead: list[str]) -> dict[str, Any]:
             "origin": a.fleet.store.origin,
             "inputs": a.fleet.inputs.to_json(),
             "events": a.fleet.events_recorded,
+            "events_waiting": a.fleet.pending(),  # refused by a full disk: retried
+            "events_dropped": a.fleet.events_failed,
             "sos": a.fleet.sos_count,
         }
     return out
