@@ -1,0 +1,112 @@
+"""The record log on a real full disk (a small tmpfs, root only), issue 21.
+
+An append the disk refuses raises and stores nothing: no descriptor leaks, no half-made
+journal, no torn frame left in the journal, and the batch takes no further record under the
+same key (a nonce is never used twice). Once space returns the next append seals what the
+batch held and starts a new one: every record is read back once, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import AgentError
+from agent.storage.records import RecordLog, unpack_records
+from agent.storage.settings import SpoolSettings
+from agent.storage.spool import Spool
+from tests.fixtures.keys import KeySet, make_sealer
+from tests.storage.helpers import decrypt_stream
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"NOT EXERCISED: mounting a small tmpfs was refused ({res.stderr.strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(fs: Path) -> Path:
+    filler = fs / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_refused_append_stores_nothing_and_the_batch_is_sealed_later(
+    tiny_fs: Path, keyset: KeySet
+) -> None:
+    spool = Spool(SpoolSettings(dir=tiny_fs / "spool", reserve_mb=0), make_sealer(keyset))
+    spool.put_event("start", {})  # this epoch's key record is on the disk
+    rl = RecordLog(spool, "gps", content_type="application/x-edge-fix", batch_max_records=100)
+    # records big enough that each needs a new page of the file system
+    records = [bytes([i]) * 6000 for i in range(4)]
+    rl.append(records[0])
+    rl.append(records[1])
+    journal = rl.journal_path
+    size = journal.stat().st_size
+    filler = _fill(tiny_fs)
+    try:
+        fds = _fds()
+        for _ in range(3):
+            with pytest.raises((OSError, AgentError)):
+                rl.append(records[2])
+        assert _fds() == fds  # no descriptor left behind by the failures
+        assert rl.pending() == 2
+        assert journal.stat().st_size == size  # the torn frame was cut off
+        assert not journal.with_suffix(".part").exists()
+    finally:
+        filler.unlink()
+    # room again: the old batch is sealed first (its key is not used again), then r2 stored
+    rl.append(records[2])
+    rl.append(records[3])
+    assert rl.roll() is not None
+    sealed = decrypt_stream(spool, keyset.platform_private, "gps")
+    assert [unpack_records(s.data) for s in sealed] == [records[:2], records[2:]]
+    assert not journal.exists()
+    spool.close()
+
+
+def test_a_refused_first_record_leaves_no_journal(tiny_fs: Path, keyset: KeySet) -> None:
+    """The chaos run's failure (seed 4242): ENOSPC from the journal header's write."""
+    spool = Spool(SpoolSettings(dir=tiny_fs / "spool", reserve_mb=0), make_sealer(keyset))
+    spool.put_event("start", {})
+    rl = RecordLog(spool, "gps", content_type="application/x-edge-fix")
+    filler = _fill(tiny_fs)
+    try:
+        fds = _fds()
+        with pytest.raises(OSError):
+            rl.append(b"fix")
+        assert _fds() == fds
+        assert not rl.journal_path.exists() and not rl.journal_path.with_suffix(".part").exists()
+    finally:
+        filler.unlink()
+    rl.append(b"fix")
+    rl.roll()
+    [sealed] = decrypt_stream(spool, keyset.platform_private, "gps")
+    assert unpack_records(sealed.data) == [b"fix"]
+    spool.close()
