@@ -12,11 +12,14 @@ or, the same, ``guard.run(one_iteration)``. An iteration that raises an ``Except
 1. is **reported once per outage**: the first failure is logged with its traceback and raises
    one alarm (``thread_failing``, with the thread's name and the error); a failure of another
    kind in the same outage is logged with its traceback too (a new bug is never hidden behind
-   a known one), repeats only at debug level and in a summary once a minute;
+   a known one), repeats only at debug level and in a summary once a minute. A loop that flaps
+   (fails, works, fails again) raises at most one alarm and one traceback per kind a minute;
+   an outage that began within that minute raises its alarm once the minute is over;
 2. is **waited out**: a pause that doubles from ``backoff_min_s`` up to ``backoff_max_s``, and
    ends at once when ``stop`` is set;
 3. and the loop **goes on**. The first iteration that succeeds ends the outage: it is logged
-   (with how many failures it lasted) and a ``thread_recovered`` alarm says so.
+   (with how many failures it lasted) and, if the outage raised an alarm, a
+   ``thread_recovered`` alarm says so.
 
 What the failed iteration could not store stays where it was (the journal, the spool, the
 queue): retrying it is the loop's own business, the guard only keeps the thread alive.
@@ -44,7 +47,7 @@ from agent.model import Alarm, Severity
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
-SUMMARY_EVERY_S = 60.0
+QUIET_S = 60.0  # at most one alarm, and one traceback per kind, in this long
 FAILING_ALARM = "thread_failing"
 RECOVERED_ALARM = "thread_recovered"
 
@@ -88,7 +91,9 @@ class Guard:
         self._retry_at = 0.0
         self._outage_failures = 0
         self._outage_since = 0.0
-        self._kinds: set[str] = set()
+        self._outage_alarmed = False
+        self._alarmed_at = -QUIET_S
+        self._traceback_at: dict[str, float] = {}  # kind -> when its traceback was logged
         self._summary_at = 0.0
 
     # ---------------------------------------------------------------- state
@@ -152,22 +157,26 @@ class Guard:
                 self._outage_failures,
                 took,
             )
-            self._raise(
-                Alarm(
-                    RECOVERED_ALARM,
-                    f"{self.name}: working again after {self._outage_failures} failure(s)",
-                    Severity.INFO,
-                    wallclock.now(),
-                    {"thread": self.name, "failures": self._outage_failures, "seconds": took},
+            if self._outage_alarmed:
+                self._raise(
+                    Alarm(
+                        RECOVERED_ALARM,
+                        f"{self.name}: working again after {self._outage_failures} failure(s)",
+                        Severity.INFO,
+                        wallclock.now(),
+                        {"thread": self.name, "failures": self._outage_failures, "seconds": took},
+                    )
                 )
-            )
         self._outage_failures = 0
-        self._kinds.clear()
+        self._outage_alarmed = False
         self._wait = self.backoff_min_s
         self._retry_at = 0.0
 
     def failed(self, exc: BaseException) -> None:
-        """Report ``exc`` (once per outage, once per new kind) and start the next backoff."""
+        """Report ``exc`` and start the next backoff. The first failure of an outage is logged
+        as an error, with its traceback unless that kind had one in the last minute; one alarm
+        per outage, at most one a minute (a loop that flaps does not flood the live lane: an
+        outage that starts within the minute raises its alarm once the minute is over)."""
         now = self._monotonic()
         self.failures += 1
         kind = _kind(exc)
@@ -179,16 +188,18 @@ class Guard:
             self.outages += 1
             self._outage_since = now
             self._summary_at = now
-        if kind not in self._kinds:
-            self._kinds.add(kind)
+        traceback_due = now - self._traceback_at.get(kind, -QUIET_S) >= QUIET_S
+        if traceback_due:
+            self._traceback_at[kind] = now
+        if first or traceback_due:
             self.log.error(
                 "%s: %s (%s); backing off, the thread goes on",
                 self.name,
                 self.last_error,
                 "failing" if first else "another failure in the same outage",
-                exc_info=(type(exc), exc, exc.__traceback__),
+                exc_info=(type(exc), exc, exc.__traceback__) if traceback_due else None,
             )
-        elif now - self._summary_at >= SUMMARY_EVERY_S:
+        elif now - self._summary_at >= QUIET_S:
             self._summary_at = now
             self.log.error(
                 "%s: still failing (%s; %d failures in %.0f s)",
@@ -199,7 +210,9 @@ class Guard:
             )
         else:
             self.log.debug("%s: failed again: %s", self.name, self.last_error)
-        if first:
+        if not self._outage_alarmed and now - self._alarmed_at >= QUIET_S:
+            self._outage_alarmed = True
+            self._alarmed_at = now
             self._raise(
                 Alarm(
                     FAILING_ALARM,

@@ -89,18 +89,44 @@ def test_a_failing_loop_goes_on_reports_once_and_recovers(
 def test_each_outage_has_its_alarm_and_a_new_kind_its_own_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    clock = Clock()
     alarms: list[Alarm] = []
-    guard = Guard("worker", threading.Event(), log, alarm=alarms.append, backoff_min_s=0)
+    guard = Guard(
+        "worker", threading.Event(), log, alarm=alarms.append, backoff_min_s=0, monotonic=clock
+    )
     with caplog.at_level(logging.ERROR, logger=log.name):
         guard.attempt(Flaky(_ioerror()))
         guard.attempt(Flaky(KeyError("bug")))  # another kind in the same outage
-        guard.attempt(Flaky(_ioerror()))  # a repeat: no traceback
+        guard.attempt(Flaky(_ioerror()))  # a repeat: no traceback, no line
         guard.attempt(Flaky())
-        guard.attempt(Flaky(_ioerror()))  # a second outage
+        clock.t += 120
+        guard.attempt(Flaky(_ioerror()))  # a second outage, minutes later
     assert [a.kind for a in alarms] == [FAILING_ALARM, RECOVERED_ALARM, FAILING_ALARM]
     tracebacks = [r.exc_info[0] for r in caplog.records if r.exc_info]
     assert tracebacks == [OSError, KeyError, OSError]
+    assert len([r for r in caplog.records if "backing off" in r.getMessage()]) == 3
     assert guard.outages == 2 and guard.failing
+
+
+def test_a_flapping_loop_raises_one_alarm_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    alarms: list[Alarm] = []
+    guard = Guard(
+        "worker", threading.Event(), log, alarm=alarms.append, backoff_min_s=0, monotonic=clock
+    )
+    with caplog.at_level(logging.ERROR, logger=log.name):
+        for _ in range(50):  # fails, works, fails...: 50 outages in 50 s
+            guard.attempt(Flaky(_ioerror()))
+            guard.attempt(Flaky())
+            clock.t += 1
+    assert guard.outages == 50
+    assert [a.kind for a in alarms] == [FAILING_ALARM, RECOVERED_ALARM]
+    assert len([r for r in caplog.records if r.exc_info]) == 1
+    # an outage that began inside the minute and lasts raises its alarm once it is over
+    guard.attempt(Flaky(_ioerror()))
+    clock.t += 15
+    guard.attempt(Flaky(_ioerror()))
+    assert [a.kind for a in alarms][-1] == FAILING_ALARM and len(alarms) == 3
 
 
 def test_the_backoff_doubles_is_capped_and_resets() -> None:
