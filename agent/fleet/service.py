@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import CommandError, ConfigError
+from agent.errors import AgentError, CommandError, ConfigError
 from agent.fleet.plan import Plan, parse_plan
 from agent.fleet.rules import FleetEvent, Inputs, RuleEngine
 from agent.fleet.schedule import LocalClock
@@ -228,7 +228,16 @@ class FleetService:
     def _store_step(self) -> None:
         while self._pending:
             kind, record = self._pending[0]
-            self.spool.put_event(kind, record)
+            try:
+                self.spool.put_event(kind, record)
+            except (AgentError, OSError):
+                raise  # the spool or the disk: the record stays queued, retried later
+            except Exception:
+                # This one record cannot be stored (a bug): it must not hold up the others.
+                self._pending.popleft()
+                self.events_failed += 1
+                log.exception("fleet: event record %s cannot be stored: dropped", kind)
+                continue
             self._pending.popleft()
             self.events_recorded += 1
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from agent.model import Alarm, ClockSource, Fix, FixMode
 from agent.storage.records import unpack_records
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
+from tests.fixtures.full_disk import fill, small_tmpfs
 from tests.fixtures.keys import KeySet, make_sealer
 from tests.storage.helpers import decrypt_stream
 
@@ -50,32 +50,8 @@ class FedSource:
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"NOT EXERCISED: mounting a small tmpfs was refused ({res.stderr.strip()})")
-    try:
+    with small_tmpfs(tmp_path / "tiny") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(fs: Path) -> Path:
-    filler = fs / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def _fix(i: int) -> Fix:
@@ -103,7 +79,7 @@ def test_the_consumer_keeps_a_refused_fix_and_stores_it_once_space_returns(
         live=live.append,
         alarm=alarms.append,
     )
-    filler = _fill(tiny_fs)
+    filler = fill(tiny_fs)
     try:
         gps.start()
         # the first fix meets the full disk where the chaos run met it: the journal's header

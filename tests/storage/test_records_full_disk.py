@@ -9,7 +9,6 @@ batch held and starts a new one: every record is read back once, in order.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,38 +18,15 @@ from agent.errors import AgentError
 from agent.storage.records import RecordLog, unpack_records
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
+from tests.fixtures.full_disk import fill, small_tmpfs
 from tests.fixtures.keys import KeySet, make_sealer
 from tests.storage.helpers import decrypt_stream
 
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"NOT EXERCISED: mounting a small tmpfs was refused ({res.stderr.strip()})")
-    try:
+    with small_tmpfs(tmp_path / "tiny") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(fs: Path) -> Path:
-    filler = fs / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def _fds() -> int:
@@ -69,7 +45,7 @@ def test_a_refused_append_stores_nothing_and_the_batch_is_sealed_later(
     rl.append(records[1])
     journal = rl.journal_path
     size = journal.stat().st_size
-    filler = _fill(tiny_fs)
+    filler = fill(tiny_fs)
     try:
         fds = _fds()
         for _ in range(3):
@@ -96,7 +72,7 @@ def test_a_refused_first_record_leaves_no_journal(tiny_fs: Path, keyset: KeySet)
     spool = Spool(SpoolSettings(dir=tiny_fs / "spool", reserve_mb=0), make_sealer(keyset))
     spool.put_event("start", {})
     rl = RecordLog(spool, "gps", content_type="application/x-edge-fix")
-    filler = _fill(tiny_fs)
+    filler = fill(tiny_fs)
     try:
         fds = _fds()
         with pytest.raises(OSError):
