@@ -250,3 +250,49 @@ def test_a_guarded_thread_that_ends_anyway_makes_its_part_dead(
     finally:
         stop.set()
         t.join(10)
+
+
+def test_the_health_thread_survives_a_failing_tick_and_keeps_feeding_the_watchdog(
+    tmp_path: Path, notify: tuple[NotifySocket, Notifier]
+) -> None:
+    """The status figures raise (a part's bug) for a while: the health thread goes on, the
+    watchdog keeps being fed (its ping comes first in each tick), one alarm per outage."""
+    ns, notifier = notify
+    stop = threading.Event()
+    parts = Parts(stop)
+    alarms: list[Alarm] = []
+    calls = [0]
+
+    def status() -> dict[str, object]:
+        calls[0] += 1
+        if calls[0] <= 3:
+            raise RuntimeError("a part's status is broken")
+        return {"dead": parts.dead()}
+
+    beat = Heartbeat(
+        parts=parts,
+        stop=stop,
+        notifier=notifier,
+        status=status,
+        status_file=tmp_path / "status.json",
+        alarms=StateAlarms(
+            lambda a: None, ClockMonitor(), evidence_quota_bytes=1 << 40, storage_alarm_pct=90
+        ),
+        heartbeat_s=60,
+        alarm=alarms.append,
+    )
+    beat.tick_s = 0.05
+    beat.thread.start()
+    try:
+        wait_for(lambda: calls[0] >= 3, 10, "the failing ticks")
+        assert "WATCHDOG=1" in ns.drain()
+        wait_for(lambda: len(alarms) == 2, 10, "a tick that works")
+        assert (tmp_path / "status.json").exists()
+        assert beat.thread.is_alive()
+        assert [a.kind for a in alarms] == [FAILING_ALARM, RECOVERED_ALARM]
+        assert alarms[0].details["thread"] == "health"
+        ns.drain()
+        wait_for(lambda: "WATCHDOG=1" in ns.drain(), 10, "the pings going on")
+    finally:
+        stop.set()
+        beat.thread.join(10)

@@ -101,7 +101,8 @@ def test_the_consumer_keeps_a_refused_fix_and_stores_it_once_space_returns(
         assert "No space left" in failing[0].message
         # space returns: the queued fixes are stored, the outage ends
         filler.unlink()
-        wait_for(lambda: gps.unstored() == 0, 30, "the queued fixes stored")
+        wait_for(lambda: len(alarms) == 2, 30, "the queued fixes stored")
+        assert gps.unstored() == 0
         assert [a.kind for a in alarms] == [FAILING_ALARM, RECOVERED_ALARM]
         source.epochs.put(_fix(6))
         wait_for(lambda: gps.fixes_seen == 7 and gps.unstored() == 0, 20, "a fix after")
@@ -118,3 +119,50 @@ def test_the_consumer_keeps_a_refused_fix_and_stores_it_once_space_returns(
     ]
     spool.close()
     assert lats == [round(52.0 + i * 1e-5, 6) for i in range(7)]
+
+
+def test_a_fix_that_makes_an_observer_raise_costs_no_fix_and_not_the_thread(
+    tmp_path: Path, keyset: KeySet
+) -> None:
+    """A bug in the consumer's own logic (here an observer, e.g. the JT/T 808 terminal, raising
+    on one fix): the thread goes on, the fix is still stored, one alarm for the outage."""
+    spool = Spool(SpoolSettings(dir=tmp_path / "spool", reserve_mb=0), make_sealer(keyset))
+    stop = threading.Event()
+    alarms: list[Alarm] = []
+    source = FedSource()
+    observed: list[Fix] = []
+
+    def observer(fix: Fix) -> None:
+        observed.append(fix)
+        if len(observed) == 2:
+            raise ValueError("an observer's bug")
+
+    gps = GpsService(
+        GpsSettings(strategy=StrategySettings(keep_interval_s=0)),
+        spool,
+        stop,
+        clock=ClockMonitor(),
+        source=source,
+        observers=[observer],
+        alarm=alarms.append,
+    )
+    try:
+        gps.start()
+        for i in range(4):
+            source.epochs.put(_fix(i))
+            wait_for(lambda i=i: gps.fixes_seen == i + 1, 20, "the fix handled")
+            time.sleep(0.05)  # distinct fix times
+        wait_for(lambda: len(alarms) == 2, 20, "the outage to end")
+        assert gps.is_alive()
+    finally:
+        stop.set()
+        gps.join(10)
+    assert [a.kind for a in alarms] == [FAILING_ALARM, RECOVERED_ALARM]
+    assert alarms[0].details["thread"] == "gps-consumer"
+    lats = [
+        round(decode_fix(r).lat or 0.0, 6)
+        for s in decrypt_stream(spool, keyset.platform_private, "gps")
+        for r in unpack_records(s.data)
+    ]
+    spool.close()
+    assert lats == [round(52.0 + i * 1e-5, 6) for i in range(4)]
