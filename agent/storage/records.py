@@ -188,16 +188,46 @@ class RecordLog:
     # -------------------------------------------------------------- recovery
 
     def _recover(self) -> PutResult | None:
+        """Seal the journal the last stop left (and any held back before); returns what the
+        journal left by the last stop was sealed as. A journal the spool refuses now (a full
+        disk at the start) is held back under another name and sealed after a later batch:
+        the agent starts and records whatever the disk does."""
         self._path.with_suffix(".part").unlink(missing_ok=True)
+        self._retry_held()
         if not self._path.exists():
             return None
-        data = self._path.read_bytes()
+        try:
+            return self._seal_journal(self._path)
+        except (AgentError, OSError) as exc:
+            held = self._dir / f"{self.stream}.held-{time.time_ns()}.jnl"
+            os.replace(self._path, held)
+            fsync_dir(self._dir)
+            log.error(
+                "records: the %s journal left by the last stop cannot be sealed now (%s): "
+                "kept as %s, sealed once there is room",
+                self.stream,
+                exc,
+                held.name,
+            )
+            return None
+
+    def _retry_held(self) -> None:
+        """Seal the journals held back at a start (each stays until it is sealed)."""
+        for path in sorted(self._dir.glob(f"{self.stream}.held-*.jnl")):
+            try:
+                self._seal_journal(path)
+            except (AgentError, OSError) as exc:
+                log.debug("records: %s still held: %s", path.name, exc)
+                return
+
+    def _seal_journal(self, path: Path) -> PutResult | None:
+        data = path.read_bytes()
         try:
             header, frames = parse_journal(data)
         except FormatError as exc:
-            dest = self.spool.root / "quarantine" / f"{int(wallclock.now())}-{self._path.name}"
-            log.error("records: journal %s unreadable (%s): moved to %s", self._path, exc, dest)
-            os.replace(self._path, dest)
+            dest = self.spool.root / "quarantine" / f"{int(wallclock.now())}-{path.name}"
+            log.error("records: journal %s unreadable (%s): moved to %s", path, exc, dest)
+            os.replace(path, dest)
             return None
         result: PutResult | None = None
         if frames and not self.spool.batch_sealed(header.batch_id):
@@ -225,11 +255,11 @@ class RecordLog:
                 batch_id=header.batch_id,
             )
             log.warning(
-                "records: sealed %d %s records recovered from a journal left by the last stop",
+                "records: sealed %d %s records recovered from a journal left by a stop",
                 len(frames),
                 self.stream,
             )
-        self._path.unlink()
+        path.unlink()
         fsync_dir(self._dir)
         return result
 
@@ -361,6 +391,7 @@ class RecordLog:
         self._records, self._times, self._monos = [], [], []
         self._spoilt = False
         self._drop_journal()
+        self._retry_held()  # there was room for this batch: maybe for a held journal too
         return result
 
     def _drop_journal(self) -> None:

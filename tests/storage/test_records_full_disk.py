@@ -86,3 +86,36 @@ def test_a_refused_first_record_leaves_no_journal(tiny_fs: Path, keyset: KeySet)
     [sealed] = decrypt_stream(spool, keyset.platform_private, "gps")
     assert unpack_records(sealed.data) == [b"fix"]
     spool.close()
+
+
+def test_a_journal_left_by_a_stop_on_a_full_disk_is_held_and_sealed_later(
+    tiny_fs: Path, keyset: KeySet
+) -> None:
+    """The agent starts on a full disk after a power cut: the journal the cut left cannot be
+    sealed now; the record log opens anyway, holds the journal back and seals it once a batch
+    finds room (before, the start itself failed)."""
+    spool = Spool(SpoolSettings(dir=tiny_fs / "spool", reserve_mb=0), make_sealer(keyset))
+    spool.put_event("start", {})
+    before = RecordLog(spool, "gps", content_type="application/x-edge-fix")
+    before.append(b"one")
+    before.append(b"two")  # durable in the journal; the power is cut here (no roll)
+    filler = fill(tiny_fs)
+    try:
+        after = RecordLog(spool, "gps", content_type="application/x-edge-fix")
+        assert after.recovered is None
+        assert [p.name.startswith("gps.held-") for p in after.journal_path.parent.iterdir()] == [
+            True
+        ]
+    finally:
+        filler.unlink()
+    after.append(b"three")
+    after.roll()
+    assert list(after.journal_path.parent.iterdir()) == []  # the held journal was sealed
+    sealed = decrypt_stream(spool, keyset.platform_private, "gps")
+    assert [s.manifest["content_type"] for s in sealed] == [
+        "application/x-edge-fix",
+        "application/x-edge-journal",
+    ]
+    assert unpack_records(sealed[0].data) == [b"three"]
+    assert sealed[1].meta["records"] == 2 and sealed[1].meta["recovered"] is True
+    spool.close()
