@@ -217,7 +217,7 @@ def test_no_device_module_imports_the_labs() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize("package", ["runtime", "config", "enrol", "lines", "labs"])
+@pytest.mark.parametrize("package", ["runtime", "config", "enrol", "lines", "labs", "loops"])
 def test_each_package_says_what_it_holds(package: str) -> None:
     init = AGENT / package / "__init__.py"
     doc = ast.get_docstring(ast.parse(init.read_text()))
