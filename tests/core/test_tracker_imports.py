@@ -5,8 +5,8 @@ over mutual TLS) runs until it has sealed a GPS segment and its uplink is connec
 modules it has loaded are compared with those it must not load: what it never uses (video,
 audio, the web page, the platform's side, every other command's CLI) and what it used to load
 for one helper (pyubx2 for the UBX checksum, statistics for a median, ctypes for a writeback
-hint, the CLI modules for their parsers). A later module-level import that brings one back
-fails here.
+hint, the CLI modules for their parsers, cryptography.x509 for a certificate's two dates). A
+later module-level import that brings one back fails here.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ HELPERS = (
     "decimal",
     "ctypes",  # sync_file_range: only for a file past one writeback window (durable.py)
     "mimetypes",  # `edge-agent put` (agent/storage/cli.py)
+    "cryptography.x509",  # the client certificate's dates (agent/uplink/cert_dates.py)
     # `run` builds only the runtime's subcommands (agent/cli.py)
     "agent.storage.cli",
     "agent.gps.cli",
