@@ -59,7 +59,7 @@ def setup_logging(verbose: bool, level: str = "info") -> None:
 
 def cli_modules_for(argv: Sequence[str]) -> Sequence[str]:
     """The CLI modules ``argv`` needs: ``run`` (the agent itself, alive for months) builds
-    only its own package's subcommands, not every module's parser (~1.4 MB resident on a
+    only its own package's subcommands, not every module's parser (~0.6 MB resident on a
     tracker, docs/scale.md); any other command, ``--help`` included, builds them all."""
     command = next((a for a in argv if not a.startswith("-")), None)
     return ("agent.runtime.cli",) if command == "run" else CLI_MODULES

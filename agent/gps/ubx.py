@@ -64,7 +64,7 @@ def frame_ok(frame: bytes) -> bool:
     length = frame[4] | frame[5] << 8
     if len(frame) != length + 8:
         return False
-    # pyubx2 (with pyrtcm and pynmeagps, ~2.5 MB resident) only once a UBX frame arrives:
+    # pyubx2 (with pyrtcm and pynmeagps, ~2 MB resident) only once a UBX frame arrives:
     # a tracker on an NMEA receiver never loads it (docs/scale.md).
     from pyubx2.ubxhelpers import calc_checksum
 
