@@ -154,7 +154,7 @@ def test_gpsd_source_contains_gpsd_py3_globals(
     import gpsd  # the process-wide module: must stay untouched
 
     log = tmp_path / "truck.log"
-    log.write_bytes(truck_log(5))
+    log.write_bytes(truck_log(30))  # enough cycles that a slow start of gpsd still reports
     fake = gpsfake_factory(log, cycle=0.01, held=True)
     stop = threading.Event()
     sink = Collector()
