@@ -15,6 +15,17 @@ command channel and its local control socket:
 4. a loop that fails outside any one message backs off and goes on (:func:`run_forever`);
 5. a thread that dies anyway is noticed: the device's health loop withholds the systemd
    watchdog, and ``edge-agent ingest`` exits non-zero (:func:`dead`), so systemd restarts it.
+
+And one way to survive what a thread reads from: every loop that opens something that can
+vanish (a serial port, a camera, the microphone, gpsd, a modem, a battery gauge, chronyd, a
+TCP server, an MQTT broker) waits and reports through :class:`Reconnect`:
+
+6. the pause after a failed attempt doubles from ``min_s`` up to ``max_s`` (tenacity's
+   ``wait_exponential``, plus up to ``jitter_s`` at random so that a fleet does not come back
+   in step); every pause is tenacity's ``sleep_using_event`` on the one stop event and a retry
+   loop ends with tenacity's ``stop_when_event_set``: shutdown never waits for a backoff;
+7. an outage is reported once (log, and the loop's alarm or event record), its end once, with
+   how long it lasted and how many attempts it took; the pauses then start afresh.
 """
 
 from __future__ import annotations
@@ -24,10 +35,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import tenacity
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 SUMMARY_EVERY_S = 60.0
+
+T = TypeVar("T")
+Why = BaseException | str
 
 
 class Failures:
@@ -104,3 +122,141 @@ def run_forever(
 def dead(threads: Iterable[threading.Thread | None]) -> list[str]:
     """Names of the threads that were started and have ended."""
     return [t.name for t in threads if t is not None and t.ident is not None and not t.is_alive()]
+
+
+class Reconnect:
+    """How one loop that (re)opens something waits between attempts and reports outages.
+
+    Three ways to use it, one state:
+
+    * blocking: :meth:`call` runs ``opener`` under ``tenacity.Retrying`` until it returns (its
+      result) or the stop event is set (None);
+    * a loop of its own: :meth:`failed` after a failed attempt, then :meth:`wait`;
+    * a loop that must come back within ``timeout`` (a polled source): :meth:`due`.
+
+    :meth:`restored` after a success (for a stream: once it delivers, not merely opens) ends
+    the outage. Reports: ``on_lost(why)`` at an outage's first failure (default: one warning),
+    ``on_retry(why)`` at each later one (default: debug), ``on_restored(gap_s, attempts)`` at
+    its end (default: one info line). Counters (one writer, the loop's thread): ``failures``
+    in this outage, ``losses`` (outages), ``pause_s`` (the pause the last failure set).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stop: threading.Event,
+        logger: logging.Logger,
+        *,
+        min_s: float,
+        max_s: float,
+        jitter_s: float = 0.0,
+        on_lost: Callable[[Why], None] | None = None,
+        on_retry: Callable[[Why], None] | None = None,
+        on_restored: Callable[[float, int], None] | None = None,
+    ) -> None:
+        import tenacity
+
+        self.name = name
+        self.stop = stop
+        self.log = logger
+        self.min_s = min_s
+        self.max_s = max(min_s, max_s)
+        wait: Any = tenacity.wait_exponential(multiplier=min_s, min=min_s, max=self.max_s)
+        if jitter_s > 0:
+            wait = wait + tenacity.wait_random(0, jitter_s)
+        self._wait_strategy = wait
+        self._sleep = tenacity.sleep_using_event(stop)
+        self._on_lost = on_lost
+        self._on_retry = on_retry
+        self._on_restored = on_restored
+        self.failures = 0
+        self.losses = 0
+        self.down = False
+        self.reason = ""
+        self.pause_s = 0.0
+        self._down_at = 0.0
+        self._retry_at = 0.0
+
+    def failed(self, why: Why) -> float:
+        """One failed attempt: the first of an outage is reported. Returns the pause before
+        the next attempt (doubling with each failure of this outage)."""
+        import tenacity
+
+        self.failures += 1
+        state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = self.failures
+        self.pause_s = float(self._wait_strategy(state))
+        self._retry_at = time.monotonic() + self.pause_s
+        text = str(why) or type(why).__name__
+        if not self.down:
+            self.down, self.losses, self._down_at = True, self.losses + 1, time.monotonic()
+            self.reason = text
+            if self._on_lost is not None:
+                self._on_lost(why)
+            else:
+                self.log.warning("%s: lost (%s); retrying with backoff", self.name, text)
+            return self.pause_s
+        self.reason = text
+        if self._on_retry is not None:
+            self._on_retry(why)
+        else:
+            self.log.debug("%s: still down (%s, attempt %d)", self.name, text, self.failures)
+        return self.pause_s
+
+    def restored(self) -> bool:
+        """A success: the end of an outage is reported (True), and the pauses start afresh."""
+        attempts, self.failures, self._retry_at = self.failures, 0, 0.0
+        if not self.down:
+            return False
+        self.down = False
+        gap = time.monotonic() - self._down_at
+        if self._on_restored is not None:
+            self._on_restored(gap, attempts)
+        else:
+            self.log.info("%s: back after %.1f s (%d attempts)", self.name, gap, attempts)
+        return True
+
+    def wait(self) -> bool:
+        """Wait out the pause the last failure set (at once on the stop event); True when
+        stopping."""
+        left = self._retry_at - time.monotonic()
+        if left > 0:
+            self._sleep(left)
+        return self.stop.is_set()
+
+    def due(self, timeout: float) -> bool:
+        """For a loop that must come back within ``timeout`` s: True when the next attempt is
+        due, else wait (at most ``timeout``, ending on the stop event) and False."""
+        left = self._retry_at - time.monotonic()
+        if left <= 0:
+            return True
+        self._sleep(min(timeout, left))
+        return False
+
+    def call(self, opener: Callable[[], T], errors: tuple[type[BaseException], ...]) -> T | None:
+        """``opener()`` until it returns (its result), retrying on ``errors`` with the pauses
+        above; None once the stop event is set. Other exceptions propagate."""
+        import tenacity
+
+        if self.stop.is_set():
+            return None
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_when_event_set(self.stop),
+            wait=lambda rs: self.pause_s,
+            sleep=self._sleep,
+            retry=tenacity.retry_if_exception_type(errors),
+            after=self._after,
+            reraise=False,
+        )
+
+        def attempt() -> T | None:
+            return None if self.stop.is_set() else opener()
+
+        try:
+            return retrying(attempt)
+        except tenacity.RetryError:
+            return None
+
+    def _after(self, rs: tenacity.RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        self.failed(exc if exc is not None else "?")
