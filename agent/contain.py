@@ -136,7 +136,8 @@ class Reconnect:
 
     :meth:`restored` after a success (for a stream: once it delivers, not merely opens) ends
     the outage. Reports: ``on_lost(why)`` at an outage's first failure (default: one warning),
-    ``on_retry(why)`` at each later one (default: debug), ``on_restored(gap_s, attempts)`` at
+    ``on_retry(why)`` at each later one (default: debug; ``reason`` still holds the previous
+    failure's), ``on_restored(gap_s, attempts)`` at
     its end (default: one info line). Counters (one writer, the loop's thread): ``failures``
     in this outage, ``losses`` (outages), ``pause_s`` (the pause the last failure set).
     """
@@ -196,11 +197,11 @@ class Reconnect:
             else:
                 self.log.warning("%s: lost (%s); retrying with backoff", self.name, text)
             return self.pause_s
-        self.reason = text
         if self._on_retry is not None:
-            self._on_retry(why)
+            self._on_retry(why)  # ``reason`` is still the previous one here
         else:
             self.log.debug("%s: still down (%s, attempt %d)", self.name, text, self.failures)
+        self.reason = text
         return self.pause_s
 
     def restored(self) -> bool:

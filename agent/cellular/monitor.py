@@ -21,12 +21,14 @@ from agent import wallclock
 from agent.cellular.mmcli import ModemManagerLink, ModemReading
 from agent.cellular.settings import CellularSettings
 from agent.cellular.traffic import TrafficMeter
+from agent.contain import Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
 
 log = logging.getLogger(__name__)
 
 ABSENT = ("absent", "no-modemmanager", "no-mmcli")
+RETRY_MAX_S = 300.0  # a modem that cannot be read is asked again at most this far apart
 
 
 def link_state(r: ModemReading) -> str:
@@ -67,7 +69,17 @@ class LinkMonitor:
         # the poller's own:
         self._bad_since: float | None = None
         self._alarmed: str | None = None
-        self._failures = 0
+        # Reading failures: the next read waits longer (alarms are _judge's, after alarm_after_s).
+        self.retry = Reconnect(
+            "link",
+            stop,
+            log,
+            min_s=settings.poll_s,
+            max_s=max(settings.poll_s, RETRY_MAX_S),
+            on_lost=lambda why: log.warning("link: %s", why),
+            on_retry=self._still_failing,
+            on_restored=lambda gap_s, attempts: None,  # the new state is logged by poll_once
+        )
         self._last_save = clock()
         self.thread = threading.Thread(target=self._run, name="link", daemon=True)
 
@@ -119,7 +131,7 @@ class LinkMonitor:
         except Exception as exc:
             log.exception("link: reading the modem failed")
             return self._failed(f"{type(exc).__name__}: {exc}")
-        self._failures = 0
+        self.retry.restored()
         state = link_state(r)
         with self._lock:
             was = self._state
@@ -131,13 +143,14 @@ class LinkMonitor:
         return self.s.poll_s
 
     def _failed(self, why: str) -> float:
-        self._failures += 1
         with self._lock:
-            old, self._state, self._error = self._error, "error", why
-        if old != why:
-            log.warning("link: %s", why)
+            self._state, self._error = "error", why
         self._judge("error", {"error": why})
-        return float(min(300.0, self.s.poll_s * 2 ** min(self._failures - 1, 8)))
+        return self.retry.failed(why)
+
+    def _still_failing(self, why: Why) -> None:
+        if str(why) != self.retry.reason:
+            log.warning("link: %s", why)
 
     def _judge(self, state: str, details: dict[str, Any]) -> None:
         now = self.clock()

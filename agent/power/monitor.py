@@ -7,7 +7,8 @@ Alarms (live lane), each once per change: ``power_source_failed`` / ``power_sour
 ``undervoltage_cleared`` (the firmware's "under-voltage now" flag) and
 ``undervoltage_occurred`` (once, when the flags say it happened since boot). The thread
 survives anything its source does: an error is reported once, the next read waits longer
-(doubling up to ``retry_max_s``), and it goes on until the stop event is set.
+(doubling up to ``retry_max_s``: :class:`agent.contain.Reconnect`), and it goes on until the
+stop event is set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent import wallclock
+from agent.contain import Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
 from agent.power.reading import PowerReading, PowerSource
@@ -74,7 +76,16 @@ class PowerMonitor:
         self._throttled: Throttled | None = None
         self._throttle_error: str | None = None
         # the poller's own (one thread):
-        self._failures = 0
+        self.retry = Reconnect(
+            "power",
+            stop,
+            log,
+            min_s=min(2 * settings.poll_s, settings.retry_max_s),
+            max_s=settings.retry_max_s,
+            on_lost=self._source_failed,
+            on_retry=self._still_failing,
+            on_restored=self._source_restored,
+        )
         self._low = False
         self._critical_count = 0
         self._critical_done = False
@@ -139,20 +150,29 @@ class PowerMonitor:
         return self.s.poll_s
 
     def _failed(self, why: str) -> float:
-        self._failures += 1
         self._critical_count = 0
         with self._lock:
-            was, self._state, old = self._state, "error", self._error
-            self._error = why
-        if was != "error" or old != why:
+            self._state, self._error = "error", why
+        return self.retry.failed(why)
+
+    def _still_failing(self, why: Why) -> None:
+        if str(why) != self.retry.reason:
             log.warning("power: %s", why)
-        if was != "error":
-            self._raise("power_source_failed", f"power source unreadable: {why}",
-                        Severity.WARNING, {"source": self.s.source, "error": why})  # fmt: skip
-        return float(min(self.s.retry_max_s, self.s.poll_s * 2 ** min(self._failures, 16)))
+
+    def _source_failed(self, why: Why) -> None:
+        log.warning("power: %s", why)
+        self._raise("power_source_failed", f"power source unreadable: {why}",
+                    Severity.WARNING, {"source": self.s.source, "error": str(why)})  # fmt: skip
+
+    def _source_restored(self, gap_s: float, attempts: int) -> None:
+        with self._lock:
+            r = self._reading
+        assert r is not None
+        log.info("power: %s readable again", r.source)
+        self._raise("power_source_restored", f"power source {r.source} readable again",
+                    Severity.INFO, r.to_json())  # fmt: skip
 
     def _good(self, r: PowerReading) -> None:
-        self._failures = 0
         s = self.s
         charge = r.charge_pct
         on_battery = r.on_battery
@@ -165,14 +185,10 @@ class PowerMonitor:
         self._critical_count = self._critical_count + 1 if critical else 0
         state = "critical" if critical else "low" if low else "ok"
         with self._lock:
-            was = self._state
             self._state, self._reading, self._read_at, self._error = (
                 state, r, time.monotonic(), None
             )  # fmt: skip
-        if was == "error":
-            log.info("power: %s readable again", r.source)
-            self._raise("power_source_restored", f"power source {r.source} readable again",
-                        Severity.INFO, r.to_json())  # fmt: skip
+        self.retry.restored()
         if low and not self._low:
             self._raise("power_low", f"battery low: {charge:.0f} % on battery",
                         Severity.WARNING, r.to_json())  # fmt: skip
