@@ -59,7 +59,7 @@ def test_counter_bar_code_round_trip() -> None:
 
 
 def test_ring_keeps_just_enough_for_the_prebuffer() -> None:
-    ring = FragmentRing(prebuffer_s=3)
+    ring: FragmentRing[Fragment] = FragmentRing(prebuffer_s=3)
     for i in range(20):
         ring.push(frag(i, float(i)))
     # Newest ends at 20 s; a trigger comes no earlier, so 17 s back: fragment 17 onwards,
@@ -77,7 +77,7 @@ def test_ring_keeps_just_enough_for_the_prebuffer() -> None:
 
 
 def test_ring_with_no_prebuffer_keeps_only_the_newest() -> None:
-    ring = FragmentRing(prebuffer_s=0)
+    ring: FragmentRing[Fragment] = FragmentRing(prebuffer_s=0)
     for i in range(5):
         ring.push(frag(i, float(i)))
     assert [f.seq for f in ring.fragments()] == [4]
@@ -85,13 +85,17 @@ def test_ring_with_no_prebuffer_keeps_only_the_newest() -> None:
 
 
 def test_segmenter_cuts_whole_fragments() -> None:
-    seg = Segmenter(segment_s=2)
-    done = [s for i in range(5) if (s := seg.add(b"init", frag(i, float(i)))) is not None]
-    assert [[f.seq for f in s.fragments] for s in done] == [[0, 1], [2, 3]]
-    last = seg.flush()
+    seg: Segmenter[Fragment] = Segmenter(segment_s=2, slack_s=0.5 / FPS)
+    done = []
+    for i in range(5):
+        assert seg.add(b"init", frag(i, float(i))) == (i % 2 == 0)  # opened a segment
+        if seg.full():
+            done.append(seg.cut())
+    assert [[f.seq for f in s.fragments] for s in done if s] == [[0, 1], [2, 3]]
+    last = seg.cut()
     assert last is not None and [f.seq for f in last.fragments] == [4]
-    assert b"".join(done[0].pieces()) == b"init" + b"x" * 200
-    assert seg.flush() is None
+    assert done[0] is not None and b"".join(done[0].pieces()) == b"init" + b"x" * 200
+    assert seg.cut() is None
 
 
 class _LiveSource(SyntheticSource):
