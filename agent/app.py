@@ -31,7 +31,7 @@ from agent.storage.spool import Spool
 from agent.systemd import Notifier
 
 if TYPE_CHECKING:
-    from agent.capture.audio import AudioBlock
+    from agent.capture.audio import AudioBlock, Microphone
     from agent.capture.audio_recorder import AudioRecorder
     from agent.capture.av_mux import AvEncoder
     from agent.capture.encoder import H264Encoder
@@ -200,6 +200,11 @@ class Agent:
                 observers=[self.jt808.on_fix] if self.jt808 is not None else (),
             )
         self.audio: AudioRecorder | None = None
+        # The process's one PortAudio and microphone (recorder and push-to-talk).
+        from agent.capture.portaudio import PortAudio
+
+        self.portaudio = PortAudio()
+        self.microphone: Microphone | None = None
         muxed: list[AvEncoder] = []  # the video encoder carrying the audio track, once open
         if cfg.audio.enabled:
             from agent.capture.audio_recorder import AudioRecorder
@@ -215,6 +220,12 @@ class Agent:
             from agent.capture.service import encoded_source
 
             into_video = cfg.video.enabled and not encoded_source(cfg.video)
+            # The device's one microphone, shared with push-to-talk (_build_talk).
+            from agent.capture.audio import Microphone
+
+            self.microphone = Microphone(
+                cfg.audio, self.stop, alarm=self.alarms.raise_, portaudio=self.portaudio
+            )
             self.audio = AudioRecorder(
                 cfg.audio,
                 self.spool,
@@ -223,6 +234,7 @@ class Agent:
                 clock=self.clock.state,
                 meta={"device": cfg.device.id},
                 tap=to_video if into_video else None,
+                microphone=self.microphone,
             )
         if cfg.video.enabled:
             from agent.capture.service import VideoService
@@ -299,6 +311,8 @@ class Agent:
             command_key=load_command_public(up.command_key) if up.command_key else None,
             signing_key=load_signing_key(self.cfg.keys.device_key),
             seen=SeenIds(up.state_dir / "talk-seen.json"),
+            microphone=self.microphone,
+            portaudio=self.portaudio,
         )
 
     def _build_power_and_link(self, power_off: PowerOff | None) -> None:

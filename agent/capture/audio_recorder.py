@@ -390,6 +390,8 @@ class AudioPipeline(RecordingPipeline[AudioFragment]):
 class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
     """Runs the microphone, encoder and writer threads around an :class:`AudioPipeline`.
 
+    ``microphone``: the device's one :class:`~agent.capture.audio.Microphone`, shared with
+    push-to-talk (the recorder taps it and writes its events); without one it opens its own.
     ``start``, ``stop``, ``mute`` and ``unmute`` may be called from any thread.
     """
 
@@ -406,6 +408,7 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         meta: dict[str, Any] | None = None,
         loader: Callable[[], Any] = load_sounddevice,
         tap: Callable[[AudioBlock], None] | None = None,
+        microphone: Microphone | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -415,10 +418,9 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         self._meta = meta or {}
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=16)
         self._commands: queue.Queue[Callable[[AudioPipeline], object]] = queue.Queue(maxsize=256)
-        self.mic = Microphone(
-            settings, stop, on_event=self._queue_event, alarm=self._alarm, loader=loader
-        )
-        self._mic_done = threading.Event()
+        self.mic = microphone or Microphone(settings, stop, alarm=self._alarm, loader=loader)
+        self.mic.on_event = self._queue_event
+        self._tap = self.mic.tap("recorder", settings.queue_blocks)
         self.pipeline = AudioPipeline(
             settings,
             self._jobs.put,
@@ -430,12 +432,7 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         self.stats = self.pipeline.stats
         self.error: BaseException | None = None
         self._threads = [
-            threading.Thread(
-                target=self._source_main,
-                args=(self.mic.run, self._mic_done, "microphone"),
-                name="audio-mic",
-                daemon=True,
-            ),
+            self.mic.thread,  # started here or by push-to-talk, whichever is first
             threading.Thread(target=self._encode_main, name="audio-encode", daemon=True),
             threading.Thread(target=self._write_main, name="audio-write", daemon=True),
         ]
@@ -480,18 +477,20 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         }
 
     def _losses(self) -> dict[str, int]:
-        st = self.mic.stats
+        tap = self._tap
         return {
-            "dropped_blocks": st.dropped_blocks,
-            "dropped_samples": st.dropped_samples,
-            "overflows": st.overflows,
+            "dropped_blocks": tap.dropped_blocks,
+            "dropped_samples": tap.dropped_samples,
+            "overflows": self.mic.stats.overflows,
         }
 
     # ------------------------------------------------------------------ threads
 
     def _encode_main(self) -> None:
         p = self.pipeline
-        self._drive(p, self.mic.blocks, p.feed, self._mic_done, idle=p.tick)
+        self._drive(p, self._tap.blocks, p.feed, self.mic.finished, idle=p.tick)
+        if self.mic.error is not None and self.error is None:
+            self._fail(self.mic.error)
 
 
 def command_handlers(

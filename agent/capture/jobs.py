@@ -252,7 +252,8 @@ class RecorderThreads(Generic[P, S]):
     def start_threads(self) -> None:
         self._recover()
         for t in self._threads:
-            t.start()
+            if t.ident is None:  # a shared source's thread may be running already
+                t.start()
 
     def _recover(self) -> None:
         """Seal what the fragment journal kept from before a power cut; never block a start."""

@@ -16,10 +16,13 @@ backfill chunks the forwarder already handed to the link (the same bound the liv
 ahead of everything else in the spool. The forwarder is not changed. The sealed copy of every
 message follows the usual evidence path (spool, backfill, platform acknowledgement).
 
-The microphone is opened at the press (so a missing one refuses the press with its reason) and
-closed at the release. The capture keeps to the wall clock: only samples up to "now" are
-encoded (PulseAudio's sine source delivers 2 s ahead), and the message ends at the sample
-matching the release moment (waiting at most ``RELEASE_GRACE_S`` for a late block).
+The microphone is the device's one (:class:`agent.capture.audio.Microphone`; the audio
+recorder's when audio is on): a press takes a tap on it (a missing one refuses the press with
+its reason), the release gives it back. The capture keeps to the wall clock: only samples up to
+"now" are encoded (PulseAudio's sine source delivers 2 s ahead), and the message ends at the
+sample matching the release moment (waiting ``RELEASE_GRACE_S`` for a late block, and up to
+``MAX_LATE_S`` while the microphone has not yet delivered that moment: a shared microphone that
+delivers in bursts, as PulseAudio's sine source does every 2 s, hands it over late).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent import wallclock
+from agent.capture.audio import Microphone
+from agent.capture.portaudio import PortAudio
+from agent.capture.settings import AudioSettings
 from agent.errors import (
     AgentError,
     CommandError,
@@ -48,7 +54,7 @@ from agent.errors import (
 )
 from agent.storage.spool import Spool
 from agent.talk import wire
-from agent.talk.audio_io import AudioIO, Input, SoundDeviceIO
+from agent.talk.audio_io import INPUT_QUEUE_BLOCKS, AudioIO, Input, SoundDeviceIO
 from agent.talk.settings import TalkSettings
 from agent.uplink.control import SeenIds
 from agent.uplink.mqtt import Inbound, MqttLink
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 SAMPLE_BYTES = 2
 BLOCK_MS = 20
 RELEASE_GRACE_S = 0.25
+MAX_LATE_S = 3.0  # waiting for a microphone still to deliver the release moment
 KEEP_SENT = 16  # recent outgoing messages kept for resend requests
 POLL_S = 0.05
 SKEW_S = 300.0
@@ -82,12 +89,16 @@ class TalkStats:
 class _PcmInput:
     """A file (``say``) as a microphone that has everything at once."""
 
-    def __init__(self, pcm: bytes, block: int) -> None:
+    def __init__(self, pcm: bytes, block: int, rate: int) -> None:
+        self.rate = rate
         step = block * SAMPLE_BYTES
         self._parts = [pcm[i : i + step] for i in range(0, len(pcm), step)]
 
     def read(self, timeout: float) -> bytes | None:
         return self._parts.pop(0) if self._parts else None
+
+    def pending(self, until_mono_ns: int) -> bool:
+        return False
 
     def close(self) -> None:
         self._parts.clear()
@@ -142,6 +153,8 @@ class Talk:
         signing_key: Ed25519PrivateKey | None,
         seen: SeenIds | None = None,
         io: AudioIO | None = None,
+        microphone: Microphone | None = None,
+        portaudio: PortAudio | None = None,
         clock: Callable[[], float] = wallclock.now,
     ) -> None:
         self.settings = settings
@@ -152,10 +165,30 @@ class Talk:
         self._command_key = command_key
         self._signing_key = signing_key
         self._seen = seen
-        self.io: AudioIO = io or SoundDeviceIO(settings.microphone, settings.speaker)
         self._clock = clock
         self.rate = settings.rate
         self.block = settings.rate * BLOCK_MS // 1000
+        self._own_mic: Microphone | None = None
+        if io is None:
+            pa = portaudio or PortAudio()
+            if microphone is None:  # push-to-talk alone: the device opens for a press only
+                microphone = self._own_mic = Microphone(
+                    AudioSettings(
+                        enabled=True,
+                        device=settings.microphone,
+                        rate=settings.rate,
+                        block_ms=BLOCK_MS,
+                        queue_blocks=INPUT_QUEUE_BLOCKS,
+                    ),
+                    stop,
+                    portaudio=pa,
+                )
+            elif settings.microphone.strip() not in ("", microphone.settings.device.strip()):
+                log.warning("talk: talk.microphone %r is not used: push-to-talk shares the "
+                            "recorder's microphone (audio.device %r)", settings.microphone,
+                            microphone.settings.device)  # fmt: skip
+            io = SoundDeviceIO(microphone, settings.speaker, pa)
+        self.io: AudioIO = io
         self.address = wire.device_address(device_id)
         self._groups = {wire.group_topic(g): wire.group_address(g) for g in settings.groups}
         self._inboxes: list[tuple[str, queue.Queue[Inbound]]] = []
@@ -184,6 +217,9 @@ class Talk:
     # ------------------------------------------------------------------ lifecycle
 
     def start_threads(self) -> None:
+        self.io.start()
+        if self._own_mic is not None:
+            self._threads.append(self._own_mic.thread)
         self._mic_reason = self.io.probe_input()
         self._speaker_reason = self.io.probe_output()
         for what, reason in (("microphone", self._mic_reason), ("speaker", self._speaker_reason)):
@@ -243,7 +279,7 @@ class Talk:
                 return {"id": self._session.id, "already": True}
         self._check_can_send()
         try:
-            inp = self.io.open_input(self.rate, self.block)
+            inp = self.io.open_input()
         except SourceError as exc:
             with self._lock:
                 self._mic_reason = str(exc)
@@ -274,7 +310,13 @@ class Talk:
             raise CommandError(str(exc)) from None
         n = len(pcm) // SAMPLE_BYTES
         s = _Session(
-            wire.new_id(), source, _PcmInput(pcm, self.block), 0.0, wallclock.now(), n, False
+            wire.new_id(),
+            source,
+            _PcmInput(pcm, self.block, self.rate),
+            0.0,
+            wallclock.now(),
+            n,
+            False,
         )
         s.released.set()
         with self._lock:
@@ -328,7 +370,7 @@ class Talk:
     def _capture(self, s: _Session) -> None:
         from agent.talk.codec import OggOpusWriter
 
-        rate = self.rate
+        rate = s.input.rate  # the microphone's (the recorder's when they share it)
         enc = OggOpusWriter(rate, self.settings.bitrate_kbps)
         chunk_samples = rate * self.settings.chunk_ms // 1000
         max_samples = int(self.settings.max_message_s * rate)
@@ -350,7 +392,7 @@ class Talk:
                     target = enc.samples
                     deadline = time.monotonic()
                 if target is not None and (
-                    enc.samples >= target or (s.paced and time.monotonic() > deadline)
+                    enc.samples >= target or (s.paced and self._late(s, deadline))
                 ):
                     break
                 if self.stop.is_set():
@@ -412,6 +454,14 @@ class Talk:
             "chunks": len(chunks),
         }
         self._queue_seal(_SealJob(bytes(body), meta, s.press_utc, s.press_utc + duration))
+
+    @staticmethod
+    def _late(s: _Session, deadline: float) -> bool:
+        """Past the release's grace, unless the microphone is still to deliver that moment."""
+        now = time.monotonic()
+        if now <= deadline:
+            return False
+        return now > deadline + MAX_LATE_S or not s.input.pending(round(s.release_mono * 1e9))
 
     def _publish_chunk(self, mid: str, topic: str, chunks: list[bytes], index: int) -> None:
         with self._lock:
