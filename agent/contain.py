@@ -31,11 +31,15 @@ TCP server, an MQTT broker) waits and reports through :class:`Reconnect`:
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from agent import wallclock
+from agent.model import Alarm, Severity
 
 if TYPE_CHECKING:
     import tenacity
@@ -117,6 +121,22 @@ def run_forever(
             failures("its loop", exc)
             stop.wait(wait)
             wait = min(backoff_max_s, wait * 2)
+
+
+def put_newest(q: queue.Queue[T], item: T) -> int:
+    """Put ``item`` without ever blocking: when ``q`` is full its oldest items make room (the
+    newest fix or input event is the one that matters). Returns how many were dropped."""
+    dropped = 0
+    while True:
+        try:
+            q.put_nowait(item)
+            return dropped
+        except queue.Full:
+            try:
+                q.get_nowait()
+                dropped += 1
+            except queue.Empty:
+                pass
 
 
 def dead(threads: Iterable[threading.Thread | None]) -> list[str]:
@@ -261,3 +281,55 @@ class Reconnect:
     def _after(self, rs: tenacity.RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome is not None else None
         self.failed(exc if exc is not None else "?")
+
+
+class Poller:
+    """The thread of a monitor that reads something every so often (the battery, the modem):
+    :meth:`poll_round` returns the pause before the next round (longer after failed reads,
+    from the monitor's :class:`Reconnect`); :meth:`raise_alarm` hands an alarm on, and a sink
+    that fails is logged, never the thread's end. Subclasses implement :meth:`poll_round` and
+    may :meth:`closed` (after the thread: close the source, save counters)."""
+
+    def __init__(
+        self,
+        name: str,
+        stop: threading.Event,
+        alarm: Callable[[Alarm], None],
+        logger: logging.Logger,
+    ) -> None:
+        self.stop = stop
+        self.alarm = alarm
+        self._name = name
+        self._logger = logger
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        self.closed()
+
+    def closed(self) -> None:
+        """After the thread has ended (or was never started)."""
+
+    def poll_round(self) -> float:
+        """One round; the pause before the next (seconds)."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.stop.wait(self.poll_round()):
+                break
+
+    def raise_alarm(
+        self, kind: str, message: str, severity: Severity, details: dict[str, Any]
+    ) -> None:
+        try:
+            self.alarm(Alarm(kind, message, severity, wallclock.now(), dict(details)))
+        except Exception:
+            self._logger.exception("%s: raising alarm %s failed", self._name, kind)

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, TypedDict
 
 from agent.contain import Reconnect, Why
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 256
+
+
+class LineOptions(TypedDict, total=False):
+    """How a line is opened and reopened (what a :class:`LineServer` subclass passes on)."""
+
+    baudrate: int
+    reopen_s: float
+    reopen_max_s: float
+    port: Any  # an open port (tests); else opened from the URL
 
 
 class LineServer:

@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent import wallclock
 from agent.cellular.mmcli import ModemManagerLink, ModemReading
 from agent.cellular.settings import CellularSettings
 from agent.cellular.traffic import TrafficMeter
-from agent.contain import Reconnect, Why
+from agent.contain import Poller, Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
 
@@ -40,7 +39,7 @@ def link_state(r: ModemReading) -> str:
     return "ok" if r.registered else "unregistered"
 
 
-class LinkMonitor:
+class LinkMonitor(Poller):
     def __init__(
         self,
         settings: CellularSettings,
@@ -51,9 +50,8 @@ class LinkMonitor:
         modem: ModemManagerLink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("link", stop, alarm, log)
         self.s = settings
-        self.stop = stop
-        self.alarm = alarm
         self.traffic = traffic
         self.clock = clock
         if modem is None and settings.source == "modemmanager":
@@ -81,7 +79,6 @@ class LinkMonitor:
             on_restored=lambda gap_s, attempts: None,  # the new state is logged by poll_once
         )
         self._last_save = clock()
-        self.thread = threading.Thread(target=self._run, name="link", daemon=True)
 
     def health(self) -> dict[str, Any]:
         with self._lock:
@@ -99,28 +96,18 @@ class LinkMonitor:
             out["traffic"] = self.traffic.snapshot()
         return out
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def is_alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+    def closed(self) -> None:
         if self.traffic is not None:
             self.traffic.save()
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            delay = self.s.traffic_save_s
-            if self.modem is not None:
-                delay = min(delay, self.poll_once())
-            if self.traffic is not None and self.clock() - self._last_save >= self.s.traffic_save_s:
-                self._last_save = self.clock()
-                self.traffic.save()
-            if self.stop.wait(delay):
-                break
+    def poll_round(self) -> float:
+        delay = self.s.traffic_save_s
+        if self.modem is not None:
+            delay = min(delay, self.poll_once())
+        if self.traffic is not None and self.clock() - self._last_save >= self.s.traffic_save_s:
+            self._last_save = self.clock()
+            self.traffic.save()
+        return delay
 
     def poll_once(self) -> float:
         assert self.modem is not None
@@ -158,7 +145,9 @@ class LinkMonitor:
             self._bad_since = None
             if self._alarmed is not None:
                 self._alarmed = None
-                self._raise("modem_ok", "cellular link registered again", Severity.INFO, details)
+                self.raise_alarm(
+                    "modem_ok", "cellular link registered again", Severity.INFO, details
+                )
             return
         if self._bad_since is None:
             self._bad_since = now
@@ -171,10 +160,4 @@ class LinkMonitor:
                 "no-mmcli": "mmcli is not installed (apt-get install modemmanager)",
                 "error": f"the modem cannot be read: {details.get('error')}",
             }.get(state, f"the modem is {state}")
-            self._raise(kind, f"cellular link down: {what}", Severity.WARNING, details)
-
-    def _raise(self, kind: str, message: str, severity: Severity, details: dict[str, Any]) -> None:
-        try:
-            self.alarm(Alarm(kind, message, severity, wallclock.now(), dict(details)))
-        except Exception:
-            log.exception("link: raising alarm %s failed", kind)
+            self.raise_alarm(kind, f"cellular link down: {what}", Severity.WARNING, details)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
-from agent.contain import Reconnect
+from agent.contain import Reconnect, put_newest
 from agent.errors import SourceError
 from agent.fleet.rules import Inputs
 
@@ -494,16 +494,7 @@ class InputThread:
         if self._on_event is not None:
             self._on_event(ev)
             return
-        while True:
-            try:
-                self.queue.put_nowait(ev)
-                return
-            except queue.Full:
-                try:
-                    self.queue.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
+        self.dropped += put_newest(self.queue, ev)
 
     def step(self, readings: Sequence[Reading]) -> list[InputEvent]:
         """Feed readings, collect the changes that are stable now (the loop's body)."""

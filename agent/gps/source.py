@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from agent.contain import put_newest
 from agent.errors import ConfigError
 from agent.gps.settings import GpsSettings
 from agent.model import Fix
@@ -104,16 +105,7 @@ class SourceThread:
         return self._thread.is_alive()
 
     def _put(self, fix: Fix) -> None:
-        while True:
-            try:
-                self.queue.put_nowait(fix)
-                return
-            except queue.Full:
-                try:
-                    self.queue.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
+        self.dropped += put_newest(self.queue, fix)
 
     def _run(self) -> None:
         try:
