@@ -255,6 +255,10 @@ class RecorderThreads(Generic[P, S]):
             if t.ident is None:  # a shared source's thread may be running already
                 t.start()
 
+    def threads(self) -> list[threading.Thread]:
+        """The recorder's threads (the composition root watches each: agent/runtime/liveness.py)."""
+        return list(self._threads)
+
     def _recover(self) -> None:
         """Seal what the fragment journal kept from before a power cut; never block a start."""
         try:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, Unpack
 
 from agent.errors import AgentError
-from agent.serial_lines import MAX_LINE, LineOptions, LineServer
+from agent.lines.serial import MAX_LINE, LineOptions, LineServer
 
 log = logging.getLogger(__name__)
 
