@@ -441,13 +441,27 @@ class Spool:
         with self._locks_lock:
             if key.key_id in self._stored_keys:
                 return key.key_id
-            write_atomic(self._key_path(key.key_id), key.record, self.root / "tmp")
+            try:
+                write_atomic(self._key_path(key.key_id), key.record, self.root / "tmp")
+            except OSError as exc:
+                raise SpoolError(f"cannot store key record {key.key_id}: {exc}") from exc
             with self._tx() as db:
                 db.execute(
                     "INSERT OR IGNORE INTO keys VALUES (?, ?, 0)", (key.key_id, wallclock.now())
                 )
             self._stored_keys.add(key.key_id)
             return key.key_id
+
+    def _key_stored_for(self, stream: str) -> None:
+        """:meth:`ensure_key_stored` before a segment of ``stream``: a disk too full for the
+        key record refuses the segment like a disk too full for the segment itself."""
+        try:
+            self.ensure_key_stored()
+        except SpoolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._refuse(stream, f"disk full while storing the key record ({cause.strerror})")
+            raise
 
     def _disk_free(self) -> int:
         st = os.statvfs(self.root)
@@ -472,10 +486,10 @@ class Spool:
             if self._used[cls] >= quota:
                 self._refuse(stream, f"evidence quota full ({self._used[cls]} of {quota} bytes)")
         with self._stream_lock(stream):
-            self.ensure_key_stored()
+            self._key_stored_for(stream)
             key = self.sealer.current_key()
             if key.key_id not in self._stored_keys:  # rotated in between
-                self.ensure_key_stored()
+                self._key_stored_for(stream)
             seq, prev = self._chains.get(stream, (0, None))
             tmp = self.root / "tmp" / f"{stream}-{seq}-{uuid.uuid4().hex[:8]}.part"
             try:

@@ -26,6 +26,21 @@ class RecoveredView:
     failed: tuple[int, ...]
     torn_bytes: int
 
+    @classmethod
+    def of(
+        cls, meta: dict[str, Any], chunks: int, authenticated: int, failed: list[int]
+    ) -> RecoveredView:
+        """The view of a recovered part from its (checked) meta and what opening it found."""
+        return cls(
+            media_type=str(meta["inner_content_type"]),
+            recording=str(meta["recording"]),
+            part=int(meta["part"]),
+            chunks=chunks,
+            authenticated=authenticated,
+            failed=tuple(failed),
+            torn_bytes=int(meta["torn_bytes"]),
+        )
+
     @property
     def summary(self) -> str:
         bits = [

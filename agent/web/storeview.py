@@ -359,15 +359,7 @@ class StoreView:
         except (WebError, AgentError) as exc:
             problems.append(f"recovered: cannot open it: {exc}")
             return None
-        view = RecoveredView(
-            media_type=str(meta["inner_content_type"]),
-            recording=str(meta["recording"]),
-            part=int(meta["part"]),
-            chunks=rec.chunks,
-            authenticated=rec.authenticated,
-            failed=tuple(rec.failed),
-            torn_bytes=int(meta["torn_bytes"]),
-        )
+        view = RecoveredView.of(meta, rec.chunks, rec.authenticated, rec.failed)
         if rec.failed:
             problems.append(f"recovered_failed: {view.summary}")
         return view

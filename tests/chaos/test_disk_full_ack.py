@@ -161,20 +161,17 @@ def test_gps_goes_on_through_a_full_disk(roomy_fs: Path, keyset: KeySet, tmp_pat
         sp.close()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open (docs/reliability.md): the key record's ENOSPC escapes"
-)
 def test_a_full_disk_before_an_epochs_first_segment_is_a_storage_error(
     roomy_fs: Path, keyset: KeySet
 ) -> None:
     """Found while writing the tests above: when the disk is full before the first segment of a
     key epoch, the key record's write fails with a bare OSError (Spool.ensure_key_stored), not
     the spool's EvidenceRefused/SpoolError, so the GPS consumer (which survives AgentError
-    only) dies. Remove the mark when storage/spool.py turns it into a refusal."""
+    only) died. The spool refuses the segment now, as for a segment that does not fit."""
     sp = Spool(SpoolSettings(dir=roomy_fs / "spool", reserve_mb=0), make_sealer(keyset))
     _fill(roomy_fs)
     try:
-        with pytest.raises((EvidenceRefused, SpoolError)):
+        with pytest.raises(EvidenceRefused):
             sp.put_bytes("video", os.urandom(100_000))
     finally:
         (roomy_fs / "filler").unlink()

@@ -38,6 +38,7 @@ OVER_400_WAIVED = {
     # owned by i19-seal (storage/spool.py) and i19-link (uplink/*, ingest/*) in this wave
     "agent/storage/spool.py::Spool",
     "agent/uplink/forwarder.py::Forwarder",
+    "agent/uplink/mqtt.py::MqttLink",  # grew with fix-flaky's subscribed (i19-link splits it)
     "agent/ingest/store.py::Store",
 }
 

@@ -149,11 +149,11 @@ control_socket = "{tmp_path / "run" / "control.sock"}"
         text=True,
     )
 
-    def signals() -> list[bytes | None]:  # read under the platform's lock by wait_for
+    def signals() -> list[bytes | None]:
         return [r.location.item(0x30) for r in platform.received]
 
     try:
-        assert platform.wait_for(lambda: bytes([24]) in signals(), 60), signals()
+        wait_for(lambda: bytes([24]) in signals(), 60, "a report with the modem's signal")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
