@@ -99,15 +99,7 @@ class AudioPipeline(RecordingPipeline[AudioFragment]):
         fragment_s: float = FRAGMENT_S,
         tap: Callable[[AudioBlock], None] | None = None,
     ) -> None:
-        super().__init__(
-            settings.mode,
-            settings.prebuffer_s,
-            settings.segment_s,
-            emit,
-            slack_s=0.01,
-            clock=clock,
-            meta=meta,
-        )
+        super().__init__(settings, emit, slack_s=0.01, clock=clock, meta=meta)
         self.settings = settings
         self._tap = tap
         self._losses = losses

@@ -46,13 +46,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from agent.capture.frames import Frame
 from agent.errors import SourceError
 
 if TYPE_CHECKING:
     import av.container
+
+    from agent.capture.settings import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +446,13 @@ class FragmentProducer(Protocol):
 
 class H264Encoder(Fmp4Fragments):
     """Frames in, fragments out. See the module docstring."""
+
+    @classmethod
+    def for_video(cls, s: VideoSettings, **extra: Any) -> Self:
+        """The encoder ``[video]`` asks for (size, rate, codec, bit rate, preset); ``extra``
+        goes to the class (the audio track of :class:`~agent.capture.av_mux.AvEncoder`)."""
+        video: dict[str, Any] = {"bitrate_kbps": s.bitrate_kbps, "preset": s.preset}
+        return cls(s.width, s.height, s.fps, codec=s.encoder, **video, **extra)
 
     def __init__(
         self,

@@ -87,15 +87,8 @@ class VideoPipeline(RecordingPipeline[Fragment]):
         dropped: Callable[[], int] = lambda: 0,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(
-            settings.mode,
-            settings.prebuffer_s,
-            settings.segment_s,
-            emit,
-            slack_s=0.5 / encoder.fps,  # half a frame
-            clock=clock,
-            meta=meta,
-        )
+        # slack: half a frame
+        super().__init__(settings, emit, slack_s=0.5 / encoder.fps, clock=clock, meta=meta)
         self.settings = settings
         self.encoder = encoder
         self._dropped = dropped
@@ -431,14 +424,7 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
             encoder = (
                 self._encoder_factory(s)
                 if self._encoder_factory is not None
-                else H264Encoder(
-                    s.width,
-                    s.height,
-                    s.fps,
-                    codec=s.encoder,
-                    bitrate_kbps=s.bitrate_kbps,
-                    preset=s.preset,
-                )
+                else H264Encoder.for_video(s)
             )
         except Exception as exc:
             log.critical("video: cannot open the H.264 encoder: %s", exc)

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, Protocol
 
 from agent import wallclock
 from agent.capture.jobs import EventJob, FragmentJob, Job, RecordingJob, SegmentJob
@@ -60,6 +60,19 @@ class Recording:
     started_utc: str = ""
 
 
+class Timing(Protocol):
+    """What a recording's timing takes from its part's settings (``[video]``, ``[audio]``)."""
+
+    @property
+    def mode(self) -> str: ...  # "event" or "continuous"
+
+    @property
+    def prebuffer_s(self) -> float: ...
+
+    @property
+    def segment_s(self) -> float: ...
+
+
 class RecordingPipeline(Generic[F]):
     """Recordings, parts and their records over a stream of fragments ``F``. See the module
     docstring; subclasses implement the hooks at the end."""
@@ -70,17 +83,16 @@ class RecordingPipeline(Generic[F]):
 
     def __init__(
         self,
-        mode: str,
-        prebuffer_s: float,
-        segment_s: float,
+        timing: Timing,
         emit: Callable[[Job], None],
         *,
         slack_s: float,
         clock: Callable[[], ClockState] = ClockState,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        self.mode = mode
-        self.prebuffer_s = prebuffer_s
+        self.mode = timing.mode
+        self.prebuffer_s = prebuffer_s = timing.prebuffer_s
+        segment_s = timing.segment_s
         self._emit = emit
         self._clock = clock
         self._meta = dict(meta or {})

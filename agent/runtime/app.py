@@ -162,15 +162,8 @@ class Agent:
                 def factory(s: VideoSettings) -> H264Encoder:
                     from agent.capture.av_mux import AvEncoder
 
-                    enc = AvEncoder(
-                        s.width,
-                        s.height,
-                        s.fps,
-                        codec=s.encoder,
-                        bitrate_kbps=s.bitrate_kbps,
-                        preset=s.preset,
-                        rate=audio_cfg.rate,
-                        audio_bitrate_kbps=audio_cfg.bitrate_kbps,
+                    enc = AvEncoder.for_video(
+                        s, rate=audio_cfg.rate, audio_bitrate_kbps=audio_cfg.bitrate_kbps
                     )
                     muxed[:] = [enc]
                     return enc
