@@ -283,7 +283,24 @@ class Reconnect:
         self.failed(exc if exc is not None else "?")
 
 
-class Poller:
+class OneThread:
+    """What owns one thread (``self.thread``, made by the subclass): start it, join it (a thread
+    never started is not waited for), and whether it runs."""
+
+    thread: threading.Thread
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+
+class Poller(OneThread):
     """The thread of a monitor that reads something every so often (the battery, the modem):
     :meth:`poll_round` returns the pause before the next round (longer after failed reads,
     from the monitor's :class:`Reconnect`); :meth:`raise_alarm` hands an alarm on, and a sink
@@ -303,15 +320,8 @@ class Poller:
         self._logger = logger
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def is_alive(self) -> bool:
-        return self.thread.is_alive()
-
     def join(self, timeout: float | None = None) -> None:
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+        super().join(timeout)
         self.closed()
 
     def closed(self) -> None:

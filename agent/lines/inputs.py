@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
-from agent.contain import Reconnect, put_newest
+from agent.contain import OneThread, Reconnect, put_newest
 from agent.errors import SourceError
 from agent.fleet.rules import Inputs
 
@@ -442,7 +442,7 @@ def parse_levels(text: str) -> list[Reading]:
 # --------------------------------------------------------------------------- thread
 
 
-class InputThread:
+class InputThread(OneThread):
     """Runs one source: raw readings -> Debouncer -> bounded queue of InputEvents.
 
     The owner reads ``queue`` (or passes ``on_event``, called in this thread). ``inputs``
@@ -474,21 +474,12 @@ class InputThread:
         self._mono = mono
         self._lock = threading.Lock()
         self._inputs = Inputs()
-        self._thread = threading.Thread(target=self._run, name=f"inputs:{source.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"inputs:{source.name}", daemon=True)
 
     @property
     def inputs(self) -> Inputs:
         with self._lock:
             return self._inputs
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _put(self, ev: InputEvent) -> None:
         if self._on_event is not None:
