@@ -116,6 +116,26 @@ class EncodedSource(Source[AccessUnit], Protocol):
     def watermarked(self) -> bool: ...
 
 
+class LiveEncoded:
+    """What the live encoded sources (picamera2, an rpicam/ffmpeg pipe, a network stream) have
+    alike: live, at the rate they were opened with, and (unless they say otherwise) without a
+    burned-in watermark. Subclasses set ``_fps``, name themselves and their ``encoder``."""
+
+    _fps: float
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @property
+    def watermarked(self) -> bool:
+        return False
+
+
 def counter_cell(width: int) -> int:
     """Side in pixels of one bar-code cell for frames ``width`` wide."""
     return max(4, min(width // (COUNTER_BITS + 8), 64) // 2 * 2)
