@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import UplinkError
 from agent.talk.audio_io import AudioIO
@@ -22,6 +23,8 @@ from agent.uplink.mqtt import MqttLink
 log = logging.getLogger(__name__)
 
 SAMPLE_BYTES = 2
+T = TypeVar("T")
+
 POLL_S = 0.05
 SEAL_QUEUE = 64
 
@@ -72,6 +75,20 @@ class TalkCore:
         self.stats = TalkStats()
         self.mic_reason = "not checked"
         self.speaker_reason = "not checked"
+
+    def take(
+        self, q: queue.Queue[T], idle: Callable[[], None] | None = None, *, drain: bool = False
+    ) -> Iterator[T]:
+        """The items of ``q`` as they come, until the stop (with ``drain``, until the stop and
+        ``q`` empty); ``idle`` runs after each half second without one."""
+        while not (self.stop.is_set() and (not drain or q.empty())):
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                if idle is not None:
+                    idle()
+                continue
+            yield item
 
     def publish(self, topic: str, payload: bytes) -> bool:
         """QoS 1 through the link (queued in its socket at once); False when it is down."""

@@ -29,7 +29,6 @@ its own, which opens the device for a press only.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -197,11 +196,7 @@ class Talk:
 
     def _run_seal(self) -> None:
         core = self.core
-        while not (self.stop.is_set() and core.seal.empty()):
-            try:
-                job = core.seal.get(timeout=0.5)
-            except queue.Empty:
-                continue
+        for job in core.take(core.seal, drain=True):
             try:
                 self.spool.put_bytes(
                     "audio",

@@ -224,11 +224,7 @@ class Incoming:
 
     def play(self) -> None:
         core = self.core
-        while not core.stop.is_set():
-            try:
-                item = self._play.get(timeout=0.5)
-            except queue.Empty:
-                continue
+        for item in core.take(self._play):
             # A message that arrives while the officer talks waits for the release.
             while core.talking.is_set():
                 if core.stop.wait(POLL_S):

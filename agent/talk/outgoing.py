@@ -180,12 +180,7 @@ class Outgoing:
 
     def run(self) -> None:
         core = self.core
-        while not core.stop.is_set():
-            try:
-                s = self._sessions.get(timeout=0.5)
-            except queue.Empty:
-                self._retry_unsent()
-                continue
+        for s in core.take(self._sessions, idle=self._retry_unsent):
             try:
                 self._capture(s)
             except AgentError as exc:
