@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import CommandError, ConfigError, SpoolError
+from agent.errors import AgentError, CommandError, ConfigError
 from agent.fleet.plan import Plan, parse_plan
 from agent.fleet.rules import FleetEvent, Inputs, RuleEngine
 from agent.fleet.schedule import LocalClock
@@ -40,10 +41,14 @@ from agent.lines.inputs import (
     SimInputSource,
     parse_levels,
 )
+from agent.loops.guard import Guard
 from agent.model import Alarm, Fix, Severity, format_utc
 from agent.storage.spool import Spool
 
 log = logging.getLogger(__name__)
+
+# Event records waiting for room in the spool (a full disk), at most; then the oldest goes.
+PENDING_MAX = 1000
 
 AlarmSink = Callable[[Alarm], None]
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -119,7 +124,11 @@ class FleetService:
             self.store.load(settings.areas_file), settings.rule_settings(), self.clock
         )
         self.events_recorded = 0
-        self.events_failed = 0
+        self.events_failed = 0  # event records dropped after waiting too long for room
+        # Event records the spool refused, oldest first, retried (see _record).
+        self._pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=PENDING_MAX)
+        self._pending_lock = threading.Lock()
+        self._store_guard = Guard("fleet-events", stop, log, alarm=alarm)
         self.sos_count = 0
         src = source if source is not None else open_input_source(settings.inputs)
         self.input_thread: InputThread | None = None
@@ -149,6 +158,10 @@ class FleetService:
     def join(self, timeout: float | None = None) -> None:
         if self.input_thread is not None:
             self.input_thread.join(timeout)
+        self._store_guard.retry_now()  # one last try at the stop
+        self.store_pending()
+        if self.pending():
+            log.error("fleet: %d event records not stored at the stop", self.pending())
 
     # ------------------------------------------------------------------ state
     @property
@@ -180,18 +193,53 @@ class FleetService:
             events = self.engine.feed(fix, snap)
         for ev in events:
             self._emit(ev)
+        if not events:
+            self.store_pending()  # records the spool refused earlier: retried with each fix
         return events
 
     def _emit(self, ev: FleetEvent) -> None:
         record = ev.to_record()
         kind = f"fleet_{ev.kind}"
-        try:
-            self.spool.put_event(kind, record)
-            self.events_recorded += 1
-        except (SpoolError, OSError) as exc:
-            self.events_failed += 1
-            log.error("fleet: cannot record %s at %s: %s", kind, record["time"], exc)
+        self._record(kind, record)
         self._alarm(Alarm(kind, describe(ev), ev.severity, time=ev.time, details=record))
+
+    def _record(self, kind: str, record: dict[str, Any]) -> None:
+        """Queue one event record and store every queued one, in order. A record the spool
+        refuses (a full disk) stays queued and is retried with the next event or fix (and at
+        the stop); the outage is reported once, with one alarm (agent/loops/guard.py)."""
+        with self._pending_lock:
+            if len(self._pending) == self._pending.maxlen:
+                self.events_failed += 1  # the oldest goes: counted, named in the log
+                log.error("fleet: %d event records waiting: the oldest is dropped", PENDING_MAX)
+            self._pending.append((kind, record))
+        self.store_pending()
+
+    def pending(self) -> int:
+        """Event records waiting for room in the spool."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    def store_pending(self) -> None:
+        """Store the queued event records (never raises; a failure keeps them queued)."""
+        with self._pending_lock:
+            if self._pending and self._store_guard.ready():
+                self._store_guard.attempt(self._store_step, pause=False)
+
+    def _store_step(self) -> None:
+        while self._pending:
+            kind, record = self._pending[0]
+            try:
+                self.spool.put_event(kind, record)
+            except (AgentError, OSError):
+                raise  # the spool or the disk: the record stays queued, retried later
+            except Exception:
+                # This one record cannot be stored (a bug): it must not hold up the others.
+                self._pending.popleft()
+                self.events_failed += 1
+                log.exception("fleet: event record %s cannot be stored: dropped", kind)
+                continue
+            self._pending.popleft()
+            self.events_recorded += 1
 
     # ------------------------------------------------------------------ inputs
     def _on_input(self, ev: InputEvent) -> None:
@@ -200,10 +248,7 @@ class FleetService:
             self.sos(ev.time)
             return
         record = {"time": format_utc(ev.time), "t": ev.time, "input": ev.name, "value": ev.value}
-        try:
-            self.spool.put_event("fleet_input", record)
-        except (SpoolError, OSError) as exc:
-            log.error("fleet: cannot record input %s=%s: %s", ev.name, ev.value, exc)
+        self._record("fleet_input", record)
 
     def sos(self, t: float) -> None:
         """An SOS press: a critical alarm first (the live lane sends alarms before anything
@@ -215,10 +260,7 @@ class FleetService:
         if last is not None:
             details |= {"lat": last.lat, "lon": last.lon, "fix_time": format_utc(last.time)}
         self._alarm(Alarm("sos", "SOS button pressed", Severity.CRITICAL, time=t, details=details))
-        try:
-            self.spool.put_event("fleet_sos", details)
-        except (SpoolError, OSError) as exc:
-            log.critical("fleet: cannot record the SOS at %s: %s", details["time"], exc)
+        self._record("fleet_sos", details)
 
     # ------------------------------------------------------------------ commands
     def command_handlers(self) -> dict[str, Handler]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,8 @@ from agent.gps.settings import GpsSettings
 from agent.gps.source import FixSource, SourceThread, open_source
 from agent.gps.strategy import ReportingStrategy
 from agent.gps.wire import encode_fix
-from agent.model import Fix
+from agent.loops.guard import Guard
+from agent.model import Alarm, Fix
 from agent.storage.records import RecordLog
 from agent.storage.spool import Spool
 
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 
 FIX_CONTENT_TYPE = "application/x-edge-fix"
 POLL_S = 0.5
+# Fixes kept while the disk refuses them wait in memory, oldest first: an hour at 1 Hz
+# (~0.5 MB); beyond that the oldest goes, counted in ``fixes_unstored_dropped``.
+UNSTORED_MAX = 3600
+STORE_BACKOFF_MAX_S = 10.0
 
 
 class GpsService:
@@ -48,6 +54,7 @@ class GpsService:
         source: FixSource | None = None,
         fleet: FleetService | None = None,
         observers: Sequence[Callable[[Fix], None]] = (),
+        alarm: Callable[[Alarm], None] | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -66,6 +73,14 @@ class GpsService:
         self.fixes_kept = 0
         self.fixes_reported = 0
         self._thread = threading.Thread(target=self._consume, name="gps-consumer")
+        # Surviving (agent/loops/guard.py): the consumer's own logic, and the record log's
+        # storage apart from it, so a full disk never holds up the clock or the live lane.
+        self._guard = Guard("gps-consumer", stop, log, alarm=alarm)
+        self._store_guard = Guard(
+            "gps-store", stop, log, alarm=alarm, backoff_max_s=STORE_BACKOFF_MAX_S
+        )
+        self._unstored: deque[tuple[bytes, float]] = deque(maxlen=UNSTORED_MAX)
+        self.fixes_unstored_dropped = 0
 
     @property
     def latest(self) -> Fix | None:
@@ -103,7 +118,11 @@ class GpsService:
         self._thread.join(timeout)
 
     def handle(self, fix: Fix) -> None:
-        """One fix through the clock, the strategy, the live lane and the record log."""
+        """One fix through the clock, the strategy, the live lane and the record log.
+
+        The clock monitor, the fleet rules, the observers and the live lane see every fix at
+        once, whatever the disk does; a fix to keep is queued for the record log and stored
+        by :meth:`store` (a fix the disk refuses stays queued and is retried)."""
         self.fixes_seen += 1
         self.clock.observe(fix)
         fleet = self.fleet
@@ -113,43 +132,66 @@ class GpsService:
         decision = self.strategy.decide(
             fix, alarm=bool(events), parked=fleet is not None and fleet.parked
         )
+        if decision.keep:
+            if len(self._unstored) == self._unstored.maxlen:
+                self.fixes_unstored_dropped += 1  # the oldest goes (counted, in the status)
+            self._unstored.append((encode_fix(fix), fix.time))
+            self.fixes_kept += 1
         for observe in self._observers:
             observe(fix)
         if fix.has_position and decision.reason not in ("impossible-date", "no-fix"):
             with self._lock:
                 self._latest = fix
-        if decision.keep:
-            self.records.append(encode_fix(fix), t=fix.time)
-            self.fixes_kept += 1
         if decision.report_live and self._live is not None:
             self._live(fix)
             self.fixes_reported += 1
+        self.store()
+
+    def unstored(self) -> int:
+        """Fixes kept but not in the record log yet (the disk refused them; retried)."""
+        return len(self._unstored)
+
+    def store(self) -> None:
+        """Append the queued fixes to the record log and seal a batch that is due; on a failure
+        (a full disk) they stay queued, and the next attempt waits for the guard's backoff.
+        Never raises: the failure is reported by the store guard (once per outage)."""
+        if not self._store_guard.ready():
+            return
+        if self._unstored or self.records.due():
+            self._store_guard.attempt(self._store_step, pause=False)
+
+    def _store_step(self) -> None:
+        while self._unstored:
+            record, t = self._unstored[0]
+            self.records.append(record, t=t)
+            self._unstored.popleft()  # stored: durable in the journal
+        if self.records.due():
+            self.records.roll()
 
     def _consume(self) -> None:
-        failing = ""
         try:
             while not (self.stop.is_set() and self.pump.queue.empty()):
-                try:
-                    fix = self.pump.queue.get(timeout=POLL_S)
-                except queue.Empty:
-                    fix = None
-                try:
+                with self._guard:
+                    try:
+                        fix: Fix | None = self.pump.queue.get(timeout=POLL_S)
+                    except queue.Empty:
+                        fix = None
                     if fix is not None:
                         self.handle(fix)
-                    if self.records.due():
-                        self.records.roll()
-                    failing = ""
-                except (AgentError, OSError) as exc:
-                    # A full disk must not stop positions: the fixes stay in the encrypted
-                    # journal and the batch is sealed when space returns (a journal that cannot
-                    # be opened or appended to on a full disk is an OSError: the fix is lost,
-                    # the thread is not).
-                    if str(exc) != failing:
-                        log.error("gps: %s (retrying)", exc)
-                    failing = str(exc)
-                    self.stop.wait(1.0)
+                    else:
+                        self.store()
         finally:
-            try:
-                self.records.close()
-            except AgentError as exc:
-                log.error("gps: could not seal the last batch of fixes: %s", exc)
+            self._close_records()
+
+    def _close_records(self) -> None:
+        """At the stop: store what is queued and seal the last batch, if the disk lets us (a
+        journal left behind is sealed at the next start; fixes still queued are named)."""
+        try:
+            self._store_step()
+            self.records.close()
+        except (AgentError, OSError) as exc:
+            log.error("gps: could not seal the last batch of fixes: %s", exc)
+        if self._unstored:
+            log.error(
+                "gps: %d fixes not stored at the stop (the disk refused them)", len(self._unstored)
+            )

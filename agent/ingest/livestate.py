@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import boundedjson, ids
-from agent.contain import Failures, run_forever
+from agent.contain import Failures
 from agent.errors import AgentError, FormatError
 from agent.ingest.store import private_dirs
+from agent.loops.guard import Guard
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound, MqttLink
 
@@ -88,7 +89,7 @@ class LiveRecorder:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=run_forever, args=("ingest-live", self.step, self.stop, log), name="ingest-live"
+            target=Guard("ingest-live", self.stop, log).run, args=(self.step,), name="ingest-live"
         )
         self._thread.start()
 

@@ -42,11 +42,12 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import ids
-from agent.contain import Failures, dead, run_forever
+from agent.contain import Failures, dead
 from agent.errors import FormatError
 from agent.ingest.heads import HeadsBook
 from agent.ingest.livestate import LiveRecorder
 from agent.ingest.store import Store
+from agent.loops.guard import Guard
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 
@@ -107,7 +108,7 @@ class Ingest:
         self._link_thread = self.link.start()
         self.live.start()
         self._thread = threading.Thread(
-            target=run_forever, args=("ingest", self.step, self.stop, log), name="ingest"
+            target=Guard("ingest", self.stop, log).run, args=(self.step,), name="ingest"
         )
         self._thread.start()
 

@@ -114,6 +114,7 @@ class Agent:
                 live=self._live_fix if self.uplink else None,
                 fleet=self.fleet,
                 observers=[self.jt808.on_fix] if self.jt808 is not None else (),
+                alarm=self.alarms.raise_,
             )
         self.audio: AudioRecorder | None = None
         # The process's one PortAudio and microphone (recorder and push-to-talk).
@@ -191,7 +192,7 @@ class Agent:
         self.remote = RemoteCommands(config=cfg, spool=self.spool, clock=self.clock, gps=self.gps)
         from agent.runtime.local_control import LocalControl
 
-        self.local = LocalControl(cfg.health.control_socket, self.stop)
+        self.local = LocalControl(cfg.health.control_socket, self.stop, self.alarms.raise_)
         for name, handler in self._command_handlers("device").items():
             self.local.register(name, handler)
         if self.uplink is not None and self.uplink.control is not None:
@@ -218,6 +219,7 @@ class Agent:
             ),
             heartbeat_s=cfg.health.heartbeat_s,
             report=self.uplink.forwarder.report_status if self.uplink is not None else None,
+            alarm=self.alarms.raise_,
         )
 
     def _build_power_and_link(self, power_off: PowerOff | None) -> None:

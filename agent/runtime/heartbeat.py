@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.loops.guard import Guard
+from agent.model import Alarm
 from agent.runtime.alarms import StateAlarms
 from agent.runtime.liveness import Parts
 from agent.runtime.systemd import Notifier
@@ -43,6 +45,7 @@ class Heartbeat:
         alarms: StateAlarms,
         heartbeat_s: float,
         report: Callable[[dict[str, Any]], None] | None = None,
+        alarm: Callable[[Alarm], None] | None = None,
     ) -> None:
         self.parts = parts
         self.stop = stop
@@ -59,10 +62,14 @@ class Heartbeat:
         self._next_beat = time.monotonic()
         self._status_warned = False
         self.thread = threading.Thread(target=self._run, name="health")
+        self._guard = Guard("health", stop, log, alarm=alarm)
 
     def _run(self) -> None:
         while not self.stop.wait(self.tick_s):
-            self.tick()
+            # A tick that raises (a part's status figures, the status file, an alarm sink) is
+            # reported once per outage and the next tick comes as usual: no extra pause, so
+            # the watchdog's pings (sent first in each tick) keep their pace.
+            self._guard.attempt(self.tick, pause=False)
 
     def tick(self) -> None:
         dead = self.parts.dead()

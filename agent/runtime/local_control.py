@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from agent import boundedjson
-from agent.contain import Failures, run_forever
+from agent.contain import Failures
 from agent.errors import AgentError, CommandError, FormatError
+from agent.loops.guard import Guard
+from agent.model import Alarm
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,12 @@ ACCEPT_POLL_S = 0.5
 class LocalControl:
     """Serves handlers on a Unix socket in its own thread until ``stop`` is set."""
 
-    def __init__(self, path: Path, stop: threading.Event) -> None:
+    def __init__(
+        self, path: Path, stop: threading.Event, alarm: Callable[[Alarm], None] | None = None
+    ) -> None:
         self.path = path
         self.stop = stop
+        self._guard = Guard("local-control", stop, log, alarm=alarm)
         self._handlers: dict[str, Handler] = {}
         self._sock: socket.socket | None = None
         self.failures = Failures("local control", log)
@@ -104,7 +109,7 @@ class LocalControl:
     def _serve(self) -> None:
         assert self._sock is not None
         try:
-            run_forever("local control", self._serve_one, self.stop, log)
+            self._guard.run(self._serve_one)
         finally:
             self._sock.close()
             self.path.unlink(missing_ok=True)

@@ -84,6 +84,9 @@ def status_figures(a: Running, dead: list[str]) -> dict[str, Any]:
             "seen": a.gps.fixes_seen,
             "kept": a.gps.fixes_kept,
             "reported": a.gps.fixes_reported,
+            # kept but not stored yet (a full disk): retried; dropped once over the limit
+            "unstored": a.gps.unstored(),
+            "unstored_dropped": a.gps.fixes_unstored_dropped,
         }
     if a.uplink is not None:
         out["uplink"] = {"connected": a.uplink.link.connected}
@@ -110,6 +113,8 @@ def status_figures(a: Running, dead: list[str]) -> dict[str, Any]:
             "origin": a.fleet.store.origin,
             "inputs": a.fleet.inputs.to_json(),
             "events": a.fleet.events_recorded,
+            "events_waiting": a.fleet.pending(),  # refused by a full disk: retried
+            "events_dropped": a.fleet.events_failed,
             "sos": a.fleet.sos_count,
         }
     return out

@@ -16,6 +16,8 @@ platform, which can unwrap the epoch key, reads the records out of it. Nothing t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import struct
@@ -29,7 +31,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from agent import wallclock
-from agent.errors import FormatError, SpoolError, VerificationError
+from agent.errors import AgentError, FormatError, SpoolError, VerificationError
 from agent.storage.durable import fsync_dir
 from agent.storage.seal import TAG_LEN, SegmentHeader, aead_for, chunk_nonce, segment_key
 from agent.storage.spool import PutResult, Spool
@@ -115,6 +117,16 @@ def decrypt_journal(data: bytes, data_key: bytes, cipher: str | None = None) -> 
     )
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` or raise (a short write on a full disk is ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
 def pack_records(records: list[bytes]) -> bytes:
     return b"".join(struct.pack(">H", len(r)) + r for r in records)
 
@@ -163,6 +175,8 @@ class RecordLog:
         self._dir.mkdir(exist_ok=True)
         self._path = self._dir / f"{stream}.jnl"
         self._fd: int | None = None
+        self._size = 0  # bytes of whole frames (and header) in the journal
+        self._spoilt = False  # an append failed: the batch takes no further record
         self._records: list[bytes] = []
         self._times: list[float] = []
         self._monos: list[int] = []  # when each record was appended, on the monotonic clock
@@ -174,16 +188,46 @@ class RecordLog:
     # -------------------------------------------------------------- recovery
 
     def _recover(self) -> PutResult | None:
+        """Seal the journal the last stop left (and any held back before); returns what the
+        journal left by the last stop was sealed as. A journal the spool refuses now (a full
+        disk at the start) is held back under another name and sealed after a later batch:
+        the agent starts and records whatever the disk does."""
         self._path.with_suffix(".part").unlink(missing_ok=True)
+        self._retry_held()
         if not self._path.exists():
             return None
-        data = self._path.read_bytes()
+        try:
+            return self._seal_journal(self._path)
+        except (AgentError, OSError) as exc:
+            held = self._dir / f"{self.stream}.held-{time.time_ns()}.jnl"
+            os.replace(self._path, held)
+            fsync_dir(self._dir)
+            log.error(
+                "records: the %s journal left by the last stop cannot be sealed now (%s): "
+                "kept as %s, sealed once there is room",
+                self.stream,
+                exc,
+                held.name,
+            )
+            return None
+
+    def _retry_held(self) -> None:
+        """Seal the journals held back at a start (each stays until it is sealed)."""
+        for path in sorted(self._dir.glob(f"{self.stream}.held-*.jnl")):
+            try:
+                self._seal_journal(path)
+            except (AgentError, OSError) as exc:
+                log.debug("records: %s still held: %s", path.name, exc)
+                return
+
+    def _seal_journal(self, path: Path) -> PutResult | None:
+        data = path.read_bytes()
         try:
             header, frames = parse_journal(data)
         except FormatError as exc:
-            dest = self.spool.root / "quarantine" / f"{int(wallclock.now())}-{self._path.name}"
-            log.error("records: journal %s unreadable (%s): moved to %s", self._path, exc, dest)
-            os.replace(self._path, dest)
+            dest = self.spool.root / "quarantine" / f"{int(wallclock.now())}-{path.name}"
+            log.error("records: journal %s unreadable (%s): moved to %s", path, exc, dest)
+            os.replace(path, dest)
             return None
         result: PutResult | None = None
         if frames and not self.spool.batch_sealed(header.batch_id):
@@ -211,11 +255,11 @@ class RecordLog:
                 batch_id=header.batch_id,
             )
             log.warning(
-                "records: sealed %d %s records recovered from a journal left by the last stop",
+                "records: sealed %d %s records recovered from a journal left by a stop",
                 len(frames),
                 self.stream,
             )
-        self._path.unlink()
+        path.unlink()
         fsync_dir(self._dir)
         return result
 
@@ -233,35 +277,70 @@ class RecordLog:
         header = JOURNAL_HEADER.pack(
             JOURNAL_MAGIC, JOURNAL_VERSION, bytes.fromhex(key_id), salt, batch, code
         )
-        # The journal appears whole (header written and synced) or not at all.
+        # The journal appears whole (header written and synced) or not at all: a failure (a
+        # full disk) leaves no file and no open descriptor behind, and the next append tries
+        # again with a fresh salt.
         tmp = self._path.with_suffix(".part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-        os.write(fd, header)
-        os.fsync(fd)
-        os.replace(tmp, self._path)
-        fsync_dir(self._dir)
+        try:
+            _write_all(fd, header)
+            os.fsync(fd)
+            os.replace(tmp, self._path)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
         self._fd = fd
+        self._size = len(header)
         self._opened_mono = self._monotonic()
+        fsync_dir(self._dir)
 
     def append(self, record: bytes, *, t: float | None = None, durable: bool = True) -> None:
         """Store one record; durable on return unless ``durable=False`` (then call commit)."""
         if len(record) > MAX_RECORD:
             raise SpoolError(f"{self.stream}: record of {len(record)} bytes exceeds {MAX_RECORD}")
         with self._lock:
+            if self._spoilt:
+                self._restart_batch()
             if self._fd is None:
                 self._open_batch()
             assert self._fd is not None
             assert self._aead is not None
             ct = self._aead.encrypt(chunk_nonce(len(self._records), False), record, None)
-            os.write(self._fd, struct.pack(">I", len(ct)) + ct)
-            if durable:
-                os.fsync(self._fd)
+            try:
+                _write_all(self._fd, struct.pack(">I", len(ct)) + ct)
+                if durable:
+                    os.fsync(self._fd)
+            except BaseException:
+                # Not stored: the caller keeps the record and retries. The frame may be on
+                # the disk in part (a torn tail, cut off here when possible), and its nonce
+                # was used: this batch takes no further record (see _restart_batch).
+                self._spoilt = True
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+                raise
+            self._size += 4 + len(ct)
             self._records.append(record)
             self._times.append(wallclock.now() if t is None else t)
             self._monos.append(time.monotonic_ns())
             due = len(self._records) >= self.batch_max
         if due:
-            self.roll()
+            # The record is stored (durable in the journal): a batch that cannot be sealed
+            # now stays open, and due() tells the owner to roll it later.
+            try:
+                self.roll()
+            except (AgentError, OSError) as exc:
+                log.debug("records: %s batch not sealed yet: %s", self.stream, exc)
+
+    def _restart_batch(self) -> None:
+        """After a failed append: seal what the batch holds (or drop an empty journal) so the
+        next record starts a batch with a new key, never reusing a nonce. Raises when the
+        batch cannot be sealed yet (its records stay in the journal)."""
+        if self._records:
+            self._roll_locked()
+        elif self._fd is not None:
+            self._drop_journal()
+        self._spoilt = False
 
     def commit(self) -> None:
         """Group commit: make every record appended so far durable."""
@@ -283,33 +362,47 @@ class RecordLog:
     def roll(self) -> PutResult | None:
         """Seal the open batch as one segment and start afresh."""
         with self._lock:
-            if self._fd is None or not self._records:
-                return None
-            os.fsync(self._fd)
-            records, times, batch_id = self._records, self._times, self._batch_id
-            # The monotonic span is measured, not derived from wall-clock times (which step).
-            start_mono, end_mono = self._monos[0], self._monos[-1]
-            result = self.spool.put(
-                SegmentHeader(
-                    stream=self.stream,
-                    content_type=self.content_type,
-                    start_utc=times[0],
-                    end_utc=times[-1],
-                    start_mono_ns=start_mono,
-                    end_mono_ns=end_mono,
-                    clock=self.spool.clock_state(),
-                    meta={"records": len(records)},
-                    batch=batch_id,
-                ),
-                [pack_records(records)],
-                batch_id=batch_id,
-            )
-            os.close(self._fd)
-            self._fd = None
-            self._path.unlink()
+            return self._roll_locked()
+
+    def _roll_locked(self) -> PutResult | None:
+        if self._fd is None or not self._records:
+            return None
+        os.fsync(self._fd)
+        records, times, batch_id = self._records, self._times, self._batch_id
+        # The monotonic span is measured, not derived from wall-clock times (which step).
+        start_mono, end_mono = self._monos[0], self._monos[-1]
+        result = self.spool.put(
+            SegmentHeader(
+                stream=self.stream,
+                content_type=self.content_type,
+                start_utc=times[0],
+                end_utc=times[-1],
+                start_mono_ns=start_mono,
+                end_mono_ns=end_mono,
+                clock=self.spool.clock_state(),
+                meta={"records": len(records)},
+                batch=batch_id,
+            ),
+            [pack_records(records)],
+            batch_id=batch_id,
+        )
+        # Sealed: the batch is over whatever the clean-up below meets (a journal left
+        # behind is recognised as sealed at the next open, or replaced by the next batch).
+        self._records, self._times, self._monos = [], [], []
+        self._spoilt = False
+        self._drop_journal()
+        self._retry_held()  # there was room for this batch: maybe for a held journal too
+        return result
+
+    def _drop_journal(self) -> None:
+        fd, self._fd, self._size = self._fd, None, 0
+        try:
+            if fd is not None:
+                os.close(fd)
+            self._path.unlink(missing_ok=True)
             fsync_dir(self._dir)
-            self._records, self._times, self._monos = [], [], []
-            return result
+        except OSError as exc:
+            log.warning("records: %s journal not removed yet: %s", self.stream, exc)
 
     def close(self) -> PutResult | None:
         """Seal what is pending (clean shutdown)."""

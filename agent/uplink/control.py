@@ -37,8 +37,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent import wallclock
-from agent.contain import Failures, run_forever
+from agent.contain import Failures
 from agent.errors import AgentError, CommandError, FormatError, KeyFileError
+from agent.loops.guard import Guard
+from agent.model import Alarm
 from agent.storage.durable import write_atomic
 from agent.storage.keys import write_private, write_public
 from agent.uplink import protocol as proto
@@ -338,9 +340,17 @@ class CommandChannel:
             raise CommandError(f"unknown command {cmd['cmd']!r} (known: {', '.join(self.names)})")
         return handler(cmd["args"])
 
-    def serve(self, link: MqttLink, inbox: queue.Queue[Inbound], stop: threading.Event) -> None:
+    def serve(
+        self,
+        link: MqttLink,
+        inbox: queue.Queue[Inbound],
+        stop: threading.Event,
+        alarm: Callable[[Alarm], None] | None = None,
+    ) -> None:
         """Thread body: answer each command, then acknowledge it to the broker (whatever
-        happened: a poison command is acknowledged, never redelivered forever)."""
+        happened: a poison command is acknowledged, never redelivered forever). A failure
+        outside any one command (publishing the answer, acknowledging) is reported once per
+        outage and backed off; the thread goes on (agent/loops/guard.py)."""
 
         def step() -> None:
             try:
@@ -353,4 +363,4 @@ class CommandChannel:
             finally:
                 link.ack(msg)
 
-        run_forever("commands", step, stop, log)
+        Guard("uplink-commands", stop, log, alarm=alarm).run(step)

@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from agent import wallclock
 from agent.contain import Failures
 from agent.errors import AgentError, FormatError, SpoolError, VerificationError
+from agent.loops.guard import Guard
 from agent.model import Alarm, Fix, Severity
 from agent.storage.seal import read_segment_info
 from agent.storage.spool import Spool, SpoolItem
@@ -169,6 +170,7 @@ class Forwarder:
         self.settings = settings
         self.stop = stop
         self._alarm = alarm or (lambda a: None)
+        self._guard = Guard("uplink-forwarder", stop, log, alarm=alarm)
         self._clock = clock
         self.wake = link.wake
         self.acks = link.route(self.topics.ack)
@@ -228,26 +230,15 @@ class Forwarder:
             self._thread.join(timeout)
 
     def run(self) -> None:
-        failing = ""
         try:
             while not self.stop.is_set():
-                self.wake.clear()
-                try:
+                # Any failure (a full disk, a broken file, a bug) is reported once per outage
+                # and backed off; the thread goes on and the round is retried (agent/loops).
+                with self._guard:
+                    self.wake.clear()
                     wait = self._step()
-                    failing = ""
-                except (AgentError, sqlite3.Error, OSError) as exc:
-                    # The forwarder must outlive a full disk or a broken file: log the
-                    # problem once, retry after a pause.
-                    if str(exc) != failing:
-                        log.error("uplink: forwarding failed, retrying: %s", exc)
-                    failing = str(exc)
-                    wait = 1.0
-                except Exception as exc:  # a bug: reported once per kind, never the thread
-                    self.failures("a forwarding round", exc)
-                    failing = f"{type(exc).__name__}"
-                    wait = 1.0
-                if wait > 0:
-                    self.wake.wait(min(wait, IDLE_POLL_S) if not failing else wait)
+                    if wait > 0:
+                        self.wake.wait(min(wait, IDLE_POLL_S))
         finally:
             for u in self._uploads:
                 self._drop_upload(u, release=True)

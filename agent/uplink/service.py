@@ -61,6 +61,7 @@ class Uplink:
         self.spool = spool
         self.stop = stop
         self.boot_id = boot_id
+        self._alarm = alarm
         self.versions = {"edge-agent": __version__, **(versions or {})}
         self.link = MqttLink(
             link_config(settings, device_id),
@@ -111,7 +112,7 @@ class Uplink:
             control = self.control
             t = threading.Thread(
                 target=control.serve,
-                args=(self.link, self._commands, self.stop),
+                args=(self.link, self._commands, self.stop, self._alarm),
                 name="uplink-commands",
             )
             t.start()

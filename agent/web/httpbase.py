@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import AgentError, ConfigError
+from agent.loops.guard import Guard
 from agent.web.auth import client_key
 from agent.web.markup import Markup, html, join
 
@@ -468,14 +469,21 @@ class WebServer:
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
     def start(self) -> None:
-        serve = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name=self.name
-        )
+        serve = threading.Thread(target=self._serve, name=self.name)
         watch = threading.Thread(target=self._watch, name=f"{self.name}-stop")
         self._threads = [serve, watch]
         for t in self._threads:
             t.start()
         log.info("%s: serving on %s", self.name, self.url)
+
+    def _serve(self) -> None:
+        """The serving loop: one that raises (the selector, a bug) is reported once per
+        outage, backed off and started again (agent/loops/guard.py); it ends on the stop."""
+        guard = Guard(self.name, self.stop, log)
+        while not (self.stop.is_set() or self._closed.is_set()):
+            with guard:
+                self._server.serve_forever(poll_interval=0.5)
+                return  # shut down (the stop, or close())
 
     def _watch(self) -> None:
         while not self.stop.wait(0.2) and not self._closed.is_set():

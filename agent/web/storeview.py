@@ -48,11 +48,10 @@ from agent.storage.recovered import (
 )
 from agent.storage.seal import (
     SegmentInfo,
-    decrypt_segment,
     open_meta,
     parse_key_record,
     read_segment_info,
-    verify_segment,
+    verify_decrypt_segment,
 )
 from agent.storage.verify import verify_paths
 from agent.web.evidence import DeviceReview, EventMark, RecoveredView, SegmentView, chain_gaps
@@ -494,9 +493,9 @@ class StoreView:
         return rec.unwrap(self.platform_key)
 
     def _decrypt(self, device: str, f: io.BufferedReader, info: SegmentInfo) -> bytes:
-        verify_segment(f, info, self._trusted(device))
-        out = io.BytesIO()
-        decrypt_segment(f, info, self.data_key(device, info.key_id), out.write)
+        trusted = self._trusted(device)
+        out = io.BytesIO()  # discarded if the body fails: raised before it is returned
+        verify_decrypt_segment(f, info, self.data_key(device, info.key_id), out.write, trusted)
         return out.getvalue()
 
     # ------------------------------------------------------------------ live state

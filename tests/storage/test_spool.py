@@ -90,7 +90,7 @@ def test_recovery_adopts_a_sealed_file_cut_before_its_index_row(
     sp.put_bytes("video", b"first")
     r2 = sp.put_bytes("video", b"second")
     # Simulate the cut: forget the index row and chain advance of seq 1.
-    with sp._tx() as db:
+    with sp._index.tx() as db:
         db.execute("DELETE FROM segments WHERE seq=1")
         db.execute("UPDATE chains SET next_seq=1, last_hash=(SELECT manifest_hash FROM segments)")
     sp.close()
