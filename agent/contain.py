@@ -12,7 +12,8 @@ command channel and its local control socket:
    is not redelivered forever;
 3. a failure is reported once per kind with its traceback (:class:`Failures`); repeats are
    counted and summarised, so one device cannot flood the log;
-4. a loop that fails outside any one message backs off and goes on (:func:`run_forever`);
+4. a loop that fails outside any one message backs off and goes on (the one loop guard,
+   :class:`agent.loops.guard.Guard`);
 5. a thread that dies anyway is noticed: the device's health loop withholds the systemd
    watchdog, and ``edge-agent ingest`` exits non-zero (:func:`dead`), so systemd restarts it.
 
@@ -39,13 +40,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent import wallclock
+from agent.loops.guard import Guard
 from agent.model import Alarm, Severity
 
 if TYPE_CHECKING:
     import tenacity
 
-BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
 SUMMARY_EVERY_S = 60.0
 
 T = TypeVar("T")
@@ -97,30 +97,6 @@ class Failures:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._seen)
-
-
-def run_forever(
-    name: str,
-    step: Callable[[], None],
-    stop: threading.Event,
-    logger: logging.Logger,
-    *,
-    backoff_min_s: float = BACKOFF_MIN_S,
-    backoff_max_s: float = BACKOFF_MAX_S,
-) -> None:
-    """Thread body: call ``step()`` until ``stop``; an exception escaping it is reported once
-    per kind, waited out (doubling from ``backoff_min_s`` to ``backoff_max_s``) and the loop
-    goes on."""
-    failures = Failures(name, logger)
-    wait = backoff_min_s
-    while not stop.is_set():
-        try:
-            step()
-            wait = backoff_min_s
-        except Exception as exc:
-            failures("its loop", exc)
-            stop.wait(wait)
-            wait = min(backoff_max_s, wait * 2)
 
 
 def put_newest(q: queue.Queue[T], item: T) -> int:
@@ -332,9 +308,12 @@ class Poller(OneThread):
         raise NotImplementedError
 
     def _run(self) -> None:
-        while not self.stop.is_set():
-            if self.stop.wait(self.poll_round()):
-                break
+        # Under the one loop guard: a round that raises is reported once, waited out, and
+        # the monitor goes on.
+        Guard(self._name, self.stop, self._logger, alarm=self.alarm).run(self._round)
+
+    def _round(self) -> None:
+        self.stop.wait(self.poll_round())
 
     def raise_alarm(
         self, kind: str, message: str, severity: Severity, details: dict[str, Any]
