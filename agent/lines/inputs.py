@@ -47,6 +47,8 @@ from typing import Any, Protocol
 from agent.contain import OneThread, Reconnect, put_newest
 from agent.errors import SourceError
 from agent.fleet.rules import Inputs
+from agent.loops.guard import Guard
+from agent.model import Alarm
 
 log = logging.getLogger(__name__)
 
@@ -459,10 +461,12 @@ class InputThread(OneThread):
         maxsize: int = 64,
         poll_s: float = 0.01,
         on_event: Callable[[InputEvent], None] | None = None,
+        alarm: Callable[[Alarm], None] | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
+        self._alarm = alarm
         self.stop = stop
         self.debouncer = Debouncer(debounce_s, sos_refractory_s)
         self.queue: queue.Queue[InputEvent] = queue.Queue(maxsize=maxsize)
@@ -503,13 +507,17 @@ class InputThread(OneThread):
         return events
 
     def _run(self) -> None:
+        # Under the one loop guard: a read or an owner's callback that raises is reported once
+        # (with an alarm when the owner gave a sink), waited out, and the inputs go on.
+        guard = Guard(self.thread.name, self.stop, log, alarm=self._alarm)
         try:
-            while not self.stop.is_set():
-                readings = self.source.read(self.stop, self._poll_s)
-                for ev in self.step(readings):
-                    self._put(ev)
+            guard.run(self._round)
         except BaseException as exc:
             log.error("%s: stopped: %s", self.source.name, exc)
             self.error = exc
         finally:
             self.source.close()
+
+    def _round(self) -> None:
+        for ev in self.step(self.source.read(self.stop, self._poll_s)):
+            self._put(ev)

@@ -13,7 +13,8 @@ import logging
 import threading
 from typing import Any, TypedDict
 
-from agent.contain import Reconnect, Why
+from agent.contain import Failures, Reconnect, Why
+from agent.loops.guard import Guard
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class LineServer:
             on_lost=self._report_lost,
             on_restored=lambda gap, attempts: log.warning("%s: %s is back", name, url),
         )
+        self._failures = Failures(name, log)
         self.thread = threading.Thread(target=self.run, name=name, daemon=True)
 
     def handle(self, line: str) -> str:
@@ -84,21 +86,25 @@ class LineServer:
             log.error("%s: %s lost: %s; reopening", self.name, self.url, why)
 
     def run(self) -> None:
-        errors = serial_errors()
-        while not self._stop.is_set():
-            port = self._port or self.retry.call(self._open, (*errors, ValueError))
-            if port is None:
-                break
-            self._port = port
-            self.retry.restored()
-            try:
-                self._serve(port)
-            except errors as exc:
-                self.retry.failed(exc)
-                self._close()
-                self.lost()
-                self.retry.wait()
+        # Under the one loop guard: anything but the port's own errors (handled here: reopen
+        # with backoff) is reported once, waited out, and the line is served again.
+        Guard(self.name, self._stop, log).run(self._round)
         self._close()
+
+    def _round(self) -> None:
+        errors = serial_errors()
+        port = self._port or self.retry.call(self._open, (*errors, ValueError))
+        if port is None:
+            return  # stopping
+        self._port = port
+        self.retry.restored()
+        try:
+            self._serve(port)
+        except errors as exc:
+            self.retry.failed(exc)
+            self._close()
+            self.lost()
+            self.retry.wait()
 
     def _serve(self, port: Any) -> None:
         buf = bytearray()
@@ -115,7 +121,11 @@ class LineServer:
                     continue
                 self.lines += 1
                 line = raw.decode("ascii", "replace")
-                reply = self.handle(line)
+                try:
+                    reply = self.handle(line)
+                except Exception as exc:  # contained (agent.contain): the next line is served
+                    self._failures("a request", exc)
+                    reply = "ERR internal error"
                 log.info("%s: %r -> %s", self.name, line.strip(), reply)
                 port.write(reply.encode("ascii", "replace") + b"\n")
             if len(buf) > MAX_LINE:

@@ -73,3 +73,42 @@ def test_gpio_ptt_through_the_fleet_inputs_thread() -> None:
     stop.set()
     ptt.join(5)
     assert t.calls == ["press:button", "release:button"]
+
+
+class BuggyTalk(FakeTalk):
+    """Its first press fails with a bug (not a refusal)."""
+
+    def press(self, source: str = "device") -> dict[str, Any]:
+        if not self.refuse:
+            self.refuse = "done"
+            raise ZeroDivisionError("a bug in talk")
+        self.calls.append(f"press:{source}")
+        return {}
+
+
+def test_a_request_that_raises_costs_that_line_not_the_thread() -> None:
+    import serial
+
+    port = serial.serial_for_url("loop://", timeout=0.2)
+    t = BuggyTalk()
+    stop = threading.Event()
+    reader = SerialPtt("loop://", t, stop, port=port)
+    port.write(b"PTT DOWN\n")
+    reader.start()
+    try:
+        ev = threading.Event()
+        for _ in range(250):
+            if t.refuse:
+                break
+            ev.wait(0.02)
+        assert t.refuse == "done" and reader.thread.is_alive()
+        port.write(b"PTT DOWN\n")
+        for _ in range(250):
+            if t.calls:
+                break
+            ev.wait(0.02)
+        assert t.calls[:1] == ["press:button"] and reader.thread.is_alive()
+    finally:
+        stop.set()
+        reader.thread.join(5)
+    assert not reader.thread.is_alive()
