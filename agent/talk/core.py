@@ -8,14 +8,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import UplinkError
+from agent.loops.guard import Guard
 from agent.talk.audio_io import AudioIO
 from agent.talk.settings import TalkSettings
 from agent.uplink.mqtt import MqttLink
@@ -76,19 +78,28 @@ class TalkCore:
         self.mic_reason = "not checked"
         self.speaker_reason = "not checked"
 
-    def take(
-        self, q: queue.Queue[T], idle: Callable[[], None] | None = None, *, drain: bool = False
-    ) -> Iterator[T]:
-        """The items of ``q`` as they come, until the stop (with ``drain``, until the stop and
-        ``q`` empty); ``idle`` runs after each half second without one."""
+    def serve(
+        self,
+        name: str,
+        q: queue.Queue[T],
+        handle: Callable[[T], object],
+        idle: Callable[[], object] | None = None,
+        *,
+        drain: bool = False,
+    ) -> None:
+        """Thread body: ``handle`` each item of ``q`` as it comes, until the stop (with
+        ``drain``, until the stop and ``q`` empty); ``idle`` after each half second without
+        one. Both under the one loop guard: one that raises is reported once, waited out,
+        and the thread goes on with the next item."""
+        guard = Guard(name, self.stop, log)
         while not (self.stop.is_set() and (not drain or q.empty())):
             try:
                 item = q.get(timeout=0.5)
             except queue.Empty:
                 if idle is not None:
-                    idle()
+                    guard.attempt(idle)
                 continue
-            yield item
+            guard.attempt(functools.partial(handle, item))
 
     def publish(self, topic: str, payload: bytes) -> bool:
         """QoS 1 through the link (queued in its socket at once); False when it is down."""

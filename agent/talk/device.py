@@ -44,7 +44,7 @@ from agent.errors import CommandError, SpoolError
 from agent.storage.spool import Spool
 from agent.talk import wire
 from agent.talk.audio_io import INPUT_QUEUE_BLOCKS, AudioIO, SoundDeviceIO
-from agent.talk.core import TalkCore, TalkStats
+from agent.talk.core import SealJob, TalkCore, TalkStats
 from agent.talk.incoming import Incoming
 from agent.talk.outgoing import BLOCK_MS, Outgoing
 from agent.talk.settings import TalkSettings
@@ -195,23 +195,25 @@ class Talk:
     # ------------------------------------------------------------------ talk-seal
 
     def _run_seal(self) -> None:
+        self.core.serve("talk-seal", self.core.seal, self._seal, drain=True)
+
+    def _seal(self, job: SealJob) -> None:
         core = self.core
-        for job in core.take(core.seal, drain=True):
-            try:
-                self.spool.put_bytes(
-                    "audio",
-                    job.data,
-                    content_type=wire.CONTENT_TYPE,
-                    meta=job.meta,
-                    start_utc=job.start_utc,
-                    end_utc=job.end_utc,
-                )
-                with core.lock:
-                    core.stats.sealed += 1
-            except (SpoolError, OSError) as exc:
-                with core.lock:
-                    core.stats.seal_failures += 1
-                log.error("talk: cannot seal message %s: %s", job.meta["message_id"], exc)
+        try:
+            self.spool.put_bytes(
+                "audio",
+                job.data,
+                content_type=wire.CONTENT_TYPE,
+                meta=job.meta,
+                start_utc=job.start_utc,
+                end_utc=job.end_utc,
+            )
+            with core.lock:
+                core.stats.sealed += 1
+        except (SpoolError, OSError) as exc:
+            with core.lock:
+                core.stats.seal_failures += 1
+            log.error("talk: cannot seal message %s: %s", job.meta["message_id"], exc)
 
 
 def command_handlers(talk: Talk, origin: str = "device") -> dict[str, Callable[..., Any]]:

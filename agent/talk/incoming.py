@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import wallclock
 from agent.errors import FormatError, SourceError, VerificationError
+from agent.loops.guard import Guard
 from agent.talk import wire
 from agent.talk.core import POLL_S, SAMPLE_BYTES, SealJob, TalkCore
 from agent.uplink.control import SeenIds
@@ -75,29 +76,32 @@ class Incoming:
     # ------------------------------------------------------------------ talk-in
 
     def run(self) -> None:
+        # Each message contained (agent.contain); the round under the one loop guard.
+        Guard("talk-in", self.core.stop, log).run(self._round)
+
+    def _round(self) -> None:
         core = self.core
-        while not core.stop.is_set():
-            got = False
-            for kind, inbox in self._inboxes:
-                try:
-                    msg = inbox.get_nowait()
-                except queue.Empty:
-                    continue
-                got = True
-                try:
-                    if kind == "ctl":
-                        self._on_control(msg.payload)
-                    else:
-                        self._on_chunk(msg)
-                except Exception as exc:  # contained (agent.contain): the next one is handled
-                    log.error("talk: the message on %s failed: %r", msg.topic[:200], exc)
-                finally:
-                    if core.link is not None:
-                        core.link.ack(msg)
-            self._check_stale(time.monotonic())
-            self._flush_receipts()
-            if not got:
-                core.stop.wait(POLL_S)
+        got = False
+        for kind, inbox in self._inboxes:
+            try:
+                msg = inbox.get_nowait()
+            except queue.Empty:
+                continue
+            got = True
+            try:
+                if kind == "ctl":
+                    self._on_control(msg.payload)
+                else:
+                    self._on_chunk(msg)
+            except Exception as exc:  # contained (agent.contain): the next one is handled
+                log.error("talk: the message on %s failed: %r", msg.topic[:200], exc)
+            finally:
+                if core.link is not None:
+                    core.link.ack(msg)
+        self._check_stale(time.monotonic())
+        self._flush_receipts()
+        if not got:
+            core.stop.wait(POLL_S)
 
     def _on_chunk(self, msg: Inbound) -> None:
         try:
@@ -223,17 +227,19 @@ class Incoming:
         self._receipt(mid, "not_played", reason=reason)
 
     def play(self) -> None:
+        self.core.serve("talk-play", self._play, self._play_when_free)
+
+    def _play_when_free(self, item: _Playable) -> None:
         core = self.core
-        for item in core.take(self._play):
-            # A message that arrives while the officer talks waits for the release.
-            while core.talking.is_set():
-                if core.stop.wait(POLL_S):
-                    return
-            try:
-                self._play_one(item)
-            finally:
-                with core.lock:
-                    self.waiting -= 1
+        # A message that arrives while the officer talks waits for the release.
+        while core.talking.is_set():
+            if core.stop.wait(POLL_S):
+                return
+        try:
+            self._play_one(item)
+        finally:
+            with core.lock:
+                self.waiting -= 1
 
     def _play_one(self, item: _Playable) -> None:
         from agent.talk.codec import decode_to_pcm, silence, tone

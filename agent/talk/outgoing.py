@@ -179,17 +179,19 @@ class Outgoing:
     # ------------------------------------------------------------------ talk-out
 
     def run(self) -> None:
+        self.core.serve("talk-out", self._sessions, self._talk_out, idle=self._retry_unsent)
+
+    def _talk_out(self, s: _Session) -> None:
         core = self.core
-        for s in core.take(self._sessions, idle=self._retry_unsent):
-            try:
-                self._capture(s)
-            except AgentError as exc:
-                log.error("talk: message %s failed: %s", s.id, exc)
-            finally:
-                s.input.close()
-                with core.lock:
-                    self._session = None
-                core.talking.clear()
+        try:
+            self._capture(s)
+        except AgentError as exc:
+            log.error("talk: message %s failed: %s", s.id, exc)
+        finally:
+            s.input.close()
+            with core.lock:
+                self._session = None
+            core.talking.clear()
 
     def _capture(self, s: _Session) -> None:
         from agent.talk.codec import OggOpusWriter
