@@ -26,6 +26,7 @@ from agent.capture.triggers import SerialTrigger, command_handlers, handle_line
 from agent.cli import main as cli_main
 from agent.config.fields import load_dataclass
 from agent.errors import ConfigError, EvidenceRefused, SourceError
+from agent.labs.waiting import wait_for
 
 from .conftest import FIX, FPS, H, Keys, W, decrypt_all, small_settings
 
@@ -311,3 +312,36 @@ def test_video_probe_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "encoder:  libx264" in out or "encoder:  h264_v4l2m2m" in out
     assert "counter:  0" in out and "1 fragments, 10 frames" in out
+
+
+def test_a_still_that_fails_unexpectedly_costs_that_still_not_the_thread(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """The stills thread runs each still under the one loop guard: a frame source that raises
+    something no one expected (a bug) loses that request; the next one is taken."""
+    spool = keys.spool(tmp_path / "spool")
+    src = SyntheticSource(W, H, FPS, start_utc=1_700_000_000.0)
+    frame = src.read()
+    calls: list[int] = []
+
+    def latest() -> Frame | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ZeroDivisionError("a bug behind the newest frame")
+        return frame
+
+    stop = threading.Event()
+    stills = Stills(spool, latest, stop, device_id="cam-7")
+    stills.thread.start()
+    try:
+        stills.request("button")
+        wait_for(lambda: len(calls) >= 1, 10, "the first request tried")
+        stills.request("button")
+        wait_for(lambda: stills.taken >= 1, 20, "the next request taken")
+        assert stills.thread.is_alive()
+    finally:
+        stop.set()
+        stills.thread.join(5)
+    (still,) = decrypt_all(spool, keys, "still")
+    assert still.meta["trigger"] == "button"
+    spool.close()
