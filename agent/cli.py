@@ -36,7 +36,7 @@ CLI_MODULES = (
 log = logging.getLogger("edge-agent")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Sequence[str] = CLI_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Capture, seal, store and forward evidence from body cameras and trackers.",
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in CLI_MODULES:
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -57,8 +57,18 @@ def setup_logging(verbose: bool, level: str = "info") -> None:
     )
 
 
+def cli_modules_for(argv: Sequence[str]) -> Sequence[str]:
+    """The CLI modules ``argv`` needs: ``run`` (the agent itself, alive for months) builds
+    only its own package's subcommands, not every module's parser (~0.6 MB resident on a
+    tracker, docs/scale.md); any other command, ``--help`` included, builds them all."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return ("agent.runtime.cli",) if command == "run" else CLI_MODULES
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(cli_modules_for(argv))
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     func = getattr(args, "func", None)

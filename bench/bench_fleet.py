@@ -42,6 +42,7 @@ from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from agent.labs.nmea import truck_log
 from agent.storage.keys import init_device_keys, init_platform_keys
 from bench import Reporter
+from bench.common import child_rss_mb
 
 GROUP = "fleet"
 STAGES = (10, 50, 100)
@@ -53,6 +54,16 @@ CPU_BUDGET_PCT = 2.0
 INGEST2 = "ingest2"
 MONITOR = "fleet-monitor"
 TICK = os.sysconf("SC_CLK_TCK")
+# What a tracker cannot do without, in a bare interpreter: the floor under tracker_rss
+# (docs/scale.md "Tracker memory").
+TRACKER_LIBRARIES = (
+    "import argparse, dataclasses, hashlib, json, logging, sqlite3, ssl, tomllib\n"
+    "import paho.mqtt.client, tenacity\n"
+    "from cryptography.hazmat.primitives import serialization\n"
+    "from cryptography.hazmat.primitives.asymmetric import ed25519, x25519\n"
+    "from cryptography.hazmat.primitives.ciphers import aead\n"
+    "from cryptography.hazmat.primitives.kdf import hkdf\n"
+)
 
 
 # --------------------------------------------------------------------------- /proc
@@ -427,6 +438,12 @@ def run(report: Reporter) -> None:
         fleet.close()
         shutil.rmtree(root, ignore_errors=True)
     _figures(report, stages, full)
+    floor = child_rss_mb(TRACKER_LIBRARIES)
+    report.info(
+        GROUP, "tracker_rss_floor", floor, "MB",
+        "a bare interpreter holding only the tracker's libraries (ssl, sqlite3, cryptography, "
+        f"paho, tenacity), this run; the agent adds {full.tracker_rss_mb - floor:.1f} MB",
+    )  # fmt: skip
 
 
 def _figures(report: Reporter, stages: list[Stage], full: Stage) -> None:

@@ -33,8 +33,6 @@ import calendar
 import struct
 from dataclasses import dataclass, replace
 
-from pyubx2.ubxhelpers import calc_checksum
-
 from agent.model import Fix, FixMode
 
 __all__ = ["MAX_PAYLOAD", "SYNC", "UbxReader", "UbxStats", "frame_ok", "known_class"]
@@ -66,6 +64,10 @@ def frame_ok(frame: bytes) -> bool:
     length = frame[4] | frame[5] << 8
     if len(frame) != length + 8:
         return False
+    # pyubx2 (with pyrtcm and pynmeagps, ~2 MB resident) only once a UBX frame arrives:
+    # a tracker on an NMEA receiver never loads it (docs/scale.md).
+    from pyubx2.ubxhelpers import calc_checksum
+
     return bool(calc_checksum(frame[2:-2]) == frame[-2:])
 
 

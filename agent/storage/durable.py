@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
+from typing import Any
 
 
 def fsync_dir(path: Path) -> None:
@@ -56,6 +56,8 @@ def syncfs(path: Path) -> None:
     One journal commit for many files, where an fsync per file and directory costs one each.
     Falls back to sync(2) where the C library has no syncfs.
     """
+    import ctypes  # here, not at module level: a tracker never calls it (docs/scale.md)
+
     libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter already uses
     fn = getattr(libc, "syncfs", None)
     if fn is None:
@@ -75,6 +77,17 @@ _SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_WINDOW = 1024 * 1024
 
 
+def _sync_file_range() -> Any:
+    """The C library's sync_file_range(2), or None where it has none."""
+    import ctypes
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if fn is not None:
+        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        fn.restype = ctypes.c_int
+    return fn
+
+
 class StreamingWriter:
     """Writes a file that will be made durable by one ``fsync`` at its end, and has the disk
     write it meanwhile.
@@ -92,11 +105,10 @@ class StreamingWriter:
         self._window = window
         self.pos = 0
         self._kicked = 0  # writeback started up to here
-        fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-        if fn is not None:
-            fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-            fn.restype = ctypes.c_int
-        self._sync_range = fn
+        # Looked up at the first window: a file smaller than one (a GPS batch) never loads
+        # ctypes (docs/scale.md).
+        self._sync_range: Any = None
+        self._looked_up = False
 
     def fileno(self) -> int:
         return self._fd
@@ -116,6 +128,9 @@ class StreamingWriter:
         """Nothing is buffered here (for callers that flush before ``fsync``)."""
 
     def _writeback(self) -> None:
+        if not self._looked_up:
+            self._sync_range = _sync_file_range()
+            self._looked_up = True
         fn = self._sync_range
         start, length = self._kicked, self.pos - self._kicked
         if fn is not None and fn(self._fd, start, length, _SYNC_FILE_RANGE_WRITE) != 0:

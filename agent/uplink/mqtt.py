@@ -161,10 +161,10 @@ def check_certificate(path: Path | None, now: dt.datetime | None = None) -> None
     """Refuse, with a clear message, a client certificate that is missing or out of date."""
     if path is None:
         return
-    from cryptography import x509
+    from agent.uplink.cert_dates import load_pem_x509_certificate  # not x509: docs/scale.md
 
     try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        cert = load_pem_x509_certificate(path.read_bytes())
     except OSError as exc:
         raise UplinkError(f"certificate {path}: cannot read: {exc}") from None
     except ValueError as exc:
