@@ -1,10 +1,18 @@
-"""The microphone: a PortAudio input stream (sounddevice) feeding a bounded queue of blocks.
+"""The microphone: one owner of the input device, fanning its blocks out to whoever listens.
 
-The stream's callback runs on PortAudio's thread and does only this: copy the block's bytes,
-stamp it, and ``put_nowait`` it into a bounded :class:`queue.Queue`. When the queue is full the
-block is dropped and counted (``dropped_blocks``/``dropped_samples``); PortAudio's own input
-overflows are counted too. The counters are logged by the microphone thread whenever they grow
-and go into every segment's manifest: audio is never lost silently.
+One PortAudio input stream (``sounddevice.RawInputStream``, opened through the process's one
+:class:`agent.capture.portaudio.PortAudio`) feeds every user of the microphone: the audio
+recorder and push-to-talk each hold a :class:`Tap`, a bounded queue of blocks. The stream's
+callback runs on PortAudio's thread and does only this: copy the block's bytes, stamp it, and
+``put_nowait`` it into each tap; a full tap drops the block and counts it (``dropped_blocks``/
+``dropped_samples``, per tap, so one slow user costs the others nothing); PortAudio's own input
+overflows are counted too. The microphone thread logs the counters whenever they grow and the
+recorder puts its own into every segment's manifest: audio is never lost silently.
+
+The device is open while someone taps it: all the time when the recorder is on, from the press
+to the release on a device with push-to-talk alone (nothing listens otherwise).
+:meth:`Microphone.acquire` (a press) returns a tap on an open device or raises SourceError with
+the reason, at once when the device is known to be missing.
 
 We use ``sounddevice.RawInputStream`` (the buffer-protocol flavour of ``InputStream``): the
 callback receives a plain buffer, so neither this module nor the recorder needs numpy. Nothing
@@ -15,11 +23,12 @@ Missing hardware is a state, not a crash. If the PortAudio library is absent (``
 import), the device is not there (``ValueError``: no device matching the name) or will not open
 (``PortAudioError``), the microphone reports itself ``missing`` in :meth:`Microphone.health`,
 logs the reason once, emits one ``microphone_missing`` event, and retries with a doubling pause
-waited on the stop event. PortAudio lists devices only when it initialises, so each retry
-re-initialises it (a device plugged in later, or a PulseAudio server that came back, is then
-seen). A stream that stops delivering (device unplugged, server gone) is detected by a stall
-watchdog and handled the same way; the recovery is logged with the length of the gap and
-emitted as ``microphone_restored``.
+waited on the stop event (:class:`agent.contain.Reconnect`). PortAudio lists devices only when
+it initialises, so a failed open asks PortAudio to re-initialise (a device plugged in later, or
+a PulseAudio server that came back, is then seen); it does so only while no other stream (the
+talk's speaker) is open, so it never closes anyone's stream. A stream that stops delivering
+(device unplugged, server gone) is detected by a stall watchdog and handled the same way; the
+recovery is logged with the length of the gap and emitted as ``microphone_restored``.
 
 Time stamps: every block carries the monotonic time (the clock video frames use) of its first
 sample. PortAudio's ADC times are unreliable through ALSA's ``pulse`` plugin, so the stamp comes
@@ -27,9 +36,9 @@ from a minimum-delay filter over the callback arrival times: a sample cannot rea
 was captured, so the earliest ``arrival - samples_so_far / rate`` seen is the best anchor of the
 sample clock; the anchor may creep later by ``DRIFT_PPM`` to follow a slow sound-card clock.
 
-Thread use: PortAudio's thread runs the callback; the microphone thread (:meth:`run`) opens,
-watches and reopens; one consumer thread reads :attr:`Microphone.blocks`. Counters have one
-writer each (noted) and may be read from any thread.
+Thread use: PortAudio's thread runs the callback; the microphone thread (:meth:`run`, started
+by :meth:`Microphone.start`) opens, watches and reopens; each tap has one reader. Counters have
+one writer each (noted) and may be read from any thread.
 """
 
 from __future__ import annotations
@@ -45,9 +54,13 @@ from types import ModuleType
 from typing import Any
 
 from agent import wallclock
+from agent.capture.portaudio import PortAudio, device_arg, load_sounddevice
 from agent.capture.settings import AudioSettings
+from agent.contain import Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity, format_utc
+
+__all__ = ["AudioBlock", "MicState", "Microphone", "Tap", "device_arg", "load_sounddevice"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +68,8 @@ SAMPLE_BYTES = 2  # signed 16-bit little-endian, mono
 DRIFT_PPM = 300.0  # how fast the sample-clock anchor may move later (sound card slower)
 STALL_BLOCKS = 25  # no callback for this many block lengths (at least STALL_MIN_S): lost
 STALL_MIN_S = 5.0  # PulseAudio sources may deliver in bursts of up to 2 s
+IDLE_WAIT_S = 0.25  # nobody listens: how often the microphone thread looks again
+ACQUIRE_S = 5.0  # a press waits this long at most for the device to open
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,18 +97,18 @@ class AudioBlock:
 
 
 class MicState(enum.StrEnum):
-    OFF = "off"  # not started (or stopped)
+    OFF = "off"  # not open (not started, stopped, or nobody listens)
     OK = "ok"
     MISSING = "missing"  # no PortAudio, no device, or the device stopped delivering
 
 
 @dataclass
 class MicStats:
-    """Counters. Writer: PortAudio's callback thread for the first four, else the mic thread."""
+    """Counters. Writer: PortAudio's callback thread for the first five, else the mic thread."""
 
     blocks: int = 0
     samples: int = 0
-    dropped_blocks: int = 0
+    dropped_blocks: int = 0  # all taps together (each tap counts its own)
     dropped_samples: int = 0
     overflows: int = 0  # PortAudio input overflows (samples lost before the callback)
     opens: int = 0
@@ -101,27 +116,35 @@ class MicStats:
     attempts: int = 0  # failed opens
 
 
-def load_sounddevice() -> ModuleType:
-    """Import sounddevice; ``OSError`` when the PortAudio library is missing."""
-    import importlib
+class Tap:
+    """One user's view of the microphone: a bounded queue of blocks (full: the block is dropped
+    and counted here). :meth:`close` when done (the device closes when nobody listens)."""
 
-    return importlib.import_module("sounddevice")
+    def __init__(self, mic: Microphone, name: str, maxsize: int) -> None:
+        self.mic = mic
+        self.name = name
+        self.rate = mic.rate
+        self.blocks: queue.Queue[AudioBlock] = queue.Queue(maxsize=maxsize)
+        self.dropped_blocks = 0  # writer: PortAudio's callback thread
+        self.dropped_samples = 0
 
+    def read(self, timeout: float) -> AudioBlock | None:
+        try:
+            return self.blocks.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
-def device_arg(device: str) -> int | str | None:
-    """The config's device: ``""`` the default input, digits an index, else a name (substring)."""
-    device = device.strip()
-    if not device:
-        return None
-    if device.isdigit():
-        return int(device)
-    return device
+    def close(self) -> None:
+        self.mic.release(self)
 
 
 class Microphone:
-    """Opens the input device, keeps it open, and reopens it after a loss. See module docstring.
+    """Opens the input device while someone taps it, keeps it open, reopens it after a loss,
+    and hands every block to every tap. See the module docstring.
 
-    ``run`` is the body of the microphone thread; it returns when ``stop`` is set.
+    ``run`` is the body of the microphone thread (:meth:`start`); it returns when ``stop`` is
+    set. ``on_event`` receives ``microphone_missing``/``microphone_restored`` (the audio
+    recorder writes them as event records).
     """
 
     def __init__(
@@ -132,22 +155,42 @@ class Microphone:
         on_event: Callable[[str, dict[str, Any]], None] = lambda k, d: None,
         alarm: Callable[[Alarm], None] = lambda a: None,
         loader: Callable[[], ModuleType] = load_sounddevice,
+        portaudio: PortAudio | None = None,
     ) -> None:
         self.settings = settings
         self.rate = settings.rate
         self.block = max(1, settings.rate * settings.block_ms // 1000)
+        self.device = device_arg(settings.device)
         self._stop = stop
-        self._on_event = on_event
+        self.on_event = on_event
         self._alarm = alarm
-        self._loader = loader
-        self.blocks: queue.Queue[AudioBlock] = queue.Queue(maxsize=settings.queue_blocks)
+        self.pa = portaudio or PortAudio(loader)
         self.stats = MicStats()
+        self.retry = Reconnect(
+            "audio: microphone",
+            stop,
+            log,
+            min_s=settings.reopen_s,
+            max_s=settings.reopen_max_s,
+            on_lost=self._missing,
+            on_retry=self._still_missing,
+            on_restored=self._restored,
+        )
+        self.thread = threading.Thread(target=self.run, name="audio-mic", daemon=True)
+        self.finished = threading.Event()  # the microphone thread has ended
+        self.error: BaseException | None = None
+        self._start_lock = threading.Lock()
+        self._taps: tuple[Tap, ...] = ()  # replaced, never mutated: the callback reads it
+        self._taps_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._tries = 0  # open attempts made (writer: mic thread)
+        self._now = False  # the next attempt without waiting out the pause
+        self._refresh_first = False
         self._state = MicState.OFF
         self._reason = ""
         self._since = wallclock.now()
         self._lost_mono: float | None = None
         self._stream: Any = None
-        self._sd: ModuleType | None = None
         self._finished = threading.Event()
         self._last_cb_ns = 0  # writer: callback
         self._next_index = 0  # writer: callback (and the mic thread between sessions)
@@ -156,7 +199,49 @@ class Microphone:
         self._session = 0
         self.device_name = ""
 
-    # ------------------------------------------------------------------ state (any thread)
+    # ------------------------------------------------------------------ users (any thread)
+
+    def start(self) -> None:
+        """Start the microphone thread (once, whoever asks first)."""
+        with self._start_lock:
+            if self.thread.ident is None:
+                self.thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread.ident is not None:
+            self.thread.join(timeout)
+
+    def tap(self, name: str, maxsize: int) -> Tap:
+        """A new listener; the device opens (if it is not open) as soon as it can."""
+        tap = Tap(self, name, maxsize)
+        with self._taps_lock:
+            first = not self._taps
+            self._taps = (*self._taps, tap)
+        if first:
+            self._now = True  # nobody listened: try at once, whatever the last pause was
+        self._wake.set()
+        return tap
+
+    def release(self, tap: Tap) -> None:
+        with self._taps_lock:
+            self._taps = tuple(t for t in self._taps if t is not tap)
+        self._wake.set()
+
+    def acquire(self, name: str, maxsize: int, timeout: float = ACQUIRE_S) -> Tap:
+        """A tap on an open device (push-to-talk's press), or SourceError with the reason: at
+        once when others listen and it is missing, else after this attempt to open it."""
+        tries = self._tries
+        tap = self.tap(name, maxsize)
+        if self._state is MicState.MISSING and len(self._taps) > 1:
+            tap.close()
+            raise SourceError(self._reason)
+        deadline = time.monotonic() + timeout
+        while self._state is not MicState.OK:
+            failed = self._tries > tries and self._state is MicState.MISSING
+            if failed or time.monotonic() > deadline or self._stop.wait(0.02):
+                tap.close()
+                raise SourceError(self._reason or "the microphone did not open in time")
+        return tap
 
     @property
     def state(self) -> MicState:
@@ -165,6 +250,10 @@ class Microphone:
     @property
     def present(self) -> bool:
         return self._state is MicState.OK
+
+    @property
+    def reason(self) -> str:
+        return self._reason
 
     def health(self) -> dict[str, Any]:
         """For the health report: state, why it is missing, since when, and the loss counters."""
@@ -184,92 +273,96 @@ class Microphone:
     # ------------------------------------------------------------------ microphone thread
 
     def run(self) -> None:
-        s = self.settings
-        pause = s.reopen_s
-        pause_max = max(s.reopen_s, s.reopen_max_s)
         try:
             while not self._stop.is_set():
+                if not self._taps:
+                    self._wake.clear()
+                    if not self._taps:
+                        self._wake.wait(IDLE_WAIT_S)
+                    continue
+                if not (self._now or self.retry.due(IDLE_WAIT_S)):
+                    continue  # pausing after a failure (and looking whether anyone listens)
+                self._now = False
                 try:
                     self._open()
                 except SourceError as exc:
                     self.stats.attempts += 1
-                    self._missing(str(exc))
-                    self._stop.wait(pause)
-                    pause = min(pause * 2, pause_max)
+                    self._tries += 1
+                    self.retry.failed(exc)
                     continue
-                pause = s.reopen_s
-                self._restored()
+                self._tries += 1
+                if not self.retry.restored():
+                    self._set(MicState.OK, "")
+                    log.info("audio: recording from %s at %d Hz", self.device_name, self.rate)
                 why = self._watch()
                 self._close()
                 if why:
                     self.stats.losses += 1
-                    self._missing(why)
+                    self._refresh_first = True
+                    self._now = True  # a quick replug: reopen at once, then back off
+                    self.retry.failed(why)
+                elif self._state is MicState.OK and not self._stop.is_set():
+                    self._set(MicState.OFF, "nobody listens")
+        except Exception as exc:
+            log.exception("audio: microphone thread failed")
+            self.error = exc
         finally:
             self._close()
             if self._state is MicState.OK:
                 self._set(MicState.OFF, "stopped")
+            self.finished.set()
 
     def _open(self) -> None:
-        if self._sd is None:
-            try:
-                self._sd = self._loader()
-            except OSError as exc:
-                raise SourceError(f"PortAudio library not available: {exc}") from None
-        sd = self._sd
-        if self.stats.attempts or self.stats.losses:
-            # PortAudio enumerates devices only when it initialises: look again.
-            try:
-                sd._terminate()
-                sd._initialize()
-            except Exception as exc:  # PortAudioError; keep the old device list
-                log.debug("audio: PortAudio re-initialisation failed: %s", exc)
-        device = device_arg(self.settings.device)
+        if self._refresh_first:
+            self.pa.refresh("microphone")  # the device may be back under another number
         try:
-            stream = sd.RawInputStream(
-                samplerate=self.rate,
-                channels=1,
-                dtype="int16",
-                blocksize=self.block,
-                device=device,
-                callback=self._callback,
-                finished_callback=self._finished.set,
-            )
-        except (ValueError, sd.PortAudioError) as exc:
-            name = device if device is not None else "default"
-            raise SourceError(f"microphone {name}: {exc}") from None
+            stream = self._open_stream()
+        except SourceError:
+            if not self.pa.refresh("microphone"):  # PortAudio lists devices when it starts
+                raise
+            stream = self._open_stream()
+        self._refresh_first = False
+        self._stream = stream
+        self.stats.opens += 1
+        self.device_name = self.pa.device_name(stream, self.device)
+
+    def _open_stream(self) -> Any:
         self._finished.clear()
         self._session += 1
         if self._lost_mono is not None and self._next_index:
             # The sample timeline goes on through the gap: the next block starts where the
             # wall clock is now, not where the last block ended.
             self._next_index += round((time.monotonic() - self._lost_mono) * self.rate)
+            self._lost_mono = time.monotonic()
         self._anchor_ns = None
         self._last_cb_ns = time.monotonic_ns()
-        try:
-            stream.start()
-        except sd.PortAudioError as exc:
-            stream.close()
-            raise SourceError(f"microphone: cannot start the stream: {exc}") from None
-        self._stream = stream
-        self.stats.opens += 1
-        try:
-            info = sd.query_devices(stream.device)
-            self.device_name = str(info["name"])
-        except Exception:  # best effort, for the health report only
-            self.device_name = str(device) if device is not None else "default"
+        return self.pa.open_input(
+            self.device,
+            rate=self.rate,
+            block=self.block,
+            callback=self._callback,
+            finished=self._finished.set,
+        )
 
     def _watch(self) -> str:
-        """Wait while the stream delivers; return why it was lost, or "" at the stop event."""
+        """Wait while the stream delivers; return why it was lost, or "" at the stop event or
+        when nobody listens any more."""
         stall_ns = max(STALL_MIN_S, STALL_BLOCKS * self.block / self.rate) * 1e9
         reported = (0, 0, 0)
         while not self._stop.wait(0.25):
+            if not self._taps:
+                return ""
             st = self.stats
             now = (st.dropped_blocks, st.dropped_samples, st.overflows)
             if now != reported:
+                behind = [f"{t.name} {t.dropped_blocks}" for t in self._taps if t.dropped_blocks]
                 log.warning(
-                    "audio: %d blocks (%d samples) dropped (consumer behind), %d input overflows"
-                    " so far",
-                    *now,
+                    "audio: %d blocks (%d samples) dropped (consumer behind: %s), %d input"
+                    " overflows so far",
+                    now[0],
+                    now[1],
+                    ", ".join(behind) or "-",
+                    now[2],
                 )
                 reported = now
             if self._finished.is_set():
@@ -282,29 +375,20 @@ class Microphone:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        try:
-            stream.abort()
-        except Exception as exc:  # a vanished device may fail even here
-            log.debug("audio: abort failed: %s", exc)
-        try:
-            stream.close()
-        except Exception as exc:
-            log.debug("audio: close failed: %s", exc)
+        self.pa.close(stream)
         self._lost_mono = time.monotonic()
 
     def _set(self, state: MicState, reason: str) -> None:
         self._state, self._reason, self._since = state, reason, wallclock.now()
 
-    def _missing(self, reason: str) -> None:
-        if self._state is MicState.MISSING:
-            if reason != self._reason:
-                log.debug("audio: still missing: %s", reason)
-            return
+    def _missing(self, why: Why) -> None:
+        """The first failure of an outage: reported once (log, event, alarm)."""
+        reason = str(why)
         if self._lost_mono is None:
             self._lost_mono = time.monotonic()
         self._set(MicState.MISSING, reason)
         log.warning("audio: microphone missing: %s (retrying in the background)", reason)
-        self._on_event("microphone_missing", {"reason": reason, "device": self.settings.device})
+        self.on_event("microphone_missing", {"reason": reason, "device": self.settings.device})
         self._alarm(
             Alarm(
                 "microphone_missing",
@@ -314,18 +398,18 @@ class Microphone:
             )
         )
 
-    def _restored(self) -> None:
-        gap = None if self._lost_mono is None else time.monotonic() - self._lost_mono
-        was_missing = self._state is MicState.MISSING
+    def _still_missing(self, why: Why) -> None:
+        if str(why) != self._reason:
+            log.debug("audio: still missing: %s", why)
+            self._reason = str(why)
+
+    def _restored(self, gap_s: float, attempts: int) -> None:
         self._set(MicState.OK, "")
-        details: dict[str, Any] = {"device": self.device_name, "rate": self.rate}
-        if was_missing:
-            details["gap_s"] = None if gap is None else round(gap, 3)
-            log.info("audio: microphone %s is back after %.1f s", self.device_name, gap or 0.0)
-            self._on_event("microphone_restored", details)
-        else:
-            log.info("audio: recording from %s at %d Hz", self.device_name, self.rate)
-        self._lost_mono = None
+        log.info("audio: microphone %s is back after %.1f s", self.device_name, gap_s)
+        self.on_event(
+            "microphone_restored",
+            {"device": self.device_name, "rate": self.rate, "gap_s": round(gap_s, 3)},
+        )
 
     # ------------------------------------------------------------------ PortAudio's thread
 
@@ -354,11 +438,13 @@ class Microphone:
             self.rate,
             self._session,
         )
-        try:
-            self.blocks.put_nowait(block)
-        except queue.Full:
-            st.dropped_blocks += 1
-            st.dropped_samples += frames
-            return
         st.blocks += 1
         st.samples += frames
+        for tap in self._taps:
+            try:
+                tap.blocks.put_nowait(block)
+            except queue.Full:
+                tap.dropped_blocks += 1
+                tap.dropped_samples += frames
+                st.dropped_blocks += 1
+                st.dropped_samples += frames

@@ -34,10 +34,10 @@ import logging
 import struct
 from collections import deque
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from agent.capture.encoder import FragmentSink, moof_samples
+from agent.capture.opus import OpusStream
 from agent.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -140,23 +140,15 @@ class OpusEncoder:
             options={"movflags": MOVFLAGS, "frag_duration": str(round(fragment_s * 1e6))},
         )
         try:
-            stream: Any = self._container.add_stream("libopus", rate=rate)
-            stream.layout = "mono"
-            stream.format = "s16"
-            stream.bit_rate = bitrate_kbps * 1000
-            ctx = stream.codec_context
-            ctx.time_base = Fraction(1, rate)
-            ctx.options = {"application": application}
-            ctx.open()
-        except (av.FFmpegError, ValueError) as exc:
+            self._opus = OpusStream(
+                self._container.add_stream, rate, bitrate_kbps=bitrate_kbps, application=application
+            )
+        except SourceError:
             self._container.close()
-            raise SourceError(f"audio: cannot open the Opus encoder: {exc}") from None
-        self._stream = stream
-        self.frame_size = int(ctx.frame_size) or rate // 50
+            raise
+        self.frame_size = self._opus.frame_size
         self.track_id = 1
-        self._buf = bytearray()
         self.samples_in = 0  # samples fed (timeline position of the next sample)
-        self._frames = 0
         self._marks: deque[tuple[int, int, float]] = deque()  # (sample, mono_ns, utc)
         self._pending: deque[tuple[int, int]] = deque()  # (pts, duration) of muxed packets
         self.pad: int | None = None
@@ -177,29 +169,9 @@ class OpusEncoder:
             return []
         self._marks.append((self.samples_in, mono_ns, utc))
         self.samples_in += len(pcm) // SAMPLE_BYTES
-        self._buf += pcm
-        step = self.frame_size * SAMPLE_BYTES
-        out: list[AudioFragment] = []
-        while len(self._buf) >= step:
-            chunk = bytes(self._buf[:step])
-            del self._buf[:step]
-            out += self._encode_frame(chunk)
-        return out
+        return self._mux(self._opus.encode(pcm))
 
-    def _encode_frame(self, chunk: bytes | None) -> list[AudioFragment]:
-        import av
-
-        if chunk is None:
-            packets = self._stream.encode(None)
-        else:
-            n = len(chunk) // SAMPLE_BYTES
-            frame = av.AudioFrame(format="s16", layout="mono", samples=n)
-            frame.planes[0].update(chunk)
-            frame.sample_rate = self.rate
-            frame.pts = self._frames * self.frame_size
-            frame.time_base = Fraction(1, self.rate)
-            self._frames += 1
-            packets = self._stream.encode(frame)
+    def _mux(self, packets: list[Any]) -> list[AudioFragment]:
         for packet in packets:
             pts, dur = int(packet.pts), int(packet.duration)
             if self.pad is None:
@@ -212,13 +184,7 @@ class OpusEncoder:
         """Encode what is buffered (padded with silence to a whole frame), close the muxer."""
         if self._closed:
             return []
-        out: list[AudioFragment] = []
-        if self._buf:
-            step = self.frame_size * SAMPLE_BYTES
-            tail = bytes(self._buf) + b"\0" * (step - len(self._buf))
-            self._buf.clear()
-            out += self._encode_frame(tail)
-        out += self._encode_frame(None)
+        out = self._mux(self._opus.flush())
         self._closed = True
         self._container.close()
         out += self._collect()
@@ -244,7 +210,7 @@ class OpusEncoder:
         return self._sink.init
 
     def _collect(self) -> list[AudioFragment]:
-        return [self._fragment(moof, mdat) for moof, mdat in self._sink.take()]
+        return [self._fragment(moof, mdat) for moof, mdat in self._sink.fragments()]
 
     def _fragment(self, moof: bytes, mdat: bytes) -> AudioFragment:
         n = moof_samples(moof, self.track_id)

@@ -39,29 +39,19 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from agent import wallclock
 from agent.capture.audio import SAMPLE_BYTES, AudioBlock, Microphone, load_sounddevice
 from agent.capture.audio_encoder import CONTENT_TYPE, AudioFragment, OpusEncoder
-from agent.capture.jobs import (
-    EventJob,
-    FragmentJob,
-    Job,
-    RecorderThreads,
-    RecordingJob,
-    SegmentJob,
-    SpoolLike,
-)
+from agent.capture.jobs import Job, RecorderThreads, SpoolLike
+from agent.capture.recording import Recording, RecordingPipeline
+from agent.capture.segmenter import Segment
 from agent.capture.settings import AudioSettings
 from agent.errors import AgentError, CommandError
-from agent.model import Alarm, ClockState, format_utc
-from agent.storage.seal import SegmentHeader
-from agent.storage.segjournal import Interrupted
+from agent.model import Alarm, ClockState
 
 log = logging.getLogger(__name__)
 
@@ -90,35 +80,13 @@ class AudioStats:
     store_errors: int = 0
 
 
-@dataclass
-class _Recording:
-    id: str
-    trigger: str
-    start_at_ns: int
-    parts: int = 0
-    samples: int = 0
-    stop_at_ns: int | None = None
-    stop_trigger: str = ""
-    pre_event_s: float | None = None
-    stop_seen_ns: int | None = None  # when the stop was asked (monotonic), for the grace period
-    started_utc: str = ""
+class AudioPipeline(RecordingPipeline[AudioFragment]):
+    """Blocks in, sealed-segment jobs and event records out. See the module docstring; the
+    recordings themselves are :class:`~agent.capture.recording.RecordingPipeline`'s."""
 
-
-@dataclass
-class _Open:
-    """The segment being filled: fragments of one encoder."""
-
-    encoder: OpusEncoder
-    frags: list[AudioFragment] = field(default_factory=list)
-    discontinuity: bool = False
-
-    @property
-    def samples(self) -> int:
-        return sum(f.samples for f in self.frags)
-
-
-class AudioPipeline:
-    """Blocks in, sealed-segment jobs and event records out. See the module docstring."""
+    stream = AUDIO_STREAM
+    content_type = CONTENT_TYPE
+    kinds = "audio_"
 
     def __init__(
         self,
@@ -131,28 +99,21 @@ class AudioPipeline:
         fragment_s: float = FRAGMENT_S,
         tap: Callable[[AudioBlock], None] | None = None,
     ) -> None:
+        super().__init__(settings, emit, slack_s=0.01, clock=clock, meta=meta)
         self.settings = settings
         self._tap = tap
-        self._emit = emit
-        self._clock = clock
         self._losses = losses
-        self._meta = meta or {}
         self._fragment_s = fragment_s
         self.stats = AudioStats()
         self.encoder: OpusEncoder | None = None
+        self._part_encoder: OpusEncoder | None = None  # whose fragments the open part holds
         self._next_index: int | None = None  # the sample index the encoder expects next
         self._session: int | None = None
-        self._offset = 0  # encoder timeline sample = block index - offset
-        self.ring: deque[AudioFragment] = deque()
-        self.rec: _Recording | None = None
-        self._open: _Open | None = None
         self._losses_reported: dict[str, int] = {}
         self._pending_discontinuity = False
         self.muted = False
         self._mute_changes: deque[tuple[int, bool]] = deque()  # (at mono ns, muted)
         self._mute_spans: list[list[int]] = []  # encoder samples [start, end or -1] muted
-        self.last_mono_ns: int | None = None
-        self.last_utc: float | None = None
         self._fed_ns = 0  # when the last block was fed (monotonic)
 
     # ------------------------------------------------------------------ blocks
@@ -160,7 +121,7 @@ class AudioPipeline:
     @property
     def _keeps_running(self) -> bool:
         """Whether an encoder runs even while not recording (continuous or pre-event)."""
-        return self.settings.mode == "continuous" or self.settings.prebuffer_s > 0
+        return self.mode == "continuous" or self.prebuffer_s > 0
 
     def feed(self, block: AudioBlock) -> None:
         self.stats.blocks += 1
@@ -218,7 +179,6 @@ class AudioPipeline:
             enc = self.encoder = OpusEncoder(
                 block.rate, bitrate_kbps=self.settings.bitrate_kbps, fragment_s=self._fragment_s
             )
-            self._offset = block.index
             self._mute_spans = [[0, -1]] if self.muted else []
         self._session = block.session
         return enc
@@ -274,52 +234,19 @@ class AudioPipeline:
 
     def _fragment(self, enc: OpusEncoder, frag: AudioFragment) -> None:
         self.stats.fragments += 1
-        rec = self.rec
-        if rec is None:
-            if self.settings.prebuffer_s > 0:
-                self.ring.append(frag)
-                self._trim_ring()
+        if self.rec is None:
+            if self.prebuffer_s > 0:
+                self.ring.push(frag)
             return
-        self._append(enc, frag)
-        if rec.stop_at_ns is not None and frag.end_mono_ns >= rec.stop_at_ns:
-            self._end_recording()
-            return
-        seg = self._open
-        if (
-            seg is not None
-            and seg.samples >= self.settings.segment_s * frag.rate - frag.rate // 100
-        ):
-            self._emit_segment(final=False)
+        self._take_from(enc, frag)
 
-    def _append(self, enc: OpusEncoder, frag: AudioFragment) -> None:
-        seg = self._open
-        if seg is not None and seg.encoder is not enc:
-            self._emit_segment(final=False)
-            seg = None
-        opens = seg is None
-        if seg is None:
-            seg = self._open = _Open(enc, discontinuity=self._pending_discontinuity)
+    def _take_from(self, enc: OpusEncoder, frag: AudioFragment) -> None:
+        if self._part_encoder is not enc:
+            self._seal_part(final=False)  # a new encoder is a new timeline: a new part
+            self._part_encoder = enc
+        init = enc.segment_init(frag.seq)
+        if self._take(frag, init, discontinuity=self._pending_discontinuity):
             self._pending_discontinuity = False
-        seg.frags.append(frag)
-        rec = self.rec
-        if rec is not None:
-            # Durable as it comes (the fragment journal); the init boxes open each part.
-            data = enc.segment_init(frag.seq) + frag.data if opens else frag.data
-            self._emit(
-                FragmentJob(
-                    AUDIO_STREAM, rec.id, rec.parts, data, frag.start_utc, frag.start_mono_ns
-                )
-            )
-
-    def _trim_ring(self) -> None:
-        keep = self.settings.prebuffer_s * 1e9
-        ring = self.ring
-        while len(ring) > 1 and ring[-1].end_mono_ns - ring[1].start_mono_ns >= keep:
-            ring.popleft()
-
-    @property
-    def prebuffer_s(self) -> float:
-        return sum(f.duration_s for f in self.ring)
 
     def _close_encoder(self) -> None:
         """Flush the encoder; its last fragments go where fragments go."""
@@ -329,135 +256,12 @@ class AudioPipeline:
             return
         for frag in enc.finish():
             self._fragment(enc, frag)
-        if self._open is not None and self._open.encoder is enc:
-            self._emit_segment(final=self.rec is None or self.rec.stop_at_ns is not None)
+        if self._part_encoder is enc:
+            rec = self.rec
+            self._seal_part(final=rec is None or rec.stop_at_ns is not None)
         self.ring.clear()
-
-    # ------------------------------------------------------------------ recording state
-
-    def begin(self, interrupted: Interrupted | None = None) -> None:
-        """Before the first block: resume the recording a power cut interrupted (same id, next
-        part, a ``recording_resumed`` event), or start one in continuous mode."""
-        if interrupted is not None and interrupted.resume:
-            rec = self.rec = _Recording(
-                interrupted.recording,
-                interrupted.trigger or "resume",
-                time.monotonic_ns(),
-                parts=interrupted.next_part,
-                started_utc=interrupted.started_utc,
-            )
-            self.stats.recording = True
-            self._persist()
-            self.event(
-                "recording_resumed",
-                {
-                    "stream": AUDIO_STREAM,
-                    "recording": rec.id,
-                    "part": rec.parts,
-                    "trigger": rec.trigger,
-                    "mode": self.settings.mode,
-                    "started_utc": rec.started_utc,
-                    "interrupted_utc": None
-                    if interrupted.last_durable_utc is None
-                    else format_utc(interrupted.last_durable_utc),
-                    "at_utc": format_utc(wallclock.now()),
-                },
-            )
-            log.warning("audio: recording %s resumed after an interruption", rec.id)
-            return
-        if self.settings.mode == "continuous":
-            self.start("continuous")
-
-    def _persist(self) -> None:
-        """Keep the recording in progress durably (resumed after a power cut)."""
-        rec = self.rec
-        state = None
-        if rec is not None:
-            state = {
-                "recording": rec.id,
-                "trigger": rec.trigger,
-                "mode": self.settings.mode,
-                "started_utc": rec.started_utc,
-                "stop_requested": rec.stop_at_ns is not None,
-            }
-        self._emit(RecordingJob(AUDIO_STREAM, state))
 
     # ------------------------------------------------------------------ commands (encoder thread)
-
-    def start(
-        self, trigger: str, at_mono_ns: int | None = None, details: dict[str, Any] | None = None
-    ) -> None:
-        at = at_mono_ns if at_mono_ns is not None else time.monotonic_ns()
-        rec = self.rec
-        if rec is not None:
-            resumed = rec.stop_at_ns is not None
-            rec.stop_at_ns, rec.stop_trigger, rec.stop_seen_ns = None, "", None
-            if resumed:
-                self._persist()
-            self.event(
-                "audio_record_start",
-                {
-                    "recording": rec.id,
-                    "trigger": trigger,
-                    "already_recording": not resumed,
-                    "resumed": resumed,
-                    **(details or {}),
-                },
-            )
-            return
-        rec = self.rec = _Recording(uuid.uuid4().hex[:12], trigger, at)
-        rec.started_utc = self._utc_at(at)
-        self.stats.recording = True
-        self._persist()
-        pre: float | None = 0.0
-        ring = [f for f in self.ring if f.end_mono_ns > at - self.settings.prebuffer_s * 1e9]
-        self.ring.clear()
-        if ring:
-            pre = max(0.0, (at - ring[0].start_mono_ns) / 1e9)
-        elif self.encoder is not None and self.settings.prebuffer_s > 0:
-            pre = None  # the fragment in progress holds an unknown share before the trigger
-        rec.pre_event_s = pre
-        self.event(
-            "audio_record_start",
-            {
-                "recording": rec.id,
-                "trigger": trigger,
-                "mode": self.settings.mode,
-                "at_utc": self._utc_at(at),
-                "prebuffer_s": self.settings.prebuffer_s,
-                "pre_event_s": None if pre is None else round(pre, 3),
-                **(details or {}),
-            },
-        )
-        log.info("audio: recording %s started by %s", rec.id, trigger)
-        enc = self.encoder
-        if enc is not None:
-            for frag in ring:
-                self._append(enc, frag)
-
-    def stop(self, trigger: str, at_mono_ns: int | None = None) -> None:
-        at = at_mono_ns if at_mono_ns is not None else time.monotonic_ns()
-        rec = self.rec
-        if rec is None:
-            self.event("audio_record_stop", {"trigger": trigger, "not_recording": True})
-            return
-        rec.stop_at_ns, rec.stop_trigger, rec.stop_seen_ns = at, trigger, time.monotonic_ns()
-        self._persist()
-        if self.last_mono_ns is not None and self.last_mono_ns >= at:
-            # Every block up to the stop has been fed already.
-            if not self._keeps_running:
-                self._close_encoder()
-            self._end_recording_if_covered()
-
-    def _end_recording_if_covered(self) -> None:
-        rec = self.rec
-        if rec is None or rec.stop_at_ns is None:
-            return
-        seg = self._open
-        if self.encoder is None or (
-            seg is not None and seg.frags[-1].end_mono_ns >= rec.stop_at_ns
-        ):
-            self._end_recording()
 
     def mute(self, source: str, at_mono_ns: int | None = None, note: str = "") -> None:
         self._mute_command(True, source, at_mono_ns, note)
@@ -484,95 +288,85 @@ class AudioPipeline:
 
     def finish(self, reason: str) -> None:
         """Seal everything held (a clean stop): the recording's last segment, then its stop."""
-        rec = self.rec
-        if rec is not None and rec.stop_at_ns is None:
-            rec.stop_at_ns, rec.stop_trigger = self.last_mono_ns or time.monotonic_ns(), reason
-            self._persist()  # a clean stop: not resumed at the next start
+        self._stop_cleanly(reason)
         self._close_encoder()
         self._end_recording()
 
-    # ------------------------------------------------------------------ output
-
-    def event(self, kind: str, details: dict[str, Any]) -> None:
-        self._emit(EventJob(kind, details))
-
-    def _utc_at(self, mono_ns: int) -> str:
-        if self.last_mono_ns is None or self.last_utc is None:
-            return format_utc(wallclock.now() - (time.monotonic_ns() - mono_ns) / 1e9)
-        return format_utc(self.last_utc + (mono_ns - self.last_mono_ns) / 1e9)
-
-    def _end_recording(self) -> None:
+    def _end_recording_if_covered(self) -> None:
         rec = self.rec
-        if rec is None:
+        if rec is None or rec.stop_at_ns is None:
             return
-        if self._open is not None:
-            self._emit_segment(final=True)
-        self.rec = None
-        self.stats.recording = False
+        seg = self._segmenter.current
+        if self.encoder is None or (
+            seg is not None and self._covers(seg.last.end_mono_ns, rec.stop_at_ns)
+        ):
+            self._end_recording()
+
+    # ------------------------------------------------------------------ hooks
+
+    def _now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def _pre_event(self, at: int) -> tuple[int, float | None, list[AudioFragment]]:
+        horizon = at - self.ring.prebuffer_ns
+        backlog = [f for f in self.ring.fragments() if f.end_mono_ns > horizon]
+        self.ring.clear()
+        pre: float | None = 0.0
+        if backlog:
+            pre = max(0.0, (at - backlog[0].start_mono_ns) / 1e9)
+        elif self.encoder is not None and self.prebuffer_s > 0:
+            pre = None  # the fragment in progress holds an unknown share before the trigger
+        return 0, pre, backlog
+
+    def _record(self, frag: AudioFragment) -> None:
+        assert self.encoder is not None  # the ring holds the running encoder's fragments
+        self._take_from(self.encoder, frag)
+
+    def _covers(self, end_ns: int, at_ns: int) -> bool:
+        return end_ns >= at_ns  # every sample before the moment is in
+
+    def _stopping(self, rec: Recording, at: int) -> None:
+        self._persist()
+        if self.last_mono_ns is not None and self.last_mono_ns >= at:
+            # Every block up to the stop has been fed already.
+            if not self._keeps_running:
+                self._close_encoder()
+            self._end_recording_if_covered()
+
+    def _set_recording(self, rec: Recording | None) -> None:
+        self.rec = rec
+        self.stats.recording = rec is not None
+
+    def _ended(self) -> None:
         if not self._keeps_running and self.encoder is not None:
             self._close_encoder()
-        self.event(
-            "audio_record_stop",
-            {
-                "recording": rec.id,
-                "trigger": rec.stop_trigger or "unknown",
-                "segments": rec.parts,
-                "duration_s": round(rec.samples / self.settings.rate, 3),
-                "at_utc": self._utc_at(rec.stop_at_ns or self.last_mono_ns or 0),
-            },
-        )
-        self._persist()  # no recording any more
-        log.info("audio: recording %s stopped (%d segments)", rec.id, rec.parts)
 
-    def _emit_segment(self, final: bool) -> None:
-        seg, self._open = self._open, None
-        rec = self.rec
-        if seg is None or not seg.frags or rec is None:
-            return
-        first, last = seg.frags[0], seg.frags[-1]
-        enc = seg.encoder
+    def _stop_details(self, rec: Recording) -> dict[str, Any]:
+        return {"duration_s": round(rec.media / self.settings.rate, 3)}
+
+    def _size(self, frag: AudioFragment) -> int:
+        return frag.samples
+
+    def _media_meta(self, seg: Segment[AudioFragment]) -> dict[str, Any]:
+        first, last = seg.first, seg.last
         losses = self._losses()
         delta = {k: v - self._losses_reported.get(k, 0) for k, v in losses.items()}
         self._losses_reported = dict(losses)
         rate = first.rate
-        meta: dict[str, Any] = {
-            **self._meta,
-            "recording": rec.id,
-            "part": rec.parts,
-            "final": final,
-            "trigger": rec.trigger,
-            "mode": self.settings.mode,
+        return {
             "codec": "opus",
             "container": "fmp4",
             "rate": rate,
             "channels": 1,
-            "bitrate_kbps": enc.bitrate_kbps,
+            "bitrate_kbps": self.settings.bitrate_kbps,
             "samples": last.end - first.start,
             "media_start_s": round(first.start / rate, 6),
             "duration_s": round((last.end - first.start) / rate, 6),
-            "fragments": len(seg.frags),
+            "fragments": len(seg.fragments),
             "muted": self._muted_spans(first.start, last.end, rate),
             "filled_samples": self.stats.filled_samples,
             **{k: delta.get(k, 0) for k in ("dropped_blocks", "dropped_samples", "overflows")},
         }
-        if seg.discontinuity:
-            meta["discontinuity"] = True
-        if rec.parts == 0:
-            meta["pre_event_s"] = rec.pre_event_s
-        header = SegmentHeader(
-            stream=AUDIO_STREAM,
-            content_type=CONTENT_TYPE,
-            start_utc=first.start_utc,
-            end_utc=last.end_utc,
-            start_mono_ns=first.start_mono_ns,
-            end_mono_ns=last.end_mono_ns,
-            clock=self._clock(),
-            meta=meta,
-        )
-        rec.parts += 1
-        rec.samples += last.end - first.start
-        pieces = [enc.segment_init(first.seq), *(f.data for f in seg.frags)]
-        self._emit(SegmentJob(header, tuple(pieces), journaled=True))
 
     def _muted_spans(self, start: int, end: int, rate: int) -> list[list[float]]:
         """Muted spans within ``[start, end)`` as seconds from the segment's start."""
@@ -588,6 +382,8 @@ class AudioPipeline:
 class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
     """Runs the microphone, encoder and writer threads around an :class:`AudioPipeline`.
 
+    ``microphone``: the device's one :class:`~agent.capture.audio.Microphone`, shared with
+    push-to-talk (the recorder taps it and writes its events); without one it opens its own.
     ``start``, ``stop``, ``mute`` and ``unmute`` may be called from any thread.
     """
 
@@ -604,6 +400,7 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         meta: dict[str, Any] | None = None,
         loader: Callable[[], Any] = load_sounddevice,
         tap: Callable[[AudioBlock], None] | None = None,
+        microphone: Microphone | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -613,10 +410,9 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         self._meta = meta or {}
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=16)
         self._commands: queue.Queue[Callable[[AudioPipeline], object]] = queue.Queue(maxsize=256)
-        self.mic = Microphone(
-            settings, stop, on_event=self._mic_event, alarm=self._alarm, loader=loader
-        )
-        self._mic_done = threading.Event()
+        self.mic = microphone or Microphone(settings, stop, alarm=self._alarm, loader=loader)
+        self.mic.on_event = self._queue_event
+        self._tap = self.mic.tap("recorder", settings.queue_blocks)
         self.pipeline = AudioPipeline(
             settings,
             self._jobs.put,
@@ -628,7 +424,7 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         self.stats = self.pipeline.stats
         self.error: BaseException | None = None
         self._threads = [
-            threading.Thread(target=self._mic_main, name="audio-mic", daemon=True),
+            self.mic.thread,  # started here or by push-to-talk, whichever is first
             threading.Thread(target=self._encode_main, name="audio-encode", daemon=True),
             threading.Thread(target=self._write_main, name="audio-write", daemon=True),
         ]
@@ -673,63 +469,20 @@ class AudioRecorder(RecorderThreads[AudioPipeline, AudioStats]):
         }
 
     def _losses(self) -> dict[str, int]:
-        st = self.mic.stats
+        tap = self._tap
         return {
-            "dropped_blocks": st.dropped_blocks,
-            "dropped_samples": st.dropped_samples,
-            "overflows": st.overflows,
+            "dropped_blocks": tap.dropped_blocks,
+            "dropped_samples": tap.dropped_samples,
+            "overflows": self.mic.stats.overflows,
         }
-
-    def _mic_event(self, kind: str, details: dict[str, Any]) -> None:
-        try:
-            self._command(lambda p: p.event(kind, details))
-        except AgentError:
-            log.error("audio: could not queue the %s event record %s", kind, details)
 
     # ------------------------------------------------------------------ threads
 
-    def _mic_main(self) -> None:
-        try:
-            self.mic.run()
-        except Exception as exc:
-            log.exception("audio: microphone thread failed")
-            self._fail(exc)
-        finally:
-            self._mic_done.set()
-
     def _encode_main(self) -> None:
         p = self.pipeline
-        blocks = self.mic.blocks
-        try:
-            p.begin(self.interrupted)
-            while True:
-                self._run_commands(p)
-                try:
-                    block = blocks.get(timeout=0.1)
-                except queue.Empty:
-                    if self._mic_done.is_set():
-                        break
-                    p.tick()
-                    continue
-                p.feed(block)
-            self._run_commands(p)
-            p.finish("shutdown")
-        except Exception as exc:
-            log.exception("audio: encoder thread failed")
-            self._fail(exc)
-        finally:
-            self._jobs.put(None)
-
-    def _run_commands(self, p: AudioPipeline) -> None:
-        while True:
-            try:
-                fn = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                fn(p)
-            except AgentError as exc:
-                log.error("audio: command failed: %s", exc)
+        self._drive(p, self._tap.blocks, p.feed, self.mic.finished, idle=p.tick)
+        if self.mic.error is not None and self.error is None:
+            self._fail(self.mic.error)
 
 
 def command_handlers(

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import logging
 import queue
-from fractions import Fraction
 from typing import Any
 
 from agent.capture.audio import SAMPLE_BYTES, AudioBlock
 from agent.capture.encoder import Fragment, H264Encoder
 from agent.capture.frames import Frame
+from agent.capture.opus import OpusStream
 from agent.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -61,29 +61,15 @@ class AvEncoder(H264Encoder):
         queue_blocks: int = 250,
         **video: Any,
     ) -> None:
-        import av
-
         super().__init__(width, height, fps, **video)
-        stream: Any = self.add_stream("libopus", rate=rate)
-        stream.layout = "mono"
-        stream.format = "s16"
-        stream.bit_rate = audio_bitrate_kbps * 1000
-        ctx = stream.codec_context
-        ctx.time_base = Fraction(1, rate)
-        try:
-            ctx.open()
-        except (av.FFmpegError, ValueError) as exc:
-            raise SourceError(f"audio: cannot open the Opus encoder: {exc}") from None
-        self._audio = stream
+        self._opus = OpusStream(self.add_stream, rate, bitrate_kbps=audio_bitrate_kbps)
         self.rate = rate
-        self.frame_size = int(ctx.frame_size) or rate // 50
+        self.frame_size = self._opus.frame_size
         self._blocks: queue.Queue[AudioBlock] = queue.Queue(maxsize=queue_blocks)
         self._t0: int | None = None  # monotonic ns of video pts 0
         self._last_frame_ns = 0
         self._pad: int | None = None
         self._pos: int | None = None  # timeline sample where the audio run has got to
-        self._enc_pos = 0  # timeline sample of the next Opus frame's first sample
-        self._buf = bytearray()
         self.dropped_blocks = 0  # writer: push_audio's caller
         self.filled_samples = 0
         self.trimmed_samples = 0
@@ -128,12 +114,7 @@ class AvEncoder(H264Encoder):
             # The audio that has arrived, then silence to the end of the last frame (blocks
             # still in flight at shutdown are not waited for).
             out += self._pump(self._last_frame_ns + round(1e9 / self.fps + LAG_S * 1e9))
-            if self._buf:
-                tail = bytes(self._buf) + b"\0" * (self.frame_size * SAMPLE_BYTES - len(self._buf))
-                self._buf.clear()
-                out += self._encode_frame(tail)
-            for packet in self._audio.encode(None):
-                out += self.mux(packet)
+            out += self._mux_audio(self._opus.flush())
         return out + super().finish()
 
     def _pump(self, frame_ns: int | None) -> list[Fragment]:
@@ -190,29 +171,14 @@ class AvEncoder(H264Encoder):
 
     def _append(self, pcm: bytes) -> list[Fragment]:
         assert self._pos is not None
-        if not self._buf and not self.audio_samples:
-            self._enc_pos = self._pos
+        if not self._opus.buffered and not self.audio_samples:
+            self._opus.pts = self._pos  # the run's first frame starts where the run starts
         self._pos += len(pcm) // SAMPLE_BYTES
         self.audio_samples += len(pcm) // SAMPLE_BYTES
-        self._buf += pcm
-        step = self.frame_size * SAMPLE_BYTES
-        out: list[Fragment] = []
-        while len(self._buf) >= step:
-            chunk = bytes(self._buf[:step])
-            del self._buf[:step]
-            out += self._encode_frame(chunk)
-        return out
+        return self._mux_audio(self._opus.encode(pcm))
 
-    def _encode_frame(self, chunk: bytes) -> list[Fragment]:
-        import av
-
-        frame = av.AudioFrame(format="s16", layout="mono", samples=len(chunk) // SAMPLE_BYTES)
-        frame.planes[0].update(chunk)
-        frame.sample_rate = self.rate
-        frame.pts = self._enc_pos
-        frame.time_base = Fraction(1, self.rate)
-        self._enc_pos += self.frame_size
+    def _mux_audio(self, packets: list[Any]) -> list[Fragment]:
         out: list[Fragment] = []
-        for packet in self._audio.encode(frame):
+        for packet in packets:
             out += self.mux(packet)
         return out

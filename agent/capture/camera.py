@@ -10,7 +10,8 @@ size.
 
 :class:`CaptureLoop` is the body of the capture thread: it reads frames, burns in the watermark,
 hands them on, and when the source fails it reports the loss once (log, alarm, event record),
-retries with a growing pause on the stop event, and reports the recovery with the gap's length.
+retries with a growing pause on the stop event, and reports the recovery with the gap's length
+(:class:`agent.contain.Reconnect`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Generic, TypeVar
 from agent import wallclock
 from agent.capture.frames import Frame, Source
 from agent.capture.overlay import Overlay
+from agent.contain import Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
 
@@ -179,13 +181,32 @@ class CaptureLoop(Generic[T]):
         self._deliver = deliver
         self._stop = stop
         self._overlay = overlay
-        self._reopen_s = reopen_s
-        self._reopen_max_s = max(reopen_s, reopen_max_s)
         self._on_event = on_event
         self._alarm = alarm
-        self.losses = 0
-        self.attempts = 0
-        self._lost_at: float | None = None
+        self.retry = Reconnect(
+            f"video: camera {source.name}",
+            stop,
+            log,
+            min_s=reopen_s,
+            max_s=reopen_max_s,
+            on_lost=self._lost,
+            on_retry=lambda why: log.debug(
+                "video: %s still unavailable (attempt %d): %s",
+                source.name,
+                self.retry.failures,
+                why,
+            ),
+            on_restored=self._restored,
+        )
+
+    @property
+    def losses(self) -> int:
+        return self.retry.losses
+
+    @property
+    def attempts(self) -> int:
+        """Failed attempts in the current outage."""
+        return self.retry.failures
 
     def run(self) -> None:
         """A source counts as restored once it delivers again (not merely opens), and the pause
@@ -194,52 +215,33 @@ class CaptureLoop(Generic[T]):
         Any exception from a source is a loss: the thread outlives whatever a camera sends."""
         src = self.source
         opened = delivered = False
-        pause = self._reopen_s
         try:
             while not self._stop.is_set():
-                if not opened:
-                    try:
-                        src.open()
-                    except Exception as exc:
-                        self._lost(_source_error(src, exc))
-                        self._stop.wait(pause)
-                        pause = min(pause * 2, self._reopen_max_s)
-                        continue
-                    opened, delivered = True, False
                 try:
+                    if not opened:
+                        src.open()
+                        opened, delivered = True, False
                     frame = src.read()
                 except Exception as exc:
                     src.close()
                     opened = False
-                    self._lost(_source_error(src, exc))
-                    self._stop.wait(pause)
-                    if not delivered:
-                        pause = min(pause * 2, self._reopen_max_s)
+                    self.retry.failed(_source_error(src, exc))
+                    self.retry.wait()
                     continue
                 if frame is None:
                     log.info("video: end of %s", src.name)
                     return
                 if not delivered:
                     delivered = True
-                    pause = self._reopen_s
-                    self._restored()
+                    self.retry.restored()
                 if self._overlay is not None and isinstance(frame, Frame):
                     self._overlay.apply(frame.image, frame.utc)
                 self._deliver(frame)
         finally:
             src.close()
 
-    def _lost(self, exc: SourceError) -> None:
-        """Report a loss once (log, alarm, event); later failures until it is back: debug."""
-        self.attempts += 1
-        if self._lost_at is not None:
-            log.debug(
-                "video: %s still unavailable (attempt %d): %s", self.source.name, self.attempts, exc
-            )
-            return
-        self._lost_at = time.monotonic()
-        self.losses += 1
-        self.attempts = 1
+    def _lost(self, exc: Why) -> None:
+        """The loss, once (log, alarm, event); later failures until it is back: debug."""
         log.error("video: camera %s lost: %s; reopening", self.source.name, exc)
         details: dict[str, Any] = {"source": self.source.name, "error": str(exc)}
         self._alarm(
@@ -253,17 +255,13 @@ class CaptureLoop(Generic[T]):
         )
         self._on_event("camera_lost", details)
 
-    def _restored(self) -> None:
-        if self._lost_at is None:
-            return
-        gap = time.monotonic() - self._lost_at
-        self._lost_at = None
+    def _restored(self, gap: float, attempts: int) -> None:
         log.warning(
-            "video: camera %s back after %.1f s (%d attempts)", self.source.name, gap, self.attempts
+            "video: camera %s back after %.1f s (%d attempts)", self.source.name, gap, attempts
         )
         self._on_event(
             "camera_restored",
-            {"source": self.source.name, "lost_s": round(gap, 3), "attempts": self.attempts},
+            {"source": self.source.name, "lost_s": round(gap, 3), "attempts": attempts},
         )
 
 

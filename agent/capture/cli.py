@@ -154,9 +154,7 @@ def _take_frames(
     from agent.errors import SourceError
 
     t0 = time.monotonic()
-    encoder = H264Encoder(
-        s.width, s.height, s.fps, codec=s.encoder, bitrate_kbps=s.bitrate_kbps, preset=s.preset
-    )
+    encoder = H264Encoder.for_video(s)
     lines.append(f"encoder:  {encoder.codec} (asked: {s.encoder}), {s.width}x{s.height}@{s.fps}")
     lines.append(f"          {encoder.choice.reason}")
     result: dict[str, Any] = {

@@ -46,13 +46,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from agent.capture.frames import Frame
 from agent.errors import SourceError
 
 if TYPE_CHECKING:
     import av.container
+
+    from agent.capture.settings import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -158,27 +160,55 @@ def moof_samples(moof: bytes, track_id: int) -> int:
     return count
 
 
-class FragmentSink:
-    """The file-like object a fragmented-MP4 muxer writes to, in memory (never to disk).
+class MemorySink:
+    """The file-like object a PyAV muxer writes to, in memory (never to disk): :meth:`take`
+    returns the bytes written since the last call (push-to-talk's Ogg pages)."""
 
-    Bytes are split into boxes as they come; ``init`` is ``ftyp`` + ``moov`` once seen, and each
-    ``moof`` + ``mdat`` pair waits in :meth:`take` until the encoder turns it into a fragment.
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self._got(bytes(data))
+        self.written += len(data)
+        return len(data)
+
+    def _got(self, data: bytes) -> None:
+        self.buf += data
+
+    def take(self) -> bytes:
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+    def tell(self) -> int:
+        return self.written
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+
+class FragmentSink(MemorySink):
+    """A :class:`MemorySink` for fragmented MP4 (video, audio and both): bytes are split into
+    boxes as they come; ``init`` is ``ftyp`` + ``moov`` once seen, and each ``moof`` + ``mdat``
+    pair waits in :meth:`fragments` until the encoder turns it into a fragment.
     """
 
     def __init__(self, what: str) -> None:
+        super().__init__()
         self.what = what
         self.reader = BoxReader()
-        self.written = 0
         self.init: bytes | None = None
         self._ftyp = b""
         self._moof: bytes | None = None
         self._pairs: deque[tuple[bytes, bytes]] = deque()
 
-    def write(self, data: bytes) -> int:
-        for kind, box in self.reader.feed(bytes(data)):
+    def _got(self, data: bytes) -> None:
+        for kind, box in self.reader.feed(data):
             self._box(kind, box)
-        self.written += len(data)
-        return len(data)
 
     def _box(self, kind: bytes, box: bytes) -> None:
         if kind == b"ftyp":
@@ -193,20 +223,11 @@ class FragmentSink:
         elif kind not in (b"mfra", b"free", b"styp", b"sidx"):
             log.warning("%s: unexpected %r box from the muxer (ignored)", self.what, kind)
 
-    def take(self) -> list[tuple[bytes, bytes]]:
+    def fragments(self) -> list[tuple[bytes, bytes]]:
         """The (moof, mdat) pairs completed since the last call."""
         out = list(self._pairs)
         self._pairs.clear()
         return out
-
-    def tell(self) -> int:
-        return self.written
-
-    def seekable(self) -> bool:
-        return False
-
-    def flush(self) -> None:
-        pass
 
 
 def find_box(data: bytes, path: tuple[bytes, ...]) -> bytes | None:
@@ -367,7 +388,7 @@ class Fmp4Fragments:
         return self._sink.init
 
     def _collect(self) -> list[Fragment]:
-        pairs = self._sink.take()
+        pairs = self._sink.fragments()
         if pairs and not self._init_checked:
             init = self._sink.init
             problem = "no init segment before the first fragment" if init is None else None
@@ -425,6 +446,13 @@ class FragmentProducer(Protocol):
 
 class H264Encoder(Fmp4Fragments):
     """Frames in, fragments out. See the module docstring."""
+
+    @classmethod
+    def for_video(cls, s: VideoSettings, **extra: Any) -> Self:
+        """The encoder ``[video]`` asks for (size, rate, codec, bit rate, preset); ``extra``
+        goes to the class (the audio track of :class:`~agent.capture.av_mux.AvEncoder`)."""
+        video: dict[str, Any] = {"bitrate_kbps": s.bitrate_kbps, "preset": s.preset}
+        return cls(s.width, s.height, s.fps, codec=s.encoder, **video, **extra)
 
     def __init__(
         self,

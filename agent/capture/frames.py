@@ -50,28 +50,6 @@ class Frame:
     utc: float
 
 
-class FrameSource(Protocol):
-    """A camera, a file, a stream or the synthetic source. See the module docstring."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def live(self) -> bool: ...
-
-    @property
-    def fps(self) -> float: ...
-
-    def open(self) -> None:
-        """Open (or reopen) the source; raises SourceError when it cannot."""
-
-    def read(self) -> Frame | None:
-        """The next frame; None at the end of a finite source; SourceError on loss."""
-
-    def close(self) -> None:
-        """Release the device; safe to call twice and after a failure."""
-
-
 @dataclass(frozen=True, slots=True)
 class AccessUnit:
     """One encoded H.264 picture, Annex-B (4-byte start codes), with what came before it in
@@ -107,16 +85,24 @@ class Source(Protocol[T_co]):
     @property
     def fps(self) -> float: ...
 
-    def open(self) -> None: ...
+    def open(self) -> None:
+        """Open (or reopen) the source; raises SourceError when it cannot."""
 
-    def read(self) -> T_co | None: ...
+    def read(self) -> T_co | None:
+        """The next frame or access unit; None at the end of a finite source; SourceError
+        on loss, stall or garbage."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the device, file or stream; safe to call twice and after a failure."""
+
+
+class FrameSource(Source[Frame], Protocol):
+    """A camera, a file, a stream or the synthetic source. See the module docstring."""
 
 
 @runtime_checkable
-class EncodedSource(Protocol):
-    """A source of H.264 access units. Besides the :class:`FrameSource` members:
+class EncodedSource(Source[AccessUnit], Protocol):
+    """A source of H.264 access units. Besides the :class:`Source` members:
 
     ``encoder`` names what encoded the stream (for manifests and ``video probe``);
     ``watermarked`` says whether the watermark is burned into its pictures (picamera2 draws it
@@ -124,29 +110,30 @@ class EncodedSource(Protocol):
     """
 
     @property
-    def name(self) -> str: ...
-
-    @property
-    def live(self) -> bool: ...
-
-    @property
-    def fps(self) -> float: ...
-
-    @property
     def encoder(self) -> str: ...
 
     @property
     def watermarked(self) -> bool: ...
 
-    def open(self) -> None:
-        """Open (or reopen) the source; raises SourceError when it cannot."""
 
-    def read(self) -> AccessUnit | None:
-        """The next access unit; None at the end of a finite source; SourceError on loss,
-        stall or garbage."""
+class LiveEncoded:
+    """What the live encoded sources (picamera2, an rpicam/ffmpeg pipe, a network stream) have
+    alike: live, at the rate they were opened with, and (unless they say otherwise) without a
+    burned-in watermark. Subclasses set ``_fps``, name themselves and their ``encoder``."""
 
-    def close(self) -> None:
-        """Release the camera or stream; safe to call twice and after a failure."""
+    _fps: float
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @property
+    def watermarked(self) -> bool:
+        return False
 
 
 def counter_cell(width: int) -> int:

@@ -214,17 +214,31 @@ def open_journal(spool: SpoolLike, what: str) -> SegmentJournal | None:
     return SegmentJournal(spool)
 
 
-P = TypeVar("P")
+class Pipeline(Protocol):
+    """What the encoder thread's loop needs of a pipeline
+    (:class:`agent.capture.recording.RecordingPipeline`)."""
+
+    def begin(self, interrupted: Interrupted | None = None, /) -> None: ...
+
+    def finish(self, reason: str, /) -> None: ...
+
+    def event(self, kind: str, details: dict[str, Any], /) -> None: ...
+
+
+P = TypeVar("P", bound=Pipeline)
 S = TypeVar("S", bound=StoreCounters)
+T = TypeVar("T")
 
 
 class RecorderThreads(Generic[P, S]):
     """The thread skeleton both recorders share: a source thread, an encoder thread that owns
-    the pipeline ``P`` (commands reach it through a bounded queue), and a writer thread that
-    stores jobs, counting in ``S``. Subclasses set the attributes below in ``__init__``."""
+    the pipeline ``P`` (commands reach it through a bounded queue; :meth:`_drive`), and a
+    writer thread that stores jobs, counting in ``S``. Subclasses set the attributes below in
+    ``__init__``."""
 
     what: str  # "video" | "audio"
     spool: SpoolLike
+    stop_event: threading.Event
     stats: S
     error: BaseException | None
     _alarm: Callable[[Alarm], None]
@@ -238,7 +252,8 @@ class RecorderThreads(Generic[P, S]):
     def start_threads(self) -> None:
         self._recover()
         for t in self._threads:
-            t.start()
+            if t.ident is None:  # a shared source's thread may be running already
+                t.start()
 
     def threads(self) -> list[threading.Thread]:
         """The recorder's threads (the composition root watches each: agent/runtime/liveness.py)."""
@@ -274,6 +289,76 @@ class RecorderThreads(Generic[P, S]):
             self._commands.put_nowait(fn)
         except queue.Full:
             raise AgentError(f"{self.what}: too many commands waiting for the encoder") from None
+
+    def _queue_event(self, kind: str, details: dict[str, Any]) -> None:
+        """An event record from the source's side (camera lost, microphone back ...), written
+        in order with the pipeline's own."""
+        try:
+            self._command(lambda p: p.event(kind, details))
+        except AgentError:
+            log.error("%s: could not queue the %s event record %s", self.what, kind, details)
+
+    def _source_main(self, run: Callable[[], None], done: threading.Event, what: str) -> None:
+        """Body of a source thread (``run`` reads, reports and reopens; ``done`` tells the
+        encoder thread that no more media will come)."""
+        try:
+            run()
+        except Exception as exc:
+            log.exception("%s: %s thread failed", self.what, what)
+            self._fail(exc)
+        finally:
+            done.set()
+
+    def _drive(
+        self,
+        p: P,
+        items: queue.Queue[T],
+        feed: Callable[[T], None],
+        done: threading.Event,
+        *,
+        idle: Callable[[], None] | None = None,
+    ) -> None:
+        """Body of the encoder thread: the commands waiting, then the next media item (frame,
+        access unit, audio block; ``idle`` when none came for 0.1 s), until the source has
+        ended and its queue is empty; then the commands left and a clean finish. The writer
+        is always told to end."""
+        try:
+            p.begin(self.interrupted)
+            while True:
+                self._run_commands(p)
+                try:
+                    item = items.get(timeout=0.1)
+                except queue.Empty:
+                    if done.is_set() and items.empty():
+                        break
+                    if idle is not None:
+                        idle()
+                    continue
+                feed(item)
+                self._after_step(p)
+            self._run_commands(p)
+            p.finish("shutdown" if self.stop_event.is_set() else "end_of_source")
+            self._after_step(p)
+        except Exception as exc:
+            log.exception("%s: encoder thread failed", self.what)
+            self._fail(exc)
+        finally:
+            self._jobs.put(None)
+
+    def _run_commands(self, p: P) -> None:
+        while True:
+            try:
+                fn = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn(p)
+            except AgentError as exc:
+                log.error("%s: command failed: %s", self.what, exc)
+            self._after_step(p)
+
+    def _after_step(self, p: P) -> None:
+        """After each command and each media item (e.g. counters for the status)."""
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc

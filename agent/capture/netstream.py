@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from agent import wallclock
-from agent.capture.frames import AccessUnit
+from agent.capture.frames import AccessUnit, LiveEncoded
 from agent.capture.h264 import (
     NAL_IDR,
     NAL_PPS,
@@ -74,7 +74,7 @@ def _redact(url: str) -> str:
     return url
 
 
-class NetStreamSource:
+class NetStreamSource(LiveEncoded):
     """A network H.264 stream through PyAV's demuxer. See the module docstring."""
 
     def __init__(self, url: str, fps: float, *, stall_s: float = 5.0, open_s: float = 10.0) -> None:
@@ -101,20 +101,8 @@ class NetStreamSource:
         return f"stream:{_redact(self.url)}"
 
     @property
-    def live(self) -> bool:
-        return True
-
-    @property
-    def fps(self) -> float:
-        return self._fps
-
-    @property
     def encoder(self) -> str:
         return "camera (pass-through)"
-
-    @property
-    def watermarked(self) -> bool:
-        return False
 
     def open(self) -> None:
         import av

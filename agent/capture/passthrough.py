@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from agent.capture.frames import AccessUnit, Frame
 from agent.capture.recorder import VideoPipeline
@@ -27,7 +27,6 @@ from agent.capture.settings import VideoSettings
 from agent.model import ClockState
 
 if TYPE_CHECKING:
-    from agent.capture.encoder import H264Encoder
     from agent.capture.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -48,34 +47,15 @@ class PassthroughPipeline(VideoPipeline):
         dropped: Callable[[], int] = lambda: 0,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        # VideoPipeline only calls encode() from feed(), which this class does not use; the
-        # rest it needs (fps, codec, width, height, init, finish, segment_meta) the remuxer
-        # has: agent.capture.encoder.FragmentProducer.
-        super().__init__(
-            settings,
-            cast("H264Encoder", remuxer),
-            emit,
-            clock=clock,
-            dropped=dropped,
-            meta=meta,
-        )
+        super().__init__(settings, remuxer, emit, clock=clock, dropped=dropped, meta=meta)
         self.remuxer = remuxer
-
-    def feed(self, frame: Frame) -> None:
-        raise TypeError("a pass-through pipeline takes access units (feed_unit), not frames")
 
     def feed_unit(self, au: AccessUnit) -> None:
         """One access unit, in capture order. SourceError from the muxer leaves the pipeline
         usable (the remuxer waits for the next IDR)."""
         pushed = self.remuxer.push(au)
-        if pushed.began is not None:
-            self._pending_keys.append((pushed.began, au.mono_ns))
-        self.last_mono_ns, self.last_utc = au.mono_ns, au.utc
-        while self._deferred and self._deferred[0][0] <= au.mono_ns:
-            self._deferred.popleft()[1]()
-        self.frames += 1
-        for frag in pushed.fragments:
-            self._on_fragment(frag)
+        self._advance(au.mono_ns, au.utc, pushed.began)
+        self._fragments_out(pushed.fragments)
 
 
 class LatestPicture:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import wallclock
 from agent.capture.encoder import HARDWARE_DEVICE
-from agent.capture.frames import AccessUnit
+from agent.capture.frames import AccessUnit, LiveEncoded
 from agent.capture.h264 import StreamChecker, split_nals
 from agent.capture.overlay import Overlay
 from agent.errors import SourceError
@@ -128,7 +128,7 @@ class I420Watermark:
         return oy, ox, h, w
 
 
-class Picamera2Source:
+class Picamera2Source(LiveEncoded):
     """The Pi camera through picamera2. See the module docstring."""
 
     def __init__(
@@ -180,14 +180,6 @@ class Picamera2Source:
     @property
     def name(self) -> str:
         return f"picamera2:{self.camera}"
-
-    @property
-    def live(self) -> bool:
-        return True
-
-    @property
-    def fps(self) -> float:
-        return self._fps
 
     @property
     def encoder(self) -> str:

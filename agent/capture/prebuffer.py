@@ -1,9 +1,10 @@
 """The pre-event buffer: a ring of ENCODED fragments, so 30 s of 1080p is tens of MB.
 
 The ring keeps the newest fragments and just enough older ones that, whenever a recording is
-asked to start, it can begin at the first keyframe at least ``prebuffer_s`` before the trigger.
-Fragments already recorded are never offered again, so a recording started right after another
-one stopped continues it without repeating a frame.
+asked to start, it can begin at the first fragment (video: keyframe) at least ``prebuffer_s``
+before the trigger. Fragments already recorded are never offered again, so a recording started
+right after another one stopped continues it without repeating a frame. Video and audio use
+the same ring (:class:`agent.capture.recording.RecordingPipeline`).
 
 Thread use: owned by the recorder's encoder thread; not locked.
 """
@@ -11,14 +12,15 @@ Thread use: owned by the recorder's encoder thread; not locked.
 from __future__ import annotations
 
 from collections import deque
+from typing import Generic
 
-from agent.capture.encoder import Fragment
+from agent.capture.segmenter import F
 
 
-class FragmentRing:
+class FragmentRing(Generic[F]):
     def __init__(self, prebuffer_s: float) -> None:
         self.prebuffer_ns = round(prebuffer_s * 1e9)
-        self._ring: deque[Fragment] = deque()
+        self._ring: deque[F] = deque()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -34,7 +36,7 @@ class FragmentRing:
             return 0.0
         return (self._ring[-1].end_mono_ns - self._ring[0].start_mono_ns) / 1e9
 
-    def push(self, frag: Fragment) -> None:
+    def push(self, frag: F) -> None:
         self._ring.append(frag)
         self._bytes += len(frag.data)
         # A trigger comes no earlier than the newest fragment's end, so a fragment is needed
@@ -43,7 +45,11 @@ class FragmentRing:
         while len(self._ring) >= 2 and self._ring[1].start_mono_ns <= horizon:
             self._bytes -= len(self._ring.popleft().data)
 
-    def fragments(self, after_seq: int = -1) -> list[Fragment]:
+    def clear(self) -> None:
+        self._ring.clear()
+        self._bytes = 0
+
+    def fragments(self, after_seq: int = -1) -> list[F]:
         """The buffered fragments numbered above ``after_seq``, oldest first."""
         return [f for f in self._ring if f.seq > after_seq]
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 from agent import wallclock
 from agent.capture.encoder import HARDWARE_DEVICE
-from agent.capture.frames import AccessUnit
+from agent.capture.frames import AccessUnit, LiveEncoded
 from agent.capture.h264 import AnnexBReader, StreamChecker
 from agent.capture.settings import VideoSettings
 from agent.errors import SourceError
@@ -75,7 +75,7 @@ def rpicam_command(s: VideoSettings, *, low_latency: bool | None = None) -> list
     ]  # fmt: skip
 
 
-class PipeSource:
+class PipeSource(LiveEncoded):
     """An H.264 Annex-B stream on a command's stdout. See the module docstring."""
 
     def __init__(
@@ -116,20 +116,8 @@ class PipeSource:
         return f"{self._name}:{os.path.basename(self.command[0])}"
 
     @property
-    def live(self) -> bool:
-        return True
-
-    @property
-    def fps(self) -> float:
-        return self._fps
-
-    @property
     def encoder(self) -> str:
         return self._encoder
-
-    @property
-    def watermarked(self) -> bool:
-        return False
 
     def open(self) -> None:
         self.close()

@@ -127,31 +127,15 @@ class SyntheticSource:
             scale = self.height / 240
             thick = max(1, round(scale * 2))
             y = self.height // 2
-            cv2.putText(
-                img,
-                f"#{index}",
-                (self.width // 8, y),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                scale * 1.2,
-                (0, 0, 0),
-                thick + 2,
-                cv2.LINE_8,
-            )
-            cv2.putText(
-                img,
-                f"#{index}",
-                (self.width // 8, y),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                scale * 1.2,
-                (255, 255, 255),
-                thick,
-                cv2.LINE_8,
-            )
+            at, font = (self.width // 8, y), cv2.FONT_HERSHEY_SIMPLEX
+            # the frame number: black outline first, then the white figure over it
+            for colour, width in (((0, 0, 0), thick + 2), ((255, 255, 255), thick)):
+                cv2.putText(img, f"#{index}", at, font, scale * 1.2, colour, width, cv2.LINE_8)
             cv2.putText(
                 img,
                 format_utc(utc),
                 (self.width // 8, y + round(30 * scale)),
-                cv2.FONT_HERSHEY_SIMPLEX,
+                font,
                 scale * 0.5,
                 (255, 255, 255),
                 max(1, thick // 2),

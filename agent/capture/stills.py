@@ -7,6 +7,7 @@ JPEG encoding runs in the stills thread, never in the capture thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 from agent.capture.frames import Frame
 from agent.errors import AgentError, EvidenceRefused, SourceError
+from agent.loops.guard import Guard
 from agent.model import Fix, format_utc
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,9 @@ class Stills:
         return result
 
     def run(self) -> None:
+        # Each still under the one loop guard: one that fails unexpectedly (a bug, an OpenCV
+        # error) is reported once and waited out; the next request is served.
+        guard = Guard("video-stills", self._stop, log)
         next_due = time.monotonic() + self.interval_s if self.interval_s > 0 else None
         while not self._stop.is_set():
             wait = 0.5 if next_due is None else max(0.0, min(0.5, next_due - time.monotonic()))
@@ -128,9 +133,11 @@ class Stills:
                 trigger = "interval"
                 next_due += self.interval_s
                 next_due = max(next_due, time.monotonic())
-            if trigger is None:
-                continue
-            try:
-                self.snap(trigger)
-            except (AgentError, OSError) as exc:
-                log.error("stills: %s still failed: %s", trigger, exc)
+            if trigger is not None:
+                guard.attempt(functools.partial(self._snap, trigger))
+
+    def _snap(self, trigger: str) -> None:
+        try:
+            self.snap(trigger)
+        except (AgentError, OSError) as exc:
+            log.error("stills: %s still failed: %s", trigger, exc)

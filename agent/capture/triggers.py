@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from agent.errors import AgentError
-from agent.lines.serial import MAX_LINE, LineServer
+from agent.lines.serial import MAX_LINE, LineOptions, LineServer
 
 log = logging.getLogger(__name__)
 
@@ -110,25 +110,9 @@ class SerialTrigger(LineServer):
     """
 
     def __init__(
-        self,
-        url: str,
-        controls: Controls,
-        stop: threading.Event,
-        *,
-        baudrate: int = 9600,
-        reopen_s: float = 1.0,
-        reopen_max_s: float = 10.0,
-        port: Any = None,
+        self, url: str, controls: Controls, stop: threading.Event, **line: Unpack[LineOptions]
     ) -> None:
-        super().__init__(
-            url,
-            stop,
-            name="video-trigger",
-            baudrate=baudrate,
-            reopen_s=reopen_s,
-            reopen_max_s=reopen_max_s,
-            port=port,
-        )
+        super().__init__(url, stop, name="video-trigger", **line)
         self._controls = controls
         # Push-to-talk on the same line (set by the composition root when talk is on).
         self.ptt: Callable[[str], str | None] | None = None

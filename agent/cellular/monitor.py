@@ -20,16 +20,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent import wallclock
 from agent.cellular.mmcli import SIGNAL_TECHS, ModemManagerLink, ModemReading
 from agent.cellular.settings import CellularSettings
 from agent.cellular.traffic import TrafficMeter
+from agent.contain import Poller, Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
 
 log = logging.getLogger(__name__)
 
 ABSENT = ("absent", "no-modemmanager", "no-mmcli")
+RETRY_MAX_S = 300.0  # a modem that cannot be read is asked again at most this far apart
 STALE_POLLS = 3  # a reading older than this many polls is no longer the modem's signal
 
 
@@ -57,7 +58,7 @@ def link_state(r: ModemReading) -> str:
     return "ok" if r.registered else "unregistered"
 
 
-class LinkMonitor:
+class LinkMonitor(Poller):
     def __init__(
         self,
         settings: CellularSettings,
@@ -68,9 +69,8 @@ class LinkMonitor:
         modem: ModemManagerLink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("link", stop, alarm, log)
         self.s = settings
-        self.stop = stop
-        self.alarm = alarm
         self.traffic = traffic
         self.clock = clock
         if modem is None and settings.source == "modemmanager":
@@ -86,9 +86,18 @@ class LinkMonitor:
         # the poller's own:
         self._bad_since: float | None = None
         self._alarmed: str | None = None
-        self._failures = 0
+        # Reading failures: the next read waits longer (alarms are _judge's, after alarm_after_s).
+        self.retry = Reconnect(
+            "link",
+            stop,
+            log,
+            min_s=settings.poll_s,
+            max_s=max(settings.poll_s, RETRY_MAX_S),
+            on_lost=lambda why: log.warning("link: %s", why),
+            on_retry=self._still_failing,
+            on_restored=lambda gap_s, attempts: None,  # the new state is logged by poll_once
+        )
         self._last_save = clock()
-        self.thread = threading.Thread(target=self._run, name="link", daemon=True)
 
     def health(self) -> dict[str, Any]:
         with self._lock:
@@ -115,28 +124,18 @@ class LinkMonitor:
             return None
         return csq(r)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def is_alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+    def closed(self) -> None:
         if self.traffic is not None:
             self.traffic.save()
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            delay = self.s.traffic_save_s
-            if self.modem is not None:
-                delay = min(delay, self.poll_once())
-            if self.traffic is not None and self.clock() - self._last_save >= self.s.traffic_save_s:
-                self._last_save = self.clock()
-                self.traffic.save()
-            if self.stop.wait(delay):
-                break
+    def poll_round(self) -> float:
+        delay = self.s.traffic_save_s
+        if self.modem is not None:
+            delay = min(delay, self.poll_once())
+        if self.traffic is not None and self.clock() - self._last_save >= self.s.traffic_save_s:
+            self._last_save = self.clock()
+            self.traffic.save()
+        return delay
 
     def poll_once(self) -> float:
         assert self.modem is not None
@@ -147,7 +146,7 @@ class LinkMonitor:
         except Exception as exc:
             log.exception("link: reading the modem failed")
             return self._failed(f"{type(exc).__name__}: {exc}")
-        self._failures = 0
+        self.retry.restored()
         state = link_state(r)
         with self._lock:
             was = self._state
@@ -159,13 +158,14 @@ class LinkMonitor:
         return self.s.poll_s
 
     def _failed(self, why: str) -> float:
-        self._failures += 1
         with self._lock:
-            old, self._state, self._error = self._error, "error", why
-        if old != why:
-            log.warning("link: %s", why)
+            self._state, self._error = "error", why
         self._judge("error", {"error": why})
-        return float(min(300.0, self.s.poll_s * 2 ** min(self._failures - 1, 8)))
+        return self.retry.failed(why)
+
+    def _still_failing(self, why: Why) -> None:
+        if str(why) != self.retry.reason:
+            log.warning("link: %s", why)
 
     def _judge(self, state: str, details: dict[str, Any]) -> None:
         now = self.clock()
@@ -173,7 +173,9 @@ class LinkMonitor:
             self._bad_since = None
             if self._alarmed is not None:
                 self._alarmed = None
-                self._raise("modem_ok", "cellular link registered again", Severity.INFO, details)
+                self.raise_alarm(
+                    "modem_ok", "cellular link registered again", Severity.INFO, details
+                )
             return
         if self._bad_since is None:
             self._bad_since = now
@@ -186,10 +188,4 @@ class LinkMonitor:
                 "no-mmcli": "mmcli is not installed (apt-get install modemmanager)",
                 "error": f"the modem cannot be read: {details.get('error')}",
             }.get(state, f"the modem is {state}")
-            self._raise(kind, f"cellular link down: {what}", Severity.WARNING, details)
-
-    def _raise(self, kind: str, message: str, severity: Severity, details: dict[str, Any]) -> None:
-        try:
-            self.alarm(Alarm(kind, message, severity, wallclock.now(), dict(details)))
-        except Exception:
-            log.exception("link: raising alarm %s failed", kind)
+            self.raise_alarm(kind, f"cellular link down: {what}", Severity.WARNING, details)

@@ -141,6 +141,7 @@ class FleetService:
                 sos_refractory_s=s.sos_refractory_s,
                 maxsize=s.queue_size,
                 on_event=self._on_input,
+                alarm=alarm,
             )
         log.info(
             "fleet: %d areas, %d routes (plan %s from %s)",

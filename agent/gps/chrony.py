@@ -4,8 +4,11 @@ chronyd disciplines the system clock; on a device it takes the GNSS receiver thr
 (``refclock SHM 0``, the NMEA time) and, where wired, its pulse per second (``refclock PPS
 /dev/pps0`` or gpsd's SOCK). :class:`ChronyMonitor` asks ``chronyc -c -m tracking sources``
 every ``[time] poll_s`` seconds from its own thread and keeps the last reading, so sealing a
-segment never waits for a subprocess. The CSV fields are those chronyc documents (chronyc(1),
-"tracking" and "sources"; ``-c`` prints seconds unconverted):
+segment never waits for a subprocess. While chrony cannot be read (not running, not
+installed, garbage) the pause doubles up to ``UNREADABLE_MAX_POLLS`` polls
+(:class:`agent.contain.Reconnect`; each change of state is logged and alarmed by the monitor
+itself). The CSV fields are those chronyc documents (chronyc(1), "tracking" and "sources";
+``-c`` prints seconds unconverted):
 
 tracking (one line, 14 fields)
     reference ID (hex), name, stratum, reference time, **system time** (the offset of the
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent import wallclock
+from agent.contain import Reconnect
 from agent.errors import FormatError
 from agent.gps.time_settings import TimeSettings
 from agent.model import Alarm, ClockSource, ClockState, Severity
@@ -54,6 +58,7 @@ LEAP_STATES = ("Normal", "Insert second", "Delete second", "Not synchronised")
 LOCAL_REFID = "7F7F0101"
 MAX_OUTPUT = 64 * 1024
 MAX_SOURCES = 256
+UNREADABLE_MAX_POLLS = 4  # while chrony cannot be read, the pause doubles up to this many polls
 _HEX8 = re.compile(r"[0-9A-Fa-f]{8}")
 _OCTAL = re.compile(r"[0-7]{1,3}")
 
@@ -249,6 +254,9 @@ class Health:
     OFF = "off"
 
 
+UNREADABLE = (Health.UNAVAILABLE, Health.NOT_INSTALLED, Health.BAD_OUTPUT)
+
+
 class ChronyMonitor:
     """Reads chrony from its own thread; :meth:`state` never blocks and never raises."""
 
@@ -295,9 +303,26 @@ class ChronyMonitor:
         return [self._thread] if self._thread.ident is not None else []
 
     def _loop(self) -> None:
+        poll_s = self.settings.poll_s
+        retry = Reconnect(
+            "chrony",
+            self.stop,
+            log,
+            min_s=poll_s,
+            max_s=UNREADABLE_MAX_POLLS * poll_s,
+            on_lost=lambda why: None,  # poll_once logs each change and _maybe_alarm alarms
+            on_retry=lambda why: None,
+            on_restored=lambda gap_s, attempts: None,
+        )
         while True:
             self.poll_once()
-            if self.stop.wait(self.settings.poll_s):
+            if self.health in UNREADABLE:
+                retry.failed(self.detail)
+                if retry.wait():
+                    return
+                continue
+            retry.restored()
+            if self.stop.wait(poll_s):
                 return
 
     def argv(self) -> list[str]:
@@ -358,7 +383,7 @@ class ChronyMonitor:
         it is required, cannot be read; one more when it comes back. (Not synchronised yet
         after a boot is no alarm: that is every cold start until the first fix.)"""
         synced = health == Health.SYNCED
-        unreadable = health in (Health.UNAVAILABLE, Health.NOT_INSTALLED, Health.BAD_OUTPUT)
+        unreadable = health in UNREADABLE
         required = self.settings.chrony == "on"
         bad = not synced and (self._was_synced or (required and unreadable))
         if synced:

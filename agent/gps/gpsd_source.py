@@ -12,7 +12,8 @@ the old ``alt`` key. So:
   decode TPV/SKY with :class:`~agent.gps.tpv.TpvAssembler` (``altMSL``, then ``alt``);
 * streaming means one report per receiver cycle: we never poll faster than the receiver;
 * EOF, a socket error or ``stale_after_s`` of silence (gpsd killed, restarted, hung) closes
-  the connection; it is reopened with a capped exponential backoff, logged once per change.
+  the connection; it is reopened through :class:`agent.contain.Reconnect` (a capped
+  exponential backoff; the outage logged once, its end once).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import threading
 import time
 import types
 
+from agent.contain import Reconnect
 from agent.errors import SourceError
-from agent.gps.source import Emit, LinkLog, open_with_backoff
+from agent.gps.source import Emit
 from agent.gps.tpv import TpvAssembler
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ READ_TIMEOUT_S = 0.25
 QUIET_FLUSH_S = 1.5
 MAX_LINE = 65536
 HANDSHAKE_TIMEOUT_S = 5.0
+RETRY_MIN_S = 0.1  # the first pause after a loss; it doubles up to reconnect_max_s
 
 
 def _private_gpsd_module() -> types.ModuleType:
@@ -104,8 +107,9 @@ class GpsdSource:
         self.port = port
         self.reconnect_max_s = reconnect_max_s
         self.stale_after_s = stale_after_s
-        self.link = LinkLog(log, self.name)
+        self.link: Reconnect | None = None  # while it runs: is gpsd out of reach?
         self.connects = 0
+        self._receiving = False
 
     @property
     def name(self) -> str:
@@ -122,14 +126,11 @@ class GpsdSource:
             raise OSError(f"gpsd handshake failed: {exc}") from exc
 
     def run(self, stop: threading.Event, emit: Emit) -> None:
+        link = self.link = Reconnect(
+            self.name, stop, log, min_s=RETRY_MIN_S, max_s=self.reconnect_max_s
+        )
         while not stop.is_set():
-            conn = open_with_backoff(
-                self._open,
-                stop,
-                max_s=self.reconnect_max_s,
-                errors=(OSError,),
-                link=self.link,
-            )
+            conn = link.call(self._open, (OSError,))
             if conn is None:
                 return
             self.connects += 1
@@ -137,12 +138,18 @@ class GpsdSource:
             try:
                 self._pump(conn, tpv, stop, emit)
             except (OSError, SourceError) as exc:
-                self.link.down(exc)
-                stop.wait(0.05)
+                link.failed(exc)
+                link.wait()
             finally:
                 conn.close()
                 for fix in tpv.flush():  # gpsd's last report was complete
                     emit(fix)
+
+    def _up(self) -> None:
+        assert self.link is not None
+        if not self.link.restored() and not self._receiving:
+            log.info("%s: receiving", self.name)
+        self._receiving = True
 
     def _pump(
         self, conn: _Connection, tpv: TpvAssembler, stop: threading.Event, emit: Emit
@@ -158,7 +165,7 @@ class GpsdSource:
             if data == b"":
                 raise SourceError("gpsd closed the connection")
             if data:
-                self.link.up()
+                self._up()
                 last_data = now
                 flushed = False
                 conn.buffer += data

@@ -1,8 +1,9 @@
 """A receiver straight off a serial port (USB or UART) with pyserial: NMEA, u-blox UBX or both.
 
 Survives the receiver being unplugged and plugged back: a read error or a port that stays
-silent for ``stale_after_s`` closes the port, which is reopened with a capped exponential
-backoff (tenacity) that ends at once on shutdown. The link state is logged once per change.
+silent for ``stale_after_s`` closes the port, which is reopened through
+:class:`agent.contain.Reconnect` (a capped exponential backoff that ends at once on shutdown;
+the outage logged once, its end once).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import cast
 
 import serial
 
+from agent.contain import Reconnect
 from agent.errors import SourceError
 from agent.gps.receiver import ReceiverReader
-from agent.gps.source import Emit, LinkLog, open_with_backoff
+from agent.gps.source import Emit
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 #: talking mid-cycle); normally the next epoch's first sentence closes it.
 QUIET_FLUSH_S = 1.5
 READ_TIMEOUT_S = 0.2
+RETRY_MIN_S = 0.1  # the first pause after a loss; it doubles up to reconnect_max_s
 
 
 class SerialSource:
@@ -48,8 +51,9 @@ class SerialSource:
         self.reconnect_max_s = reconnect_max_s
         self.stale_after_s = stale_after_s
         self.reader = ReceiverReader(source=self.name)
-        self.link = LinkLog(log, self.name)
+        self.link: Reconnect | None = None  # while it runs: is the port down?
         self.reopens = 0
+        self._receiving = False
 
     @property
     def name(self) -> str:
@@ -59,15 +63,12 @@ class SerialSource:
         return serial.serial_for_url(self.port, baudrate=self.baud, timeout=READ_TIMEOUT_S)
 
     def run(self, stop: threading.Event, emit: Emit) -> None:
+        link = self.link = Reconnect(
+            self.name, stop, log, min_s=RETRY_MIN_S, max_s=self.reconnect_max_s
+        )
         first = True
         while not stop.is_set():
-            port = open_with_backoff(
-                self._open,
-                stop,
-                max_s=self.reconnect_max_s,
-                errors=(serial.SerialException, OSError, ValueError),
-                link=self.link,
-            )
+            port = link.call(self._open, (serial.SerialException, OSError, ValueError))
             if port is None:
                 return
             if not first:
@@ -77,12 +78,17 @@ class SerialSource:
             try:
                 self._pump(port, stop, emit)
             except (serial.SerialException, OSError, SourceError) as exc:
-                self.link.down(exc)
-                # A short pause before reopening, so a flapping port cannot spin the CPU.
-                stop.wait(0.05)
+                link.failed(exc)
+                link.wait()  # a flapping port cannot spin the CPU
             finally:
                 with contextlib.suppress(serial.SerialException, OSError):
                     port.close()
+
+    def _up(self) -> None:
+        assert self.link is not None
+        if not self.link.restored() and not self._receiving:
+            log.info("%s: receiving", self.name)
+        self._receiving = True
 
     def _pump(self, port: serial.SerialBase, stop: threading.Event, emit: Emit) -> None:
         last_data = time.monotonic()
@@ -91,7 +97,7 @@ class SerialSource:
             data = port.read(cast(serial.Serial, port).in_waiting or 1)
             now = time.monotonic()
             if data:
-                self.link.up()
+                self._up()
                 last_data = now
                 flushed = False
                 for fix in self.reader.feed(data):

@@ -19,7 +19,7 @@ from agent import wallclock
 from agent.errors import AgentError
 from agent.gps.clock import ClockMonitor
 from agent.gps.settings import GpsSettings
-from agent.gps.source import FixSource, LinkState, SourceThread, open_source
+from agent.gps.source import FixSource, SourceThread, open_source
 from agent.gps.strategy import ReportingStrategy
 from agent.gps.wire import encode_fix
 from agent.loops.guard import Guard
@@ -94,7 +94,7 @@ class GpsService:
         if not self.pump.is_alive() and self.pump.error is not None:
             return "lost"
         link = getattr(self.pump.source, "link", None)  # serial and gpsd sources reconnect
-        if link is not None and link.state is LinkState.DOWN:
+        if link is not None and link.down:
             return "lost"
         fix = self.latest
         if fix is None or wallclock.now() - fix.time > 10 + abs(self.clock.state().offset_s or 0):

@@ -12,25 +12,25 @@ Integration points (used by the composition root and by ``edge-agent gps watch``
 A :class:`FixSource` blocks in :meth:`FixSource.run` until ``stop`` is set (a replay also
 returns at the end of its file), calling ``emit`` once per epoch with a
 :class:`~agent.model.Fix` that carries a real date. Sources handle their own reconnects: a
-vanished serial port or a restarted gpsd is retried with a capped exponential backoff that
-ends at once when ``stop`` is set, and is logged once per state change.
+vanished serial port or a restarted gpsd is retried through :class:`agent.contain.Reconnect`
+(a capped exponential backoff that ends at once when ``stop`` is set; the outage logged once,
+its end once). A source's ``link`` (None until it runs) says whether it is down.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
+from agent.contain import put_newest
 from agent.errors import ConfigError
 from agent.gps.settings import GpsSettings
 from agent.model import Fix
 
 Emit = Callable[[Fix], None]
-T = TypeVar("T")
 
 
 class FixSource(Protocol):
@@ -80,36 +80,6 @@ def open_source(settings: GpsSettings) -> FixSource:
     raise ConfigError(f"gps.source: {kind!r} has no fixes to read (use serial, gpsd or replay)")
 
 
-class LinkState(enum.Enum):
-    CONNECTING = "connecting"
-    UP = "up"
-    DOWN = "down"
-
-
-class LinkLog:
-    """Logs a source's link state once per change, not once per retry."""
-
-    def __init__(self, log: logging.Logger, name: str) -> None:
-        self._log = log
-        self._name = name
-        self.state = LinkState.CONNECTING
-        self.changes = 0
-
-    def up(self) -> None:
-        if self.state is not LinkState.UP:
-            self._log.info("%s: receiving", self._name)
-            self.state = LinkState.UP
-            self.changes += 1
-
-    def down(self, why: object) -> None:
-        if self.state is not LinkState.DOWN:
-            self._log.warning("%s: lost (%s); retrying with backoff", self._name, why)
-            self.state = LinkState.DOWN
-            self.changes += 1
-        else:
-            self._log.debug("%s: still down (%s)", self._name, why)
-
-
 class SourceThread:
     """Runs one :class:`FixSource` in its own thread, feeding a bounded queue.
 
@@ -141,16 +111,7 @@ class SourceThread:
         return self._thread
 
     def _put(self, fix: Fix) -> None:
-        while True:
-            try:
-                self.queue.put_nowait(fix)
-                return
-            except queue.Full:
-                try:
-                    self.queue.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
+        self.dropped += put_newest(self.queue, fix)
 
     def _run(self) -> None:
         try:
@@ -161,34 +122,3 @@ class SourceThread:
         except BaseException as exc:  # reported to the owner, who decides
             logging.getLogger(__name__).error("%s: stopped: %s", self.source.name, exc)
             self.error = exc
-
-
-def open_with_backoff(
-    opener: Callable[[], T],
-    stop: threading.Event,
-    *,
-    max_s: float,
-    errors: tuple[type[BaseException], ...],
-    link: LinkLog,
-) -> T | None:
-    """Call ``opener`` until it succeeds (capped exponential backoff), or return None once
-    ``stop`` is set. Every wait ends at once on shutdown (tenacity's ``sleep_using_event``)."""
-    import tenacity
-
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_when_event_set(stop),
-        wait=tenacity.wait_exponential(multiplier=0.1, min=0.05, max=max_s),
-        sleep=tenacity.sleep_using_event(stop),
-        retry=tenacity.retry_if_exception_type(errors),
-        before_sleep=lambda rs: link.down(rs.outcome.exception() if rs.outcome else "?"),
-        reraise=False,
-    )
-    try:
-        for attempt in retrying:
-            with attempt:
-                if stop.is_set():
-                    return None
-                return opener()
-    except tenacity.RetryError:
-        return None
-    return None

@@ -2,7 +2,7 @@
 
 ::
 
-    connect (tenacity backoff, ends at once on stop) -> [0x0100 -> 0x8100: code kept]
+    connect (contain.Reconnect: backoff, ends at once on stop) -> [0x0100 -> 0x8100: code kept]
       -> 0x0102 -> 0x8001 -> serve:
            every loop: platform frames in (FrameReader: resync on 0x7e, bounded)
                        live reports (0x0200) first, as soon as they are stored
@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.contain import Reconnect, Why
 from agent.errors import FormatError, UplinkError
 from agent.jt808 import messages as m
 from agent.jt808.codec import (
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 BATCH_WINDOW = 4
 #: A session that ends sooner than this counts as a failed attempt (backoff grows).
 SHORT_SESSION_S = 10.0
+RETRY_MIN_S = 0.5  # the first pause after a failed attempt; doubling to reconnect_max_s
 POLL_S = 0.25
 #: Platform messages that are answers: never answered back.
 RESPONSES = {m.P_GENERAL_RESPONSE, m.P_REGISTER_RESPONSE, m.P_RESEND_REQUEST, 0x8004}
@@ -238,6 +240,17 @@ class Jt808Client:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._errors_logged: set[str] = set()
+        self.retry = Reconnect(
+            "jt808",
+            stop,
+            log,
+            min_s=RETRY_MIN_S,
+            max_s=settings.reconnect_max_s,
+            jitter_s=RETRY_MIN_S,  # a fleet of trucks does not reconnect in step
+            on_lost=self._retrying,
+            on_retry=self._retrying,
+            on_restored=lambda gap_s, attempts: None,  # "authenticated" is logged by the session
+        )
         self._thread = threading.Thread(target=self._run, name="jt808", daemon=True)
         self.session: Session | None = None
         self.reports = Reports(settings, terminal, self.stats, self.next_serial)
@@ -268,37 +281,20 @@ class Jt808Client:
         return self._serial
 
     def _run(self) -> None:
-        import tenacity
-
         while not self.stop.is_set():
-            retrying = tenacity.Retrying(
-                stop=tenacity.stop_when_event_set(self.stop),
-                wait=tenacity.wait_exponential(multiplier=0.5, min=0.5, max=self.s.reconnect_max_s)
-                + tenacity.wait_random(0, 0.5),
-                sleep=tenacity.sleep_using_event(self.stop),
-                retry=tenacity.retry_if_exception_type(Exception),
-                before_sleep=self._before_sleep,
-                reraise=False,
-            )
             try:
-                for attempt in retrying:
-                    with attempt:
-                        self._connect_and_serve()
-            except tenacity.RetryError:
-                pass  # stopped while retrying
-            except Exception as exc:  # pragma: no cover - tenacity hands every error back
+                self.retry.call(self._connect_and_serve, (Exception,))
+            except BaseException as exc:  # pragma: no cover - every Exception is retried
                 log.exception("jt808: unexpected: %s", exc)
                 self.stop.wait(1.0)
+            self.retry.restored()  # a good session ended: the next attempt starts afresh
         self.stats.state = "stopped"
         self.stats.connected = False
 
-    def _before_sleep(self, rs: object) -> None:
-        outcome = getattr(rs, "outcome", None)
-        exc = outcome.exception() if outcome is not None else None
-        nxt = getattr(getattr(rs, "next_action", None), "sleep", 0.0)
-        self._report(exc, f"retrying in {nxt:.1f} s")
+    def _retrying(self, exc: Why) -> None:
+        self._report(exc, f"retrying in {self.retry.pause_s:.1f} s")
 
-    def _report(self, exc: BaseException | None, then: str) -> None:
+    def _report(self, exc: Why | None, then: str) -> None:
         text = f"{type(exc).__name__}: {exc}" if exc is not None else "?"
         self.stats.last_error = text
         self.stats.last_error_at = time.time()
@@ -309,7 +305,8 @@ class Jt808Client:
             else:
                 log.debug("jt808: %s: %s (%s)", self.s.server, text, then)
         elif key not in self._errors_logged:
-            log.error("jt808: unexpected %s (%s)", text, then, exc_info=exc)
+            trace = exc if isinstance(exc, BaseException) else None
+            log.error("jt808: unexpected %s (%s)", text, then, exc_info=trace)
         if len(self._errors_logged) > 64:
             self._errors_logged.clear()
         self._errors_logged.add(key)

@@ -44,8 +44,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
+from agent.contain import OneThread, Reconnect, put_newest
 from agent.errors import SourceError
 from agent.fleet.rules import Inputs
+from agent.loops.guard import Guard
+from agent.model import Alarm
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +168,31 @@ def parse_line(line: str) -> list[Reading] | None:
     return out
 
 
-class SerialInputSource:
+class _Reopening:
+    """A source that reopens its device inside ``read`` (which must return within its
+    timeout): the pauses and reports of :class:`agent.contain.Reconnect`, made at the first
+    read (the stop event comes with it)."""
+
+    reconnect_max_s: float
+    retry_min_s: float
+    _retry: Reconnect | None = None
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def retry(self, stop: threading.Event) -> Reconnect:
+        if self._retry is None:
+            self._retry = Reconnect(
+                self.name, stop, log, min_s=self.retry_min_s, max_s=self.reconnect_max_s
+            )
+        return self._retry
+
+
+class SerialInputSource(_Reopening):
     """A serial I/O module (pyserial ``serial_for_url``: a device, a pty, or ``loop://``)."""
+
+    retry_min_s = 0.05
 
     def __init__(self, port: str, baud: int = 9600, *, reconnect_max_s: float = 10.0) -> None:
         self.port = port
@@ -175,9 +201,6 @@ class SerialInputSource:
         self.stats = {"lines": 0, "bad": 0, "unknown": 0, "reopens": 0}
         self._ser: Any = None
         self._buf = bytearray()
-        self._retry_at = 0.0
-        self._backoff = 0.05
-        self._down = False
 
     @property
     def name(self) -> str:
@@ -186,28 +209,20 @@ class SerialInputSource:
     def _open(self, stop: threading.Event, timeout: float) -> bool:
         import serial
 
-        now = time.monotonic()
-        if now < self._retry_at:
-            stop.wait(min(timeout, self._retry_at - now))
+        retry = self.retry(stop)
+        if not retry.due(timeout):
             return False
         try:
             self._ser = serial.serial_for_url(self.port, self.baud, timeout=min(timeout, 0.2))
         except (serial.SerialException, OSError, ValueError) as exc:
-            self._fail(exc)
+            self._fail(stop, exc)
             return False
-        if self._down:
-            log.info("%s: receiving again", self.name)
+        if retry.restored():
             self.stats["reopens"] += 1
-        self._down = False
-        self._backoff = 0.05
         return True
 
-    def _fail(self, exc: BaseException) -> None:
-        if not self._down:
-            log.warning("%s: lost (%s); retrying with backoff", self.name, exc)
-        self._down = True
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self.reconnect_max_s)
+    def _fail(self, stop: threading.Event, exc: BaseException) -> None:
+        self.retry(stop).failed(exc)
         self.close()
 
     def read(self, stop: threading.Event, timeout: float) -> list[Reading]:
@@ -218,7 +233,7 @@ class SerialInputSource:
         try:
             data = self._ser.read(max(1, self._ser.in_waiting))
         except (serial.SerialException, OSError) as exc:
-            self._fail(exc)
+            self._fail(stop, exc)
             return []
         if not data:
             return []
@@ -272,7 +287,7 @@ def load_gpiod() -> Any:
     return gpiod
 
 
-class GpioInputSource:
+class GpioInputSource(_Reopening):
     """Input lines of one GPIO chip, edge-driven, with the kernel's debounce where it has one.
 
     ``lines`` maps an input name (ignition, brush, pump, lift, sos) to a line offset.
@@ -301,19 +316,17 @@ class GpioInputSource:
         self._gpiod = gpiod
         self._req: Any = None
         self._fresh = False
-        self._retry_at = 0.0
-        self._backoff = 0.1
-        self._down = False
         self._by_offset = {off: name for name, off in self.lines.items()}
+
+    retry_min_s = 0.1
 
     @property
     def name(self) -> str:
         return f"gpio:{self.chip}"
 
     def _open(self, stop: threading.Event, timeout: float) -> bool:
-        now = time.monotonic()
-        if now < self._retry_at:
-            stop.wait(min(timeout, self._retry_at - now))
+        retry = self.retry(stop)
+        if not retry.due(timeout):
             return False
         gpiod = self._gpiod or load_gpiod()
         self._gpiod = gpiod
@@ -338,16 +351,9 @@ class GpioInputSource:
                 config={tuple(self.lines.values()): settings},
             )
         except OSError as exc:
-            if not self._down:
-                log.warning("%s: cannot request lines (%s); retrying", self.name, exc)
-            self._down = True
-            self._retry_at = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, self.reconnect_max_s)
+            retry.failed(f"cannot request lines: {exc}")
             return False
-        if self._down:
-            log.info("%s: lines requested again", self.name)
-        self._down = False
-        self._backoff = 0.1
+        retry.restored()
         self._fresh = True
         return True
 
@@ -372,8 +378,7 @@ class GpioInputSource:
             self._req.read_edge_events()  # drain; the levels are read below
             return self._values()
         except OSError as exc:
-            log.warning("%s: read failed (%s); requesting the lines again", self.name, exc)
-            self._down = True
+            self.retry(stop).failed(f"read failed: {exc}")
             self.close()
             return []
 
@@ -439,7 +444,7 @@ def parse_levels(text: str) -> list[Reading]:
 # --------------------------------------------------------------------------- thread
 
 
-class InputThread:
+class InputThread(OneThread):
     """Runs one source: raw readings -> Debouncer -> bounded queue of InputEvents.
 
     The owner reads ``queue`` (or passes ``on_event``, called in this thread). ``inputs``
@@ -456,10 +461,12 @@ class InputThread:
         maxsize: int = 64,
         poll_s: float = 0.01,
         on_event: Callable[[InputEvent], None] | None = None,
+        alarm: Callable[[Alarm], None] | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
+        self._alarm = alarm
         self.stop = stop
         self.debouncer = Debouncer(debounce_s, sos_refractory_s)
         self.queue: queue.Queue[InputEvent] = queue.Queue(maxsize=maxsize)
@@ -471,36 +478,18 @@ class InputThread:
         self._mono = mono
         self._lock = threading.Lock()
         self._inputs = Inputs()
-        self._thread = threading.Thread(target=self._run, name=f"inputs:{source.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"inputs:{source.name}", daemon=True)
 
     @property
     def inputs(self) -> Inputs:
         with self._lock:
             return self._inputs
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
     def _put(self, ev: InputEvent) -> None:
         if self._on_event is not None:
             self._on_event(ev)
             return
-        while True:
-            try:
-                self.queue.put_nowait(ev)
-                return
-            except queue.Full:
-                try:
-                    self.queue.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
+        self.dropped += put_newest(self.queue, ev)
 
     def step(self, readings: Sequence[Reading]) -> list[InputEvent]:
         """Feed readings, collect the changes that are stable now (the loop's body)."""
@@ -518,13 +507,17 @@ class InputThread:
         return events
 
     def _run(self) -> None:
+        # Under the one loop guard: a read or an owner's callback that raises is reported once
+        # (with an alarm when the owner gave a sink), waited out, and the inputs go on.
+        guard = Guard(self.thread.name, self.stop, log, alarm=self._alarm)
         try:
-            while not self.stop.is_set():
-                readings = self.source.read(self.stop, self._poll_s)
-                for ev in self.step(readings):
-                    self._put(ev)
+            guard.run(self._round)
         except BaseException as exc:
             log.error("%s: stopped: %s", self.source.name, exc)
             self.error = exc
         finally:
             self.source.close()
+
+    def _round(self) -> None:
+        for ev in self.step(self.source.read(self.stop, self._poll_s)):
+            self._put(ev)

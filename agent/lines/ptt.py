@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from agent.errors import AgentError
-from agent.lines.serial import LineServer
+from agent.lines.serial import LineOptions, LineServer
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +55,9 @@ class SerialPtt(LineServer):
     vanished port is reported once and reopened with a growing pause on the stop event."""
 
     def __init__(
-        self,
-        url: str,
-        talk: Ptt,
-        stop: threading.Event,
-        *,
-        baudrate: int = 9600,
-        reopen_s: float = 1.0,
-        reopen_max_s: float = 10.0,
-        port: Any = None,
+        self, url: str, talk: Ptt, stop: threading.Event, **line: Unpack[LineOptions]
     ) -> None:
-        super().__init__(
-            url,
-            stop,
-            name="talk-ptt-serial",
-            baudrate=baudrate,
-            reopen_s=reopen_s,
-            reopen_max_s=reopen_max_s,
-            port=port,
-        )
+        super().__init__(url, stop, name="talk-ptt-serial", **line)
         self._talk = talk
 
     def start(self) -> threading.Thread:

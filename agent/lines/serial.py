@@ -2,19 +2,32 @@
 
 Buttons and microcontrollers (the body camera's record button, a push-to-talk button) sit on
 a serial port or a pyserial URL (``loop://``, ``socket://``, ``rfc2217://``). The server reads
-in its own thread; a vanished port is reported once and reopened with a growing pause on the
-stop event. Subclasses say what a line means (:meth:`LineServer.handle`).
+in its own thread; a vanished port is reported once and reopened through
+:class:`agent.contain.Reconnect` (a growing pause on the stop event). Subclasses say what a
+line means (:meth:`LineServer.handle`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, TypedDict
+
+from agent.contain import Failures, Reconnect, Why
+from agent.loops.guard import Guard
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 256
+
+
+class LineOptions(TypedDict, total=False):
+    """How a line is opened and reopened (what a :class:`LineServer` subclass passes on)."""
+
+    baudrate: int
+    reopen_s: float
+    reopen_max_s: float
+    port: Any  # an open port (tests); else opened from the URL
 
 
 class LineServer:
@@ -36,11 +49,18 @@ class LineServer:
         self.name = name
         self._stop = stop
         self.baudrate = baudrate
-        self._reopen_s = reopen_s
-        self._reopen_max_s = reopen_max_s
         self._port = port
         self.lines = 0
-        self.losses = 0
+        self.retry = Reconnect(
+            name,
+            stop,
+            log,
+            min_s=reopen_s,
+            max_s=reopen_max_s,
+            on_lost=self._report_lost,
+            on_restored=lambda gap, attempts: log.warning("%s: %s is back", name, url),
+        )
+        self._failures = Failures(name, log)
         self.thread = threading.Thread(target=self.run, name=name, daemon=True)
 
     def handle(self, line: str) -> str:
@@ -55,39 +75,36 @@ class LineServer:
 
         return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.2)
 
-    def run(self) -> None:
-        import serial
+    @property
+    def losses(self) -> int:
+        return self.retry.losses
 
-        pause = self._reopen_s
-        lost = False
-        while not self._stop.is_set():
-            port = self._port
-            if port is None:
-                try:
-                    port = self._port = self._open()
-                except (serial.SerialException, OSError, ValueError) as exc:
-                    if not lost:
-                        lost = True
-                        self.losses += 1
-                        log.error("%s: cannot open %s: %s; retrying", self.name, self.url, exc)
-                    self._stop.wait(pause)
-                    pause = min(pause * 2, self._reopen_max_s)
-                    continue
-                if lost:
-                    log.warning("%s: %s is back", self.name, self.url)
-                lost = False
-                pause = self._reopen_s
-            try:
-                self._serve(port)
-            except (serial.SerialException, OSError) as exc:
-                if not lost:
-                    lost = True
-                    self.losses += 1
-                    log.error("%s: %s lost: %s; reopening", self.name, self.url, exc)
-                self._close()
-                self.lost()
-                self._stop.wait(pause)
+    def _report_lost(self, why: Why) -> None:
+        if self._port is None:
+            log.error("%s: cannot open %s: %s; retrying", self.name, self.url, why)
+        else:
+            log.error("%s: %s lost: %s; reopening", self.name, self.url, why)
+
+    def run(self) -> None:
+        # Under the one loop guard: anything but the port's own errors (handled here: reopen
+        # with backoff) is reported once, waited out, and the line is served again.
+        Guard(self.name, self._stop, log).run(self._round)
         self._close()
+
+    def _round(self) -> None:
+        errors = serial_errors()
+        port = self._port or self.retry.call(self._open, (*errors, ValueError))
+        if port is None:
+            return  # stopping
+        self._port = port
+        self.retry.restored()
+        try:
+            self._serve(port)
+        except errors as exc:
+            self.retry.failed(exc)
+            self._close()
+            self.lost()
+            self.retry.wait()
 
     def _serve(self, port: Any) -> None:
         buf = bytearray()
@@ -104,7 +121,11 @@ class LineServer:
                     continue
                 self.lines += 1
                 line = raw.decode("ascii", "replace")
-                reply = self.handle(line)
+                try:
+                    reply = self.handle(line)
+                except Exception as exc:  # contained (agent.contain): the next line is served
+                    self._failures("a request", exc)
+                    reply = "ERR internal error"
                 log.info("%s: %r -> %s", self.name, line.strip(), reply)
                 port.write(reply.encode("ascii", "replace") + b"\n")
             if len(buf) > MAX_LINE:
@@ -118,3 +139,10 @@ class LineServer:
                 port.close()
             except (OSError, ValueError) as exc:
                 log.debug("%s: close of %s failed: %s", self.name, self.url, exc)
+
+
+def serial_errors() -> tuple[type[BaseException], ...]:
+    """What a vanished port raises (pyserial imported only when a line is used)."""
+    import serial
+
+    return (serial.SerialException, OSError)

@@ -7,7 +7,8 @@ Alarms (live lane), each once per change: ``power_source_failed`` / ``power_sour
 ``undervoltage_cleared`` (the firmware's "under-voltage now" flag) and
 ``undervoltage_occurred`` (once, when the flags say it happened since boot). The thread
 survives anything its source does: an error is reported once, the next read waits longer
-(doubling up to ``retry_max_s``), and it goes on until the stop event is set.
+(doubling up to ``retry_max_s``: :class:`agent.contain.Reconnect`), and it goes on until the
+stop event is set.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent import wallclock
+from agent.contain import Poller, Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
 from agent.power.reading import PowerReading, PowerSource
@@ -48,7 +49,7 @@ def open_power_source(settings: PowerSettings) -> PowerSource | None:
     return None
 
 
-class PowerMonitor:
+class PowerMonitor(Poller):
     def __init__(
         self,
         settings: PowerSettings,
@@ -59,10 +60,9 @@ class PowerMonitor:
         on_critical: Callable[[PowerReading], None] | None = None,
         throttle: ThrottleReader | None = None,
     ) -> None:
+        super().__init__("power", stop, alarm, log)
         self.s = settings
         self.source = source
-        self.stop = stop
-        self.alarm = alarm
         self.on_critical = on_critical
         self.throttle = throttle or ThrottleReader(settings.throttled, settings.throttled_file)
         self._lock = threading.Lock()
@@ -74,14 +74,22 @@ class PowerMonitor:
         self._throttled: Throttled | None = None
         self._throttle_error: str | None = None
         # the poller's own (one thread):
-        self._failures = 0
+        self.retry = Reconnect(
+            "power",
+            stop,
+            log,
+            min_s=min(2 * settings.poll_s, settings.retry_max_s),
+            max_s=settings.retry_max_s,
+            on_lost=self._source_failed,
+            on_retry=self._still_failing,
+            on_restored=self._source_restored,
+        )
         self._low = False
         self._critical_count = 0
         self._critical_done = False
         self._under_voltage = False
         self._occurred_told = False
         self._throttle_failed = False
-        self.thread = threading.Thread(target=self._run, name="power", daemon=True)
 
     # ------------------------------------------------------------------ figures
 
@@ -105,23 +113,12 @@ class PowerMonitor:
 
     # ------------------------------------------------------------------ the thread
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def is_alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+    def closed(self) -> None:
         if self.source is not None:
             self.source.close()
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            delay = self.poll_once()
-            if self.stop.wait(delay):
-                break
+    def poll_round(self) -> float:
+        return self.poll_once()
 
     def poll_once(self) -> float:
         """One round: the flags, then the source; the delay before the next round."""
@@ -139,20 +136,29 @@ class PowerMonitor:
         return self.s.poll_s
 
     def _failed(self, why: str) -> float:
-        self._failures += 1
         self._critical_count = 0
         with self._lock:
-            was, self._state, old = self._state, "error", self._error
-            self._error = why
-        if was != "error" or old != why:
+            self._state, self._error = "error", why
+        return self.retry.failed(why)
+
+    def _still_failing(self, why: Why) -> None:
+        if str(why) != self.retry.reason:
             log.warning("power: %s", why)
-        if was != "error":
-            self._raise("power_source_failed", f"power source unreadable: {why}",
-                        Severity.WARNING, {"source": self.s.source, "error": why})  # fmt: skip
-        return float(min(self.s.retry_max_s, self.s.poll_s * 2 ** min(self._failures, 16)))
+
+    def _source_failed(self, why: Why) -> None:
+        log.warning("power: %s", why)
+        self.raise_alarm("power_source_failed", f"power source unreadable: {why}",
+                    Severity.WARNING, {"source": self.s.source, "error": str(why)})  # fmt: skip
+
+    def _source_restored(self, gap_s: float, attempts: int) -> None:
+        with self._lock:
+            r = self._reading
+        assert r is not None
+        log.info("power: %s readable again", r.source)
+        self.raise_alarm("power_source_restored", f"power source {r.source} readable again",
+                    Severity.INFO, r.to_json())  # fmt: skip
 
     def _good(self, r: PowerReading) -> None:
-        self._failures = 0
         s = self.s
         charge = r.charge_pct
         on_battery = r.on_battery
@@ -165,24 +171,22 @@ class PowerMonitor:
         self._critical_count = self._critical_count + 1 if critical else 0
         state = "critical" if critical else "low" if low else "ok"
         with self._lock:
-            was = self._state
             self._state, self._reading, self._read_at, self._error = (
                 state, r, time.monotonic(), None
             )  # fmt: skip
-        if was == "error":
-            log.info("power: %s readable again", r.source)
-            self._raise("power_source_restored", f"power source {r.source} readable again",
-                        Severity.INFO, r.to_json())  # fmt: skip
+        self.retry.restored()
         if low and not self._low:
-            self._raise("power_low", f"battery low: {charge:.0f} % on battery",
+            self.raise_alarm("power_low", f"battery low: {charge:.0f} % on battery",
                         Severity.WARNING, r.to_json())  # fmt: skip
         elif self._low and not low and not critical:
             why = "external power" if not on_battery else f"{charge:.0f} %"
-            self._raise("power_ok", f"battery no longer low ({why})", Severity.INFO, r.to_json())
+            self.raise_alarm(
+                "power_ok", f"battery no longer low ({why})", Severity.INFO, r.to_json()
+            )
         self._low = low or critical
         if self._critical_count >= s.critical_readings and not self._critical_done:
             self._critical_done = True
-            self._raise("power_critical",
+            self.raise_alarm("power_critical",
                         f"battery critical: {charge:.0f} % on battery: sealing and powering off",
                         Severity.CRITICAL, r.to_json())  # fmt: skip
             if self.on_critical is not None:
@@ -210,21 +214,15 @@ class PowerMonitor:
             return
         if t.flag("under_voltage_occurred") and not self._occurred_told and not t.under_voltage:
             self._occurred_told = True
-            self._raise("undervoltage_occurred",
+            self.raise_alarm("undervoltage_occurred",
                         "the supply voltage dropped below 4.63 V since boot (weak supply or "
                         "cable?)", Severity.WARNING, t.to_json())  # fmt: skip
         if t.under_voltage != self._under_voltage:
             self._under_voltage = t.under_voltage
             self._occurred_told = True
             if t.under_voltage:
-                self._raise("undervoltage", "supply under-voltage now (the Pi may throttle or "
+                self.raise_alarm("undervoltage", "supply under-voltage now (the Pi may throttle or "
                             "corrupt writes)", Severity.WARNING, t.to_json())  # fmt: skip
             else:
-                self._raise("undervoltage_cleared", "supply voltage normal again",
+                self.raise_alarm("undervoltage_cleared", "supply voltage normal again",
                             Severity.INFO, t.to_json())  # fmt: skip
-
-    def _raise(self, kind: str, message: str, severity: Severity, details: dict[str, Any]) -> None:
-        try:
-            self.alarm(Alarm(kind, message, severity, wallclock.now(), dict(details)))
-        except Exception:
-            log.exception("power: raising alarm %s failed", kind)

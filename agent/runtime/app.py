@@ -33,10 +33,11 @@ from agent.storage.from_config import boot_id, build_spool
 from agent.storage.keys import load_signing_key
 
 if TYPE_CHECKING:
-    from agent.capture.audio import AudioBlock
+    from agent.capture.audio import AudioBlock, Microphone
     from agent.capture.audio_recorder import AudioRecorder
     from agent.capture.av_mux import AvEncoder
     from agent.capture.encoder import H264Encoder
+    from agent.capture.portaudio import PortAudio
     from agent.capture.service import VideoService
     from agent.capture.settings import VideoSettings
     from agent.cellular.monitor import LinkMonitor
@@ -116,6 +117,11 @@ class Agent:
                 alarm=self.alarms.raise_,
             )
         self.audio: AudioRecorder | None = None
+        # The process's one PortAudio and microphone (recorder and push-to-talk).
+        from agent.capture.portaudio import PortAudio
+
+        self.portaudio = PortAudio()
+        self.microphone: Microphone | None = None
         muxed: list[AvEncoder] = []  # the video encoder carrying the audio track, once open
         if cfg.audio.enabled:
             from agent.capture.audio_recorder import AudioRecorder
@@ -131,6 +137,12 @@ class Agent:
             from agent.capture.service import encoded_source
 
             into_video = cfg.video.enabled and not encoded_source(cfg.video)
+            # The device's one microphone, shared with push-to-talk (build_talk).
+            from agent.capture.audio import Microphone
+
+            self.microphone = Microphone(
+                cfg.audio, self.stop, alarm=self.alarms.raise_, portaudio=self.portaudio
+            )
             self.audio = AudioRecorder(
                 cfg.audio,
                 self.spool,
@@ -139,6 +151,7 @@ class Agent:
                 clock=self.clock.state,
                 meta={"device": cfg.device.id},
                 tap=to_video if into_video else None,
+                microphone=self.microphone,
             )
         if cfg.video.enabled:
             from agent.capture.service import VideoService
@@ -150,15 +163,8 @@ class Agent:
                 def factory(s: VideoSettings) -> H264Encoder:
                     from agent.capture.av_mux import AvEncoder
 
-                    enc = AvEncoder(
-                        s.width,
-                        s.height,
-                        s.fps,
-                        codec=s.encoder,
-                        bitrate_kbps=s.bitrate_kbps,
-                        preset=s.preset,
-                        rate=audio_cfg.rate,
-                        audio_bitrate_kbps=audio_cfg.bitrate_kbps,
+                    enc = AvEncoder.for_video(
+                        s, rate=audio_cfg.rate, audio_bitrate_kbps=audio_cfg.bitrate_kbps
                     )
                     muxed[:] = [enc]
                     return enc
@@ -175,7 +181,14 @@ class Agent:
             )
         self.talk: Talk | None = None
         if cfg.talk.enabled:
-            self.talk = build_talk(cfg, spool=self.spool, stop=self.stop, uplink=self.uplink)
+            self.talk = build_talk(
+                cfg,
+                spool=self.spool,
+                stop=self.stop,
+                uplink=self.uplink,
+                microphone=self.microphone,
+                portaudio=self.portaudio,
+            )
         self.remote = RemoteCommands(config=cfg, spool=self.spool, clock=self.clock, gps=self.gps)
         from agent.runtime.local_control import LocalControl
 
@@ -429,7 +442,13 @@ class Agent:
 
 
 def build_talk(
-    cfg: AgentConfig, *, spool: Spool, stop: threading.Event, uplink: Uplink | None
+    cfg: AgentConfig,
+    *,
+    spool: Spool,
+    stop: threading.Event,
+    uplink: Uplink | None,
+    microphone: Microphone | None = None,
+    portaudio: PortAudio | None = None,
 ) -> Talk:
     """Talk, built before the uplink starts: it adds its MQTT routes to the link."""
     from agent.talk.device import Talk
@@ -445,6 +464,8 @@ def build_talk(
         command_key=load_command_public(up.command_key) if up.command_key else None,
         signing_key=load_signing_key(cfg.keys.device_key),
         seen=SeenIds(up.state_dir / "talk-seen.json"),
+        microphone=microphone,
+        portaudio=portaudio,
     )
 
 

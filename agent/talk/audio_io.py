@@ -1,25 +1,29 @@
-"""The talk's microphone and speaker through sounddevice (PortAudio), opened only when used.
+"""The talk's microphone and speaker: the device's one microphone, and a speaker opened only
+while a message plays, both through the process's one PortAudio.
 
-The input stream is open only while the talk button is held; its callback copies the block and
-``put_nowait``s it into a bounded queue (full: dropped and counted, never blocking PortAudio).
-The output is a ``RawOutputStream`` written from the player thread (blocking writes of 100 ms).
-Both raise :class:`SourceError` with a reason a technician can act on (no PortAudio library, no
-such device, will not open); the caller reports it in health and refuses talk.
+The microphone is not opened here: a press takes a tap on the device's
+:class:`~agent.capture.audio.Microphone` (:meth:`~agent.capture.audio.Microphone.acquire`). On a
+body camera with audio on, that is the recorder's microphone, open all the time and fanning its
+blocks out to both; on a device with push-to-talk alone it opens the device for the press only.
+A tap's queue is bounded (full: dropped and counted, never blocking PortAudio). The speaker is a
+``RawOutputStream`` written from the player thread (blocking writes of 100 ms). Both raise
+:class:`SourceError` with a reason a technician can act on (no PortAudio library, no such
+device, will not open); the caller reports it in health and refuses talk.
+
+PortAudio is re-initialised (to see a device plugged in later) only through
+:class:`agent.capture.portaudio.PortAudio`, which never does it while a stream is open: looking
+for a speaker never closes the recorder's microphone, nor the reverse.
 
 ``sounddevice`` is imported on first use: importing this module loads nothing heavy.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
-import queue
-import threading
-from collections.abc import Callable
-from types import ModuleType
 from typing import Any, Protocol
 
+from agent.capture.audio import Microphone, MicState, Tap
+from agent.capture.portaudio import PortAudio, device_arg
 from agent.errors import SourceError
 
 SAMPLE_BYTES = 2
@@ -29,9 +33,14 @@ log = logging.getLogger(__name__)
 
 
 class Input(Protocol):
-    """An open microphone: blocks of s16le mono PCM."""
+    """An open microphone: blocks of s16le mono PCM at ``rate``."""
+
+    @property
+    def rate(self) -> int: ...
 
     def read(self, timeout: float) -> bytes | None: ...
+
+    def pending(self, until_mono_ns: int) -> bool: ...  # that moment is still to be delivered
 
     def close(self) -> None: ...
 
@@ -45,156 +54,93 @@ class Output(Protocol):
 
 
 class AudioIO(Protocol):
+    def start(self) -> None: ...  # before the first use (the microphone's thread)
+
     def probe_input(self) -> str: ...  # "" when present, else why not
 
     def probe_output(self) -> str: ...
 
-    def open_input(self, rate: int, block: int) -> Input: ...
+    def open_input(self) -> Input: ...
 
     def open_output(self, rate: int) -> Output: ...
 
 
-def device_arg(device: str) -> int | str | None:
-    device = device.strip()
-    if not device:
-        return None
-    return int(device) if device.isdigit() else device
+class _TapInput:
+    """A press's tap on the microphone."""
 
-
-class _SdInput:
-    def __init__(self, sd: ModuleType, device: int | str | None, rate: int, block: int) -> None:
-        self.blocks: queue.Queue[bytes] = queue.Queue(INPUT_QUEUE_BLOCKS)
-        self.dropped = 0
-        self.ended = threading.Event()
-        try:
-            self._stream: Any = sd.RawInputStream(
-                samplerate=rate,
-                channels=1,
-                dtype="int16",
-                blocksize=block,
-                device=device,
-                callback=self._callback,
-                finished_callback=self.ended.set,
-            )
-            self._stream.start()
-        except (ValueError, sd.PortAudioError) as exc:
-            name = device if device is not None else "default"
-            raise SourceError(f"microphone {name}: {exc}") from None
-
-    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
-        try:
-            self.blocks.put_nowait(bytes(indata))
-        except queue.Full:
-            self.dropped += 1
+    def __init__(self, tap: Tap) -> None:
+        self._tap = tap
+        self.rate = tap.rate
+        self._newest_ns = 0  # the end of the newest block read (monotonic)
 
     def read(self, timeout: float) -> bytes | None:
-        try:
-            return self.blocks.get(timeout=timeout)
-        except queue.Empty:
+        block = self._tap.read(timeout)
+        if block is None:
             return None
+        self._newest_ns = block.end_mono_ns
+        return block.pcm
+
+    def pending(self, until_mono_ns: int) -> bool:
+        return self._tap.mic.present and self._newest_ns < until_mono_ns
 
     def close(self) -> None:
-        for op in (self._stream.abort, self._stream.close):
-            with contextlib.suppress(Exception):  # a vanished device may fail even here
-                op()
+        self._tap.close()
 
 
-class _SdOutput:
-    def __init__(self, sd: ModuleType, device: int | str | None, rate: int) -> None:
-        try:
-            self._stream: Any = sd.RawOutputStream(
-                samplerate=rate, channels=1, dtype="int16", device=device
-            )
-            self._stream.start()
-        except (ValueError, sd.PortAudioError) as exc:
-            name = device if device is not None else "default"
-            raise SourceError(f"speaker {name}: {exc}") from None
-        self._sd = sd
+class Speaker:
+    """An open speaker (``device``: an index, a name or None for the default)."""
+
+    def __init__(self, pa: PortAudio, device: int | str | None, rate: int) -> None:
+        self._pa = pa
+        self._stream: Any = pa.open_output(device, rate=rate)
+        self._errors = pa.module().PortAudioError
 
     def write(self, pcm: bytes) -> None:
         try:
             self._stream.write(pcm)
-        except self._sd.PortAudioError as exc:
+        except self._errors as exc:
             raise SourceError(f"speaker: {exc}") from None
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._stream.stop()  # plays out what is buffered
-        with contextlib.suppress(Exception):
-            self._stream.close()
-
-
-def load_sounddevice() -> ModuleType:
-    return importlib.import_module("sounddevice")
+        self._pa.close(self._stream, drain=True)  # plays out what is buffered
 
 
 class SoundDeviceIO:
-    """The real devices. ``loader`` is replaceable (tests: a missing PortAudio)."""
+    """The real devices: ``microphone`` (the device's one), ``speaker`` (a device name, index
+    or "" for the default) through ``portaudio`` (the process's one)."""
 
-    def __init__(
-        self,
-        microphone: str,
-        speaker: str,
-        loader: Callable[[], ModuleType] = load_sounddevice,
-    ) -> None:
-        self.microphone = device_arg(microphone)
+    def __init__(self, microphone: Microphone, speaker: str, portaudio: PortAudio) -> None:
+        self.microphone = microphone
         self.speaker = device_arg(speaker)
-        self._loader = loader
-        self._sd: ModuleType | None = None
+        self.pa = portaudio
 
-    def _module(self) -> ModuleType:
-        if self._sd is None:
-            try:
-                self._sd = self._loader()
-            except OSError as exc:
-                raise SourceError(f"PortAudio library not available: {exc}") from None
-        return self._sd
-
-    def _probe(self, device: int | str | None, kind: str) -> str:
-        try:
-            sd = self._module()
-            sd.query_devices(device, kind=kind)
-        except SourceError as exc:
-            return str(exc)
-        except Exception as exc:  # ValueError (no such device), PortAudioError
-            name = "microphone" if kind == "input" else "speaker"
-            return f"{name} {device if device is not None else 'default'}: {exc}"
-        return ""
-
-    def _refresh(self) -> None:
-        """PortAudio lists devices only when it initialises: look again (a device plugged in,
-        or a sound server started, after the first look)."""
-        sd = self._module()
-        try:
-            sd._terminate()
-            sd._initialize()
-        except Exception as exc:  # PortAudioError: keep the old list
-            log.debug("talk: PortAudio re-initialisation failed: %s", exc)
+    def start(self) -> None:
+        self.microphone.start()
 
     def probe_input(self) -> str:
-        problem = self._probe(self.microphone, "input")
-        if problem and self._sd is not None:
-            self._refresh()
-            problem = self._probe(self.microphone, "input")
-        return problem
+        mic = self.microphone
+        if mic.state is MicState.OK:
+            return ""
+        if mic.state is MicState.MISSING:
+            return mic.reason
+        return self._probe(mic.device, "input")
 
     def probe_output(self) -> str:
-        problem = self._probe(self.speaker, "output")
-        if problem and self._sd is not None:
-            self._refresh()
-            problem = self._probe(self.speaker, "output")
+        return self._probe(self.speaker, "output")
+
+    def _probe(self, device: int | str | None, kind: str) -> str:
+        problem = self.pa.probe(device, kind)
+        if problem and self.pa.refresh(f"talk's {kind} probe"):
+            problem = self.pa.probe(device, kind)
         return problem
 
-    def open_input(self, rate: int, block: int) -> Input:
-        try:
-            return _SdInput(self._module(), self.microphone, rate, block)
-        except SourceError:
-            self._refresh()
-            return _SdInput(self._module(), self.microphone, rate, block)
+    def open_input(self) -> Input:
+        return _TapInput(self.microphone.acquire("talk", INPUT_QUEUE_BLOCKS))
 
     def open_output(self, rate: int) -> Output:
         try:
-            return _SdOutput(self._module(), self.speaker, rate)
+            return Speaker(self.pa, self.speaker, rate)
         except SourceError:
-            self._refresh()
-            return _SdOutput(self._module(), self.speaker, rate)
+            if not self.pa.refresh("speaker"):
+                raise
+            return Speaker(self.pa, self.speaker, rate)

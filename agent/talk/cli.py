@@ -200,14 +200,15 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def _player() -> Any:
-    from agent.talk.audio_io import SoundDeviceIO
+    from agent.capture.portaudio import PortAudio
+    from agent.talk.audio_io import Speaker
     from agent.talk.codec import decode_to_pcm
 
-    io = SoundDeviceIO("", "")
+    pa = PortAudio()
 
     def play(body: bytes) -> None:
         pcm = decode_to_pcm(body, 48000)
-        out = io.open_output(48000)
+        out = Speaker(pa, None, 48000)
         try:
             out.write(pcm)
         finally:

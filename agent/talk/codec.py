@@ -1,6 +1,7 @@
 """Ogg Opus with PyAV, incrementally: PCM in, Ogg pages out as they are made; decoding; tones.
 
-:class:`OggOpusWriter` keeps one libopus encoder and one Ogg muxer writing to memory; the bytes
+:class:`OggOpusWriter` keeps one libopus encoder (:class:`agent.capture.opus.OpusStream`, the
+setup every Opus writer here shares) and one Ogg muxer writing to memory; the bytes
 the muxer has written since the last :meth:`take` are the next chunk's payload, so the chunks of
 a message, concatenated, are exactly the finished ``.ogg`` file (the same bytes are sealed and
 saved). ``page_duration`` is 100 ms, so a page (and so a chunk) leaves at most ~100 ms after the
@@ -16,34 +17,15 @@ import contextlib
 import io
 import math
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from agent.capture.encoder import MemorySink
+from agent.capture.opus import OpusStream
 from agent.errors import SourceError
 
 SAMPLE_BYTES = 2
 PAGE_US = 100_000
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        self.buf += data
-        self.written += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.written
-
-    def seekable(self) -> bool:
-        return False
-
-    def flush(self) -> None:
-        pass
 
 
 class OggOpusWriter:
@@ -53,27 +35,24 @@ class OggOpusWriter:
         import av
 
         self.rate = rate
-        self._sink = _Sink()
+        self._sink = MemorySink()
         self._container: Any = av.open(
             self._sink, "w", format="ogg", options={"page_duration": str(PAGE_US)}
         )
         try:
-            stream: Any = self._container.add_stream("libopus", rate=rate)
-            stream.layout = "mono"
-            stream.format = "s16"
-            stream.bit_rate = bitrate_kbps * 1000
-            ctx = stream.codec_context
-            ctx.time_base = Fraction(1, rate)
-            ctx.options = {"application": application, "vbr": "constrained"}
-            ctx.open()
-        except (av.FFmpegError, ValueError) as exc:
+            self._opus = OpusStream(
+                self._container.add_stream,
+                rate,
+                bitrate_kbps=bitrate_kbps,
+                application=application,
+                vbr="constrained",
+                what="talk",
+            )
+        except SourceError:
             self._container.close()
-            raise SourceError(f"talk: cannot open the Opus encoder: {exc}") from None
-        self._stream = stream
-        self.frame_size = int(ctx.frame_size) or rate // 50
-        self._buf = bytearray()
+            raise
+        self.frame_size = self._opus.frame_size
         self.samples = 0  # samples fed
-        self._pts = 0
         self._closed = False
 
     @property
@@ -83,44 +62,20 @@ class OggOpusWriter:
     def write(self, pcm: bytes) -> None:
         if self._closed:
             raise SourceError("talk: encoder already finished")
-        self._buf += pcm
         self.samples += len(pcm) // SAMPLE_BYTES
-        step = self.frame_size * SAMPLE_BYTES
-        while len(self._buf) >= step:
-            frame = bytes(self._buf[:step])
-            del self._buf[:step]
-            self._encode(frame)
+        self._mux(self._opus.encode(pcm))
 
-    def _encode(self, pcm: bytes | None) -> None:
-        import av
-
-        if pcm is None:
-            packets = self._stream.encode(None)
-        else:
-            n = len(pcm) // SAMPLE_BYTES
-            frame = av.AudioFrame(format="s16", layout="mono", samples=n)
-            frame.planes[0].update(pcm)
-            frame.sample_rate = self.rate
-            frame.pts = self._pts
-            frame.time_base = Fraction(1, self.rate)
-            self._pts += n
-            packets = self._stream.encode(frame)
+    def _mux(self, packets: list[Any]) -> None:
         for packet in packets:
             self._container.mux(packet)
 
     def take(self) -> bytes:
-        out = bytes(self._sink.buf)
-        self._sink.buf.clear()
-        return out
+        return self._sink.take()
 
     def finish(self) -> bytes:
         """Encode what is buffered (padded to a whole frame), close the file; the last bytes."""
         if not self._closed:
-            if self._buf:
-                step = self.frame_size * SAMPLE_BYTES
-                self._encode(bytes(self._buf) + b"\0" * (step - len(self._buf)))
-                self._buf.clear()
-            self._encode(None)
+            self._mux(self._opus.flush())
             self._container.close()
             self._closed = True
         return self.take()

@@ -19,8 +19,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import ids
-from agent.contain import Failures, run_forever
+from agent.contain import Failures
 from agent.errors import AgentError, FormatError, UplinkError, VerificationError
+from agent.loops.guard import Guard
 from agent.talk import wire
 from agent.uplink.mqtt import Inbound, MqttLink
 
@@ -152,7 +153,7 @@ class Listener:
     def run(self) -> None:
         """Thread body. Each message is contained (agent.contain): whatever it does is logged,
         it is acknowledged to the broker, and the next one is handled."""
-        run_forever("talk listen", self.step, self.stop, log)
+        Guard("talk listen", self.stop, log).run(self.step)
 
     def step(self) -> None:
         try:

@@ -5,8 +5,9 @@
 - Client id = the identity (device id); a persistent session (MQTT 5: ``clean_start=False`` and a
   ``SessionExpiryInterval``; 3.1.1: ``clean_session=False``).
 - An optional retained birth message on connect and a retained last will.
-- Reconnects with tenacity (exponential backoff with jitter), forever, cut short at once by the
-  stop event; each change of state (and each new kind of error) is logged once.
+- Reconnects through :class:`agent.contain.Reconnect` (tenacity: exponential backoff with
+  jitter), forever, cut short at once by the stop event; each change of state (and each new
+  kind of error) is logged once.
 - A fresh paho client per connection: paho keeps unacknowledged messages in memory and would
   resend stale ones after a reconnect; our spool is the real queue, so we start clean each time.
 - Callbacks only record facts under a lock and set the ``wake`` event. Received messages go to
@@ -32,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import tenacity
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.contain import Failures
+from agent.contain import Failures, Reconnect
 from agent.errors import UplinkError
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,17 @@ class MqttLink:
         self._sub_refused: dict[str, str] = {}  # route -> the reason the broker gave
         self._state_logged = ""
         self._failures = Failures(f"mqtt {cfg.client_id}", log)
+        self._retry = Reconnect(
+            f"mqtt {cfg.client_id}",
+            stop,
+            log,
+            min_s=cfg.backoff_min_s,
+            max_s=cfg.backoff_max_s,
+            jitter_s=cfg.backoff_min_s,
+            on_lost=lambda why: self._log_state(f"cannot connect: {why}"),
+            on_retry=lambda why: self._log_state(f"cannot connect: {why}"),
+            on_restored=lambda gap_s, attempts: None,  # _serve logs "connected"
+        )
         self.dropped_inbound = 0
         # Told (topic, payload bytes) of every message handed to the broker connection, e.g.
         # agent.cellular.traffic.TrafficMeter.count: what was sent per lane and per day.
@@ -551,28 +562,15 @@ class MqttLink:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            retrying = tenacity.Retrying(
-                wait=tenacity.wait_exponential_jitter(
-                    multiplier=self.cfg.backoff_min_s,
-                    max=self.cfg.backoff_max_s,
-                    jitter=self.cfg.backoff_min_s,
-                ),
-                stop=tenacity.stop_when_event_set(self.stop),
-                sleep=tenacity.sleep_using_event(self.stop),
-                retry=tenacity.retry_if_exception_type(UplinkError),
-                before_sleep=lambda rs: self._log_state(
-                    f"cannot connect: {rs.outcome.exception() if rs.outcome else '?'}"
-                ),
-                reraise=True,
-            )
             try:
-                client = retrying(self._connect_once)
-            except UplinkError:
-                continue  # only when stopping
+                client = self._retry.call(self._connect_once, (UplinkError,))
             except Exception as exc:  # a bug: reported, waited out, never the link's end
                 self._failures("connecting", exc)
                 self.stop.wait(self.cfg.backoff_max_s)
                 continue
+            if client is None:
+                continue  # only when stopping
+            self._retry.restored()
             began = time.monotonic()
             try:
                 self._serve(client)

@@ -26,6 +26,7 @@ from agent.capture.triggers import SerialTrigger, command_handlers, handle_line
 from agent.cli import main as cli_main
 from agent.config.fields import load_dataclass
 from agent.errors import ConfigError, EvidenceRefused, SourceError
+from agent.labs.waiting import wait_for
 
 from .conftest import FIX, FPS, H, Keys, W, decrypt_all, small_settings
 
@@ -60,7 +61,7 @@ def test_counter_bar_code_round_trip() -> None:
 
 
 def test_ring_keeps_just_enough_for_the_prebuffer() -> None:
-    ring = FragmentRing(prebuffer_s=3)
+    ring: FragmentRing[Fragment] = FragmentRing(prebuffer_s=3)
     for i in range(20):
         ring.push(frag(i, float(i)))
     # Newest ends at 20 s; a trigger comes no earlier, so 17 s back: fragment 17 onwards,
@@ -78,7 +79,7 @@ def test_ring_keeps_just_enough_for_the_prebuffer() -> None:
 
 
 def test_ring_with_no_prebuffer_keeps_only_the_newest() -> None:
-    ring = FragmentRing(prebuffer_s=0)
+    ring: FragmentRing[Fragment] = FragmentRing(prebuffer_s=0)
     for i in range(5):
         ring.push(frag(i, float(i)))
     assert [f.seq for f in ring.fragments()] == [4]
@@ -86,13 +87,17 @@ def test_ring_with_no_prebuffer_keeps_only_the_newest() -> None:
 
 
 def test_segmenter_cuts_whole_fragments() -> None:
-    seg = Segmenter(segment_s=2)
-    done = [s for i in range(5) if (s := seg.add(b"init", frag(i, float(i)))) is not None]
-    assert [[f.seq for f in s.fragments] for s in done] == [[0, 1], [2, 3]]
-    last = seg.flush()
+    seg: Segmenter[Fragment] = Segmenter(segment_s=2, slack_s=0.5 / FPS)
+    done = []
+    for i in range(5):
+        assert seg.add(b"init", frag(i, float(i))) == (i % 2 == 0)  # opened a segment
+        if seg.full():
+            done.append(seg.cut())
+    assert [[f.seq for f in s.fragments] for s in done if s] == [[0, 1], [2, 3]]
+    last = seg.cut()
     assert last is not None and [f.seq for f in last.fragments] == [4]
-    assert b"".join(done[0].pieces()) == b"init" + b"x" * 200
-    assert seg.flush() is None
+    assert done[0] is not None and b"".join(done[0].pieces()) == b"init" + b"x" * 200
+    assert seg.cut() is None
 
 
 class _LiveSource(SyntheticSource):
@@ -307,3 +312,36 @@ def test_video_probe_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "encoder:  libx264" in out or "encoder:  h264_v4l2m2m" in out
     assert "counter:  0" in out and "1 fragments, 10 frames" in out
+
+
+def test_a_still_that_fails_unexpectedly_costs_that_still_not_the_thread(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """The stills thread runs each still under the one loop guard: a frame source that raises
+    something no one expected (a bug) loses that request; the next one is taken."""
+    spool = keys.spool(tmp_path / "spool")
+    src = SyntheticSource(W, H, FPS, start_utc=1_700_000_000.0)
+    frame = src.read()
+    calls: list[int] = []
+
+    def latest() -> Frame | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ZeroDivisionError("a bug behind the newest frame")
+        return frame
+
+    stop = threading.Event()
+    stills = Stills(spool, latest, stop, device_id="cam-7")
+    stills.thread.start()
+    try:
+        stills.request("button")
+        wait_for(lambda: len(calls) >= 1, 10, "the first request tried")
+        stills.request("button")
+        wait_for(lambda: stills.taken >= 1, 20, "the next request taken")
+        assert stills.thread.is_alive()
+    finally:
+        stop.set()
+        stills.thread.join(5)
+    (still,) = decrypt_all(spool, keys, "still")
+    assert still.meta["trigger"] == "button"
+    spool.close()

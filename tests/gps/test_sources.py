@@ -16,7 +16,7 @@ from agent.gps.gpsd_source import GpsdSource
 from agent.gps.replay import ReplaySource, read_fixes
 from agent.gps.serial_source import SerialSource
 from agent.gps.settings import GpsSettings
-from agent.gps.source import LinkState, SourceThread, open_source
+from agent.gps.source import SourceThread, open_source
 from agent.labs.nmea import truck_log
 from agent.labs.waiting import wait_for
 from agent.model import Fix
@@ -107,7 +107,7 @@ def test_serial_port_vanishes_and_reappears(
     pty_serial.write_paced(first, stop)
     wait_for(lambda: sink.count() >= 3, 30, "fixes before unplugging")
     pty_serial.vanish()
-    wait_for(lambda: src.link.state is LinkState.DOWN, 30, "the source to notice")
+    wait_for(lambda: src.link is not None and src.link.down, 30, "the source to notice")
     stop.wait(0.5)  # several reopen attempts fail while the port is gone
     pty_serial.reappear()
     wait_for(lambda: src.reopens >= 1, 30, "the port to be reopened")
@@ -137,7 +137,7 @@ def test_gpsd_killed_and_restarted_the_source_reconnects(
     t = run_in_thread(src, stop, sink)
     wait_for(lambda: sink.count() >= 3, 60, "fixes from the first gpsd")
     fake.kill()
-    wait_for(lambda: src.link.state is LinkState.DOWN, 30, "the source to notice gpsd died")
+    wait_for(lambda: src.link is not None and src.link.down, 30, "the source to notice gpsd died")
     before = sink.count()
     gpsfake_factory(log, port=port, cycle=0.01, once=False)
     wait_for(lambda: sink.count() >= before + 3, 60, "fixes from the restarted gpsd")

@@ -327,3 +327,35 @@ def test_sos_is_an_immediate_critical_alarm_and_a_record(
     assert ("fleet_input", "ignition", False) in [
         (r["type"], r.get("input"), r.get("value")) for r in recs
     ]
+
+
+def test_an_owner_callback_that_raises_costs_that_event_not_the_thread() -> None:
+    """The input thread runs under the one loop guard: a bug in the owner's callback is
+    reported once (an alarm when the owner gave a sink), and the next changes still come."""
+    alarms: list[Alarm] = []
+    seen: list[InputEvent] = []
+
+    def on_event(ev: InputEvent) -> None:
+        if not seen:
+            seen.append(ev)
+            raise KeyError("a bug in the owner")
+        seen.append(ev)
+
+    sim = SimInputSource()
+    stop = threading.Event()
+    th = InputThread(sim, stop, debounce_s=0.0, on_event=on_event, alarm=alarms.append)
+    th.start()
+    try:
+        sim.set("ignition", True)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            stop.wait(0.01)
+        sim.set("brush", True)
+        while len(seen) < 2 and time.monotonic() < deadline:
+            stop.wait(0.01)
+        assert th.is_alive() and th.error is None
+    finally:
+        stop.set()
+        th.join(5)
+    assert [e.name for e in seen] == ["ignition", "brush"]
+    assert [a.kind for a in alarms][:1] == ["thread_failing"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from agent.errors import CommandError
@@ -37,22 +39,36 @@ def test_ptt_line() -> None:
     )
 
 
-def test_serial_ptt_over_a_loop_port() -> None:
+@contextlib.contextmanager
+def _served(t: FakeTalk, first: bytes) -> Iterator[tuple[Any, SerialPtt]]:
+    """A PTT line on a pyserial loop port with ``first`` waiting in it; stopped at the end."""
     import serial
 
     port = serial.serial_for_url("loop://", timeout=0.2)
-    t = FakeTalk()
     stop = threading.Event()
     reader = SerialPtt("loop://", t, stop, port=port)
-    port.write(b"PTT DOWN\n")
+    port.write(first)
     reader.start()
+    try:
+        yield port, reader
+    finally:
+        stop.set()
+        reader.thread.join(5)
+    assert not reader.thread.is_alive()
+
+
+def _until(cond: Callable[[], object]) -> None:
     ev = threading.Event()
-    for _ in range(100):
-        if t.calls:
-            break
+    for _ in range(250):
+        if cond():
+            return
         ev.wait(0.02)
-    stop.set()
-    reader.thread.join(5)
+
+
+def test_serial_ptt_over_a_loop_port() -> None:
+    t = FakeTalk()
+    with _served(t, b"PTT DOWN\n"):
+        _until(lambda: t.calls)
     assert t.calls[:1] == ["press:button"]
 
 
@@ -73,3 +89,24 @@ def test_gpio_ptt_through_the_fleet_inputs_thread() -> None:
     stop.set()
     ptt.join(5)
     assert t.calls == ["press:button", "release:button"]
+
+
+class BuggyTalk(FakeTalk):
+    """Its first press fails with a bug (not a refusal)."""
+
+    def press(self, source: str = "device") -> dict[str, Any]:
+        if not self.refuse:
+            self.refuse = "done"
+            raise ZeroDivisionError("a bug in talk")
+        self.calls.append(f"press:{source}")
+        return {}
+
+
+def test_a_request_that_raises_costs_that_line_not_the_thread() -> None:
+    t = BuggyTalk()
+    with _served(t, b"PTT DOWN\n") as (port, reader):
+        _until(lambda: t.refuse)
+        assert t.refuse == "done" and reader.thread.is_alive()
+        port.write(b"PTT DOWN\n")
+        _until(lambda: t.calls)
+        assert t.calls[:1] == ["press:button"] and reader.thread.is_alive()

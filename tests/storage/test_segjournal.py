@@ -131,7 +131,7 @@ def test_a_cut_recording_is_recovered_and_resumed(tmp_path: Path, keyset: KeySet
     src = SyntheticSource(W, H, FPS, limit=200)
     run.feed(src, 27)  # a segment sealed, the next part open in the journal
     recording = run.pipe.rec.id if run.pipe.rec else ""
-    in_fragments = run.pipe.rec.frames if run.pipe.rec else 0  # frames journaled
+    in_fragments = run.pipe.rec.media if run.pipe.rec else 0  # frames journaled
     open_parts = list(run.journal.dir.glob("video-*.body"))
     assert len(open_parts) == 1
     spool.close()  # the power cut: the encoder's frames and the open part are never finished

@@ -36,7 +36,7 @@ from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from tests.fixtures.keys import KeySet, make_sealer
 from tests.fixtures.pulse import serving_pulse
 
-DEVICES = ("talk-a", "talk-b", "talk-c", "talk-d", "talk-e")
+DEVICES = ("talk-a", "talk-b", "talk-c", "talk-d", "talk-e", "talk-f")
 CONTROL = ("control", "control-send", "control-listen")
 GROUP = "north"
 RATE = 48000
@@ -137,7 +137,6 @@ def make_device(
     made: list[Device] = []
 
     def make(device_id: str, **settings: Any) -> Device:
-        from agent.talk.audio_io import AudioIO
         from agent.uplink.control import load_command_public
 
         stop = threading.Event()
@@ -146,7 +145,7 @@ def make_device(
             make_sealer(keyset, device_id=device_id),
         )
         link = MqttLink(link_config(talk_broker, device_id), stop)
-        io: AudioIO | None = settings.pop("io", None)
+        shared = {k: settings.pop(k) for k in ("microphone_owner", "portaudio") if k in settings}
         cfg = TalkSettings(enabled=True, groups=(GROUP,), **settings)
         talk = Talk(
             cfg,
@@ -157,7 +156,8 @@ def make_device(
             command_key=load_command_public(command_key.with_name("command.pub")),
             signing_key=keyset.signing_key,
             seen=SeenIds(tmp_path / device_id / "talk-seen.json"),
-            io=io,
+            microphone=shared.get("microphone_owner"),
+            portaudio=shared.get("portaudio"),
         )
         link.start()
         talk.start_threads()

@@ -4,6 +4,7 @@ monitor we record), mosquitto with mTLS, the CLI's send and listen."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,6 @@ from agent.errors import CommandError
 from agent.labs.broker import Mosquitto
 from agent.labs.waiting import wait_for
 from agent.talk import wire
-from agent.talk.audio_io import SoundDeviceIO
 from agent.talk.platform import publish_all
 from tests.audio.conftest import decode_audio, decrypt_all, peak_hz
 from tests.fixtures.keys import KeySet
@@ -228,8 +228,7 @@ def test_cut_off_messages_are_completed_or_reported_never_played(
 def test_no_speaker_no_microphone_refuses_talk_and_reports(
     make_device: Any, control: ControlRoom, command_key: Path, tmp_path: Path
 ) -> None:
-    io = SoundDeviceIO("no-such-microphone", "no-such-speaker")
-    dev = make_device("talk-c", io=io)
+    dev = make_device("talk-c", microphone="no-such-microphone", speaker="no-such-speaker")
     h = dev.talk.health()
     assert h["state"] == "degraded"
     assert (
@@ -260,7 +259,7 @@ def test_no_speaker_no_microphone_refuses_talk_and_reports(
 def test_duplicates_and_wrong_addressee(
     make_device: Any, control: ControlRoom, command_key: Path, tmp_path: Path
 ) -> None:
-    dev = make_device("talk-d", io=SoundDeviceIO("", "no-such-speaker"))
+    dev = make_device("talk-d", speaker="no-such-speaker")
     wav = write_tone_wav(tmp_path / "m.wav", 600, 0.2)
     m = message_chunks(command_key, wav, wire.device_address("talk-d"))
     payloads = [x.encode() for x in m]
@@ -284,7 +283,7 @@ def test_lost_chunk_of_an_outgoing_message_is_asked_for_and_resent(
     from agent.uplink.mqtt import MqttLink
     from tests.talk.conftest import link_config
 
-    dev = make_device("talk-e", io=SoundDeviceIO("", "no-such-speaker"), chunk_ms=100)
+    dev = make_device("talk-e", speaker="no-such-speaker", chunk_ms=100)
     stop = threading.Event()
     link = MqttLink(link_config(talk_broker, "control-listen"), stop)
     events: list[dict[str, Any]] = []
@@ -319,3 +318,68 @@ def test_lost_chunk_of_an_outgoing_message_is_asked_for_and_resent(
     heard = decode_audio(Path(event["path"]).read_bytes())
     assert peak_hz(heard.samples, heard.rate) == pytest.approx(440, abs=5)
     assert heard.duration_s == pytest.approx(1.0, abs=0.03)
+
+
+def test_recording_and_talking_at_once_share_one_microphone(
+    make_device: Any, talk_pulse: Any, keyset: KeySet
+) -> None:
+    """The audio recorder and push-to-talk on the device's one microphone (PulseAudio's sine):
+    both get its blocks at once, and what each used to do for itself, re-initialising PortAudio
+    to look for a device, is not done while a stream is open, so neither closes the other's."""
+    from agent.capture.audio import Microphone
+    from agent.capture.audio_recorder import AudioRecorder
+    from agent.capture.portaudio import PortAudio
+    from agent.capture.settings import AudioSettings
+    from agent.talk.audio_io import SoundDeviceIO
+
+    rec_stop = threading.Event()
+    pa = PortAudio()
+    audio = AudioSettings(
+        enabled=True,
+        device="pulse",
+        rate=RATE,
+        mode="continuous",
+        segment_s=1,
+        reopen_s=0.05,
+        reopen_max_s=0.2,
+    )
+    mic = Microphone(audio, rec_stop, portaudio=pa)
+    dev = make_device("talk-f", microphone_owner=mic, portaudio=pa)
+    rec = AudioRecorder(audio, dev.spool, rec_stop, microphone=mic, meta={"device": "talk-f"})
+    rec.start_threads()
+    try:
+        wait_for(lambda: rec.stats.segments >= 1, 20, "the recorder's first segment")
+        opens = mic.stats.opens
+        dev.talk.press()
+        dev.stop.wait(0.8)
+        # The talk looks for a speaker that is not there; anyone asks for a re-initialisation.
+        lookout = SoundDeviceIO(mic, "no-such-speaker", pa)
+        assert "no-such-speaker" in lookout.probe_output()
+        assert not pa.refresh("test")
+        assert pa.reinits == 0 and pa.skipped >= 2
+        dev.stop.wait(0.8)
+        dev.talk.release()
+        wait_for(lambda: dev.talk.stats.sealed == 1, 15, "the message sent and sealed")
+        n = rec.stats.segments
+        wait_for(lambda: rec.stats.segments >= n + 1, 15, "the recorder going on")
+    finally:
+        rec_stop.set()
+        assert rec.join(15), "audio threads did not end"
+    assert mic.stats.opens == opens and mic.stats.losses == 0, "the microphone was reopened"
+    segs = decrypt_all(dev.spool, keyset, "audio")
+    said = [s for s in segs if s.manifest["content_type"] == "audio/ogg"]
+    recorded = [s for s in segs if s.manifest["content_type"] == "audio/mp4"]
+    assert len(said) == 1 and said[0].meta["direction"] == "out"
+    assert said[0].meta["duration_s"] == pytest.approx(1.6, abs=0.4)
+    d = decode_audio(said[0].data)
+    assert abs(peak_hz(d.samples, d.rate) - 440) <= 5
+    assert len(recorded) >= 3 and recorded[-1].meta["final"]
+    assert all(s.meta["dropped_blocks"] == 0 for s in recorded)
+    for a, b in itertools.pairwise(recorded):  # one timeline through the press
+        assert b.meta["media_start_s"] == pytest.approx(
+            a.meta["media_start_s"] + a.meta["duration_s"], abs=1e-5
+        )
+    for s in recorded:
+        r = decode_audio(s.data)
+        if r.duration_s >= 0.5:
+            assert abs(peak_hz(r.samples, r.rate) - 440) <= 5
