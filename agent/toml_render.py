@@ -34,7 +34,11 @@ def config_to_dict(obj: Any) -> dict[str, Any]:
         elif isinstance(value, Path):
             out[f.name] = str(value)
         elif isinstance(value, tuple):
-            out[f.name] = [str(v) if isinstance(v, Path) else v for v in value]
+            # Tuples of tuples (power.ina219.curve) as lists of lists, as TOML loads them.
+            out[f.name] = [
+                str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+                for v in value
+            ]
         else:
             out[f.name] = value
     return out
