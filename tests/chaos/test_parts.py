@@ -79,3 +79,55 @@ def test_the_mounted_file_system_is_a_small_disk_that_can_be_filled(mounted: Pow
     assert mounted.stats()["used"] == 50_000
     mounted.set_capacity(None)
     assert os.statvfs(mnt).f_bavail * 4096 > 1 << 30
+
+
+def test_the_proxy_cuts_and_slows_a_link() -> None:
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    from tests.chaos.netem import LinkProxy
+
+    server = socket.create_server(("127.0.0.1", 0))
+    got = bytearray()
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn, contextlib.suppress(OSError):  # reset when the proxy closes
+            while data := conn.recv(65536):
+                got.extend(data)
+                conn.sendall(data[:1])
+
+    threading.Thread(target=echo, daemon=True).start()
+    proxy = LinkProxy(server.getsockname())
+    try:
+        c = socket.create_connection(("127.0.0.1", proxy.port))
+        c.sendall(b"a")
+        assert c.recv(1) == b"a"
+        began = time.monotonic()
+        c.sendall(b"b")
+        assert c.recv(1) == b"b"
+        fast_rtt = time.monotonic() - began
+        proxy.slow(400_000, 0.1)  # 50 kB/s, 100 ms each way
+        began = time.monotonic()
+        c.sendall(b"c")
+        assert c.recv(1) == b"c"
+        assert time.monotonic() - began >= 0.2 > fast_rtt
+        began = time.monotonic()
+        c.sendall(b"x" * 50_000)
+        while len(got) < 3 + 50_000:
+            time.sleep(0.01)
+        took = time.monotonic() - began
+        assert took >= 0.9, took  # 50 kB at 50 kB/s, plus the delay
+        proxy.fast()
+        proxy.cut()
+        c.sendall(b"d")
+        time.sleep(0.3)
+        assert got[-1:] == b"x", "forwarded while cut"
+        proxy.restore()
+        while got[-1:] != b"d":
+            time.sleep(0.01)
+    finally:
+        proxy.close()
+        server.close()
