@@ -29,6 +29,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from agent.model import Fix, FixMode
 from agent.storage.keys import (
     init_device_keys,
@@ -40,7 +41,6 @@ from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
 from agent.uplink import protocol as proto
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from agent.uplink.mqtt import LinkConfig, MqttLink, tls_context
 from agent.uplink.service import Uplink
 from agent.uplink.settings import UplinkSettings

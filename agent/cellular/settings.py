@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.settings import check, in_range, one_of
+from agent.config.fields import check, in_range, one_of
 
 _MODEM = re.compile(r"^(any|[0-9]{1,4}|/org/freedesktop/ModemManager1/Modem/[0-9]{1,4})\Z")
 

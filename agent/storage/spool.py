@@ -807,7 +807,10 @@ class Spool:
         return self.ack_many([(stream, seq, manifest_hash)])[0]
 
     def ack_many(self, acks: Sequence[tuple[str, int, str]]) -> list[bool]:
-        """Several acknowledgements in one transaction (stream, seq, manifest hash each)."""
+        """Several acknowledgements in one transaction (stream, seq, manifest hash each).
+
+        True for each acknowledgement that removed a segment; a repeat of one earlier in the
+        same call removed nothing (False), as it would in a later call."""
         results: list[bool] = []
         victims: list[tuple[int, str, int, int, Retention]] = []
         with self._db_lock:
@@ -821,7 +824,9 @@ class Spool:
                     log.warning(
                         "spool: ack for %s#%d names a different manifest hash; kept", stream, seq
                     )
-                if ok and all(v[0] != row[0] for v in victims):
+                if ok and any(v[0] == row[0] for v in victims):
+                    ok = False  # the same segment twice in one batch: removed once
+                if ok:
                     victims.append((row[0], stream, seq, row[1], Retention(row[3])))
                 results.append(ok)
         self._remove_many(victims)

@@ -9,8 +9,9 @@ checked identifiers and must resolve under its directory (:func:`agent.ids.conta
 Problems are named by stream and sequence number: ``bad_format``, ``truncated``,
 ``bad_signature``, ``body_altered``, ``decrypt_failed``, ``bad_content``, ``key_missing``,
 ``bad_key_record``, ``gap``, ``fork``, ``duplicate``, ``chain_break``, ``misplaced``,
-``reordered``, ``unreadable`` and ``output_refused`` (a ``--decrypt-to`` path that would
-leave its directory). Every one is a failure.
+``reordered``, ``unreadable``, ``output_refused`` (a ``--decrypt-to`` path that would
+leave its directory) and ``recovered_failed`` (frames of a recovered part that do not
+authenticate under its inner key: the rest is written and played). Every one is a failure.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from agent.ids import contained
 from agent.storage.content import ContentCheck, check_meta
 from agent.storage.manifest import MAX_MANIFEST, canonical_json
 from agent.storage.records import JOURNAL_CONTENT_TYPE
+from agent.storage.recovered import INNER_CONTENT_TYPES, RECOVERED_CONTENT_TYPE
 from agent.storage.seal import (
     KEY_MAGIC,
     PREFIX_LEN,
@@ -331,14 +333,14 @@ def _prepare(
     inner: bytes | None = None
     try:
         check_meta(info, meta)
-        if info.content_type == JOURNAL_CONTENT_TYPE:
+        if info.content_type in (JOURNAL_CONTENT_TYPE, RECOVERED_CONTENT_TYPE):
             inner_id = str(meta["inner_key_id"])
             if inner_id not in report.keys:
                 later.append(
                     Problem(
                         "key_missing",
                         info.label,
-                        f"key record {inner_id} of the recovered journal is not among the inputs",
+                        f"key record {inner_id} of the recovered content is not among the inputs",
                     )
                 )
             else:
@@ -388,6 +390,36 @@ def _open(
         (info.device, info.stream), StreamSummary(info.device, info.stream)
     )
     summary.decrypted += 1
+    _recovered_problem(info, opening.check, report)
+
+
+def _recovered_problem(info: SegmentInfo, check: ContentCheck, report: Report) -> None:
+    """A recovered part's frames that fail authentication under its inner key: reported (the
+    media that does authenticate is what ``--decrypt-to`` writes)."""
+    failed = check.recovered_failed
+    if failed:
+        shown = ", ".join(str(i) for i in failed[:20]) + (" ..." if len(failed) > 20 else "")
+        report.problems.append(
+            Problem(
+                "recovered_failed",
+                info.label,
+                f"{len(failed)} of {check.recovered.frames if check.recovered else '?'} "
+                f"recovered chunks fail authentication under the inner key ({shown}); "
+                "left out, the media resumes at the next fragment",
+            )
+        )
+
+
+def _recovered_media(check: ContentCheck) -> bool:
+    """A recovered part whose inner key is at hand is written as its media (else as it is)."""
+    return check.recovered is not None and check.recovered.data_key is not None
+
+
+def _output_name(info: SegmentInfo, meta: dict[str, Any], media: bool) -> str:
+    """The file name of a decrypted segment: a recovered part's media by its inner type."""
+    if media:
+        return f"{info.seq:012d}{INNER_CONTENT_TYPES[meta['inner_content_type']]}"
+    return f"{info.seq:012d}{EXTENSIONS.get(info.content_type, '.bin')}"
 
 
 class _OutputRefused(Exception):
@@ -410,7 +442,9 @@ def _decrypt_to(
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     _contained(root, info.device).mkdir(mode=0o700, exist_ok=True)
     _contained(root, info.device, info.stream).mkdir(mode=0o700, exist_ok=True)
-    name = f"{info.seq:012d}{EXTENSIONS.get(info.content_type, '.bin')}"
+    check = opening.check
+    media = _recovered_media(check)
+    name = _output_name(info, opening.meta, media)
     out_path = _contained(root, info.device, info.stream, name)
 
     def write(final: Path, fill: Callable[[Callable[[bytes], object]], None]) -> None:
@@ -423,14 +457,16 @@ def _decrypt_to(
         finally:
             tmp.unlink(missing_ok=True)
 
-    check = opening.check
-
     def plaintext(emit: Callable[[bytes], object]) -> None:
         def sink(data: bytes) -> None:
             check(data)
             emit(data)
 
-        verify_decrypt_body(f, info, opening.key, sink)
+        if media and check.recovered is not None:  # the media that authenticates
+            check.recovered.emit = emit
+            verify_decrypt_body(f, info, opening.key, check)
+        else:
+            verify_decrypt_body(f, info, opening.key, sink)
         check.finish()  # before the file takes its name
 
     def meta_json(emit: Callable[[bytes], object]) -> None:

@@ -248,6 +248,9 @@ class MqttLink:
         self._lost_reason = ""
         self._last_socket_error = ""
         self._done_early: set[int] = set()
+        self._sub_mids: set[int] = set()  # SUBSCRIBEs of this connection not yet acknowledged
+        self._subscribed_gen = 0  # the connection whose every route the broker acknowledged
+        self._sub_refused: dict[str, str] = {}  # route -> the reason the broker gave
         self._state_logged = ""
         self._failures = Failures(f"mqtt {cfg.client_id}", log)
         self.dropped_inbound = 0
@@ -285,6 +288,14 @@ class MqttLink:
     def generation(self) -> int:
         with self._lock:
             return self._generation
+
+    @property
+    def subscribed(self) -> bool:
+        """True once the broker acknowledged every route's subscription on this connection:
+        from then on it delivers what matches them (``connected`` comes one round trip
+        earlier, at the CONNACK; a message published in between reaches no subscription)."""
+        with self._lock:
+            return self._connected and self._subscribed_gen == self._generation
 
     @property
     def max_packet(self) -> int | None:
@@ -395,6 +406,30 @@ class MqttLink:
                 self._failed[mid] = str(reason)
         self.wake.set()
 
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        props: Properties | None,
+    ) -> None:
+        with self._lock:
+            if mid not in self._sub_mids:
+                return
+            self._sub_mids.discard(mid)
+            for reason in reasons:
+                if reason.is_failure:
+                    self._sub_refused[str(mid)] = str(reason)
+            if not self._sub_mids and not self._sub_refused:
+                self._subscribed_gen = self._generation
+        for reason in reasons:
+            if reason.is_failure:
+                log.error(
+                    "mqtt %s: the broker refused a subscription: %s", self.cfg.client_id, reason
+                )
+        self.wake.set()
+
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
             generation = self._generation
@@ -434,6 +469,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_log = self._on_log
         # Only the loop thread touches the socket: with a write-registration callback set, paho
         # queues packets published from other threads and wakes the loop instead of writing
@@ -557,10 +593,13 @@ class MqttLink:
 
     def _serve(self, client: paho.Client) -> None:
         cfg = self.cfg
-        for r in self._routes:
-            client.subscribe(r.pattern, qos=r.qos)
+        mids = {client.subscribe(r.pattern, qos=r.qos)[1] for r in self._routes}
         with self._lock:
             self._generation += 1
+            self._sub_mids = {m for m in mids if m is not None}
+            self._sub_refused.clear()
+            if not self._routes:
+                self._subscribed_gen = self._generation
             self._client = client
             self._pending.clear()
             self._failed.clear()

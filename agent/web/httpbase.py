@@ -490,6 +490,10 @@ class WebServer:
             self._server.server_close()
         self.join()
 
+    def threads(self) -> list[threading.Thread]:
+        """The serving thread and its stop watcher, once started."""
+        return list(self._threads)
+
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
             t.join(timeout)

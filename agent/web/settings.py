@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.config.fields import check, in_range, port_number
 from agent.errors import ConfigError
-from agent.settings import check, in_range, port_number
 
 MIN_TOKEN = 16
 

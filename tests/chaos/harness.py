@@ -2,7 +2,7 @@
 
 Parts (all real, each stopped at the end by process group):
 
-- mosquitto with mutual TLS and the shipped ACL (``agent.uplink.lab.Mosquitto``), reached by the
+- mosquitto with mutual TLS and the shipped ACL (``agent.labs.broker.Mosquitto``), reached by the
   agent through a proxy that can cut or slow the link (``tests/chaos/netem.py``);
 - the platform's reference ingest, ``edge-agent ingest`` (registered device key, signed
   acknowledgements), its store on a small tmpfs (a platform disk that fills);
@@ -36,8 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.capture.pulse_lab import PulseServer
 from agent.errors import SourceError
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, make_pki
+from agent.labs.pulse import PulseServer
 from agent.storage.keys import (
     init_device_keys,
     init_platform_keys,
@@ -46,7 +47,6 @@ from agent.storage.keys import (
 )
 from agent.storage.verify import verify_paths
 from agent.uplink.control import init_ack_keys, init_command_keys, load_command_private
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, make_pki
 from agent.wallclock import OFFSET_FILE_ENV
 from tests.chaos.netem import LinkProxy
 from tests.chaos.parts import (

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.gps.synth import truck_log
-from agent.uplink.lab import free_port
+from agent.labs.broker import free_port
+from agent.labs.nmea import truck_log
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.fields import load_dataclass
 from agent.errors import ConfigError
 from agent.model import ClockState
-from agent.settings import load_dataclass
 from agent.storage.cipherchoice import choose_cipher, cpu_features
 from agent.storage.records import RecordLog, parse_journal
 from agent.storage.seal import ChainLink, SegmentHeader, read_segment_info
