@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 PIECE = 4096  # bytes sent at once on a slowed link (the pacing's granularity)
 QUEUE_BYTES = 48 * 1024
@@ -39,7 +40,8 @@ class LinkProxy:
         # Bytes forwarded device -> broker and back (both ends of the proxy).
         self.bytes_up = 0
         self.bytes_down = 0
-        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept, "proxy-accept")
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -60,24 +62,37 @@ class LinkProxy:
         return not self._open.is_set()
 
     def close(self) -> None:
+        """Every connection closed and every thread of the proxy ended."""
         self._stop.set()
         self._open.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
         with self._lock:
             for s in self._socks:
                 with contextlib.suppress(OSError):
-                    s.close()
+                    s.shutdown(socket.SHUT_RDWR)
+        for t in list(self._threads):
+            t.join(5)
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()]
+            self._threads.append(t)
+        t.start()
 
     # -- forwarding --------------------------------------------------------------------------
 
     def _accept(self) -> None:
         while not self._stop.is_set():
+            readable, _, _ = select.select([self._listener], [], [], 0.1)
+            if not readable:
+                continue
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+            self._spawn(self._connect, "proxy-conn", client)
 
     def _connect(self, client: socket.socket) -> None:
         with self._lock:
@@ -95,9 +110,7 @@ class LinkProxy:
             self._socks.add(upstream)
         done = threading.Event()
         for src, dst, up in ((client, upstream, True), (upstream, client, False)):
-            threading.Thread(
-                target=self._pump, args=(src, dst, up, done), name="proxy-pump", daemon=True
-            ).start()
+            self._spawn(self._pump, "proxy-pump", src, dst, up, done)
         done.wait()  # one direction ended (EOF, an error, or the proxy closed)
         for s in (client, upstream):
             with contextlib.suppress(OSError):
