@@ -3,6 +3,7 @@
     python -m tests.chaos --seed 4242 --minutes 4          one run, its table
     python -m tests.chaos --seeds 1-20 --minutes 4 --jobs 2  many (make soak), then a summary
     python -m tests.chaos --regressions                     every kept regression
+    python -m tests.chaos --ci --jobs 3                     CI's three seeds and the regressions
     python -m tests.chaos --seed 4242 --minutes 4 --generator v1 --upto 7   a prefix
 
 Each run is a child process of its own (``--one``), so several run at once (``--jobs``);
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from tests.chaos.harness import Result, run_chaos
 from tests.chaos.report import summary, table
-from tests.chaos.schedule import REGRESSIONS, Schedule, plan
+from tests.chaos.schedule import CI, REGRESSIONS, Schedule, plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +56,8 @@ def run_many(schedules: list[Schedule], root: Path, jobs: int, timeout: float) -
     """Each schedule in its own process, ``jobs`` at a time; their results."""
     root.mkdir(parents=True, exist_ok=True)
     todo = list(schedules)
+    # Longest first: the runs at once end close together.
+    todo.sort(key=lambda s: -s.plan().estimate_s())
     running: list[tuple[Schedule, subprocess.Popen[bytes], float, Path]] = []
     results: list[Result] = []
     while todo or running:
@@ -86,8 +89,14 @@ def run_many(schedules: list[Schedule], root: Path, jobs: int, timeout: float) -
                 from tests.chaos.harness import Violation
 
                 res.violations = [Violation("the run ends", f"no result (see {d}): {tail}")]
+                res.wall_s = round(time.monotonic() - began, 1)
+                (d / "result.json").write_text(res.to_json())
             results.append(res)
-            print(f"[{time.strftime('%X')}] {s.name}: {len(res.violations)} broken", flush=True)
+            print(
+                f"[{time.strftime('%X')}] {s.name}: {res.wall_s:.0f} s, "
+                f"{len(res.violations)} invariants broken",
+                flush=True,
+            )
         time.sleep(1)
     return results
 
@@ -98,6 +107,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=8, help="fault schedule seed")
     p.add_argument("--seeds", help="many seeds: 1-20 or 3,5,8 (each its own process)")
     p.add_argument("--regressions", action="store_true", help="every kept regression")
+    p.add_argument("--ci", action="store_true", help="CI's seeds and every kept regression")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (with --seeds)")
     p.add_argument("--generator", default="v2", help="schedule rules (v1: before issue 21)")
     p.add_argument("--upto", type=int, default=None, help="only the first N faults")
@@ -112,11 +122,13 @@ def main() -> int:
         for i, step in enumerate(steps):
             print(f"{i:2d} {step.describe()}")
         return 0
-    if not a.seeds and not a.regressions:
+    if not a.seeds and not a.regressions and not a.ci:
         return run_one(a)
-    schedules = [
-        Schedule(f"seed {s}", s, a.minutes, a.generator) for s in _seeds(a.seeds or "")
-    ] + (list(REGRESSIONS) if a.regressions else [])
+    schedules = (
+        [Schedule(f"seed {s}", s, a.minutes, a.generator) for s in _seeds(a.seeds or "")]
+        + (list(CI) if a.ci else [])
+        + (list(REGRESSIONS) if a.regressions or a.ci else [])
+    )
     root = a.dir or Path(tempfile.mkdtemp(prefix="edge-agent-chaos-"))
     longest = max(sc.plan().estimate_s() for sc in schedules)
     results = run_many(schedules, root, a.jobs, timeout=longest * 3 + 900)

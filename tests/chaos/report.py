@@ -125,10 +125,10 @@ def summary(results: list[Result]) -> str:
     """One line per run (``make soak``): faults per kind, segments, live lane, invariants."""
     short = {k: "".join(w[0] for w in k.split("_")) for k in FAULTS}
     head = (
-        f"{'seed':>6} {'min':>4} "
+        f"{'run':<32} {'seed':>6} {'min':>4} "
         + " ".join(f"{short[k]:>3}" for k in FAULTS)
         + f" {'sealed':>6} {'deliv':>5} {'lost':>4} {'dup':>3} {'live med/max s':>14}"
-        + f" {'cmds':>4} {'ptt':>3}  invariants broken"
+        + f" {'cmds':>4} {'ptt':>3} {'wall s':>6}  invariants broken"
     )
     lines = ["fault kinds: " + ", ".join(f"{short[k]} {k}" for k in FAULTS), head]
     for r in results:
@@ -138,11 +138,21 @@ def summary(results: list[Result]) -> str:
             f"{v.invariant}" + (f" [{v.bug}]" if v.bug else "") for v in r.violations
         )
         lines.append(
-            f"{r.seed:>6} {r.minutes:>4g} "
+            f"{_label(r):<32} {r.seed:>6} {r.minutes:>4g} "
             + " ".join(f"{r.faults.get(k, 0):>3}" for k in FAULTS)
             + f" {r.sealed:>6} {r.delivered:>5} {len(r.lost):>4} {r.duplicated:>3} {lr:>14}"
-            + f" {r.commands.get('sent', 0):>4} {r.talk.get('sent', 0):>3}  {broken or 'none'}"
+            + f" {r.commands.get('sent', 0):>4} {r.talk.get('sent', 0):>3} {r.wall_s:>6.0f}"
+            + f"  {broken or 'none'}"
         )
     total = sum(len(r.violations) for r in results)
-    lines.append(f"{len(results)} runs, {total} invariants broken")
+    failed = sum(1 for r in results if r.violations)
+    lines.append(
+        f"{len(results)} runs, {failed} with invariants broken ({total} in all); "
+        f"{sum(r.wall_s for r in results):.0f} s of runs"
+    )
     return "\n".join(lines)
+
+
+def _label(r: Result) -> str:
+    upto = f" (first {r.upto})" if r.upto is not None else ""
+    return (r.name + upto)[:32]

@@ -190,6 +190,7 @@ class Schedule:
     upto: int | None = None  # replay the first ``upto`` faults only
     # What it broke, how to reproduce it, and whether it is still open (an expected failure
     # naming the bug, which must flip to a pass once fixed).
+    fault: str = ""  # the kind of fault that broke it (the last one replayed)
     found: str = ""
     open_bug: str | None = None
 
@@ -207,9 +208,44 @@ class Schedule:
         return out
 
 
-# CI's seeds: together every kind of fault at least twice (tests/chaos/test_parts.py checks).
-CI_MINUTES = 1.6
-CI_SEEDS = (8, 0, 0)
+# CI's schedules: three seeds that together inject every kind of fault exactly twice (24
+# faults, ~90 s of faults each; tests/chaos/test_parts.py holds the coverage), run at once.
+CI: tuple[Schedule, ...] = (
+    Schedule("ci-169", 169, 1.4),
+    Schedule("ci-176", 176, 1.4),
+    Schedule("ci-201", 201, 1.4),
+)
 
-# Every schedule that ever broke an invariant, replayed up to the fault that broke it.
-REGRESSIONS: tuple[Schedule, ...] = ()
+# Every schedule that ever broke an invariant, replayed up to (and including) the fault that
+# broke it: docs/reliability.md ("Regressions") says what each found and what fixed it.
+REGRESSIONS: tuple[Schedule, ...] = (
+    Schedule(
+        "uplink-dies-on-full-disk",
+        11,
+        8,
+        "v1",
+        upto=5,
+        fault="disk_full",
+        found="the 8-minute soak before issue 21: the forwarder thread died on the first "
+        "disk_full (sqlite 'database or disk is full' acknowledging segments); fixed by the "
+        "spool's ballast (1c66532)",
+    ),
+    Schedule(
+        "gps-consumer-dies-on-full-disk",
+        4242,
+        4,
+        "v1",
+        upto=6,
+        fault="disk_full",
+        found="issue 21: during disk_full (fault 5) the gps-consumer thread died with OSError "
+        "ENOSPC from RecordLog (agent/storage/records.py) called by GpsService.handle; fixed "
+        "on main (GpsService._consume contains OSError, 58419ae)",
+    ),
+)
+
+
+def by_name(name: str) -> Schedule:
+    for s in CI + REGRESSIONS:
+        if s.name == name:
+            return s
+    raise KeyError(name)
