@@ -82,11 +82,18 @@ CLOCK_TOLERANCE_S = 3.0
 # The live lane's limits: a fix at the platform within LIVE_RESUME_LIMIT_S of the link coming
 # back; fixes no older than SLOW_AGE_LIMIT_S on the slow link (1 Mbit/s, 150 ms each way,
 # with a backlog to drain behind them), and than QUIET_AGE_LIMIT_S (95th percentile) when no
-# fault is in effect (while the hostile device sends its poison).
+# fault of the live lane's path is in effect (while the hostile device sends its poison).
 LIVE_RESUME_LIMIT_S = 2.0
 SLOW_AGE_LIMIT_S = 3.0
 QUIET_AGE_LIMIT_S = 1.5
 QUIET_AFTER_FAULT_S = 10.0
+# Faults that touch the live lane's own path (the link, the broker, the agent, the receiver,
+# the clock); the others (the camera, the ingest, either disk) must not age live fixes, so the
+# fixes sent during them count with the quiet ones.
+LINK_FAULTS = frozenset(
+    {"net_cut", "net_flap", "net_slow", "broker_kill", "broker_wipe", "agent_kill",
+     "gps_unplug", "clock_jump"}
+)  # fmt: skip
 # Delivery after the platform's disk had room again: the ingest answered "retry" (after_s 30)
 # while it was full; the device resends after that.
 STORE_RESUME_LIMIT_S = 50.0
@@ -941,7 +948,9 @@ control_socket = "{self.sock}"
         for f in self.monitor.fixes_between(0, float("inf")):
             if f.age_s is None or self._dead_at_mono(f.mono):
                 continue
-            if any(w.holds(f.mono, QUIET_AFTER_FAULT_S) for w in self.windows):
+            if any(
+                w.kind in LINK_FAULTS and w.holds(f.mono, QUIET_AFTER_FAULT_S) for w in self.windows
+            ):
                 continue
             if f.mono < self.restarts[1] + 10:
                 continue
