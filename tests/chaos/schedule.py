@@ -189,10 +189,16 @@ class Schedule:
     generator: str = "v2"
     upto: int | None = None  # replay the first ``upto`` faults only
     # What it broke, how to reproduce it, and whether it is still open (an expected failure
-    # naming the bug, which must flip to a pass once fixed).
+    # naming the bug).
     fault: str = ""  # the kind of fault that broke it (the last one replayed)
     found: str = ""
     open_bug: str | None = None
+    # How an open bug shows: ``strict`` (it always does, e.g. a thread that dies: xfail
+    # strict, so the test fails once it is fixed and the mark goes) or, for a bug that shows
+    # only sometimes (a timing), the words of the violation it causes (``expect``): those are
+    # an expected failure, any other violation fails the test, and a run without it passes.
+    strict: bool = True
+    expect: str = ""
 
     def plan(self) -> Plan:
         p = plan(self.seed, self.minutes, self.generator)
@@ -240,6 +246,20 @@ REGRESSIONS: tuple[Schedule, ...] = (
         found="issue 21: during disk_full (fault 5) the gps-consumer thread died with OSError "
         "ENOSPC from RecordLog (agent/storage/records.py) called by GpsService.handle; fixed "
         "on main (GpsService._consume contains OSError, 58419ae)",
+    ),
+    Schedule(
+        "live-lane-behind-backlog-on-slow-link",
+        6,
+        4,
+        upto=10,
+        fault="net_slow",
+        found="make soak (issue 21), seed 6: on the slow link (1 Mbit/s, 150 ms) live fixes "
+        "3.2-3.9 s old (limit 3 s)",
+        open_bug="open (uplink, i19-link): on a slow link a live fix waits behind the backfill "
+        "chunks already in the socket (up to uplink.window x max_chunk_kib = 8 x 128 KiB, "
+        "~8 s at 1 Mbit/s); seen 3.2-3.9 s against the 3 s limit, not on every run",
+        strict=False,
+        expect="on the slow link, fixes older than",
     ),
 )
 

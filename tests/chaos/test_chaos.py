@@ -6,7 +6,9 @@ All of them run at once, each in its own process (``python -m tests.chaos --ci``
 for the module; ``EDGE_AGENT_CHAOS_JOBS`` at a time, 5 by default: each run mostly waits on
 its faults); each test waits for its schedule's result, prints its table and the time it took,
 and fails on any invariant broken. A schedule that reproduces an open bug is an expected
-failure (xfail, strict: it fails once the bug is fixed, so the mark goes). ``make soak`` runs
+failure: xfail strict when the bug always shows (it fails once fixed, so the mark goes); for
+a bug that shows only sometimes, its violation alone is an expected failure and any other
+violation fails. ``make soak`` runs
 many seeds for longer; docs/reliability.md says how to run one seed.
 """
 
@@ -78,7 +80,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
 
 
 def _param(s: Schedule) -> object:
-    marks = [pytest.mark.xfail(strict=True, reason=s.open_bug)] if s.open_bug else []
+    strict = s.open_bug is not None and s.strict
+    marks = [pytest.mark.xfail(strict=True, reason=s.open_bug)] if strict else []
     return pytest.param(s, id=s.name, marks=marks)
 
 
@@ -92,6 +95,9 @@ def test_chaos_invariants_hold(
         print(f"\nchaos {sched.name} ({' '.join(sched.args())}): {res.wall_s:.0f} s", end=" ")
     print(table(res))
     broken = [f"{v.invariant}: {v.text}" for v in res.violations]
+    expected = [b for b in broken if sched.open_bug and not sched.strict and sched.expect in b]
+    if expected and len(expected) == len(broken):
+        pytest.xfail(f"{sched.open_bug}: {expected}")
     assert not broken, (
         "\n".join(broken) + f"\nreplay: python -m tests.chaos {' '.join(sched.args())}"
     )
