@@ -4,6 +4,7 @@
     python -m tests.chaos --seeds 1-20 --minutes 4 --jobs 2  many (make soak), then a summary
     python -m tests.chaos --regressions                     every kept regression
     python -m tests.chaos --ci --jobs 3                     CI's three seeds and the regressions
+    python -m tests.chaos --summary DIR                     the table again, from DIR/*/result.json
     python -m tests.chaos --seed 4242 --minutes 4 --generator v1 --upto 7   a prefix
 
 Each run is a child process of its own (``--one``), so several run at once (``--jobs``);
@@ -112,10 +113,15 @@ def main() -> int:
     p.add_argument("--generator", default="v2", help="schedule rules (v1: before issue 21)")
     p.add_argument("--upto", type=int, default=None, help="only the first N faults")
     p.add_argument("--plan", action="store_true", help="print the schedule and exit")
+    p.add_argument("--summary", type=Path, help="the summary table of the runs kept under a dir")
     p.add_argument("--dir", type=Path, default=None, help="keep everything here")
     p.add_argument("--name", default="", help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.summary:
+        found = sorted(a.summary.glob("*/result.json"), key=lambda f: f.stat().st_mtime)
+        print(summary([Result.from_json(f.read_text()) for f in found]))
+        return 0
     if a.plan:
         sched = plan(a.seed, a.minutes, a.generator)
         steps = sched.steps if a.upto is None else sched.steps[: a.upto]

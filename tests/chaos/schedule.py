@@ -195,10 +195,13 @@ class Schedule:
     open_bug: str | None = None
     # How an open bug shows: ``strict`` (it always does, e.g. a thread that dies: xfail
     # strict, so the test fails once it is fixed and the mark goes) or, for a bug that shows
-    # only sometimes (a timing), the words of the violation it causes (``expect``): those are
-    # an expected failure, any other violation fails the test, and a run without it passes.
+    # only sometimes (a timing), words of the violations it causes (``expect``): those are
+    # an expected failure, any other violation fails the test, and a run without them passes.
     strict: bool = True
-    expect: str = ""
+    expect: tuple[str, ...] = ()
+
+    def expected(self, violation: str) -> bool:
+        return self.open_bug is not None and any(e in violation for e in self.expect)
 
     def plan(self) -> Plan:
         p = plan(self.seed, self.minutes, self.generator)
@@ -259,7 +262,39 @@ REGRESSIONS: tuple[Schedule, ...] = (
         "chunks already in the socket (up to uplink.window x max_chunk_kib = 8 x 128 KiB, "
         "~8 s at 1 Mbit/s); seen 3.2-3.9 s against the 3 s limit, not on every run",
         strict=False,
-        expect="on the slow link, fixes older than",
+        expect=("on the slow link, fixes older than",),
+    ),
+    Schedule(
+        "sealed-file-replaced-after-index-failure",
+        7,
+        4,
+        upto=9,
+        fault="agent_kill",
+        found="make soak (issue 21), seed 7: three segments sealed as the disk filled (fault 4) "
+        "reached the platform with other bytes than the copy taken when they appeared; and a "
+        "record.mark answered ok never reached the evidence (the power cut of fault 8 follows)",
+        open_bug="open (storage, capture): Spool.put renames the sealed file into place before "
+        "its index row; when the row fails (sqlite: database or disk is full) the file stays "
+        "there, the chain does not advance, and the retried put seals other bytes under the "
+        "same seq over it (a second signed segment for one seq, briefly on the device); a video "
+        "record.mark is answered ok when queued to the recorder, before its event is stored",
+        strict=False,
+        expect=("differ from what was sealed", "answered ok, effect not in the evidence"),
+    ),
+    Schedule(
+        "event-reordered-by-mark-capture-time",
+        10,
+        4,
+        upto=14,
+        fault="agent_kill",
+        found="make soak (issue 21), seed 10: verify reports 'reordered: event#34 recorded "
+        "before seq 33' on genuine evidence: a video record.mark is stamped with the last "
+        "frame's capture time (start_mono_ns), which can be older than an event another thread "
+        "sealed before it (settings_changed)",
+        open_bug="open (capture / verify): events of one stream from several threads carry "
+        "start_mono_ns out of seal order; verify's 'reordered' rule fails genuine evidence",
+        strict=False,
+        expect=("reordered:",),
     ),
 )
 
