@@ -178,6 +178,8 @@ class Result:
     final_live_s: float | None = None
     slow_ages: list[float] = field(default_factory=list)  # fix ages on the slow link
     quiet_ages: list[float] = field(default_factory=list)  # fix ages, no fault in effect
+    # The quiet fixes older than QUIET_AGE_LIMIT_S: (age, the fault in effect or "none", time).
+    quiet_late: list[tuple[float, str, str]] = field(default_factory=list)
     not_judged: list[str] = field(default_factory=list)  # skipped: a dead part
     # Evidence.
     sealed: int = 0
@@ -223,7 +225,7 @@ class Result:
     def from_json(cls, text: str) -> Result:
         raw = json.loads(text)
         raw["violations"] = [Violation(**v) for v in raw.get("violations", [])]
-        for k in ("live_resume", "gps_resume", "clock_jumps"):
+        for k in ("live_resume", "gps_resume", "clock_jumps", "quiet_late"):
             raw[k] = [tuple(x) for x in raw.get(k, [])]
         return cls(**raw)
 
@@ -955,6 +957,10 @@ control_socket = "{self.sock}"
             if f.mono < self.restarts[1] + 10:
                 continue
             res.quiet_ages.append(round(f.age_s, 3))
+            if f.age_s > QUIET_AGE_LIMIT_S:
+                during = [w.kind for w in self.windows if w.holds(f.mono)] or ["none"]
+                stamp = time.strftime("%X", time.localtime(time.time() - time.monotonic() + f.mono))
+                res.quiet_late.append((round(f.age_s, 2), during[-1], stamp))
 
     def _check_commands(self, res: Result) -> None:
         """Each command answered (once or more: a resend of an id already run is refused as a
@@ -1124,7 +1130,11 @@ def violations(res: Result, deaths: list[ThreadDeath] | None = None) -> list[Vio
     if res.quiet_ages:
         p95 = percentile(res.quiet_ages, 95)
         if p95 > QUIET_AGE_LIMIT_S:
-            add("live lane", f"no fault in effect: live fixes p95 {p95:.2f} s old")
+            add(
+                "live lane",
+                f"no fault of the live lane's path in effect: live fixes p95 {p95:.2f} s old "
+                f"(older than {QUIET_AGE_LIMIT_S} s: age, during, at: {res.quiet_late[:12]})",
+            )
     # The clock.
     for key, c in sorted(res.clock_segments.items()):
         if c.get("not_judged"):
