@@ -130,8 +130,9 @@ def main() -> int:
         return 0
     if not a.seeds and not a.regressions and not a.ci:
         return run_one(a)
+    seeds = _seeds(a.seeds) if a.seeds else []
     schedules = (
-        [Schedule(f"seed {s}", s, a.minutes, a.generator) for s in _seeds(a.seeds or "")]
+        [Schedule(f"seed {s}", s, a.minutes, a.generator) for s in seeds]
         + (list(CI) if a.ci else [])
         + (list(REGRESSIONS) if a.regressions or a.ci else [])
     )

@@ -142,8 +142,12 @@ class Monitor:
             elif topic.endswith("/up/cmd"):
                 with contextlib.suppress(ValueError, AttributeError):
                     ans = json.loads(payload)
-                    ans["at"] = wall
-                    self.answers.setdefault(str(ans.get("id")), []).append(ans)
+                    got = self.answers.setdefault(str(ans.get("id")), [])
+                    # The same answer again is MQTT's at-least-once delivery (after a broker
+                    # restart or a reconnection), not a second run: a second run answers anew
+                    # (ping: its time) or shows twice in the evidence (_check_commands).
+                    if all({k: v for k, v in a.items() if k != "at"} != ans for a in got):
+                        got.append({**ans, "at": wall})
             elif topic.endswith("/talk/receipt"):
                 with contextlib.suppress(AgentError):
                     r = wire.parse_json(payload, "receipt")
