@@ -88,8 +88,9 @@ SLOW_AGE_LIMIT_S = 3.0
 QUIET_AGE_LIMIT_S = 1.5
 QUIET_AFTER_FAULT_S = 10.0
 # Faults that touch the live lane's own path (the link, the broker, the agent, the receiver,
-# the clock); the others (the camera, the ingest, either disk) must not age live fixes, so the
-# fixes sent during them count with the quiet ones.
+# the clock); the others (the camera, the ingest, the platform's disk) must not age live fixes,
+# so the fixes sent during them count with the quiet ones. The device's full disk must not
+# either; its fixes are judged apart (disk_ages), with the same limit.
 LINK_FAULTS = frozenset(
     {"net_cut", "net_flap", "net_slow", "broker_kill", "broker_wipe", "agent_kill",
      "gps_unplug", "clock_jump"}
@@ -178,6 +179,9 @@ class Result:
     final_live_s: float | None = None
     slow_ages: list[float] = field(default_factory=list)  # fix ages on the slow link
     quiet_ages: list[float] = field(default_factory=list)  # fix ages, no fault in effect
+    # Fix ages while the device's disk was full (and QUIET_AFTER_FAULT_S after): the live lane
+    # must not depend on the disk.
+    disk_ages: list[float] = field(default_factory=list)
     # The quiet fixes older than QUIET_AGE_LIMIT_S: (age, the fault in effect or "none", time).
     quiet_late: list[tuple[float, str, str]] = field(default_factory=list)
     not_judged: list[str] = field(default_factory=list)  # skipped: a dead part
@@ -956,6 +960,11 @@ control_socket = "{self.sock}"
                 continue
             if f.mono < self.restarts[1] + 10:
                 continue
+            if any(
+                w.kind == "disk_full" and w.holds(f.mono, QUIET_AFTER_FAULT_S) for w in self.windows
+            ):
+                res.disk_ages.append(round(f.age_s, 3))
+                continue
             res.quiet_ages.append(round(f.age_s, 3))
             if f.age_s > QUIET_AGE_LIMIT_S:
                 during = [w.kind for w in self.windows if w.holds(f.mono)] or ["none"]
@@ -1127,6 +1136,12 @@ def violations(res: Result, deaths: list[ThreadDeath] | None = None) -> list[Vio
     slow = [a for a in res.slow_ages if a > SLOW_AGE_LIMIT_S]
     if slow:
         add("live lane", f"on the slow link, fixes older than {SLOW_AGE_LIMIT_S} s: {slow[:10]}")
+    if res.disk_ages and percentile(res.disk_ages, 95) > QUIET_AGE_LIMIT_S:
+        add(
+            "live lane",
+            f"while the device's disk was full: live fixes p95 "
+            f"{percentile(res.disk_ages, 95):.2f} s old, max {max(res.disk_ages):.2f} s",
+        )
     if res.quiet_ages:
         p95 = percentile(res.quiet_ages, 95)
         if p95 > QUIET_AGE_LIMIT_S:

@@ -61,6 +61,7 @@ def table(res: Result) -> str:
         ("live fix after the GNSS receiver came back (s)", _stats([r[2] for r in res.gps_resume])),
         ("live fix after every fault was repaired (s)", res.final_live_s),
         ("age of live fixes on the slow link (s)", _stats(res.slow_ages)),
+        ("age of live fixes while the device's disk was full (s)", _stats(res.disk_ages)),
         (
             "age of live fixes, no fault in effect (s): p50 / p95 / max",
             f"{percentile(res.quiet_ages, 50):.2f} / {percentile(res.quiet_ages, 95):.2f} / "

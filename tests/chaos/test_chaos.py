@@ -96,9 +96,9 @@ def test_chaos_invariants_hold(
         print(f"\nchaos {sched.name} ({' '.join(sched.args())}): {res.wall_s:.0f} s", end=" ")
     print(table(res))
     broken = [f"{v.invariant}: {v.text}" for v in res.violations]
-    expected = [b for b in broken if not sched.strict and sched.expected(b)]
-    if expected and len(expected) == len(broken):
-        pytest.xfail(f"{sched.open_bug}: {expected}")
+    bugs = {sched.expected(b) for b in broken}
+    if broken and None not in bugs:
+        pytest.xfail(f"open bugs reproduced: {sorted(str(b) for b in bugs)}: {broken}")
     assert not broken, (
         "\n".join(broken) + f"\nreplay: python -m tests.chaos {' '.join(sched.args())}"
     )

@@ -175,3 +175,16 @@ def test_every_regression_replays_up_to_the_fault_that_broke_it() -> None:
     assert [x.kind for x in r.plan().steps] == [
         "gps_unplug", "broker_kill", "net_cut", "agent_kill", "ingest_kill", "disk_full",
     ]  # fmt: skip
+
+
+def test_an_open_bug_that_shows_sometimes_is_known_by_the_words_of_its_violation() -> None:
+    from tests.chaos.schedule import OPEN_BUGS, REGRESSIONS, by_name, open_bug_of
+
+    for s in REGRESSIONS:
+        if s.open_bug is not None and not s.strict:
+            assert s.open_bug in OPEN_BUGS, s.name
+    assert open_bug_of("on the slow link, fixes older than 3.0 s: [3.4]") == "live-lane-slow-link"
+    assert open_bug_of("lost: ['seg/video/000000000003.seg']") is None
+    r = by_name("live-lane-behind-backlog-on-slow-link")
+    assert r.expected("live lane: on the slow link, fixes older than 3.0 s: [3.4]")
+    assert r.expected("nothing lost: lost: ['seg/video/000000000003.seg']") is None
