@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.chaos.harness import LIVE_RESUME_LIMIT_S, Result, percentile
-from tests.chaos.schedule import FAULTS
+from tests.chaos.harness import LIVE_RESUME_LIMIT_S, Result, Violation, percentile
+from tests.chaos.schedule import FAULTS, open_bug_of
 
 
 def _stats(values: list[float]) -> str:
@@ -117,7 +117,7 @@ def table(res: Result) -> str:
     for k, v in res.not_exercised.items():
         out.append(f"  NOT EXERCISED {k}: {v}")
     for v in res.violations:
-        bug = f"  [open bug {v.bug}]" if v.bug else ""
+        bug = f"  [open bug{_bug(v)}]" if _bug(v) else ""
         out.append(f"INVARIANT BROKEN ({v.invariant}): {v.text}{bug}")
     return "\n".join(out)
 
@@ -135,9 +135,7 @@ def summary(results: list[Result]) -> str:
     for r in results:
         live = [x[2] for x in r.live_resume if x[2] != float("inf")]
         lr = f"{percentile(live, 50):.2f}/{max(live):.2f}" if live else "-"
-        broken = "; ".join(
-            f"{v.invariant}" + (f" [{v.bug}]" if v.bug else "") for v in r.violations
-        )
+        broken = "; ".join(f"{v.invariant}" + _bug(v) for v in r.violations)
         lines.append(
             f"{_label(r):<32} {r.seed:>6} {r.minutes:>4g} "
             + " ".join(f"{r.faults.get(k, 0):>3}" for k in FAULTS)
@@ -157,3 +155,9 @@ def summary(results: list[Result]) -> str:
 def _label(r: Result) -> str:
     upto = f" (first {r.upto})" if r.upto is not None else ""
     return (r.name + upto)[:32]
+
+
+def _bug(v: Violation) -> str:
+    """The open bug a violation is the known sign of, as ``[key]``."""
+    bug = v.bug or open_bug_of(f"{v.invariant}: {v.text}")
+    return f" [{bug}]" if bug else ""
