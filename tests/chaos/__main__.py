@@ -27,6 +27,7 @@ from tests.chaos.report import summary, table
 from tests.chaos.schedule import CI, REGRESSIONS, Schedule, plan
 
 REPO = Path(__file__).resolve().parents[2]
+STAGGER_S = 8.0
 
 
 def _seeds(text: str) -> list[int]:
@@ -60,9 +61,13 @@ def run_many(schedules: list[Schedule], root: Path, jobs: int, timeout: float) -
     # Longest first: the runs at once end close together.
     todo.sort(key=lambda s: -s.plan().estimate_s())
     running: list[tuple[Schedule, subprocess.Popen[bytes], float, Path]] = []
+    next_start = 0.0
     results: list[Result] = []
     while todo or running:
-        while todo and len(running) < jobs:
+        while todo and len(running) < jobs and time.monotonic() >= next_start:
+            # Starts STAGGER_S apart: an agent's start is its busiest moment, and runs that all
+            # start at once slow each other's first live fixes.
+            next_start = time.monotonic() + STAGGER_S
             s = todo.pop(0)
             d = root / s.name.replace(" ", "-")
             d.mkdir(parents=True, exist_ok=True)

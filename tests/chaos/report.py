@@ -62,10 +62,11 @@ def table(res: Result) -> str:
         ("live fix after every fault was repaired (s)", res.final_live_s),
         ("age of live fixes on the slow link (s)", _stats(res.slow_ages)),
         ("age of live fixes while the device's disk was full (s)", _stats(res.disk_ages)),
+        ("age of live fixes while the platform's disk was full (s)", _stats(res.store_ages)),
         (
-            "age of live fixes, no fault in effect (s): p50 / p95 / max",
-            f"{percentile(res.quiet_ages, 50):.2f} / {percentile(res.quiet_ages, 95):.2f} / "
-            f"{max(res.quiet_ages):.2f}"
+            "age of live fixes, no fault of their path in effect (s): n / p50 / p95 / max",
+            f"{len(res.quiet_ages)} / {percentile(res.quiet_ages, 50):.2f} / "
+            f"{percentile(res.quiet_ages, 95):.2f} / {max(res.quiet_ages):.2f}"
             if res.quiet_ages
             else "-",
         ),
