@@ -118,7 +118,7 @@ def table(res: Result) -> str:
     for k, v in res.not_exercised.items():
         out.append(f"  NOT EXERCISED {k}: {v}")
     for v in res.violations:
-        bug = f"  [open bug{_bug(v)}]" if _bug(v) else ""
+        bug = f"  [open bug {_bug(v)[2:-1]}]" if _bug(v) else ""
         out.append(f"INVARIANT BROKEN ({v.invariant}): {v.text}{bug}")
     return "\n".join(out)
 
