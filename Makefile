@@ -52,11 +52,15 @@ test: lint typecheck
 bench: setup
 	$(PY) -m bench $(B)
 
+# The chaos soak: every seed its own run (docs/reliability.md), a summary table at the end.
+SOAK_SEEDS ?= 1-20
+SOAK_MINUTES ?= 4
+SOAK_JOBS ?= 2
 soak: setup
 	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -s tests/storage/test_powercut.py \
 		tests/capture/test_recording_cut.py tests/runtime/test_run_bodycam_cut.py
 	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q tests/gps/test_receivers.py
-	$(PY) -m tests.chaos --minutes 60
+	$(PY) -m tests.chaos --seeds $(SOAK_SEEDS) --minutes $(SOAK_MINUTES) --jobs $(SOAK_JOBS)
 
 format: setup
 	$(VENV)/bin/ruff format agent tests bench

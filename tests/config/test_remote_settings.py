@@ -227,3 +227,14 @@ def test_platform_signed_commands(device: Device, tmp_path: Path) -> None:
     assert load_with_overrides(device.config).audio.bitrate_kbps == 32
     report = channel.handle(sign(key, "cam-rs", "time.sync", {}))
     assert report["ok"] is True and "offset_s" in report["result"]
+
+
+def test_set_works_as_the_running_agent_builds_it(device: Device) -> None:
+    """``edge-agent run`` builds RemoteCommands from the loaded config alone (no config_path),
+    so its base is ``config_to_dict`` of the config, where ``power.ina219.curve`` is a tuple of
+    tuples: every settings.set was refused ("power.ina219.curve[0]: must be a list, got tuple")
+    until the tuples became lists (found by the chaos suite's signed commands, issue 21)."""
+    cfg = load_config(device.config)
+    commands = RemoteCommands(config=cfg, spool=device.spool, clock=device.clock, gps=device.gps)
+    res = commands.handlers("platform")["settings.set"]({"health.heartbeat_s": 7.5})
+    assert res["changed"] == {"health.heartbeat_s": {"from": cfg.health.heartbeat_s, "to": 7.5}}
