@@ -40,7 +40,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -204,10 +205,41 @@ class Spool:
             makedirs_durable(final.parent)  # a new stream's directory, durably
             os.replace(tmp, final)
             fsync_dir(final.parent)
-            self._index.add_segment(
-                stream, seq, self.sealer.boot_id, key.key_id, size, mhash, batch_id, durable=False
-            )
+            with self._unplaced_on_failure(final):
+                self._index.add_segment(
+                    stream, seq, self.sealer.boot_id, key.key_id, size, mhash, batch_id,
+                    durable=False,
+                )  # fmt: skip
             return PutResult(stream, seq, size, mhash, final)
+
+    @contextmanager
+    def _unplaced_on_failure(
+        self, final: Path, back_to: tuple[Path, int] | None = None
+    ) -> Iterator[None]:
+        """A sealed file renamed into place whose index row then failed (a full disk at the
+        commit) is taken out again: the put raised, so nothing was promised, and the stream's
+        chain did not move, so a retry seals other bytes under the same seq; left in place,
+        the file would be replaced by them (two segments under one seq). ``back_to``: a
+        streamed body goes back to its journal file, its trailer cut off, as it was before
+        (the journal's evidence is never removed here). A power cut before this leaves the
+        file to recovery, which adopts it (the chain then moves)."""
+        try:
+            yield
+        except BaseException:
+            if back_to is None:
+                final.unlink(missing_ok=True)
+            else:
+                path, size = back_to
+                os.replace(final, path)
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                fsync_dir(path.parent)
+            fsync_dir(final.parent)
+            raise
 
     def put_streamed(
         self,
@@ -240,6 +272,7 @@ class Spool:
                 )
             seq, prev = self._index.chains.get(stream, (0, None))
             try:
+                body_size = body_path.stat().st_size  # where the trailer begins
                 with body_path.open("ab") as f:
                     _manifest, mbytes = self.sealer.seal_body(f, header, ChainLink(seq, prev), body)
                     f.flush()
@@ -256,16 +289,11 @@ class Spool:
             makedirs_durable(final.parent)
             os.replace(body_path, final)
             fsync_dir(final.parent)
-            self._index.add_segment(
-                stream,
-                seq,
-                self.sealer.boot_id,
-                body.key.key_id,
-                size,
-                mhash,
-                batch_id,
-                durable=False,
-            )
+            with self._unplaced_on_failure(final, back_to=(body_path, body_size)):
+                self._index.add_segment(
+                    stream, seq, self.sealer.boot_id, body.key.key_id, size, mhash, batch_id,
+                    durable=False,
+                )  # fmt: skip
             return PutResult(stream, seq, size, mhash, final)
 
     def put_bytes(

@@ -15,6 +15,7 @@ unacknowledged is ready again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -143,9 +144,21 @@ class SpoolIndex:
                     try:
                         yield self.db
                     except BaseException:
-                        self.db.execute("ROLLBACK")
+                        # SQLITE_FULL inside a statement may have rolled it back already:
+                        # a ROLLBACK then fails and would hide the error that matters.
+                        if self.db.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                self.db.execute("ROLLBACK")
                         raise
-                    self.db.execute("COMMIT")
+                    try:
+                        self.db.execute("COMMIT")
+                    except sqlite3.Error:
+                        # SQLITE_FULL (or I/O) at COMMIT may leave the transaction open: end
+                        # it, or every later BEGIN fails ("within a transaction").
+                        if self.db.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                self.db.execute("ROLLBACK")
+                        raise
                     if durable:
                         self._synced_at = time.monotonic()
                 finally:

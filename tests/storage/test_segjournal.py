@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from agent import boundedjson
 from agent.capture.encoder import H264Encoder
 from agent.capture.frames import read_counter
 from agent.capture.jobs import FragmentJob, Job, JournalWriter, RecordingJob, store
 from agent.capture.recorder import RecorderStats, VideoPipeline
 from agent.capture.settings import VideoSettings
 from agent.capture.sim import SyntheticSource
+from agent.errors import SpoolError
 from agent.model import Alarm
 from agent.storage.seal import parse_key_record
 from agent.storage.segjournal import (
@@ -387,3 +389,43 @@ def test_a_recording_being_stopped_when_cut_is_not_resumed(tmp_path: Path, keyse
     spool.close()
     [cut] = [e for e in events if e["type"] == "recording_interrupted"]
     assert cut["resumes"] is False and cut["recovered"]
+
+
+def test_a_journaled_part_whose_index_row_fails_goes_back_to_the_journal(
+    tmp_path: Path, keyset: KeySet
+) -> None:
+    """The index refuses the sealed part's row (SQLite full): the part is not left in the
+    segment directory under a seq the chain has not taken (a retry would replace it), and its
+    journaled body is not lost either: it goes back to the journal, its trailer cut off, and is
+    recovered at the next start."""
+    spool = _spool(tmp_path / "spool", keyset)
+    run = Run(spool)
+    src = SyntheticSource(W, H, FPS, limit=100)
+    run.feed(src, 4)  # inside part 0 (ten frames)
+    db = spool._index.db
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(SpoolError, match="full"):  # until no row fits
+        for n in range(10_000):
+            spool.put_bytes("gps", b"x" * 400 + str(n).encode())
+    run.feed(src, 26)  # part 0 ends: sealed from the journal, its row refused
+    assert run.stats.store_errors >= 1
+    assert not (spool.root / "seg" / "video").exists() or not list(
+        (spool.root / "seg" / "video").glob("*.seg")
+    )
+    parts = {
+        boundedjson.loads(side.read_bytes(), side.name)["part"]: side.with_suffix(".body")
+        for side in run.journal.dir.glob("video-*.json")
+    }
+    assert 0 in parts and parts[0].exists(), f"part 0's journaled body is gone: {parts}"
+    spool.close()
+    spool = _spool(tmp_path / "spool", keyset, boot="boot-b")
+    try:
+        interrupted = SegmentJournal(spool).recover("video")
+        assert interrupted is not None and interrupted.recovered
+        assert any(r["part"] == 0 and r["seq"] is not None for r in interrupted.recovered)
+    finally:
+        spool.close()
+    report = verify_paths([tmp_path / "spool"], platform_private=keyset.platform_private)
+    assert report.ok, [str(p) for p in report.problems][:5]
