@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from agent.gps.fixdelta import batch_records
 from agent.gps.wire import decode_fix
-from agent.storage.records import unpack_records
+from agent.storage.seal import read_segment_info
 from agent.web.httpbase import Limits, WebServer
 from agent.web.review import COOKIE, serve_review
 from tests.web.conftest import DEVICE, TOKEN, Clock, Pipeline, ask, screenshot
@@ -59,7 +60,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def _fixes_in_store(store: Path) -> int:
     n = 0
     for plain in sorted((store / DEVICE / "plain" / "gps").glob("*.bin")):
-        for rec in unpack_records(plain.read_bytes()):
+        with (store / DEVICE / "seg" / "gps" / f"{plain.stem}.seg").open("rb") as f:
+            ctype = read_segment_info(f).content_type
+        for rec in batch_records(ctype, plain.read_bytes()):
             fix = decode_fix(rec)
             if fix.lat is not None and fix.lon is not None:
                 n += 1
