@@ -8,7 +8,8 @@ to plain subscriptions only), and writes::
 
     <store>/<device>/live/state.json     the latest birth or last will
     <store>/<device>/live/status.json    the latest heartbeat (Agent.status())
-    <store>/<device>/live/fix.json       the latest live fix (gpsd-style TPV)
+    <store>/<device>/live/fix.json       the latest live fix (gpsd-style TPV, decoded from the
+                                         binary form of protocol 3, agent.uplink.protocol)
     <store>/<device>/live/alarms.jsonl   alarms, newest last (the file keeps the last 1,000)
 
 each as ``{"received": <unix s>, "topic": ..., "payload": {...}}``. These are facts about the
@@ -159,7 +160,10 @@ class LiveRecorder:
             )
             return False
         try:
-            obj = proto.loads_object(payload, topic)
+            if parsed.arg == "fix":  # binary (protocol 3) or JSON, as the JSON object
+                obj = proto.decode_live_fix(payload)
+            else:
+                obj = proto.loads_object(payload, topic)
         except FormatError as exc:
             self.dropped += 1
             log.warning("ingest: %s", exc)

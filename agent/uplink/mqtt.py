@@ -5,6 +5,9 @@
 - Client id = the identity (device id); a persistent session (MQTT 5: ``clean_start=False`` and a
   ``SessionExpiryInterval``; 3.1.1: ``clean_session=False``).
 - An optional retained birth message on connect and a retained last will.
+- MQTT 5 topic aliases (``LinkConfig.topic_aliases``, at most the broker's Topic Alias
+  Maximum): the first publish of a topic on a connection names it and sets an alias, every
+  later one sends the 2-byte alias instead of the topic. Aliases live as long as a connection.
 - Reconnects with tenacity (exponential backoff with jitter), forever, cut short at once by the
   stop event; each change of state (and each new kind of error) is logged once.
 - A fresh paho client per connection: paho keeps unacknowledged messages in memory and would
@@ -64,6 +67,8 @@ class LinkConfig:
     receive_maximum: int = 64
     max_inflight: int = 64
     tls: bool = True
+    # Topic aliases this client sets (MQTT 5 only; 0 = none); capped by the broker's maximum.
+    topic_aliases: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,14 @@ class MqttLink:
         self._lost_reason = ""
         self._last_socket_error = ""
         self._done_early: set[int] = set()
+        self._alias_max = 0  # topic aliases usable on this connection (CONNACK)
         self._state_logged = ""
+        # Aliases of the connection ``_alias_generation``: assigned and handed to paho under
+        # one lock, so a topic's naming publish always goes out before its aliased ones.
+        self._alias_lock = threading.Lock()
+        self._aliases: dict[str, int] = {}
+        self._alias_generation = 0
+        self._alias_cache: dict[int, _AliasProperties] = {}
         self._failures = Failures(f"mqtt {cfg.client_id}", log)
         self.dropped_inbound = 0
         # Told (topic, payload bytes) of every message handed to the broker connection, e.g.
@@ -324,7 +336,10 @@ class MqttLink:
         if client is None:
             return None
         try:
-            info = client.publish(topic, payload, qos=qos, retain=retain)
+            if self.cfg.topic_aliases and self.cfg.protocol == "mqtt5":
+                info = self._publish_aliased(client, generation, topic, payload, qos, retain)
+            else:
+                info = client.publish(topic, payload, qos=qos, retain=retain)
         except (ValueError, OSError) as exc:
             raise UplinkError(f"publish to {topic}: {exc}") from exc
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
@@ -338,6 +353,39 @@ class MqttLink:
                 self._pending[info.mid] = time.monotonic()
             self._done_early.discard(info.mid)
         return Sent(info.mid, generation)
+
+    def _publish_aliased(
+        self,
+        client: paho.Client,
+        generation: int,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+    ) -> paho.MQTTMessageInfo:
+        """Publish with a topic alias where the connection allows one (see the docstring)."""
+        with self._lock:
+            usable = self._alias_max if generation == self._generation else 0
+        with self._alias_lock:
+            if generation > self._alias_generation:
+                self._alias_generation, self._aliases = generation, {}
+            if not usable or generation != self._alias_generation:
+                return client.publish(topic, payload, qos=qos, retain=retain)
+            alias = self._aliases.get(topic)
+            if alias is not None:
+                props = self._alias_props(alias)
+                return client.publish("", payload, qos=qos, retain=retain, properties=props)
+            if len(self._aliases) < usable:
+                alias = self._aliases[topic] = len(self._aliases) + 1
+                props = self._alias_props(alias)
+                return client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            return client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _alias_props(self, alias: int) -> _AliasProperties:
+        props = self._alias_cache.get(alias)
+        if props is None:
+            props = self._alias_cache[alias] = _AliasProperties(alias)
+        return props
 
     def ack(self, msg: Inbound) -> None:
         """Acknowledge a handled message to the broker (on its own connection only)."""
@@ -359,12 +407,14 @@ class MqttLink:
         props: Properties | None,
     ) -> None:
         max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        alias_max = getattr(props, "TopicAliasMaximum", 0) if props is not None else 0
         with self._lock:
             self._connack = reason
             if not reason.is_failure:
                 self._connected = True
                 self._session_present = bool(flags.session_present)
                 self._max_packet = int(max_packet) if max_packet else None
+                self._alias_max = min(self.cfg.topic_aliases, int(alias_max or 0))
         self.wake.set()
 
     def _on_disconnect(
@@ -413,10 +463,9 @@ class MqttLink:
                 client.ack(msg.mid, msg.qos)
         self.wake.set()
 
-    def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
-        if level == paho.MQTT_LOG_ERR:
-            with self._lock:
-                self._last_socket_error = buf
+    def _on_error_log(self, buf: str) -> None:
+        with self._lock:
+            self._last_socket_error = buf
 
     # ------------------------------------------------------------------ the loop
 
@@ -434,7 +483,9 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        client.on_log = self._on_log
+        # paho's errors (the reason a TLS socket failed), without an on_log callback: with one,
+        # paho formats a debug line for every packet sent and received.
+        client.enable_logger(_ErrorTap(self._on_error_log))
         # Only the loop thread touches the socket: with a write-registration callback set, paho
         # queues packets published from other threads and wakes the loop instead of writing
         # inline (an SSL socket must not be read and written by two threads at once; doing so
@@ -605,6 +656,41 @@ class MqttLink:
 
 def _no_op(client: paho.Client, userdata: Any, sock: Any) -> None:
     return None
+
+
+class _ErrorTap(logging.Logger):
+    """The logger paho is given: hands its error lines to ``sink``, drops the rest at once."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__("paho")
+        self._sink = sink
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR:
+            try:
+                self._sink(str(msg) % args if args else str(msg))
+            except (TypeError, ValueError):
+                self._sink(str(msg))
+
+
+class _AliasProperties(Properties):
+    """A PUBLISH's Topic Alias property, packed once (paho packs properties by walking every
+    property name on each publish, and formats them for its debug line)."""
+
+    def __init__(self, alias: int) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.TopicAlias = alias
+        # Properties refuses attributes that are not property names: set ours past it.
+        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "_text", f"[TopicAlias : {alias}]")
+
+    def pack(self) -> bytes:
+        packed: bytes = object.__getattribute__(self, "_packed")
+        return packed
+
+    def __str__(self) -> str:
+        text: str = object.__getattribute__(self, "_text")
+        return text
 
 
 def _strip_share(pattern: str) -> str:
