@@ -653,6 +653,8 @@ class Forwarder:
             members = self._gather(u, unconfirmed, now)
             if len(members) >= 2:
                 return self._send_bundle(members)
+        elif self._probing(u):
+            return IDLE_POLL_S  # the probe's answer decides how this one goes: wait for it
         n = min(self.chunk_size(), u.size - u.next)
         delay = self._bucket.delay(n)
         if delay > 0:
@@ -693,6 +695,16 @@ class Forwarder:
         """Bytes a whole segment adds to a bundle (its chunk header is ~150 bytes)."""
         size = u.size
         return size + 256
+
+    def _probing(self, u: _Upload) -> bool:
+        """``u`` could go in a bundle, but the probe bundle has not been answered yet."""
+        return (
+            self._bundles is None
+            and self._probe_out
+            and self.settings.bundle_kib > 0
+            and u.fresh
+            and u.data is not None
+        )
 
     def _may_bundle(self, u: _Upload) -> bool:
         if self.settings.bundle_kib <= 0 or self._bundles is False:
