@@ -49,7 +49,8 @@ class Link:
 class Counts:
     up: int
     down: int
-    stalled_s: float
+    stalled_s: float  # both directions' stalls added up
+    stalled_up_s: float = 0.0
 
     @property
     def total(self) -> int:
@@ -196,6 +197,7 @@ class LinkProxy:
             sum(u.bytes for u, _ in pipes),
             sum(d.bytes for _, d in pipes),
             sum(u.stalled_s + d.stalled_s for u, d in pipes),
+            sum(u.stalled_s for u, _ in pipes),
         )
 
     @property
