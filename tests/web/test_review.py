@@ -554,3 +554,19 @@ def test_a_host_not_in_the_allow_list_is_refused(pipeline: Pipeline, review: Web
     for server in _serve(pipeline.snapshot, pipeline, allowed_hosts=["review.example.org"]):
         headers = {**AUTH, "Host": "review.example.org"}
         assert ask(server.address, "/", headers=headers)[0].status == 200
+
+
+def test_the_live_fix_sent_binary_shows_on_the_device_page(
+    context: Any, review: WebServer, pipeline: Pipeline
+) -> None:
+    """The agent sends its live fixes binary (protocol 3); the ingest records them as the
+    JSON object the live view reads, and the device page shows the position."""
+    import json
+
+    fix = json.loads((pipeline.snapshot / DEVICE / "live" / "fix.json").read_text())["payload"]
+    assert fix["class"] == "TPV" and -90 <= fix["lat"] <= 90 and -180 <= fix["lon"] <= 180
+    page = context.new_page()
+    _login(page, review, f"/d/{DEVICE}")
+    row = page.locator("tr", has_text="live fix")
+    assert row.count() == 1
+    assert f"{fix['lat']:.6f}, {fix['lon']:.6f} at {fix['time']}" in row.inner_text()
