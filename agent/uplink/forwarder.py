@@ -68,7 +68,7 @@ from agent.storage.seal import MAX_MANIFEST
 from agent.storage.spool import Spool, SpoolItem
 from agent.uplink import heads as heads_msg
 from agent.uplink import protocol as proto
-from agent.uplink.mqtt import Inbound, MqttLink
+from agent.uplink.mqtt import Inbound, MqttLink, Sent
 from agent.uplink.settings import UplinkSettings
 
 log = logging.getLogger(__name__)
@@ -137,19 +137,27 @@ class _Upload:
         return self.f.read(n)
 
 
-def peek_segment(f: BinaryIO) -> tuple[int, str, str]:
-    """(size, manifest hash, boot) of a sealed segment from its trailer alone: what the
-    forwarder needs. The device sealed the file itself; the manifest hash, compared with the
-    spool's index, is what tells a damaged or replaced file."""
-    size = f.seek(0, 2)
+def peek_segment(f: BinaryIO | bytes) -> tuple[int, str, str]:
+    """(size, manifest hash, boot) of a sealed segment (a file, or its bytes) from its trailer
+    alone: what the forwarder needs. The device sealed the file itself; the manifest hash,
+    compared with the spool's index, is what tells a damaged or replaced file."""
+    if isinstance(f, bytes):
+        size = len(f)
+        tail = f[-4:]
+    else:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - 4))
+        tail = f.read(4)
     if size < 8 + 68 + 2:
         raise FormatError(f"segment of {size} bytes is too short")
-    f.seek(size - 4)
-    (mlen,) = struct.unpack(">I", f.read(4))
+    (mlen,) = struct.unpack(">I", tail)
     if mlen > MAX_MANIFEST or 8 + mlen + 68 > size:
         raise FormatError("segment trailer length is impossible")
-    f.seek(size - 68 - mlen)
-    manifest = f.read(mlen)
+    if isinstance(f, bytes):
+        manifest = f[size - 68 - mlen : size - 68]
+    else:
+        f.seek(size - 68 - mlen)
+        manifest = f.read(mlen)
     try:
         boot = json.loads(manifest).get("boot")
     except (ValueError, AttributeError):
@@ -236,7 +244,9 @@ class Forwarder:
         # connection); True: it answered for a bundled segment.
         self._bundles: bool | None = None
         self._probe_out = False
-        self._ready: list[SpoolItem] = []
+        self._ready: deque[SpoolItem] = deque()
+        self._ids: set[int] = set()  # spool ids of self._uploads
+        self._unacked: deque[tuple[Sent, int]] = deque()  # backfill publishes, their sizes
         self._ready_at = -1e9
         self._rejected: set[int] = set()
         self._keys_acked: set[str] = set()
@@ -314,6 +324,7 @@ class Forwarder:
                 self._drop_upload(u, release=True)
             self._uploads.clear()
             self._by_key.clear()
+            self._ids.clear()
 
     def _step(self) -> float:
         """One round: acks, live, timeouts, then backfill messages while the broker's window
@@ -474,6 +485,7 @@ class Forwarder:
             if u is not None and self._by_key.get(u.key) is u:
                 self._answered(u)
                 del self._by_key[u.key]
+                self._ids.discard(u.item.id)
                 gone.add(id(u))
                 self._drop_upload(u, release=False)
         if gone:
@@ -494,6 +506,7 @@ class Forwarder:
     def _remove(self, u: _Upload) -> None:
         self._uploads.remove(u)
         self._by_key.pop(u.key, None)
+        self._ids.discard(u.item.id)
 
     def _handle_ack(self, ack: proto.Progress | proto.KeyAck | proto.Reject | proto.Retry) -> None:
         now = self._clock()
@@ -630,7 +643,10 @@ class Forwarder:
         return proto.chunk_size_for(self.link.max_packet, self._max_chunk)
 
     def _send_backfill(self) -> float:
-        if self.link.outstanding() >= self.settings.window:
+        if (
+            self.link.outstanding() >= self.settings.window
+            or self._in_socket() >= self.settings.window_kib * KIB
+        ):
             return IDLE_POLL_S  # woken by the PUBACK
         unconfirmed = sum(u.next - u.confirmed for u in self._uploads)
         if unconfirmed >= self.settings.platform_window_kib * KIB:
@@ -674,6 +690,7 @@ class Forwarder:
         )
         if sent is None:
             return IDLE_POLL_S  # not connected: woken by the reconnect
+        self._unacked.append((sent, n))
         if u.next < u.high:
             self.stats.chunks_resent += 1
         if u.next == u.confirmed and u.next >= u.high:
@@ -685,6 +702,16 @@ class Forwarder:
         self.stats.chunks_sent += 1
         self.stats.bytes_sent += n
         return 0.0
+
+    def _in_socket(self) -> int:
+        """Backfill bytes published and not yet acknowledged by the broker (PUBACK): what a
+        live message would wait behind on a slow link."""
+        q = self._unacked
+        while q and not self.link.pending(q[0][0]):
+            q.popleft()
+        if len(q) > 4 * self.settings.window:  # PUBACKs out of order: look at them all
+            self._unacked = q = deque(e for e in q if self.link.pending(e[0]))
+        return sum(n for _s, n in q)
 
     # ------------------------------------------------------------------ bundles
 
@@ -769,6 +796,7 @@ class Forwarder:
         sent = self.link.publish(self.topics.segment(members[0].item.stream), payload, qos=1)
         if sent is None:
             return IDLE_POLL_S
+        self._unacked.append((sent, len(payload)))
         now = self._clock()
         self._counter += 1
         for u in members:
@@ -805,35 +833,40 @@ class Forwarder:
         """Start the next ready segment (oldest first, streams by priority); with ``accept``,
         only if that segment is acceptable (else it stays next)."""
         now = self._clock()
-        busy = {u.item.id for u in self._uploads} | self._rejected
         if not self._ready or now - self._ready_at > READY_REFRESH_S:
-            limit = self.settings.max_segments_in_flight + 8
-            self._ready = [
-                i
-                for i in self.spool.next_ready(self.settings.priority, limit + len(busy))
-                if i.id not in busy
-            ][:limit]
+            # The spool leaves out what is in flight (mark_inflight); what we refused to send
+            # is left out here. Only as many as could start now, and a few more.
+            limit = max(0, self.settings.max_segments_in_flight - len(self._uploads)) + 8
+            self._ready = deque(
+                [
+                    i
+                    for i in self.spool.next_ready(
+                        self.settings.priority, limit + len(self._rejected)
+                    )
+                    if i.id not in self._rejected and i.id not in self._ids
+                ][:limit]
+            )
             self._ready_at = now
         while self._ready:
             item = self._ready[0]
-            if item.id in busy:
-                self._ready.pop(0)
+            if item.id in self._rejected or item.id in self._ids:
+                self._ready.popleft()
                 continue
             if accept is not None and not accept(item):
                 return None
-            self._ready.pop(0)
+            self._ready.popleft()
             try:
                 f = self.spool.open_segment(item)
             except OSError as exc:
                 log.warning("uplink: skipping %s#%d: %s", item.stream, item.seq, exc)
                 continue
             try:
-                size, mhash, boot = peek_segment(f)
-                small = size + 256 <= self._bundle_cap() and self.settings.bundle_kib > 0
                 data = None
-                if small:
-                    f.seek(0)
-                    data = f.read(size)
+                if self.settings.bundle_kib > 0 and item.size + 256 <= self._bundle_cap():
+                    data = f.read()  # a small one (as indexed): whole, in one read
+                size, mhash, boot = peek_segment(data if data is not None else f)
+                if data is not None and size + 256 > self._bundle_cap():
+                    data = None  # larger than indexed: sent in chunks from the file
             except (OSError, AgentError) as exc:
                 f.close()
                 log.warning("uplink: skipping %s#%d: %s", item.stream, item.seq, exc)
@@ -864,6 +897,7 @@ class Forwarder:
                 )
             self._uploads.append(u)
             self._by_key[u.key] = u
+            self._ids.add(item.id)
             return u
         return None
 

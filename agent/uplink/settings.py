@@ -31,8 +31,11 @@ class UplinkSettings:
     backoff_max_s: float = field(default=60.0, metadata=check(in_range(0.1, 3600)))
     # Largest chunk payload when the broker announces no maximum packet size (AWS IoT: 128 KiB).
     max_chunk_kib: int = field(default=128, metadata=check(in_range(1, 256 * 1024)))
-    # Chunks published and not yet acknowledged by the broker (PUBACK).
+    # Chunks published and not yet acknowledged by the broker (PUBACK) ...
     window: int = field(default=8, metadata=check(in_range(1, 1000)))
+    # ... and their bytes: a live message waits behind at most this much backfill (on a
+    # 20 Mbit/s link 512 KiB is 200 ms, and still more than its bandwidth-delay product).
+    window_kib: int = field(default=512, metadata=check(in_range(1, 1024 * 1024)))
     # Bytes sent beyond what the platform has confirmed; keeps the broker's per-client queue
     # (mosquitto: 1000 messages) far from full when the platform is slow or away.
     platform_window_kib: int = field(default=8192, metadata=check(in_range(1, 1024 * 1024)))
