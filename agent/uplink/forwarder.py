@@ -361,6 +361,7 @@ class Forwarder:
                 log.debug("uplink: %s resumes at byte %d", u.item.stream, u.confirmed)
             u.next = u.confirmed
             u.last_word = now
+            u.bundled = False  # sent again as chunks: an answer now says nothing of bundles
 
     # ------------------------------------------------------------------ live
 
