@@ -80,6 +80,7 @@ MAX_ALARMS = 256
 ACK_BATCH = 256  # acknowledgements handled (and removed from the spool) per transaction
 HEADS_EVERY_S = 2.0  # the signed stream heads go out at most this often
 FORGED_LOG_EVERY_S = 60.0
+BUNDLE_MEMBER_OVERHEAD = 320  # a bundle member's length and chunk header, at most (~150 usually)
 
 
 class TokenBucket:
@@ -719,10 +720,10 @@ class Forwarder:
     def _bundle_cap(self) -> int:
         return min(self.settings.bundle_kib * KIB, self.chunk_size())
 
-    def _bundle_size(self, u: _Upload | SpoolItem) -> int:
-        """Bytes a whole segment adds to a bundle (its chunk header is ~150 bytes)."""
-        size = u.size
-        return size + 256
+    @staticmethod
+    def _bundle_size(u: _Upload | SpoolItem) -> int:
+        """Bytes a whole segment adds to a bundle, at most (its chunk header is ~150 bytes)."""
+        return u.size + BUNDLE_MEMBER_OVERHEAD
 
     def _probing(self, u: _Upload) -> bool:
         """``u`` could go in a bundle, but the probe bundle has not been answered yet."""
@@ -863,10 +864,10 @@ class Forwarder:
                 continue
             try:
                 data = None
-                if self.settings.bundle_kib > 0 and item.size + 256 <= self._bundle_cap():
+                if self.settings.bundle_kib > 0 and self._bundle_size(item) <= self._bundle_cap():
                     data = f.read()  # a small one (as indexed): whole, in one read
                 size, mhash, boot = peek_segment(data if data is not None else f)
-                if data is not None and size + 256 > self._bundle_cap():
+                if data is not None and size + BUNDLE_MEMBER_OVERHEAD > self._bundle_cap():
                     data = None  # larger than indexed: sent in chunks from the file
             except (OSError, AgentError) as exc:
                 f.close()
