@@ -37,7 +37,7 @@ $(VENV)/.pip-stamp: pyproject.toml $(VENV)/.deb-stamp
 	@touch $@
 
 demo: setup
-	$(PY) -m agent.demo
+	$(PY) -m agent.labs.demo
 
 lint: setup
 	$(VENV)/bin/ruff check agent tests bench
@@ -54,7 +54,7 @@ bench: setup
 
 soak: setup
 	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q -s tests/storage/test_powercut.py \
-		tests/capture/test_recording_cut.py tests/app/test_run_bodycam_cut.py
+		tests/capture/test_recording_cut.py tests/runtime/test_run_bodycam_cut.py
 	EDGE_AGENT_SOAK=1 $(VENV)/bin/pytest -q tests/gps/test_receivers.py
 	$(PY) -m tests.chaos --minutes 60
 

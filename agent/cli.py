@@ -1,8 +1,10 @@
 """``edge-agent``: the command line for devices, technicians and platform engineers.
 
 Each part of the agent contributes its subcommands through a ``register(subparsers)`` function
-in a small ``commands`` module that imports nothing heavy at module level, so that a GPS-only
-tracker never imports OpenCV or numpy just to print ``--help``.
+in a small ``cli`` module of its package (``agent/gps/cli.py``, ...) that imports nothing heavy
+at module level, so that a GPS-only tracker never imports OpenCV or numpy just to print
+``--help``. (The *commands* of the platform and of the control socket are another thing:
+agent/runtime/routing.py.)
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ from agent import __version__
 from agent.errors import AgentError
 
 # Modules that add subcommands, in the order they appear in --help.
-COMMAND_MODULES = (
-    "agent.storage.commands",
-    "agent.gps.commands",
-    "agent.uplink.commands",
-    "agent.ingest.commands",
-    "agent.capture.commands",
-    "agent.app_commands",
-    "agent.provision_commands",
-    "agent.web.commands",
-    "agent.talk.commands",
-    "agent.jt808.commands",
+CLI_MODULES = (
+    "agent.storage.cli",
+    "agent.gps.cli",
+    "agent.uplink.cli",
+    "agent.ingest.cli",
+    "agent.capture.cli",
+    "agent.runtime.cli",
+    "agent.config.cli",
+    "agent.enrol.cli",
+    "agent.web.cli",
+    "agent.talk.cli",
+    "agent.jt808.cli",
 )
 
 log = logging.getLogger("edge-agent")
@@ -41,14 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # that part is not built yet
-            raise
-        module.register(sub)
+    for name in CLI_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

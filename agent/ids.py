@@ -26,12 +26,12 @@ from pathlib import Path
 
 from agent.errors import FormatError
 
-DEVICE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
-STREAM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
-COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-BOOT_RE = re.compile(r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,63}$")
-HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
+STREAM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
+COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+BOOT_RE = re.compile(r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,63}\Z")
+HASH_RE = re.compile(r"^[0-9a-f]{64}\Z")
 MAX_SEQ = 10**12
 
 # Names the platform's store, broker ACL and web pages use for themselves: never a device.
@@ -62,7 +62,7 @@ def device_id_problem(value: object) -> str | None:
     """Why ``value`` is not a valid device id, or None when it is."""
     if not isinstance(value, str) or not value:
         return "must not be empty"
-    if not value.isascii() or not DEVICE_RE.match(value):
+    if not value.isascii() or not DEVICE_RE.fullmatch(value):
         return (
             f"must be 1-64 ASCII letters, digits, '.', '_' or '-', not starting with '.' or '-',"
             f" got {value!r}"
@@ -73,7 +73,7 @@ def device_id_problem(value: object) -> str | None:
 
 
 def _check(value: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
-    if not isinstance(value, str) or not value.isascii() or not pattern.match(value):
+    if not isinstance(value, str) or not value.isascii() or not pattern.fullmatch(value):
         raise FormatError(f"{what} {value!r}: must be {rule}")
     return value
 

@@ -38,9 +38,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.gps.synth import truck_log
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, make_pki
+from agent.labs.nmea import truck_log
 from agent.storage.keys import init_device_keys, init_platform_keys
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from bench import Reporter
 
 GROUP = "fleet"

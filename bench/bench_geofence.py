@@ -22,9 +22,9 @@ import statistics
 import time
 from typing import Any
 
-from agent.fleet.drive import Drive
 from agent.fleet.plan import Plan, parse_plan
 from agent.fleet.rules import Inputs, RuleEngine
+from agent.labs.drive import Drive
 from agent.model import Fix
 from bench import Reporter
 

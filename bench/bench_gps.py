@@ -227,7 +227,7 @@ def bench_ubx(report: Reporter) -> None:
 
 
 def bench_path(report: Reporter) -> None:
-    from agent.gps.synth import truck_log
+    from agent.labs.nmea import truck_log
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "truck-10hz.log"

@@ -50,6 +50,8 @@ from agent.ingest.store import Store
 from agent.jt808 import messages as m808
 from agent.jt808.codec import encode_frame
 from agent.jt808.location import build_location, common_items, equipment_bits, status_bits
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, make_pki
+from agent.labs.waiting import wait_for
 from agent.model import Fix, FixMode
 from agent.storage.keys import init_device_keys, load_platform_public, load_signing_key
 from agent.storage.records import RecordLog
@@ -59,7 +61,6 @@ from agent.storage.spool import Spool
 from agent.uplink import protocol as proto
 from agent.uplink.control import init_ack_keys, load_ack_private
 from agent.uplink.forwarder import HEADS_EVERY_S
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from agent.uplink.mqtt import LinkConfig, MqttLink
 from agent.uplink.service import Uplink
 from agent.uplink.settings import UplinkSettings
@@ -139,25 +140,17 @@ def _lab(work: Path) -> Lab:
     )
 
 
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bench link: timed out waiting for {what}")
-        ev.wait(0.01)
-
-
 def _at_least(get: Callable[[], int], n: int, timeout: float, what: str) -> None:
-    _wait(lambda: get() >= n, timeout, what)
+    wait_for(lambda: get() >= n, timeout, what)
 
 
 def _settle(proxy: LinkProxy, quiet_s: float = 0.5, timeout: float = 30) -> None:
     """Wait until no byte moved for ``quiet_s``."""
     last, since = proxy.counts().total, time.monotonic()
     deadline = since + timeout
+    pause = threading.Event()
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        pause.wait(0.05)
         now = proxy.counts().total
         if now != last:
             last, since = now, time.monotonic()
@@ -186,16 +179,16 @@ def live_fix_bytes(lab: Lab) -> tuple[float, float, int]:
     fixes = truck_hour.hour(seconds=40)
     try:
         up.start()
-        _wait(lambda: up.link.connected, 30, "the device to connect")
+        wait_for(lambda: up.link.connected, 30, "the device to connect")
         up.forwarder.report_fix(fixes[0], INPUTS)  # names the topic, sets its alias
-        _wait(lambda: up.forwarder.stats.live_sent >= 1, 10, "the first live fix")
+        wait_for(lambda: up.forwarder.stats.live_sent >= 1, 10, "the first live fix")
         _settle(proxy)
         before = proxy.counts()
         n = 30
         for i, f in enumerate(fixes[1 : n + 1]):
             up.forwarder.report_fix(f, INPUTS)
             _at_least(lambda: up.forwarder.stats.live_sent, i + 2, 10, "a live fix")
-            _wait(lambda: up.link.outstanding() == 0, 10, "its PUBACK")
+            wait_for(lambda: up.link.outstanding() == 0, 10, "its PUBACK")
         _settle(proxy, 0.3)
         after = proxy.counts()
     finally:
@@ -219,8 +212,8 @@ def backfill_bytes_per_fix(lab: Lab, batch_s: int, seconds: int) -> tuple[float,
     log = _gps_log(spool)
     try:
         up.start()
-        _wait(lambda: up.link.connected, 30, "the device to connect")
-        _wait(lambda: up.forwarder.stats.heads_sent >= 1, 30, "the first heads")
+        wait_for(lambda: up.link.connected, 30, "the device to connect")
+        wait_for(lambda: up.forwarder.stats.heads_sent >= 1, 30, "the first heads")
         _settle(proxy)
         before = proxy.counts()
         segments = 0
@@ -273,7 +266,7 @@ def truck_bytes_per_hour(lab: Lab, speedup: float) -> Hour:
     live = kept = statuses = segments = 0
     try:
         up.start()  # the connection (TLS handshake, CONNECT, SUBSCRIBE, birth) is counted
-        _wait(lambda: up.link.connected, 30, "the device to connect")
+        wait_for(lambda: up.link.connected, 30, "the device to connect")
         t0 = time.monotonic()
         batch_start = fixes[0].time
         next_beat = fixes[0].time
@@ -302,7 +295,7 @@ def truck_bytes_per_hour(lab: Lab, speedup: float) -> Hour:
         if log.roll() is not None:
             segments += 1
         up.forwarder.wake.set()
-        _wait(lambda: up.forwarder.stats.segments_acked >= segments, 60, "the last segments")
+        wait_for(lambda: up.forwarder.stats.segments_acked >= segments, 60, "the last segments")
         _settle(proxy, 2.5)
         c = proxy.counts()
     finally:
@@ -410,7 +403,7 @@ def _live_monitor(lab: Lab, device: str, stop: threading.Event) -> list[float]:
 
     link.start()
     threading.Thread(target=consume, daemon=True).start()
-    _wait(lambda: link.connected, 30, "the monitor to connect")
+    wait_for(lambda: link.connected, 30, "the monitor to connect")
     return out
 
 
@@ -443,10 +436,10 @@ def cellular_drain(lab: Lab, gps: int, videos: int) -> Cellular:
 
     try:
         up.start()
-        _wait(lambda: up.link.connected, 30, "the device to connect over the slow link")
+        wait_for(lambda: up.link.connected, 30, "the device to connect over the slow link")
         start, before = time.monotonic(), proxy.counts()
         threading.Thread(target=report_fixes, daemon=True).start()
-        _wait(lambda: up.forwarder.stats.segments_acked >= count, 600, "the drain")
+        wait_for(lambda: up.forwarder.stats.segments_acked >= count, 600, "the drain")
         elapsed, after = time.monotonic() - start, proxy.counts()
     finally:
         up.stop.set()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.labs.waiting import wait_for
 from bench import Reporter
 
 GROUP = "talk"
@@ -27,15 +28,6 @@ CHUNK = 128 * 1024  # the forwarder's default chunk
 SECONDS = 5.0
 BUDGET_MS = 500.0
 RATE = 48000
-
-
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bench talk: timed out waiting for {what}")
-        ev.wait(0.01)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -56,7 +48,8 @@ def _flood(link: Any, topic: str, stop: threading.Event, sent: list[int]) -> Non
 
 
 def run(report: Reporter) -> None:
-    from agent.capture.pulse_lab import PulseServer
+    from agent.labs.broker import INGEST_IDENTITY, Mosquitto, make_pki
+    from agent.labs.pulse import PulseServer
     from agent.storage.keys import (
         init_device_keys,
         init_platform_keys,
@@ -69,7 +62,6 @@ def run(report: Reporter) -> None:
     from agent.talk.device import Talk
     from agent.talk.platform import Listener
     from agent.talk.settings import TalkSettings
-    from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, make_pki
     from agent.uplink.mqtt import LinkConfig, MqttLink
 
     device = "talk-bench"
@@ -120,7 +112,7 @@ def run(report: Reporter) -> None:
             plat_link.start()
             talk.start_threads()
             threads[0].start()
-            _wait(lambda: dev_link.connected and plat_link.connected, 10, "links")
+            wait_for(lambda: dev_link.connected and plat_link.connected, 10, "links")
             stop.wait(0.5)
             speech_s = [0.0]
 
@@ -129,7 +121,7 @@ def run(report: Reporter) -> None:
                 stop.wait(SECONDS)
                 released = time.monotonic()
                 speech_s[0] += talk.release("bench")["duration_s"]
-                _wait(lambda: mid in done, 10, f"message {mid}")
+                wait_for(lambda: mid in done, 10, f"message {mid}", step=0.01)
                 last = max(listener.chunk_times[mid])
                 stop.wait(0.3)
                 return (last - released) * 1000

@@ -41,6 +41,7 @@ from typing import Any
 
 from agent.gps import fixdelta
 from agent.gps.wire import encode_fix
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from agent.model import Fix, FixMode
 from agent.storage.keys import (
     init_device_keys,
@@ -53,7 +54,6 @@ from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
 from agent.uplink import protocol as proto
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from agent.uplink.mqtt import LinkConfig, MqttLink
 from bench import Reporter
 from bench.bench_fleet import cpu_seconds

@@ -4,7 +4,7 @@ The drive is stop-and-go through town, seeded: legs of 60-400 m at 4-12 m/s with
 between them, stops of 15-90 s at the bins, one break of 10 minutes; a receiver's noise on
 top (a few decimetres of position, altitude and speed jitter, HDOP and satellites that change
 now and then, a course held while standing). ``status()`` is the heartbeat a tracker sends
-(agent.app.Agent.status with a GPS and a fleet part), with its figures moving as they do.
+(agent.runtime.app.Agent.status with a GPS and a fleet part), with its figures moving as they do.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _fix(
 
 
 def status(device: str, i: int, fix: Fix, seen: int, kept: int, reported: int) -> dict[str, Any]:
-    """The heartbeat of a tracker (the shape of agent.app.Agent.status) at minute ``i``."""
+    """The heartbeat of a tracker (the shape of agent.runtime.app.Agent.status) at minute ``i``."""
     return {
         "device": device,
         "profile": "tracker",

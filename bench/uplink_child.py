@@ -72,6 +72,7 @@ def _raw(cfg: dict[str, Any]) -> dict[str, float]:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+    from agent.labs.waiting import wait_for
     from agent.uplink.mqtt import LinkConfig, tls_context
     from bench.bench_uplink import chunks_of
 
@@ -92,8 +93,7 @@ def _raw(cfg: dict[str, Any]) -> dict[str, float]:
     c.max_queued_messages_set(0)
     c.connect("127.0.0.1", int(cfg["port"]))
     c.loop_start()
-    while not c.is_connected():
-        time.sleep(0.01)
+    wait_for(c.is_connected, 30, "the raw client to connect", step=0.01)
     # Timed from here: like any uploader, it reads the files and frames them (the same chunk
     # payloads as the forwarder's), then publishes.
     c0, t0, w0 = time.process_time(), time.time(), time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 pytest_plugins = [
+    "tests.fixtures.leaks",
     "tests.fixtures.keys",
     "tests.fixtures.pki",
     "tests.fixtures.broker",

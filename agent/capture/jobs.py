@@ -240,6 +240,10 @@ class RecorderThreads(Generic[P, S]):
         for t in self._threads:
             t.start()
 
+    def threads(self) -> list[threading.Thread]:
+        """The recorder's threads (the composition root watches each: agent/runtime/liveness.py)."""
+        return list(self._threads)
+
     def _recover(self) -> None:
         """Seal what the fragment journal kept from before a power cut; never block a start."""
         try:

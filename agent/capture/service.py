@@ -1,7 +1,7 @@
 """The video side assembled: source, watermark, recorder, stills and the serial trigger.
 
-``agent/app.py`` (the composition root) builds one :class:`VideoService` from the config and
-passes it, as :class:`~agent.capture.triggers.Controls`, to the other trigger channels::
+``agent/runtime/app.py`` (the composition root) builds one :class:`VideoService` from the config
+and passes it, as :class:`~agent.capture.triggers.Controls`, to the other trigger channels::
 
     video = VideoService.from_config(cfg, spool, stop, fix=gps.latest, alarm=alarms.raise_,
                                      clock=clock.state)
@@ -31,7 +31,7 @@ from agent.errors import ConfigError
 from agent.model import Alarm, ClockState, Fix
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
+    from agent.config.schema import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,11 @@ class VideoService:
         self.stills.thread.start()
         if self.trigger is not None:
             self.trigger.thread.start()
+
+    def threads(self) -> list[threading.Thread]:
+        """Every thread of the video side: the recorder's, the stills', the serial trigger's."""
+        extra = [self.stills.thread] + ([self.trigger.thread] if self.trigger is not None else [])
+        return self.recorder.threads() + extra
 
     def join(self, timeout: float | None = None) -> bool:
         ok = self.recorder.join(timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.settings import Check, check, in_range, one_of
+from agent.config.fields import Check, check, in_range, one_of
 
 WATERMARK_FIELDS = ("time", "device", "officer", "vehicle", "unit", "position")
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")

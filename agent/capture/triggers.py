@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent.errors import AgentError
-from agent.serial_lines import MAX_LINE, LineServer
+from agent.lines.serial import MAX_LINE, LineServer
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ REGISTERED_STATES = frozenset({"registered", "connecting", "connected", "disconn
 SIGNAL_TECHS = ("5g", "lte", "umts", "gsm", "evdo", "cdma1x")
 SIGNAL_FIELDS = {"rssi": "rssi", "rsrp": "rsrp", "rsrq": "rsrq", "snr": "sinr", "rscp": "rscp",
                  "ecio": "ecio", "sinr": "sinr"}  # fmt: skip
-_WORD = re.compile(r"^[a-z0-9][a-z0-9_+-]{0,39}$")
-_PATH = re.compile(r"^/org/freedesktop/ModemManager1/Bearer/[0-9]{1,6}$")
+_WORD = re.compile(r"^[a-z0-9][a-z0-9_+-]{0,39}\Z")
+_PATH = re.compile(r"^/org/freedesktop/ModemManager1/Bearer/[0-9]{1,6}\Z")
 
 
 def run_mmcli(argv: list[str], timeout: float) -> tuple[int, str, str]:

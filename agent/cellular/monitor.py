@@ -7,6 +7,9 @@ and on the last days (``cellular.traffic``). Alarms: ``modem_lost`` (the modem o
 ModemManager gone) and ``modem_unregistered`` (no network, SIM locked or missing, failed),
 each once the condition has lasted ``alarm_after_s``, and ``modem_ok`` when it ends. Nothing
 here touches the recording or the spool; garbage from mmcli is a state, never a dead thread.
+
+:meth:`LinkMonitor.signal_csq` gives the signal to a JT/T 808 terminal (location item 0x30),
+on the 0..31 scale of the ``+CSQ`` answer (3GPP TS 27.007, 8.5) that terminals' modules report.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent import wallclock
-from agent.cellular.mmcli import ModemManagerLink, ModemReading
+from agent.cellular.mmcli import SIGNAL_TECHS, ModemManagerLink, ModemReading
 from agent.cellular.settings import CellularSettings
 from agent.cellular.traffic import TrafficMeter
 from agent.errors import SourceError
@@ -27,6 +30,22 @@ from agent.model import Alarm, Severity
 log = logging.getLogger(__name__)
 
 ABSENT = ("absent", "no-modemmanager", "no-mmcli")
+STALE_POLLS = 3  # a reading older than this many polls is no longer the modem's signal
+
+
+def csq(r: ModemReading) -> int | None:
+    """The signal as ``+CSQ`` reports it (3GPP TS 27.007, 8.5): 0 for -113 dBm or less, then
+    2 dB a step up to 31 for -51 dBm or more. From the RSSI ModemManager reports (its extended
+    signal figures, the first technology that has one), else its signal quality (percent)."""
+    if not r.present:
+        return None
+    for tech in SIGNAL_TECHS:
+        rssi = r.signal.get(tech, {}).get("rssi")
+        if rssi is not None:
+            return min(max(int((rssi + 113) // 2), 0), 31)
+    if r.signal_pct is not None:
+        return min(max(round(r.signal_pct * 31 / 100), 0), 31)
+    return None
 
 
 def link_state(r: ModemReading) -> str:
@@ -86,6 +105,15 @@ class LinkMonitor:
         if self.traffic is not None:
             out["traffic"] = self.traffic.snapshot()
         return out
+
+    def signal_csq(self) -> int | None:
+        """The modem's signal on the ``+CSQ`` scale (:func:`csq`); None without a reading of
+        the last few polls (no modem, or reading it fails)."""
+        with self._lock:
+            r, state, at = self._reading, self._state, self._read_at
+        if r is None or state == "error" or self.clock() - at > STALE_POLLS * self.s.poll_s:
+            return None
+        return csq(r)
 
     def start(self) -> None:
         self.thread.start()

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.settings import check, in_range, one_of
+from agent.config.fields import check, in_range, one_of
 
-_MODEM = re.compile(r"^(any|[0-9]{1,4}|/org/freedesktop/ModemManager1/Modem/[0-9]{1,4})$")
+_MODEM = re.compile(r"^(any|[0-9]{1,4}|/org/freedesktop/ModemManager1/Modem/[0-9]{1,4})\Z")
 
 
 def _modem(v: Any) -> str | None:

@@ -29,7 +29,7 @@ from agent.errors import ConfigError
 from agent.fleet.schedule import Schedule
 from agent.fleet.shapes import Circle, LatLon, Polygon, Polyline
 
-ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 MAX_AREAS = 5_000
 MAX_ROUTES = 1_000
 EQUIPMENT = ("brush", "pump", "lift")

@@ -151,6 +151,115 @@ class _Edge:
         return self.state == OUTSIDE and self.run == 0
 
 
+class VehicleRules:
+    """The rules on the vehicle's own motion (not on a place): speeding over the limit of where
+    it is, stopped, idling with the ignition on. Carried over when a new plan is installed."""
+
+    def __init__(self, settings: RuleSettings) -> None:
+        self.s = settings
+        self._speeding = False
+        self._speed_run = 0
+        self._speed_max = 0.0
+        self._speed_since = 0.0
+        self._stop_since: float | None = None
+        self._moving_run = 0
+        self._stopped_fired = False
+        self._idle_since: float | None = None
+        self._idle_fired = False
+
+    def carry(self, old: VehicleRules) -> None:
+        """Take over ``old``'s state (a new plan: the vehicle is where it was), keeping these
+        settings."""
+        state = {k: v for k, v in vars(old).items() if k != "s"}
+        vars(self).update(state)
+
+    def speed_rule(
+        self, speed: float, t: float, here: dict[str, Any], lim: tuple[float, str] | None
+    ) -> list[FleetEvent]:
+        """``speeding`` after ``dwell_fixes`` fixes over the tightest limit (plus the margin)
+        of the areas and routes the vehicle is in (``lim``: that limit and its item's id);
+        ``speeding_end`` after as many at or under it."""
+        kmh = speed * 3.6
+        k = self.s.dwell_fixes
+        if not self._speeding:
+            if lim is not None and kmh > lim[0] + self.s.speed_margin_kmh:
+                if self._speed_run == 0:
+                    self._speed_since = t
+                self._speed_run += 1
+                self._speed_max = max(self._speed_max, kmh)
+                if self._speed_run >= k:
+                    self._speeding = True
+                    self._speed_run = 0
+                    info = {"limit_kmh": lim[0], "since": format_utc(self._speed_since), **here}
+                    return [FleetEvent("speeding", t, lim[1], info)]
+            else:
+                self._speed_run = 0
+                self._speed_max = 0.0
+            return []
+        self._speed_max = max(self._speed_max, kmh)
+        if lim is None or kmh <= lim[0]:
+            self._speed_run += 1
+            if lim is None or self._speed_run >= k:
+                self._speeding = False
+                self._speed_run = 0
+                info = {
+                    "max_kmh": round(self._speed_max, 1),
+                    "duration_s": round(t - self._speed_since, 3),
+                    **here,
+                }
+                self._speed_max = 0.0
+                return [FleetEvent("speeding_end", t, lim[1] if lim else "", info)]
+        else:
+            self._speed_run = 0
+        return []
+
+    def stop_rules(
+        self, speed: float, t: float, inputs: Inputs, here: dict[str, Any]
+    ) -> list[FleetEvent]:
+        """``stopped`` after ``stopped_s`` below ``moving_mps``; ``idle`` after ``idle_s``
+        stopped with the ignition on; each ended once the vehicle moves on."""
+        s = self.s
+        out: list[FleetEvent] = []
+        if speed < s.moving_mps:
+            self._moving_run = 0
+            if self._stop_since is None:
+                self._stop_since = t
+        elif self._stop_since is not None:
+            self._moving_run += 1
+            if self._moving_run >= s.dwell_fixes:
+                out.extend(self._end_idle(t, here, "moving"))
+                if self._stopped_fired:
+                    info = {"since": format_utc(self._stop_since), **here}
+                    info["duration_s"] = round(t - self._stop_since, 3)
+                    out.append(FleetEvent("stopped_end", t, "", info))
+                self._stop_since = None
+                self._stopped_fired = False
+                self._moving_run = 0
+        if self._stop_since is not None and inputs.ignition is True:
+            if self._idle_since is None:
+                self._idle_since = t
+        else:
+            out.extend(self._end_idle(t, here, "ignition_off" if self._stop_since else "moving"))
+        stop = self._stop_since
+        if stop is not None and not self._stopped_fired and t - stop >= s.stopped_s:
+            self._stopped_fired = True
+            out.append(FleetEvent("stopped", t, "", {"since": format_utc(stop), **here}))
+        idle = self._idle_since
+        if idle is not None and not self._idle_fired and t - idle >= s.idle_s:
+            self._idle_fired = True
+            out.append(FleetEvent("idle", t, "", {"since": format_utc(idle), **here}))
+        return out
+
+    def _end_idle(self, t: float, here: dict[str, Any], why: str) -> list[FleetEvent]:
+        since, fired = self._idle_since, self._idle_fired
+        self._idle_since = None
+        self._idle_fired = False
+        if since is None or not fired:
+            return []
+        info = {"since": format_utc(since), "duration_s": round(t - since, 3), "why": why, **here}
+        return [FleetEvent("idle_end", t, "", info)]
+
+
 class RuleEngine:
     """Feeds fixes through the rules; not thread-safe (the caller holds a lock)."""
 
@@ -196,15 +305,7 @@ class RuleEngine:
         self.coverage: dict[tuple[str, str], RouteCoverage] = {}
         self._open_cov: dict[int, str] = {}  # route -> shift whose coverage is open
         self._off: bool = False
-        self._speeding = False
-        self._speed_run = 0
-        self._speed_max = 0.0
-        self._speed_since = 0.0
-        self._stop_since: float | None = None
-        self._moving_run = 0
-        self._stopped_fired = False
-        self._idle_since: float | None = None
-        self._idle_fired = False
+        self.vehicle = VehicleRules(s)  # speeding, stopped, idle: the vehicle's own state
 
     # ------------------------------------------------------------------ quality
     def _accept(self, fix: Fix) -> bool:
@@ -305,8 +406,8 @@ class RuleEngine:
             else:
                 out.extend(self._route_transition(i - na, old, new, since, t, here))
         out.extend(self._assigned_rule(t, here))
-        out.extend(self._speed_rule(speed, t, here))
-        out.extend(self._stop_rules(speed, t, inputs, here))
+        out.extend(self.vehicle.speed_rule(speed, t, here, self._limit()))
+        out.extend(self.vehicle.stop_rules(speed, t, inputs, here))
         return out
 
     # ------------------------------------------------------------------ areas and routes
@@ -401,103 +502,8 @@ class RuleEngine:
                 best = (lim, item.id)
         return best
 
-    def _speed_rule(self, speed: float, t: float, here: dict[str, Any]) -> list[FleetEvent]:
-        lim = self._limit()
-        kmh = speed * 3.6
-        k = self.s.dwell_fixes
-        if not self._speeding:
-            if lim is not None and kmh > lim[0] + self.s.speed_margin_kmh:
-                if self._speed_run == 0:
-                    self._speed_since = t
-                self._speed_run += 1
-                self._speed_max = max(self._speed_max, kmh)
-                if self._speed_run >= k:
-                    self._speeding = True
-                    self._speed_run = 0
-                    info = {"limit_kmh": lim[0], "since": format_utc(self._speed_since), **here}
-                    return [FleetEvent("speeding", t, lim[1], info)]
-            else:
-                self._speed_run = 0
-                self._speed_max = 0.0
-            return []
-        self._speed_max = max(self._speed_max, kmh)
-        if lim is None or kmh <= lim[0]:
-            self._speed_run += 1
-            if lim is None or self._speed_run >= k:
-                self._speeding = False
-                self._speed_run = 0
-                info = {
-                    "max_kmh": round(self._speed_max, 1),
-                    "duration_s": round(t - self._speed_since, 3),
-                    **here,
-                }
-                self._speed_max = 0.0
-                return [FleetEvent("speeding_end", t, lim[1] if lim else "", info)]
-        else:
-            self._speed_run = 0
-        return []
-
-    def _stop_rules(
-        self, speed: float, t: float, inputs: Inputs, here: dict[str, Any]
-    ) -> list[FleetEvent]:
-        s = self.s
-        out: list[FleetEvent] = []
-        if speed < s.moving_mps:
-            self._moving_run = 0
-            if self._stop_since is None:
-                self._stop_since = t
-        elif self._stop_since is not None:
-            self._moving_run += 1
-            if self._moving_run >= s.dwell_fixes:
-                out.extend(self._end_idle(t, here, "moving"))
-                if self._stopped_fired:
-                    info = {"since": format_utc(self._stop_since), **here}
-                    info["duration_s"] = round(t - self._stop_since, 3)
-                    out.append(FleetEvent("stopped_end", t, "", info))
-                self._stop_since = None
-                self._stopped_fired = False
-                self._moving_run = 0
-        if self._stop_since is not None and inputs.ignition is True:
-            if self._idle_since is None:
-                self._idle_since = t
-        else:
-            out.extend(self._end_idle(t, here, "ignition_off" if self._stop_since else "moving"))
-        stop = self._stop_since
-        if stop is not None and not self._stopped_fired and t - stop >= s.stopped_s:
-            self._stopped_fired = True
-            out.append(FleetEvent("stopped", t, "", {"since": format_utc(stop), **here}))
-        idle = self._idle_since
-        if idle is not None and not self._idle_fired and t - idle >= s.idle_s:
-            self._idle_fired = True
-            out.append(FleetEvent("idle", t, "", {"since": format_utc(idle), **here}))
-        return out
-
-    def _end_idle(self, t: float, here: dict[str, Any], why: str) -> list[FleetEvent]:
-        since, fired = self._idle_since, self._idle_fired
-        self._idle_since = None
-        self._idle_fired = False
-        if since is None or not fired:
-            return []
-        info = {"since": format_utc(since), "duration_s": round(t - since, 3), "why": why, **here}
-        return [FleetEvent("idle_end", t, "", info)]
-
     # ------------------------------------------------------------------ plan changes
-    _CARRIED = (
-        "accepted",
-        "rejected",
-        "_last",
-        "_suspects",
-        "_off",
-        "_speeding",
-        "_speed_run",
-        "_speed_max",
-        "_speed_since",
-        "_stop_since",
-        "_moving_run",
-        "_stopped_fired",
-        "_idle_since",
-        "_idle_fired",
-    )
+    _CARRIED = ("accepted", "rejected", "_last", "_suspects", "_off")
 
     def _item(self, i: int) -> tuple[str, dict[str, Any]]:
         if i < self._na:
@@ -515,6 +521,7 @@ class RuleEngine:
         """
         for name in self._CARRIED:
             setattr(self, name, getattr(old, name))
+        self.vehicle.carry(old.vehicle)
         old_items = {old._item(i)[0]: i for i in range(len(old._shapes))}
         kept_routes: set[str] = set()
         for i in range(len(self._shapes)):

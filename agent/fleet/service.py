@@ -26,7 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import CommandError, ConfigError, SpoolError
-from agent.fleet.inputs import (
+from agent.fleet.plan import Plan, parse_plan
+from agent.fleet.rules import FleetEvent, Inputs, RuleEngine
+from agent.fleet.schedule import LocalClock
+from agent.fleet.settings import FleetSettings, InputSettings
+from agent.fleet.store import PlanStore
+from agent.lines.inputs import (
     GpioInputSource,
     InputEvent,
     InputSource,
@@ -35,11 +40,6 @@ from agent.fleet.inputs import (
     SimInputSource,
     parse_levels,
 )
-from agent.fleet.plan import Plan, parse_plan
-from agent.fleet.rules import FleetEvent, Inputs, RuleEngine
-from agent.fleet.schedule import LocalClock
-from agent.fleet.settings import FleetSettings, InputSettings
-from agent.fleet.store import PlanStore
 from agent.model import Alarm, Fix, Severity, format_utc
 from agent.storage.spool import Spool
 

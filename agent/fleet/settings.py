@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config.fields import check, in_range, one_of
 from agent.fleet.rule_settings import RuleSettings
-from agent.settings import check, in_range, one_of
 
 LINE = check(in_range(-1, 1023))
 

@@ -290,6 +290,10 @@ class ChronyMonitor:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def threads(self) -> list[threading.Thread]:
+        """The polling thread, once started (never with ``chrony = "off"``)."""
+        return [self._thread] if self._thread.ident is not None else []
+
     def _loop(self) -> None:
         while True:
             self.poll_once()

@@ -596,430 +596,466 @@ class CycleEngine:
         self._year = self._month = self._day = self._date_ns = 0
         self.reliable = False
 
-    # ------------------------------------------------------------------ sentences
-    def _rmc(self, f: Fields, count: int) -> int:
-        mask = ONLINE
-        if f[2][:1] != "A":
-            # V (and anything else: NMEA defines A and V) is a navigation warning: no fix,
-            # and receivers send bogus times with it, so its time is not used.
-            self._n_mode = _NO_FIX
-            if not f[1] or not f[9]:
-                self._forget_date()
-                mask |= REPORT | TIME
-            return mask | STATUS | MODE
-        if f[1] and count > 9 and f[9] and self._merge_time(f[1]) and self._merge_date(f[9]):
-            mask |= TIME
-            self._register()
-        pos = _latlon(f, 3)
-        if pos is not None:
-            self._n_lat, self._n_lon = pos
-            mask |= LATLON
-            self._n_mode = _3D if self._last_mode == _3D else _2D
-            status = 1
-        else:
-            self._n_mode = _NO_FIX
-            status = 0
-        if f[7]:
-            self._n_speed = _atof(f[7]) * _KNOTS_TO_MPS
-            mask |= SPEED
-        if f[8]:
-            self._n_track = _atof(f[8])
-            mask |= TRACK
-        if count > 12 and f[12]:
-            status = _STATUS_OF_FAA.get(f[12][0], 0 if f[12][0] in "NV" else 1)
-        if len(self._used) > 3 or self.alt_msl == self.alt_msl or self.alt_hae == self.alt_hae:
-            self._n_mode = _3D
-        self._n_status = status
-        return mask | MODE | STATUS
-
-    def _gga(self, f: Fields, count: int) -> int:
-        mask = ONLINE
-        talker = f[0][1:2]
-        previous_talker = self._last_gga_talker
-        self._last_gga_talker = talker
-        quality = _atoi(f[6]) if f[6] else -1
-        if quality == 0 and not f[1]:
-            # "$GPGGA,,,,,,0,...": no time to detect cycles with (Quectel).
-            self._forget_date()
-        if 0 <= quality <= 8:
-            self._n_status = (0, 1, 2, 3, 4, 5, 6, 7, 8)[quality]
-            mask = STATUS  # as gpsd: this drops ONLINE, the forced report and TIME
-            self._n_quality = quality
-        if previous_talker and previous_talker != talker:
-            self._latch_mode = False
-        else:
-            self._latch_mode = f[1] == self._last_gga_time
-        if self._latch_mode:
-            # The timestamp did not advance (Trimble Placer): a bogus, held fix.
-            self._n_status = 0
-            self._n_mode = _NO_FIX
-            mask |= MODE | STATUS
-        else:
-            self._last_gga_time = f[1]
-        sats = _atoi(f[7])
-        self._gga_sats = self._n_sats = sats
-        if f[1] and self._stamp(f[1]) and self._year:
-            mask |= TIME
-        pos = _latlon(f, 2)
-        if pos is not None and quality != 0:
-            self._n_lat, self._n_lon = pos
-            self._n_mode = _2D
-            mask |= LATLON
-            if f[9]:
-                self._n_alt_msl = _atof(f[9])
-                mask |= ALTITUDE
-                if sats >= 4:
-                    self._n_mode = _3D
-            if sats < 3 and f[0][0] == "G" and talker in ("P", "N"):
-                self._n_mode = _NO_FIX
-        else:
-            # No position, or quality 0 ("fix not available or invalid", NMEA 0183): gpsd
-            # takes the coordinates of a quality-0 GGA as a fix; they are not one.
-            self._n_mode = _NO_FIX
-        mask |= MODE
-        if f[8]:
-            hdop = _atof(f[8])
-            if 0.01 <= hdop <= 89.99:
-                self.hdop = hdop
-                mask |= DOP
-        return mask
-
-    def _gns(self, f: Fields, count: int) -> int:
-        mask = ONLINE
-        if f[1] and self._stamp(f[1]) and self._year:
-            mask = TIME
-        modes = f[6]
-        systems = tuple(
-            system for system, c in zip(_GNS_SYSTEMS, modes, strict=False) if c not in "NV"
-        )
-        if not systems:
-            # Every system says "no fix" (NMEA 4.10: one character per system; gpsd reads
-            # only the first and so misses a fix without GPS, e.g. "NNNA" BeiDou alone).
-            self._n_mode = _NO_FIX
-            return mask | MODE
-        if f[13][:1] in ("U", "V"):
-            return mask  # NMEA 4.1 navigational status: unsafe / not valid
-        self._gns_systems = systems
-        self._systems = _STALE
-        sats = _atoi(f[7])
-        self._gga_sats = self._n_sats = sats
-        pos = _latlon(f, 2)
-        if pos is not None:
-            self._n_lat, self._n_lon = pos
-            mask |= LATLON
-            self._n_mode = _2D
-            if f[9]:
-                self._n_alt_msl = _atof(f[9])
-                if self._n_alt_msl == self._n_alt_msl:
-                    mask |= ALTITUDE
-                    if sats > 3:
-                        self._n_mode = _3D
-        else:
-            self._n_mode = _NO_FIX
-        if f[8]:
-            self.hdop = _atof(f[8])
-            mask |= DOP
-        first = next(c for c in modes if c not in "NV")
-        self._n_status = _STATUS_OF_FAA.get(first, 1)
-        return mask | MODE | STATUS
-
-    def _gll(self, f: Fields, count: int) -> int:
-        mask = ONLINE
-        if f[5] and self._stamp(f[5]) and self._year:
-            mask = TIME
-        pos = _latlon(f, 1) if f[6][:1] == "A" and (count < 8 or f[7][:1] != "N") else None
-        if pos is None:
-            self._n_mode = _NO_FIX
-        else:
-            self._n_lat, self._n_lon = pos
-            mask |= LATLON
-            has_alt = self.alt_msl == self.alt_msl or self.alt_hae == self.alt_hae
-            if has_alt or len(self._used) > 3:
-                self._n_mode = _3D
-            elif self.mode < _2D or not self._old_alt:
-                self._n_mode = _2D
-            self._n_status = _STATUS_OF_FAA.get(f[7][:1], 1) if count >= 8 else 1
-        return mask | STATUS | MODE
-
-    def _zda(self, f: Fields, count: int) -> int:
-        if not (f[1] and f[2] and f[3] and f[4]) or not self._merge_time(f[1]):
-            return ONLINE
-        year = _atoi(f[4])
-        date = _valid_date(year, _atoi(f[3]), _atoi(f[2])) if 1900 <= year <= 2200 else None
-        if date is None:
-            return ONLINE
-        self._set_date(date)
-        self._register()
-        return TIME
-
-    def _gsa(self, f: Fields, count: int) -> int:
-        mask = ONLINE
-        talker = f[0][1:2]
-        previous = self._last_gsa_talker
-        if not self._latch_mode:
-            memo = self._memo
-            parsed = memo[0]
-            if parsed is None:
-                parsed = memo[0] = _parse_gsa(f, count)
-            mode, hdop, dop, keys = parsed
-            if mode:
-                self._n_mode = mode
-                mask = MODE
-            if hdop == hdop:
-                self.hdop = hdop
-            mask |= dop
-            if not previous or (talker == previous and talker not in ("N", "Q")):
-                self._used = {}
-            self._systems = _STALE
-            self._last_gsa_talker = talker
-            if talker != "P" and talker in _OTHER_TALKERS:
-                self._seen_other_gsa = True
-            used = self._used
-            if len(used) + len(keys) <= MAXCHANNELS:
-                used.update(dict.fromkeys(keys))
-            else:
-                for key in keys:
-                    if len(used) >= MAXCHANNELS:
-                        break
-                    used[key] = None
-            mask |= USED
-        if self._seen_other_gsa and talker == "P":
-            mask = ONLINE
-        elif previous != "N" and talker == "N":
-            mask = ONLINE | MODE
-        return mask
-
-    def _gsv(self, f: Fields, count: int) -> int:
-        memo = self._memo
-        parsed = memo[0]
-        if parsed is None:
-            parsed = memo[0] = _parse_gsv(f, count)
-        shape, total, part, talker, add, az = parsed
-        if shape != _GSV_OK:
-            if shape == _GSV_BAD:
-                self._zero_sky()
-            return ONLINE
-        if part == 1 and not self._last_gsv_talker:
-            self._zero_sky()
-        self._last_gsv_talker = talker
-        if talker != "P" and talker in _OTHER_TALKERS:
-            self._seen_other_gsv = True
-        visible = self._visible + add
-        if visible > MAXCHANNELS:  # gpsd zeroes the sky when it overflows
-            visible, any_az = 0, False
-        else:
-            any_az = self._any_az or az
-        self._visible, self._any_az = visible, any_az
-        if part < total:
-            self._gsx_more = True
-            return ONLINE
-        if not any_az:
-            self._zero_sky()  # all azimuths zero: SiRF's "no satellites" hairball
-            return ONLINE
-        self.sats_visible = visible
-        if self._seen_other_gsv and talker == "P" and self._end_gsv_talker != "P":
-            return ONLINE
-        return SATELLITE
-
     def _zero_sky(self) -> None:
         self._visible = 0
         self._any_az = False
 
-    def _vtg(self, f: Fields, count: int) -> int:
-        if not f[1] or not f[5]:
-            return ONLINE
-        if count > 9 and f[9][:1] in ("E", "N"):
-            return ONLINE
-        self._n_track = _atof(f[1])
-        self._n_speed = _atof(f[5]) * _KNOTS_TO_MPS
-        return ONLINE | TRACK | SPEED
 
-    def _gbs(self, f: Fields, count: int) -> int:
-        t = _tod(f[1])
-        if t < 0:
-            return ONLINE
-        self._last_frac = self._this_frac
-        self._this_frac = t
-        self._latch = True  # GBS feeds the detector without being merged (gpsd)
-        if self._tod_ns // 1_000_000_000 == t // 1_000_000_000:
-            return OTHER
-        return ONLINE
+# --- the sentences: what each one carries into the cycle (gpsd's process*() handlers) ----------
+#
+# Each handler reads one sentence's fields into the engine's "new data" (``e._n_*``), merges
+# times and dates through the engine's time helpers, and returns the mask of what the sentence
+# carried; :meth:`CycleEngine.run` then runs the detector and the merge. As in gpsd, where each
+# ``process*()`` function takes the session, they are functions of the engine, not its methods.
 
-    def _bwc(self, f: Fields, count: int) -> int:
-        if f[1] and self._merge_time(f[1]) and self._year:
-            return TIME
-        return ONLINE
 
-    def _grs(self, f: Fields, count: int) -> int:
-        if f[1]:
-            self._merge_time(f[1])
-        return ONLINE
+def _rmc(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = ONLINE
+    if f[2][:1] != "A":
+        # V (and anything else: NMEA defines A and V) is a navigation warning: no fix,
+        # and receivers send bogus times with it, so its time is not used.
+        e._n_mode = _NO_FIX
+        if not f[1] or not f[9]:
+            e._forget_date()
+            mask |= REPORT | TIME
+        return mask | STATUS | MODE
+    if f[1] and count > 9 and f[9] and e._merge_time(f[1]) and e._merge_date(f[9]):
+        mask |= TIME
+        e._register()
+    pos = _latlon(f, 3)
+    if pos is not None:
+        e._n_lat, e._n_lon = pos
+        mask |= LATLON
+        e._n_mode = _3D if e._last_mode == _3D else _2D
+        status = 1
+    else:
+        e._n_mode = _NO_FIX
+        status = 0
+    if f[7]:
+        e._n_speed = _atof(f[7]) * _KNOTS_TO_MPS
+        mask |= SPEED
+    if f[8]:
+        e._n_track = _atof(f[8])
+        mask |= TRACK
+    if count > 12 and f[12]:
+        status = _STATUS_OF_FAA.get(f[12][0], 0 if f[12][0] in "NV" else 1)
+    if len(e._used) > 3 or e.alt_msl == e.alt_msl or e.alt_hae == e.alt_hae:
+        e._n_mode = _3D
+    e._n_status = status
+    return mask | MODE | STATUS
 
-    def _psrfepe(self, f: Fields, count: int) -> int:
-        mask = STATUS
-        if f[1] and self._stamp(f[1]) and self._year:
-            mask |= TIME
-        if f[2] != "A":
-            return mask
-        if f[3]:
-            self.hdop = _atof(f[3])
-            mask |= DOP
-        return mask | OTHER
 
-    def _pashr(self, f: Fields, count: int) -> int:
-        kind = f[1]
-        if kind == "POS":
-            mask = ONLINE | MODE | STATUS | CLEAR
-            if not f[2]:
-                self._n_mode = _NO_FIX
-                return mask
-            self._n_mode = _3D
-            self._n_status = 2 if _atoi(f[2]) >= 1 else 1
-            self._gga_sats = _atoi(f[3])
-            if self._stamp(f[4]):
-                mask |= TIME
-            pos = _latlon(f, 5)
-            if pos is not None:
-                self._n_lat, self._n_lon = pos
-                mask |= LATLON
-                if f[9]:
-                    self._n_alt_hae = _atof(f[9])
-                    mask |= ALTITUDE
-            self._n_track = _atof(f[11])
-            self._n_speed = _atof(f[12]) / 3.6
-            if f[15]:
-                self.hdop = _atof(f[15])
-                mask |= DOP
-            return mask | SPEED | TRACK | OTHER
-        if kind == "SAT":
-            return ONLINE | SATELLITE | USED
-        if kind not in ("ACK", "MCA", "NAK", "PBN", "RID") and f[3] == "T":
-            self._merge_time(f[1])  # OxTS attitude: time of day only, not a cycle
-        return ONLINE
-
-    def _psti030(self, f: Fields, count: int) -> int:
-        mask = ONLINE
-        if f[3] == "V" or f[13] == "N":
-            self._n_mode = _NO_FIX
-            return mask | MODE | STATUS
-        if f[3] != "A":
-            return mask
-        if f[2] and f[12] and self._merge_time(f[2]) and self._merge_date(f[12]):
-            mask |= TIME
-            self._register()
-        pos = _latlon(f, 4)
-        if pos is not None:
-            self._n_lat, self._n_lon = pos
-            self._n_mode = _2D
-            mask |= LATLON | MODE
-            if f[8]:
-                self._n_alt_msl = _atof(f[8])
-                mask |= ALTITUDE
-                self._n_mode = _3D
-        self._n_status = _STATUS_OF_FAA.get(f[13][:1], 1)
-        return mask | STATUS | OTHER
-
-    def _psti_time(self, f: Fields, count: int, valid: bool) -> int:
-        """$PSTI,032/033/035/036: a time and date that feed the detector."""
-        if valid and f[2] and f[3] and self._merge_time(f[2]) and self._merge_date(f[3]):
-            self._register()
-            return ONLINE | TIME | OTHER
-        return ONLINE
-
-    def _psti032(self, f: Fields, count: int) -> int:
-        return self._psti_time(f, count, f[4] == "A")
-
-    def _psti033(self, f: Fields, count: int) -> int:
-        return self._psti_time(f, count, f[4] == "2" and f[5] in ("B", "R"))
-
-    def _psti035(self, f: Fields, count: int) -> int:
-        return self._psti_time(f, count, True)
-
-    def _pgrmz(self, f: Fields, count: int) -> int:
-        mask = ONLINE
-        if f[2] == "f" and f[1]:
-            self._n_alt_msl = _atoi(f[1]) * _FEET_TO_M
+def _gga(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = ONLINE
+    talker = f[0][1:2]
+    previous_talker = e._last_gga_talker
+    e._last_gga_talker = talker
+    quality = _atoi(f[6]) if f[6] else -1
+    if quality == 0 and not f[1]:
+        # "$GPGGA,,,,,,0,...": no time to detect cycles with (Quectel).
+        e._forget_date()
+    if 0 <= quality <= 8:
+        e._n_status = (0, 1, 2, 3, 4, 5, 6, 7, 8)[quality]
+        mask = STATUS  # as gpsd: this drops ONLINE, the forced report and TIME
+        e._n_quality = quality
+    if previous_talker and previous_talker != talker:
+        e._latch_mode = False
+    else:
+        e._latch_mode = f[1] == e._last_gga_time
+    if e._latch_mode:
+        # The timestamp did not advance (Trimble Placer): a bogus, held fix.
+        e._n_status = 0
+        e._n_mode = _NO_FIX
+        mask |= MODE | STATUS
+    else:
+        e._last_gga_time = f[1]
+    sats = _atoi(f[7])
+    e._gga_sats = e._n_sats = sats
+    if f[1] and e._stamp(f[1]) and e._year:
+        mask |= TIME
+    pos = _latlon(f, 2)
+    if pos is not None and quality != 0:
+        e._n_lat, e._n_lon = pos
+        e._n_mode = _2D
+        mask |= LATLON
+        if f[9]:
+            e._n_alt_msl = _atof(f[9])
             mask |= ALTITUDE
-        mode = f[3][:1]
-        if mode in ("1", "2", "3"):
-            self._n_mode = int(mode)
-            mask |= MODE
-        return mask
+            if sats >= 4:
+                e._n_mode = _3D
+        if sats < 3 and f[0][0] == "G" and talker in ("P", "N"):
+            e._n_mode = _NO_FIX
+    else:
+        # No position, or quality 0 ("fix not available or invalid", NMEA 0183): gpsd
+        # takes the coordinates of a quality-0 GGA as a fix; they are not one.
+        e._n_mode = _NO_FIX
+    mask |= MODE
+    if f[8]:
+        hdop = _atof(f[8])
+        if 0.01 <= hdop <= 89.99:
+            e.hdop = hdop
+            mask |= DOP
+    return mask
 
-    def _pmgnst(self, f: Fields, count: int) -> int:
-        mode = _atoi(f[2])
-        self._n_mode = mode if f[3][:1] == "T" and mode in (2, 3) else _NO_FIX
-        return ONLINE | MODE
 
-    def _pgrmf(self, f: Fields, count: int) -> int:
-        # Garmin's fix: gpsd prefers GPS week/TOW with the leap seconds; the UTC date and time
-        # of the same sentence are used here (the week number has only 10 bits).
+def _gns(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = ONLINE
+    if f[1] and e._stamp(f[1]) and e._year:
+        mask = TIME
+    modes = f[6]
+    systems = tuple(system for system, c in zip(_GNS_SYSTEMS, modes, strict=False) if c not in "NV")
+    if not systems:
+        # Every system says "no fix" (NMEA 4.10: one character per system; gpsd reads
+        # only the first and so misses a fix without GPS, e.g. "NNNA" BeiDou alone).
+        e._n_mode = _NO_FIX
+        return mask | MODE
+    if f[13][:1] in ("U", "V"):
+        return mask  # NMEA 4.1 navigational status: unsafe / not valid
+    e._gns_systems = systems
+    e._systems = _STALE
+    sats = _atoi(f[7])
+    e._gga_sats = e._n_sats = sats
+    pos = _latlon(f, 2)
+    if pos is not None:
+        e._n_lat, e._n_lon = pos
+        mask |= LATLON
+        e._n_mode = _2D
+        if f[9]:
+            e._n_alt_msl = _atof(f[9])
+            if e._n_alt_msl == e._n_alt_msl:
+                mask |= ALTITUDE
+                if sats > 3:
+                    e._n_mode = _3D
+    else:
+        e._n_mode = _NO_FIX
+    if f[8]:
+        e.hdop = _atof(f[8])
+        mask |= DOP
+    first = next(c for c in modes if c not in "NV")
+    e._n_status = _STATUS_OF_FAA.get(first, 1)
+    return mask | MODE | STATUS
+
+
+def _gll(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = ONLINE
+    if f[5] and e._stamp(f[5]) and e._year:
+        mask = TIME
+    pos = _latlon(f, 1) if f[6][:1] == "A" and (count < 8 or f[7][:1] != "N") else None
+    if pos is None:
+        e._n_mode = _NO_FIX
+    else:
+        e._n_lat, e._n_lon = pos
+        mask |= LATLON
+        has_alt = e.alt_msl == e.alt_msl or e.alt_hae == e.alt_hae
+        if has_alt or len(e._used) > 3:
+            e._n_mode = _3D
+        elif e.mode < _2D or not e._old_alt:
+            e._n_mode = _2D
+        e._n_status = _STATUS_OF_FAA.get(f[7][:1], 1) if count >= 8 else 1
+    return mask | STATUS | MODE
+
+
+def _zda(e: CycleEngine, f: Fields, count: int) -> int:
+    if not (f[1] and f[2] and f[3] and f[4]) or not e._merge_time(f[1]):
+        return ONLINE
+    year = _atoi(f[4])
+    date = _valid_date(year, _atoi(f[3]), _atoi(f[2])) if 1900 <= year <= 2200 else None
+    if date is None:
+        return ONLINE
+    e._set_date(date)
+    e._register()
+    return TIME
+
+
+def _gsa(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = ONLINE
+    talker = f[0][1:2]
+    previous = e._last_gsa_talker
+    if not e._latch_mode:
+        memo = e._memo
+        parsed = memo[0]
+        if parsed is None:
+            parsed = memo[0] = _parse_gsa(f, count)
+        mode, hdop, dop, keys = parsed
+        if mode:
+            e._n_mode = mode
+            mask = MODE
+        if hdop == hdop:
+            e.hdop = hdop
+        mask |= dop
+        if not previous or (talker == previous and talker not in ("N", "Q")):
+            e._used = {}
+        e._systems = _STALE
+        e._last_gsa_talker = talker
+        if talker != "P" and talker in _OTHER_TALKERS:
+            e._seen_other_gsa = True
+        used = e._used
+        if len(used) + len(keys) <= MAXCHANNELS:
+            used.update(dict.fromkeys(keys))
+        else:
+            for key in keys:
+                if len(used) >= MAXCHANNELS:
+                    break
+                used[key] = None
+        mask |= USED
+    if e._seen_other_gsa and talker == "P":
         mask = ONLINE
-        if self._merge_time(f[4]) and self._merge_date(f[3]):
-            mask |= TIME
-        if f[10] != "A":
-            return mask
-        pos = _latlon(f, 6)
-        if pos is not None:
-            self._n_lat, self._n_lon = pos
-            mask |= LATLON
-        mode = f[11][:1]
-        if mode in ("0", "1", "2"):
-            self._n_mode = (_NO_FIX, _2D, _3D)[int(mode)]
-            mask |= MODE
-        self._n_speed = _atof(f[12]) / 3.6
-        self._n_track = _atof(f[13])
-        return mask | SPEED | TRACK
+    elif previous != "N" and talker == "N":
+        mask = ONLINE | MODE
+    return mask
 
-    # Sentences that carry no fix: only whether they bring new data matters (a report after
-    # the cycle's end), as in gpsd's handlers.
-    def _hdg(self, f: Fields, count: int) -> int:
-        memo = self._memo
-        if memo[0] is None:
-            memo[0] = self._hdg_mask(f)
-        mask: int = memo[0]
+
+def _gsv(e: CycleEngine, f: Fields, count: int) -> int:
+    memo = e._memo
+    parsed = memo[0]
+    if parsed is None:
+        parsed = memo[0] = _parse_gsv(f, count)
+    shape, total, part, talker, add, az = parsed
+    if shape != _GSV_OK:
+        if shape == _GSV_BAD:
+            e._zero_sky()
+        return ONLINE
+    if part == 1 and not e._last_gsv_talker:
+        e._zero_sky()
+    e._last_gsv_talker = talker
+    if talker != "P" and talker in _OTHER_TALKERS:
+        e._seen_other_gsv = True
+    visible = e._visible + add
+    if visible > MAXCHANNELS:  # gpsd zeroes the sky when it overflows
+        visible, any_az = 0, False
+    else:
+        any_az = e._any_az or az
+    e._visible, e._any_az = visible, any_az
+    if part < total:
+        e._gsx_more = True
+        return ONLINE
+    if not any_az:
+        e._zero_sky()  # all azimuths zero: SiRF's "no satellites" hairball
+        return ONLINE
+    e.sats_visible = visible
+    if e._seen_other_gsv and talker == "P" and e._end_gsv_talker != "P":
+        return ONLINE
+    return SATELLITE
+
+
+def _vtg(e: CycleEngine, f: Fields, count: int) -> int:
+    if not f[1] or not f[5]:
+        return ONLINE
+    if count > 9 and f[9][:1] in ("E", "N"):
+        return ONLINE
+    e._n_track = _atof(f[1])
+    e._n_speed = _atof(f[5]) * _KNOTS_TO_MPS
+    return ONLINE | TRACK | SPEED
+
+
+def _gbs(e: CycleEngine, f: Fields, count: int) -> int:
+    t = _tod(f[1])
+    if t < 0:
+        return ONLINE
+    e._last_frac = e._this_frac
+    e._this_frac = t
+    e._latch = True  # GBS feeds the detector without being merged (gpsd)
+    if e._tod_ns // 1_000_000_000 == t // 1_000_000_000:
+        return OTHER
+    return ONLINE
+
+
+def _bwc(e: CycleEngine, f: Fields, count: int) -> int:
+    if f[1] and e._merge_time(f[1]) and e._year:
+        return TIME
+    return ONLINE
+
+
+def _grs(e: CycleEngine, f: Fields, count: int) -> int:
+    if f[1]:
+        e._merge_time(f[1])
+    return ONLINE
+
+
+def _psrfepe(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = STATUS
+    if f[1] and e._stamp(f[1]) and e._year:
+        mask |= TIME
+    if f[2] != "A":
         return mask
+    if f[3]:
+        e.hdop = _atof(f[3])
+        mask |= DOP
+    return mask | OTHER
 
-    def _hdg_mask(self, f: Fields) -> int:
-        heading, deviation = _atof(f[1]), _atof(f[2])
-        if not f[1] or not 0.0 <= heading <= 360.0 or deviation < 0.0 or deviation > 360.0:
-            return ONLINE
-        return ONLINE | OTHER
 
-    def _heading(self, f: Fields, count: int) -> int:  # HDM, HDT
-        return ONLINE | ATTITUDE if f[1] and 0.0 <= _atof(f[1]) <= 360.0 else ONLINE
+def _pashr(e: CycleEngine, f: Fields, count: int) -> int:
+    kind = f[1]
+    if kind == "POS":
+        mask = ONLINE | MODE | STATUS | CLEAR
+        if not f[2]:
+            e._n_mode = _NO_FIX
+            return mask
+        e._n_mode = _3D
+        e._n_status = 2 if _atoi(f[2]) >= 1 else 1
+        e._gga_sats = _atoi(f[3])
+        if e._stamp(f[4]):
+            mask |= TIME
+        pos = _latlon(f, 5)
+        if pos is not None:
+            e._n_lat, e._n_lon = pos
+            mask |= LATLON
+            if f[9]:
+                e._n_alt_hae = _atof(f[9])
+                mask |= ALTITUDE
+        e._n_track = _atof(f[11])
+        e._n_speed = _atof(f[12]) / 3.6
+        if f[15]:
+            e.hdop = _atof(f[15])
+            mask |= DOP
+        return mask | SPEED | TRACK | OTHER
+    if kind == "SAT":
+        return ONLINE | SATELLITE | USED
+    if kind not in ("ACK", "MCA", "NAK", "PBN", "RID") and f[3] == "T":
+        e._merge_time(f[1])  # OxTS attitude: time of day only, not a cycle
+    return ONLINE
 
-    def _rot(self, f: Fields, count: int) -> int:
-        return ONLINE | ATTITUDE if f[1] and f[2][:1] == "A" else ONLINE
 
-    def _mwv(self, f: Fields, count: int) -> int:
-        relative = f[2][:1] == "R" and f[4][:1] == "N" and f[5][:1] == "A"
-        return ONLINE | OTHER if relative else ONLINE
+def _psti030(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = ONLINE
+    if f[3] == "V" or f[13] == "N":
+        e._n_mode = _NO_FIX
+        return mask | MODE | STATUS
+    if f[3] != "A":
+        return mask
+    if f[2] and f[12] and e._merge_time(f[2]) and e._merge_date(f[12]):
+        mask |= TIME
+        e._register()
+    pos = _latlon(f, 4)
+    if pos is not None:
+        e._n_lat, e._n_lon = pos
+        e._n_mode = _2D
+        mask |= LATLON | MODE
+        if f[8]:
+            e._n_alt_msl = _atof(f[8])
+            mask |= ALTITUDE
+            e._n_mode = _3D
+    e._n_status = _STATUS_OF_FAA.get(f[13][:1], 1)
+    return mask | STATUS | OTHER
 
-    def _depth(self, f: Fields, count: int) -> int:  # DBT, DPT
-        present = (f[3] or f[1] or f[5]) if f[0][2:] == "DBT" else f[1]
-        return ONLINE | OTHER if present else ONLINE
 
-    def _xdr(self, f: Fields, count: int) -> int:
-        for i in range(min(count // 4, 10)):
-            j = i * 4
-            kind, name = f[j + 1][:1], f[j + 4]
-            if not f[j + 2]:
-                continue
-            if kind == "A" and f[j + 3][:1] == "D" and name in ("PTCH", "PITCH", "ROLL"):
-                return ONLINE | ATTITUDE
-            if kind == "G" and name in ("MAGX", "MAGY", "MAGZ"):
-                return ONLINE | ATTITUDE
+def _psti_time(e: CycleEngine, f: Fields, count: int, valid: bool) -> int:
+    """$PSTI,032/033/035/036: a time and date that feed the detector."""
+    if valid and f[2] and f[3] and e._merge_time(f[2]) and e._merge_date(f[3]):
+        e._register()
+        return ONLINE | TIME | OTHER
+    return ONLINE
+
+
+def _psti032(e: CycleEngine, f: Fields, count: int) -> int:
+    return _psti_time(e, f, count, f[4] == "A")
+
+
+def _psti033(e: CycleEngine, f: Fields, count: int) -> int:
+    return _psti_time(e, f, count, f[4] == "2" and f[5] in ("B", "R"))
+
+
+def _psti035(e: CycleEngine, f: Fields, count: int) -> int:
+    return _psti_time(e, f, count, True)
+
+
+def _pgrmz(e: CycleEngine, f: Fields, count: int) -> int:
+    mask = ONLINE
+    if f[2] == "f" and f[1]:
+        e._n_alt_msl = _atoi(f[1]) * _FEET_TO_M
+        mask |= ALTITUDE
+    mode = f[3][:1]
+    if mode in ("1", "2", "3"):
+        e._n_mode = int(mode)
+        mask |= MODE
+    return mask
+
+
+def _pmgnst(e: CycleEngine, f: Fields, count: int) -> int:
+    mode = _atoi(f[2])
+    e._n_mode = mode if f[3][:1] == "T" and mode in (2, 3) else _NO_FIX
+    return ONLINE | MODE
+
+
+def _pgrmf(e: CycleEngine, f: Fields, count: int) -> int:
+    # Garmin's fix: gpsd prefers GPS week/TOW with the leap seconds; the UTC date and time
+    # of the same sentence are used here (the week number has only 10 bits).
+    mask = ONLINE
+    if e._merge_time(f[4]) and e._merge_date(f[3]):
+        mask |= TIME
+    if f[10] != "A":
+        return mask
+    pos = _latlon(f, 6)
+    if pos is not None:
+        e._n_lat, e._n_lon = pos
+        mask |= LATLON
+    mode = f[11][:1]
+    if mode in ("0", "1", "2"):
+        e._n_mode = (_NO_FIX, _2D, _3D)[int(mode)]
+        mask |= MODE
+    e._n_speed = _atof(f[12]) / 3.6
+    e._n_track = _atof(f[13])
+    return mask | SPEED | TRACK
+
+
+# Sentences that carry no fix: only whether they bring new data matters (a report after
+# the cycle's end), as in gpsd's handlers.
+def _hdg(e: CycleEngine, f: Fields, count: int) -> int:
+    memo = e._memo
+    if memo[0] is None:
+        memo[0] = _hdg_mask(f)
+    mask: int = memo[0]
+    return mask
+
+
+def _hdg_mask(f: Fields) -> int:
+    heading, deviation = _atof(f[1]), _atof(f[2])
+    if not f[1] or not 0.0 <= heading <= 360.0 or deviation < 0.0 or deviation > 360.0:
         return ONLINE
+    return ONLINE | OTHER
 
-    def _online(self, f: Fields, count: int) -> int:
-        return ONLINE
 
-    def _other(self, f: Fields, count: int) -> int:
-        return ONLINE | OTHER
+def _heading(e: CycleEngine, f: Fields, count: int) -> int:  # HDM, HDT
+    return ONLINE | ATTITUDE if f[1] and 0.0 <= _atof(f[1]) <= 360.0 else ONLINE
 
-    def _attitude(self, f: Fields, count: int) -> int:
-        return ONLINE | ATTITUDE
+
+def _rot(e: CycleEngine, f: Fields, count: int) -> int:
+    return ONLINE | ATTITUDE if f[1] and f[2][:1] == "A" else ONLINE
+
+
+def _mwv(e: CycleEngine, f: Fields, count: int) -> int:
+    relative = f[2][:1] == "R" and f[4][:1] == "N" and f[5][:1] == "A"
+    return ONLINE | OTHER if relative else ONLINE
+
+
+def _depth(e: CycleEngine, f: Fields, count: int) -> int:  # DBT, DPT
+    present = (f[3] or f[1] or f[5]) if f[0][2:] == "DBT" else f[1]
+    return ONLINE | OTHER if present else ONLINE
+
+
+def _xdr(e: CycleEngine, f: Fields, count: int) -> int:
+    for i in range(min(count // 4, 10)):
+        j = i * 4
+        kind, name = f[j + 1][:1], f[j + 4]
+        if not f[j + 2]:
+            continue
+        if kind == "A" and f[j + 3][:1] == "D" and name in ("PTCH", "PITCH", "ROLL"):
+            return ONLINE | ATTITUDE
+        if kind == "G" and name in ("MAGX", "MAGY", "MAGZ"):
+            return ONLINE | ATTITUDE
+    return ONLINE
+
+
+def _online(e: CycleEngine, f: Fields, count: int) -> int:
+    return ONLINE
+
+
+def _other(e: CycleEngine, f: Fields, count: int) -> int:
+    return ONLINE | OTHER
+
+
+def _attitude(e: CycleEngine, f: Fields, count: int) -> int:
+    return ONLINE | ATTITUDE
 
 
 _GSV_BAD, _GSV_SKIP, _GSV_OK = 0, 1, 2
@@ -1115,87 +1151,86 @@ def prepare(fields: Fields, length: int) -> Prepared | None:
 
 def _entries() -> tuple[dict[str, _Entry], dict[str, _Entry], dict[tuple[str, str], _Entry]]:
     """gpsd's sentence table: which sentences it decodes (others only pass by)."""
-    e = CycleEngine
     short = {
-        "RMC": (8, e._rmc),
-        "GGA": (13, e._gga),
-        "GNS": (13, e._gns),
-        "GLL": (7, e._gll),
-        "ZDA": (4, e._zda),
-        "GSA": (18, e._gsa),
-        "GSV": (4, e._gsv),
-        "VTG": (5, e._vtg),
-        "GBS": (7, e._gbs),
-        "BWC": (12, e._bwc),
-        "GRS": (4, e._grs),
-        "GST": (8, e._other),
-        "DTM": (2, e._online),
-        "TXT": (5, e._online),
-        "STI": (2, e._online),
-        "DBT": (7, e._depth),
-        "DPT": (4, e._depth),
-        "MTW": (3, e._online),
-        "MWD": (0, e._other),
-        "MWV": (0, e._mwv),
-        "HDG": (0, e._hdg),
-        "HDM": (3, e._heading),
-        "HDT": (1, e._heading),
-        "ROT": (3, e._rot),
-        "THS": (0, e._online),
-        "XDR": (5, e._xdr),
+        "RMC": (8, _rmc),
+        "GGA": (13, _gga),
+        "GNS": (13, _gns),
+        "GLL": (7, _gll),
+        "ZDA": (4, _zda),
+        "GSA": (18, _gsa),
+        "GSV": (4, _gsv),
+        "VTG": (5, _vtg),
+        "GBS": (7, _gbs),
+        "BWC": (12, _bwc),
+        "GRS": (4, _grs),
+        "GST": (8, _other),
+        "DTM": (2, _online),
+        "TXT": (5, _online),
+        "STI": (2, _online),
+        "DBT": (7, _depth),
+        "DPT": (4, _depth),
+        "MTW": (3, _online),
+        "MWD": (0, _other),
+        "MWV": (0, _mwv),
+        "HDG": (0, _hdg),
+        "HDM": (3, _heading),
+        "HDT": (1, _heading),
+        "ROT": (3, _rot),
+        "THS": (0, _online),
+        "XDR": (5, _xdr),
     }
     long = {
-        "PASHR": (3, e._pashr),
-        "PSRFEPE": (7, e._psrfepe),
-        "PGRMZ": (4, e._pgrmz),
-        "PGRMF": (15, e._pgrmf),
-        "PMGNST": (8, e._pmgnst),
-        "PGRME": (7, e._other),
-        "PGRMM": (2, e._online),
-        "PGRMT": (10, e._online),
-        "PGRMV": (4, e._other),
-        "PGLOR": (2, e._online),
-        "GYOACC": (14, e._attitude),
-        "PAIR001": (3, e._online),
-        "PAIR010": (5, e._online),
-        "PDTINFO": (6, e._online),
-        "PGPSP": (18, e._other),
-        "PMTK001": (3, e._online),
-        "PMTK424": (3, e._online),
-        "PMTK705": (4, e._online),
-        "PQTMGPS": (14, e._online),
-        "PQTMIMU": (10, e._online),
-        "PQTMINS": (11, e._online),
-        "PQTMVER": (4, e._online),
-        "PQVERNO": (5, e._online),
-        "PSTMCPU": (4, e._online),
-        "PSTMANTENNASTATUS": (4, e._other),
-        "PSTMVER": (1, e._online),
-        "PTNLRBA": (2, e._other),
-        "PTNLRNM": (1, e._other),
-        "PTNLRTP": (3, e._online),
-        "PTNLRXO": (2, e._online),
-        "PTNTA": (8, e._other),
-        "PTNTHTM": (9, e._attitude),
-        "SNRSTAT": (5, e._online),
+        "PASHR": (3, _pashr),
+        "PSRFEPE": (7, _psrfepe),
+        "PGRMZ": (4, _pgrmz),
+        "PGRMF": (15, _pgrmf),
+        "PMGNST": (8, _pmgnst),
+        "PGRME": (7, _other),
+        "PGRMM": (2, _online),
+        "PGRMT": (10, _online),
+        "PGRMV": (4, _other),
+        "PGLOR": (2, _online),
+        "GYOACC": (14, _attitude),
+        "PAIR001": (3, _online),
+        "PAIR010": (5, _online),
+        "PDTINFO": (6, _online),
+        "PGPSP": (18, _other),
+        "PMTK001": (3, _online),
+        "PMTK424": (3, _online),
+        "PMTK705": (4, _online),
+        "PQTMGPS": (14, _online),
+        "PQTMIMU": (10, _online),
+        "PQTMINS": (11, _online),
+        "PQTMVER": (4, _online),
+        "PQVERNO": (5, _online),
+        "PSTMCPU": (4, _online),
+        "PSTMANTENNASTATUS": (4, _other),
+        "PSTMVER": (1, _online),
+        "PTNLRBA": (2, _other),
+        "PTNLRNM": (1, _other),
+        "PTNLRTP": (3, _online),
+        "PTNLRXO": (2, _online),
+        "PTNTA": (8, _other),
+        "PTNTHTM": (9, _attitude),
+        "SNRSTAT": (5, _online),
     }
     for name in ("EINSMSG", "ORIENTATION", "WHEELTICK"):
-        long[f"PQTMCFG{name}ERROR"] = (1, e._online)
-        long[f"PQTMCFG{name}OK"] = (1, e._online)
-    long["PQTMQMPTERROR"] = (1, e._online)
+        long[f"PQTMCFG{name}ERROR"] = (1, _online)
+        long[f"PQTMCFG{name}OK"] = (1, _online)
+    long["PQTMQMPTERROR"] = (1, _online)
     sub = {
-        ("PSTI", "030"): (16, e._psti030),
-        ("PSTI", "032"): (16, e._psti032),
-        ("PSTI", "033"): (27, e._psti033),
-        ("PSTI", "035"): (8, e._psti035),
-        ("PSTI", "036"): (2, e._psti035),
-        ("PERC", "GPavp"): (6, e._other),
-        ("PERC", "GPppr"): (6, e._other),
-        ("PERC", "GPsts"): (4, e._other),
-        ("PERC", "GPppf"): (5, e._other),
+        ("PSTI", "030"): (16, _psti030),
+        ("PSTI", "032"): (16, _psti032),
+        ("PSTI", "033"): (27, _psti033),
+        ("PSTI", "035"): (8, _psti035),
+        ("PSTI", "036"): (2, _psti035),
+        ("PERC", "GPavp"): (6, _other),
+        ("PERC", "GPppr"): (6, _other),
+        ("PERC", "GPsts"): (4, _other),
+        ("PERC", "GPppf"): (5, _other),
     }
     for name, nf in (("FWsts", 6), ("GPctr", 6), ("GPdbg", 19), ("GPreh", 2), ("GPver", 4)):
-        sub[("PERC", name)] = (nf, e._online)
+        sub[("PERC", name)] = (nf, _online)
     fix = {"RMC", "GGA", "GNS", "GLL", "GSA", "PASHR", "PSRFEPE", "PGRMZ", "PGRMF", "PMGNST"}
     fix |= {"PSTI030"}
 

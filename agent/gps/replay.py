@@ -88,6 +88,11 @@ class ReplaySource:
     def name(self) -> str:
         return f"replay:{self.path.name}"
 
+    @property
+    def finite(self) -> bool:
+        """A log played once ends; its end is the end of its input, not a failure."""
+        return not self.loop
+
     def run(self, stop: threading.Event, emit: Emit) -> None:
         if not self.path.is_file():
             raise SourceError(f"{self.path}: no such replay file")

@@ -35,7 +35,7 @@ from typing import Any
 RULE_FILE = "77-edge-agent-serial.rules"
 UBLOX_VENDOR = "1546"
 #: The Pi's UART device names (PL011 and mini UART) and the firmware's aliases for them.
-PI_UARTS = re.compile(r"^/dev/(serial[01]|ttyAMA\d+|ttyS0)$")
+PI_UARTS = re.compile(r"^/dev/(serial[01]|ttyAMA\d+|ttyS0)\Z")
 BT_ON_PL011 = ("Pi 3", "Pi 4", "Pi 400", "Compute Module 4", "Zero W", "Zero 2 W")
 BT_OVERLAYS = ("disable-bt", "miniuart-bt", "pi3-disable-bt", "pi3-miniuart-bt")
 
@@ -152,7 +152,7 @@ class BootFiles:
         return raw.split(b"\x00", 1)[0].decode("ascii", "replace").strip()
 
 
-_SECTION = re.compile(r"^\s*\[([^\]]*)\]\s*$")
+_SECTION = re.compile(r"^\s*\[([^\]]*)\]\s*\Z")
 _MODEL_FILTERS = {
     "pi0": ("Zero",),
     "pi0w": ("Zero W",),

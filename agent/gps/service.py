@@ -97,6 +97,11 @@ class GpsService:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def threads(self) -> list[threading.Thread]:
+        """The source's reader and the consumer (the composition root watches both); a
+        replayed log that has played to its end (``finished``) is no longer watched."""
+        return ([] if self.pump.finished else [self.pump.thread]) + [self._thread]
+
     def start(self) -> None:
         self.pump.start()
         self._thread.start()
@@ -142,9 +147,11 @@ class GpsService:
                     if self.records.due():
                         self.records.roll()
                     failing = ""
-                except AgentError as exc:
+                except (AgentError, OSError) as exc:
                     # A full disk must not stop positions: the fixes stay in the encrypted
-                    # journal and the batch is sealed when space returns.
+                    # journal and the batch is sealed when space returns (a journal that cannot
+                    # be opened or appended to on a full disk is an OSError: the fix is lost,
+                    # the thread is not).
                     if str(exc) != failing:
                         log.error("gps: %s (retrying)", exc)
                     failing = str(exc)

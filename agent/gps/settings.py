@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.settings import at_least, check, in_range, one_of, port_number
+from agent.config.fields import at_least, check, in_range, one_of, port_number
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,8 @@ class SourceThread:
         self.queue: queue.Queue[Fix] = queue.Queue(maxsize=maxsize)
         self.dropped = 0
         self.error: BaseException | None = None
+        # A finite source (a replayed log) that reached the end of its input before the stop.
+        self.finished = False
         self._thread = threading.Thread(target=self._run, name=f"gps:{source.name}", daemon=True)
 
     def start(self) -> None:
@@ -133,6 +135,10 @@ class SourceThread:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     def _put(self, fix: Fix) -> None:
         while True:
@@ -149,6 +155,9 @@ class SourceThread:
     def _run(self) -> None:
         try:
             self.source.run(self.stop, self._put)
+            if not self.stop.is_set() and getattr(self.source, "finite", False):
+                logging.getLogger(__name__).info("%s: end of its input", self.source.name)
+                self.finished = True
         except BaseException as exc:  # reported to the owner, who decides
             logging.getLogger(__name__).error("%s: stopped: %s", self.source.name, exc)
             self.error = exc

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.settings import check, in_range, one_of
+from agent.config.fields import check, in_range, one_of
 
 #: The constellations ``[receiver] constellations`` may name; the ones not named are disabled.
 CONSTELLATIONS = ("gps", "sbas", "galileo", "beidou", "qzss", "glonass")

@@ -17,6 +17,8 @@ vehicle's work state also go to a city's existing JT/T 808 platform. See docs/jt
                         live reports, batches of the backlog, platform messages
 ``terminal.py``         the terminal as the agent sees it (on_fix, on_alarm, health)
 ``settings.py``         ``[jt808]``
-``lab.py``              the reference platform and a link-cutting proxy (tests, demo, bench)
 ======================  =====================================================================
+
+The reference platform and a link-cutting proxy (tests, demo, bench) are in
+``agent/labs/jt808_platform.py``.
 """

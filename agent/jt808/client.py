@@ -128,6 +128,102 @@ class Session:
             out.update(p.ids)
         return out
 
+    def send(self, msg_id: int, body: bytes, next_serial: Callable[[], int]) -> int:
+        """Send a message (in packages if long); returns the serial of its first frame."""
+        s = self.settings
+        frames = encode_message(
+            msg_id, body, phone=s.phone, next_serial=next_serial, version=1 if s.v2019 else None
+        )
+        data = b"".join(f for _, f in frames)
+        try:
+            self.sock.sendall(data)
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkFailed(f"send failed: {exc}") from exc
+        self.last_tx = time.monotonic()
+        first = frames[0][0]
+        if len(frames) > 1:
+            self.sent_packages[first] = {i: f for i, (_, f) in enumerate(frames, 1)}
+            while len(self.sent_packages) > KEEP_SENT_PACKAGES:
+                self.sent_packages.popitem(last=False)
+        return first
+
+    def expect(
+        self,
+        serial: int,
+        msg_id: int,
+        ids: list[int] | None = None,
+        *,
+        size: int = 0,
+        backlog: bool = False,
+    ) -> None:
+        """An answer (0x8001) to ``serial`` is due within ``response_timeout_s``."""
+        deadline = time.monotonic() + self.settings.response_timeout_s
+        self.pending[serial] = Pending(msg_id, deadline, list(ids or []), size, backlog)
+
+
+class Reports:
+    """What a session sends of the terminal's queue: the live reports first, then the backlog."""
+
+    def __init__(
+        self,
+        settings: Jt808Settings,
+        terminal: Jt808Terminal,
+        stats: ClientStats,
+        next_serial: Callable[[], int],
+    ) -> None:
+        self.s = settings
+        self.t = terminal
+        self.stats = stats
+        self.next_serial = next_serial
+
+    def live(self, sess: Session) -> None:
+        """Every report stored since the session started, at once."""
+        skip = sess.in_flight() | sess.parked
+        for rec in self.t.queue.newer(sess.live_from, skip):
+            serial = sess.send(m.T_LOCATION, rec.body, self.next_serial)
+            sess.expect(serial, m.T_LOCATION, [rec.id], size=len(rec.body))
+            self.stats.live_sent += 1
+
+    def backlog(self, sess: Session) -> None:
+        """The oldest reports from before the session, in batches (0x0704) within
+        ``BATCH_WINDOW`` unanswered ones and ``backlog_bytes_per_s``; one 0x0200 each where the
+        platform does not take batches."""
+        batches = sum(1 for p in sess.pending.values() if p.backlog)
+        if batches >= BATCH_WINDOW:
+            return
+        now = time.monotonic()
+        rate = float(self.s.backlog_bytes_per_s)
+        sess.tokens = min(sess.tokens + (now - sess.token_at) * rate, max(rate, 2048.0))
+        sess.token_at = now
+        skip = sess.in_flight() | sess.parked
+        recs = [r for r in self.t.queue.oldest(self.s.batch_max, skip) if r.id < sess.live_from]
+        if not recs:
+            return
+        if not sess.batch_ok:  # the platform does not take 0x0704: one 0x0200 each
+            rec = recs[0]
+            if sess.tokens < len(rec.body) + 20:
+                return
+            serial = sess.send(m.T_LOCATION, rec.body, self.next_serial)
+            sess.expect(serial, m.T_LOCATION, [rec.id], size=len(rec.body), backlog=True)
+            sess.tokens -= len(rec.body) + 20
+            return
+        bodies: list[bytes] = []
+        chosen = []
+        for r in recs:
+            if m.batch_size([*bodies, r.body]) > 1023:
+                break
+            bodies.append(r.body)
+            chosen.append(r)
+        size = m.batch_size(bodies) + 25
+        if sess.tokens < size:
+            return
+        body = m.encode_batch(bodies, m.BATCH_BLIND_AREA)
+        serial = sess.send(m.T_BATCH, body, self.next_serial)
+        sess.expect(serial, m.T_BATCH, [r.id for r in chosen], size=size, backlog=True)
+        sess.tokens -= size
+        self.stats.batches_sent += 1
+        self.stats.reports_in_batches += len(chosen)
+
 
 class Jt808Client:
     """Connects, registers, authenticates and serves until ``stop``; reconnects with backoff."""
@@ -144,6 +240,7 @@ class Jt808Client:
         self._errors_logged: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="jt808", daemon=True)
         self.session: Session | None = None
+        self.reports = Reports(settings, terminal, self.stats, self.next_serial)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -156,6 +253,10 @@ class Jt808Client:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     def wake(self) -> None:
         """A report was stored: let the session send it now (from any thread)."""
@@ -266,39 +367,7 @@ class Jt808Client:
     # ------------------------------------------------------------------ sending
 
     def _send(self, sess: Session, msg_id: int, body: bytes) -> int:
-        """Send a message (in packages if long); returns the serial of its first frame."""
-        frames = encode_message(
-            msg_id,
-            body,
-            phone=self.s.phone,
-            next_serial=self.next_serial,
-            version=1 if self.s.v2019 else None,
-        )
-        data = b"".join(f for _, f in frames)
-        try:
-            sess.sock.sendall(data)
-        except (OSError, ssl.SSLError) as exc:
-            raise LinkFailed(f"send failed: {exc}") from exc
-        sess.last_tx = time.monotonic()
-        first = frames[0][0]
-        if len(frames) > 1:
-            sess.sent_packages[first] = {i: f for i, (_, f) in enumerate(frames, 1)}
-            while len(sess.sent_packages) > KEEP_SENT_PACKAGES:
-                sess.sent_packages.popitem(last=False)
-        return first
-
-    def _expect(
-        self,
-        sess: Session,
-        serial: int,
-        msg_id: int,
-        ids: list[int] | None = None,
-        *,
-        size: int = 0,
-        backlog: bool = False,
-    ) -> None:
-        deadline = time.monotonic() + self.s.response_timeout_s
-        sess.pending[serial] = Pending(msg_id, deadline, list(ids or []), size, backlog)
+        return sess.send(msg_id, body, self.next_serial)
 
     def _respond(self, sess: Session, frame: Frame, result: int) -> None:
         body = m.encode_general_response(m.GeneralResponse(frame.serial, frame.msg_id, result))
@@ -428,12 +497,12 @@ class Jt808Client:
         while not self.stop.is_set():
             while sess.inbox:
                 self._dispatch(sess, sess.inbox.popleft())
-            self._send_live(sess)
-            self._send_backlog(sess)
+            self.reports.live(sess)
+            self.reports.backlog(sess)
             now = time.monotonic()
             if now - sess.last_tx >= self.t.heartbeat_s():
                 serial = self._send(sess, m.T_HEARTBEAT, b"")
-                self._expect(sess, serial, m.T_HEARTBEAT)
+                sess.expect(serial, m.T_HEARTBEAT)
                 self.stats.heartbeats += 1
             for serial, p in list(sess.pending.items()):
                 if now > p.deadline:
@@ -447,50 +516,6 @@ class Jt808Client:
                 self._send(sess, m.T_RESEND_REQUEST, m.encode_resend_request(first, missing))
                 log.info("jt808: asked for %d missing packages of 0x%04x", len(missing), msg_id)
             self._read(sess, POLL_S)
-
-    def _send_live(self, sess: Session) -> None:
-        skip = sess.in_flight() | sess.parked
-        for rec in self.t.queue.newer(sess.live_from, skip):
-            serial = self._send(sess, m.T_LOCATION, rec.body)
-            self._expect(sess, serial, m.T_LOCATION, [rec.id], size=len(rec.body))
-            self.stats.live_sent += 1
-
-    def _send_backlog(self, sess: Session) -> None:
-        batches = sum(1 for p in sess.pending.values() if p.backlog)
-        if batches >= BATCH_WINDOW:
-            return
-        now = time.monotonic()
-        rate = float(self.s.backlog_bytes_per_s)
-        sess.tokens = min(sess.tokens + (now - sess.token_at) * rate, max(rate, 2048.0))
-        sess.token_at = now
-        skip = sess.in_flight() | sess.parked
-        recs = [r for r in self.t.queue.oldest(self.s.batch_max, skip) if r.id < sess.live_from]
-        if not recs:
-            return
-        if not sess.batch_ok:  # the platform does not take 0x0704: one 0x0200 each
-            rec = recs[0]
-            if sess.tokens < len(rec.body) + 20:
-                return
-            serial = self._send(sess, m.T_LOCATION, rec.body)
-            self._expect(sess, serial, m.T_LOCATION, [rec.id], size=len(rec.body), backlog=True)
-            sess.tokens -= len(rec.body) + 20
-            return
-        bodies: list[bytes] = []
-        chosen = []
-        for r in recs:
-            if m.batch_size([*bodies, r.body]) > 1023:
-                break
-            bodies.append(r.body)
-            chosen.append(r)
-        size = m.batch_size(bodies) + 25
-        if sess.tokens < size:
-            return
-        body = m.encode_batch(bodies, m.BATCH_BLIND_AREA)
-        serial = self._send(sess, m.T_BATCH, body)
-        self._expect(sess, serial, m.T_BATCH, [r.id for r in chosen], size=size, backlog=True)
-        sess.tokens -= size
-        self.stats.batches_sent += 1
-        self.stats.reports_in_batches += len(chosen)
 
     # ------------------------------------------------------------------ dispatch
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config.fields import Check, check, in_range, one_of
 from agent.errors import ConfigError
-from agent.settings import Check, check, in_range, one_of
 
 PLATE_COLORS = (0, 1, 2, 3, 4, 5, 9)
 

@@ -119,6 +119,10 @@ class Jt808Terminal:
     def is_alive(self) -> bool:
         return self.client.is_alive()
 
+    def threads(self) -> list[threading.Thread]:
+        """The session thread (the composition root watches it)."""
+        return [self.client.thread]
+
     def health(self) -> dict[str, Any]:
         st = self.client.stats
         oldest = self.queue.oldest_time()

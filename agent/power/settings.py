@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.settings import check, in_range, one_of, port_number
+from agent.config.fields import check, in_range, one_of, port_number
 
 #: Open-circuit voltage of one Li-ion / Li-polymer cell against its charge (volts, percent):
 #: the usual 18650 discharge shape, flat between 3.6 and 4.0 V.

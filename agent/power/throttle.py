@@ -28,8 +28,8 @@ BITS = {
     18: "throttled_occurred",
     19: "soft_temp_limit_occurred",
 }
-_VCGENCMD = re.compile(r"^throttled=0x([0-9a-fA-F]{1,8})$")
-_SYSFS = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,8})$")
+_VCGENCMD = re.compile(r"^throttled=0x([0-9a-fA-F]{1,8})\Z")
+_SYSFS = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,8})\Z")
 
 Runner = Callable[[list[str]], str]
 

@@ -10,6 +10,10 @@ the ciphertext; after decryption these rules hold as well:
 - a **recovered journal** (``application/x-edge-journal``) is a whole journal (no torn frame)
   of ``meta.records`` frames, of the batch and inner key its manifest and meta name, and every
   frame decrypts with the cipher its header names;
+- a **recovered part** (``application/x-edge-segment-journal``, agent.storage.recovered) has
+  the meta the format names; its plaintext is a journal body of exactly ``meta.inner_chunks``
+  whole frames (no torn bytes) and, with its inner key, each frame authenticates (frames that
+  do not are not an error of the format: :attr:`ContentCheck.recovered_failed` lists them);
 - an **event** record (stream ``event``) is a JSON object whose ``type`` is ``meta.type``; a
   ``telemetry_evicted`` record names in its body the stream and seqs its manifest names.
 
@@ -20,6 +24,7 @@ large segment is never held in memory; only an event body (at most 1 MiB) is.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -39,6 +44,7 @@ from agent.storage.records import (
     MAX_RECORD,
     RECORD_BATCH_TYPES,
 )
+from agent.storage.recovered import RECOVERED_CONTENT_TYPE, RecoveredReader, check_recovered_meta
 from agent.storage.seal import SegmentInfo, aead_for, chunk_nonce, segment_key
 
 EVENT_CONTENT_TYPE = "application/json"
@@ -68,6 +74,10 @@ def check_meta(info: SegmentInfo, meta: dict[str, Any]) -> None:
         _records(meta, label)
         if info.batch is None:
             raise FormatError(f"{label}: a recovered journal must name its batch")
+    elif ctype == RECOVERED_CONTENT_TYPE:
+        check_recovered_meta(meta, label)
+        if info.batch is None:
+            raise FormatError(f"{label}: a recovered part must name its journal (batch)")
     if info.stream == EVENT_STREAM:
         if ctype != EVENT_CONTENT_TYPE:
             raise FormatError(f"{label}: an event record must be {EVENT_CONTENT_TYPE}")
@@ -189,12 +199,17 @@ class _JournalReader:
 class ContentCheck:
     """A decryption sink that checks the plaintext against the segment's meta.
 
-    ``inner_key`` is the data key a recovered journal's frames are under (None when its key
-    record is not at hand: then the journal's structure is checked, not its frames).
+    ``inner_key`` is the data key a recovered journal's (or part's) frames are under (None
+    when its key record is not at hand: then the structure is checked, not its frames).
+    ``media`` receives a recovered part's media that authenticates (the playable MP4).
     """
 
     def __init__(
-        self, info: SegmentInfo, meta: dict[str, Any], inner_key: bytes | None = None
+        self,
+        info: SegmentInfo,
+        meta: dict[str, Any],
+        inner_key: bytes | None = None,
+        media: Callable[[bytes], object] | None = None,
     ) -> None:
         self.info = info
         self.meta = meta
@@ -208,8 +223,20 @@ class ContentCheck:
         self._deltas: bytearray | None = (
             bytearray() if info.content_type == fixdelta.CONTENT_TYPE else None
         )
+        self.recovered = (
+            RecoveredReader(meta, inner_key, media)
+            if info.content_type == RECOVERED_CONTENT_TYPE
+            else None
+        )
+
+    @property
+    def recovered_failed(self) -> list[int]:
+        """A recovered part's frames that fail authentication under its inner key."""
+        return list(self.recovered.failed) if self.recovered is not None else []
 
     def __call__(self, data: bytes) -> None:
+        if self.recovered is not None:
+            self.recovered.feed(data)
         if self._deltas is not None:
             if len(self._deltas) + len(data) > MAX_FIX_DELTA:
                 raise FormatError(f"{self.info.label}: delta batch larger than {MAX_FIX_DELTA}")
@@ -245,6 +272,8 @@ class ContentCheck:
                 )
             if j.key_id != meta["inner_key_id"] or j.batch_id != self.info.batch:
                 raise FormatError(f"{label}: journal header names another key or batch")
+        if self.recovered is not None:
+            _finish_recovered(self.recovered, label)
         if self._event is not None:
             body = boundedjson.loads(bytes(self._event), f"{label}: event record")
             if body.get("type") != meta["type"]:
@@ -252,3 +281,17 @@ class ContentCheck:
             evicted = self.info.evicted
             if evicted is not None and (body.get("stream"), body.get("seqs")) != evicted:
                 raise FormatError(f"{label}: event body names other evicted seqs than its manifest")
+
+
+def _finish_recovered(reader: RecoveredReader, label: str) -> None:
+    reader.finish()
+    if reader.torn_bytes:
+        raise FormatError(
+            f"{label}: recovered part ends in {reader.torn_bytes} torn bytes "
+            "(the device seals whole frames only)"
+        )
+    if reader.frames != reader.meta["inner_chunks"]:
+        raise FormatError(
+            f"{label}: recovered part of {reader.frames} frames, "
+            f"meta.inner_chunks says {reader.meta['inner_chunks']}"
+        )

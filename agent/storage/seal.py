@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -63,11 +64,13 @@ __all__ = [
     "TAG_LEN",
     "ChainLink",
     "DataKey",
+    "DecryptFailed",
     "KeyRecord",
     "SegmentHeader",
     "SegmentInfo",
     "aead_for",
     "canonical_json",
+    "check_signature",
     "chunk_nonce",
     "decrypt_segment",
     "make_data_key",
@@ -76,12 +79,16 @@ __all__ = [
     "read_segment_info",
     "seal_segment",
     "segment_key",
+    "verify_body",
+    "verify_decrypt_body",
+    "verify_decrypt_segment",
     "verify_segment",
 ]
 
 log = logging.getLogger(__name__)
 
 VERSION = SEGMENT_VERSION
+_U32 = struct.Struct(">I")
 SEG_MAGIC = b"EASEG\x00"
 KEY_MAGIC = b"EAKEY\x00"
 PREFIX_LEN = 8
@@ -345,6 +352,10 @@ class BodyWriter:
     the frames itself, and ends with :func:`seal_trailer`. Either way the bytes are the same:
     every chunk but the final one holds ``chunk_size`` bytes, the final one is marked. Holds
     no plaintext.
+
+    One pass: each chunk is hashed and encrypted as it goes by, straight into one reused frame
+    buffer (length and ciphertext side by side), so a frame costs one hash update of the
+    plaintext, one of the frame and one write, and no allocation.
     """
 
     def __init__(self, key: DataKey, cipher: str, chunk_size: int) -> None:
@@ -359,41 +370,42 @@ class BodyWriter:
         self.body_len = 0
         self.chunks = 0
         self.finished = False
+        self._frame = memoryview(bytearray(FRAME_HEADER + chunk_size + TAG_LEN))
 
     @staticmethod
     def prefix() -> bytes:
         """The file's first bytes (magic and version), before the first frame."""
         return _prefix(SEG_MAGIC, VERSION)
 
-    def _encrypt(self, chunk: bytes | memoryview, last: bool) -> tuple[bytes, bytes]:
+    def _seal(self, chunk: bytes | memoryview, last: bool) -> memoryview:
+        """The next frame, in the reused buffer: valid until the next call."""
         if self.finished:
             raise FormatError("segment body: a chunk after the final one")
-        if len(chunk) > self.chunk_size or (not last and len(chunk) != self.chunk_size):
+        size = len(chunk)
+        if size > self.chunk_size or (not last and size != self.chunk_size):
             raise FormatError(
-                f"segment body: chunk of {len(chunk)} bytes (chunk size {self.chunk_size}, "
+                f"segment body: chunk of {size} bytes (chunk size {self.chunk_size}, "
                 "only the final chunk may be shorter)"
             )
-        ct = self._aead.encrypt(chunk_nonce(self.chunks, last), chunk, None)
-        head = struct.pack(">I", len(ct))
+        n = size + TAG_LEN
+        frame = self._frame[: FRAME_HEADER + n]
+        _U32.pack_into(frame, 0, n)
+        self._aead.encrypt_into(chunk_nonce(self.chunks, last), chunk, None, frame[FRAME_HEADER:])
         self.plain_hash.update(chunk)
-        self.body_hash.update(head)
-        self.body_hash.update(ct)
-        self.plain_len += len(chunk)
-        self.body_len += len(head) + len(ct)
+        self.body_hash.update(frame)
+        self.plain_len += size
+        self.body_len += FRAME_HEADER + n
         self.chunks += 1
         self.finished = last
-        return head, ct
+        return frame
 
     def frame(self, chunk: bytes | memoryview, *, last: bool = False) -> bytes:
         """The frame (u32 length + ciphertext) of the next chunk."""
-        head, ct = self._encrypt(chunk, last)
-        return head + ct
+        return bytes(self._seal(chunk, last))
 
     def write(self, out: BinaryIO, chunk: bytes | memoryview, *, last: bool = False) -> None:
-        """Encrypt the next chunk and write its frame to ``out`` (no extra copy)."""
-        head, ct = self._encrypt(chunk, last)
-        out.write(head)
-        out.write(ct)
+        """Encrypt the next chunk and write its frame to ``out`` (one write, no copy)."""
+        out.write(self._seal(chunk, last))
 
 
 def seal_segment(
@@ -409,12 +421,15 @@ def seal_segment(
     chunk_size: int,
     pieces: Iterable[bytes],
     sealed_utc: float,
+    device_pub: bytes | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Encrypt ``pieces`` chunk by chunk into ``out``; return (manifest, manifest bytes).
 
     Memory stays bounded by two chunks whatever the segment's size. Plaintext goes only to
     the hash and the cipher, never to ``out``; ``header.meta`` is sealed under the data key.
-    The manifest is checked by the verifier's own rules before it is signed.
+    The manifest is checked by the verifier's own rules before it is signed. ``out`` must
+    take the bytes it is given before its ``write`` returns (a file does): frames come from
+    one reused buffer.
     """
     body = BodyWriter(key, cipher, chunk_size)
     out.write(body.prefix())
@@ -433,6 +448,7 @@ def seal_segment(
         boot_id=boot_id,
         signing_key=signing_key,
         sealed_utc=sealed_utc,
+        device_pub=device_pub,
     )
 
 
@@ -446,15 +462,17 @@ def seal_trailer(
     boot_id: str,
     signing_key: Ed25519PrivateKey,
     sealed_utc: float,
+    device_pub: bytes | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Write the manifest and signature after a finished :class:`BodyWriter` body.
 
     ``header.meta`` is sealed under the data key here, at the end, since a journaled
-    segment's meta is only known when it ends.
+    segment's meta is only known when it ends. ``device_pub``: the raw public half of
+    ``signing_key``, when the caller holds it (deriving it costs a scalar multiplication).
     """
     if not body.finished:
         raise FormatError("segment body: the final chunk is missing")
-    dpk = raw_public(signing_key.public_key())
+    dpk = device_pub if device_pub is not None else raw_public(signing_key.public_key())
     sealed_meta = aead_for(body.cipher, meta_key(body.key.secret, body.salt)).encrypt(
         META_NONCE, _meta_bytes(header.meta, f"{header.stream}#{link.seq}"), None
     )
@@ -623,31 +641,52 @@ def _check_manifest_signature(info: SegmentInfo) -> None:
         ) from None
 
 
-def _iter_frames(f: BinaryIO, info: SegmentInfo) -> Iterator[tuple[bytes, bytes]]:
-    """(frame header, ciphertext) of each of the ``chunks`` frames, each of exactly the length
-    a plaintext of ``plain_len`` cut at ``chunk_size`` gives."""
+def _read_into(readinto: Callable[[memoryview], int | None], view: memoryview) -> int:
+    """Fill ``view`` from a file; fewer bytes only at its end."""
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _frames(f: BinaryIO, info: SegmentInfo) -> Iterator[memoryview]:
+    """Each of the ``chunks`` frames (u32 length + ciphertext, as stored), each of exactly the
+    length a plaintext of ``plain_len`` cut at ``chunk_size`` gives.
+
+    One read per frame into one reused buffer: a frame is valid until the next is read.
+    """
     f.seek(PREFIX_LEN)
     chunks = int(info.manifest["chunks"])
     full, last = frame_sizes(info.manifest)
+    buf = memoryview(bytearray(FRAME_HEADER + (full if chunks > 1 else last)))
+    readinto = cast(io.BufferedIOBase, f).readinto
     for index in range(chunks):
         want = last if index == chunks - 1 else full
-        head = f.read(FRAME_HEADER)
-        if len(head) < FRAME_HEADER:
+        frame = buf[: FRAME_HEADER + want]
+        got = _read_into(readinto, frame)
+        if got < FRAME_HEADER:
             raise VerificationError(f"{info.label}: body truncated")
-        (n,) = struct.unpack(">I", head)
+        (n,) = _U32.unpack_from(frame)
         if n != want:
             raise VerificationError(
                 f"{info.label}: chunk {index} frame is {n} bytes, not {want} (chunks must be "
                 "cut at chunk_size)"
             )
-        ct = f.read(n)
-        if len(ct) < n:
+        if got < FRAME_HEADER + want:
             raise VerificationError(f"{info.label}: body truncated")
-        yield head, ct
+        yield frame
 
 
-def verify_segment(f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | None = None) -> None:
-    """Check the signature, every frame's length and the body hash (no key needed)."""
+class DecryptFailed(VerificationError):
+    """The body is the one the device signed, but it does not decrypt to the signed
+    plaintext: the wrong key, or chunks the device itself sealed wrongly."""
+
+
+def check_signature(info: SegmentInfo, trusted: Ed25519PublicKey | None = None) -> None:
+    """The manifest's signature, by ``device_pub`` (which must be ``trusted`` when pinned)."""
     pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(info.manifest["device_pub"]))
     if trusted is not None and raw_public(trusted) != raw_public(pub):
         raise VerificationError(
@@ -660,12 +699,40 @@ def verify_segment(f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | N
         raise VerificationError(
             f"{info.label}: bad signature (manifest or signature altered)"
         ) from None
-    h = hashlib.sha256()
-    for head, ct in _iter_frames(f, info):
-        h.update(head)
-        h.update(ct)
-    if not hmac.compare_digest(h.hexdigest(), info.manifest["body_sha256"]):
+
+
+def _check_body_hash(info: SegmentInfo, body: Any) -> None:
+    if not hmac.compare_digest(body.hexdigest(), info.manifest["body_sha256"]):
         raise VerificationError(f"{info.label}: body altered (SHA-256 of the body differs)")
+
+
+def verify_body(f: BinaryIO, info: SegmentInfo) -> None:
+    """Every frame's length and the body hash (no key needed); the signature is
+    :func:`check_signature`'s."""
+    h = hashlib.sha256()
+    for frame in _frames(f, info):
+        h.update(frame)
+    _check_body_hash(info, h)
+
+
+def verify_segment(f: BinaryIO, info: SegmentInfo, trusted: Ed25519PublicKey | None = None) -> None:
+    """Check the signature, every frame's length and the body hash (no key needed)."""
+    check_signature(info, trusted)
+    verify_body(f, info)
+
+
+def _chunk_failed(info: SegmentInfo, index: int) -> DecryptFailed:
+    return DecryptFailed(
+        f"{info.label}: chunk {index} fails authentication (altered, reordered or "
+        "truncated, or the wrong key)"
+    )
+
+
+def _check_plain(info: SegmentInfo, plain_len: int, plain: Any) -> None:
+    if plain_len != info.manifest["plain_len"] or not hmac.compare_digest(
+        plain.hexdigest(), info.manifest["plain_sha256"]
+    ):
+        raise DecryptFailed(f"{info.label}: plaintext length or SHA-256 differs from manifest")
 
 
 def decrypt_segment(
@@ -673,8 +740,9 @@ def decrypt_segment(
 ) -> None:
     """Decrypt into ``sink`` chunk by chunk, checking order, the final mark and the plain hash.
 
-    Callers should :func:`verify_segment` first; this raises VerificationError on any mismatch,
-    after which what reached ``sink`` must be discarded.
+    Callers should :func:`verify_segment` first (or use :func:`verify_decrypt_segment`, both
+    in one read); this raises VerificationError on any mismatch, after which what reached
+    ``sink`` must be discarded.
     """
     aead = aead_for(
         info.manifest["cipher"], segment_key(data_key, bytes.fromhex(info.manifest["salt"]))
@@ -682,21 +750,69 @@ def decrypt_segment(
     chunks = int(info.manifest["chunks"])
     h = hashlib.sha256()
     n = 0
-    for index, (_head, ct) in enumerate(_iter_frames(f, info)):
+    for index, frame in enumerate(_frames(f, info)):
         try:
-            pt = aead.decrypt(chunk_nonce(index, index == chunks - 1), ct, None)
+            pt = aead.decrypt(chunk_nonce(index, index == chunks - 1), frame[FRAME_HEADER:], None)
         except InvalidTag:
-            raise VerificationError(
-                f"{info.label}: chunk {index} fails authentication (altered, reordered or "
-                "truncated, or the wrong key)"
-            ) from None
+            raise _chunk_failed(info, index) from None
         h.update(pt)
         n += len(pt)
         sink(pt)
-    if n != info.manifest["plain_len"] or not hmac.compare_digest(
-        h.hexdigest(), info.manifest["plain_sha256"]
-    ):
-        raise VerificationError(f"{info.label}: plaintext length or SHA-256 differs from manifest")
+    _check_plain(info, n, h)
+
+
+def verify_decrypt_body(
+    f: BinaryIO, info: SegmentInfo, data_key: bytes, sink: Callable[[bytes], object]
+) -> None:
+    """:func:`verify_body` and :func:`decrypt_segment` in one read of the body: each frame is
+    hashed, decrypted, and its plaintext hashed and given to ``sink`` as it goes by.
+
+    The body is judged first: a body that is not the signed one raises the VerificationError
+    :func:`verify_body` would, whatever the key or ``sink`` said about its chunks on the way
+    (the frames after a failure are only hashed). Only a body that is the signed one can raise
+    :class:`DecryptFailed` (a chunk fails authentication, the plaintext differs from its hash)
+    or what ``sink`` raised. After any error, what reached ``sink`` must be discarded.
+    """
+    aead = aead_for(
+        info.manifest["cipher"], segment_key(data_key, bytes.fromhex(info.manifest["salt"]))
+    )
+    chunks = int(info.manifest["chunks"])
+    body = hashlib.sha256()
+    plain = hashlib.sha256()
+    n = 0
+    failure: Exception | None = None
+    for index, frame in enumerate(_frames(f, info)):
+        body.update(frame)
+        if failure is not None:
+            continue
+        try:
+            pt = aead.decrypt(chunk_nonce(index, index == chunks - 1), frame[FRAME_HEADER:], None)
+        except InvalidTag:
+            failure = _chunk_failed(info, index)
+            continue
+        plain.update(pt)
+        n += len(pt)
+        try:
+            sink(pt)
+        except Exception as exc:  # judged after the body: see above
+            failure = exc
+    _check_body_hash(info, body)
+    if failure is not None:
+        raise failure
+    _check_plain(info, n, plain)
+
+
+def verify_decrypt_segment(
+    f: BinaryIO,
+    info: SegmentInfo,
+    data_key: bytes,
+    sink: Callable[[bytes], object],
+    trusted: Ed25519PublicKey | None = None,
+) -> None:
+    """:func:`verify_segment` and :func:`decrypt_segment` together, the body read once
+    (:func:`verify_decrypt_body`)."""
+    check_signature(info, trusted)
+    verify_decrypt_body(f, info, data_key, sink)
 
 
 def open_meta(info: SegmentInfo, data_key: bytes | None) -> dict[str, Any]:

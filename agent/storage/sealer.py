@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -12,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from agent import wallclock
 from agent.ids import check_boot_id, check_device_id
+from agent.storage.cipherchoice import CPUINFO, CipherChoice, choose_cipher
+from agent.storage.keys import raw_public
 from agent.storage.seal import (
     BodyWriter,
     ChainLink,
@@ -22,6 +27,8 @@ from agent.storage.seal import (
     seal_trailer,
 )
 from agent.storage.settings import SealSettings
+
+log = logging.getLogger(__name__)
 
 
 class Sealer:
@@ -42,14 +49,20 @@ class Sealer:
         settings: SealSettings,
         clock: Callable[[], float] = wallclock.now,
         monotonic: Callable[[], float] = time.monotonic,
+        cpuinfo: Path = CPUINFO,
     ) -> None:
         # Checked once here (a clear error at start) rather than at every seal: every
         # manifest names both, and a verifier refuses a segment whose ids are not valid.
         self.device_id = check_device_id(device_id)
         self.boot_id = check_boot_id(boot_id)
         self._signing_key = signing_key
+        self._device_pub = raw_public(signing_key.public_key())
         self._platform_public = platform_public
-        self.settings = settings
+        # ``cipher = "auto"`` is settled once, here: every body, journal and record of this
+        # sealer uses the cipher chosen (settings.cipher names it from here on).
+        self.cipher_choice: CipherChoice = choose_cipher(settings.cipher, cpuinfo)
+        self.settings = dataclasses.replace(settings, cipher=self.cipher_choice.cipher)
+        log.info("seal: cipher %s", self.cipher_choice)
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -96,6 +109,7 @@ class Sealer:
             chunk_size=self.settings.chunk_size,
             pieces=pieces,
             sealed_utc=self._clock(),
+            device_pub=self._device_pub,
         )
 
     # Streamed sealing (the fragment journal): the body is written as it arrives.
@@ -117,4 +131,5 @@ class Sealer:
             boot_id=self.boot_id,
             signing_key=self._signing_key,
             sealed_utc=self._clock(),
+            device_pub=self._device_pub,
         )

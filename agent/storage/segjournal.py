@@ -25,7 +25,7 @@ After a power cut the device can no longer decrypt the body (and must not be abl
 could recover would be on the SD card for a thief too). So, as the GPS record journal does, it
 seals the body's ciphertext, whole frames only, as a *recovered* segment of the same recording
 (content type ``application/x-edge-segment-journal``); the platform unwraps the epoch key,
-decrypts that segment, then each inner frame (:func:`open_recovered`): what authenticates is
+decrypts that segment, then each inner frame (agent.storage.recovered): what authenticates is
 recovered, a torn or corrupted frame is reported. The device reports what it saw (whole
 frames, torn bytes) in a ``recording_interrupted`` event; sealed segments and chains are never
 touched, so the chain stays whole.
@@ -46,29 +46,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-
 from agent import boundedjson, wallclock
 from agent.errors import FormatError, SpoolError
 from agent.model import format_utc
 from agent.storage.durable import fsync_dir, makedirs_durable, write_atomic
+from agent.storage.recovered import RECOVERED_CONTENT_TYPE, Recovered, open_recovered
 from agent.storage.seal import (
     PREFIX_LEN,
     SEG_MAGIC,
     TAG_LEN,
     BodyWriter,
     SegmentHeader,
-    aead_for,
     canonical_json,
-    chunk_nonce,
-    segment_key,
 )
 from agent.storage.spool import PutResult, Spool
 
 log = logging.getLogger(__name__)
 
+# The platform's side (reading a recovered part) lives in agent.storage.recovered.
+__all__ = ["RECOVERED_CONTENT_TYPE", "Interrupted", "Recovered", "SegmentJournal", "open_recovered"]
+
 JOURNAL_CHUNK = 4096
-RECOVERED_CONTENT_TYPE = "application/x-edge-segment-journal"
 FREE_BOX = b"free"
 FINAL_CHUNK = struct.pack(">I4s", 8, FREE_BOX)  # an empty free box: the sealed final chunk
 STATE_VERSION = 1
@@ -568,57 +566,3 @@ def whole_frames(data: bytes, chunk_size: int) -> tuple[bytes, int, int]:
             end += 4 + ln  # the final (short) frame: the part had been completed
             n += 1
     return data[:end], n, len(data) - end
-
-
-@dataclass
-class Recovered:
-    """A recovered part, opened by the platform: the media that authenticates, and what not."""
-
-    media: bytes
-    chunks: int
-    authenticated: int
-    failed: list[int]
-    torn_bytes: int
-
-
-def open_recovered(plain: bytes, meta: dict[str, Any], data_key: bytes) -> Recovered:
-    """Platform side: the media inside a recovered segment's plaintext (the journal body).
-
-    ``data_key`` is the inner key (``meta.inner_key_id``, unwrapped by the platform). Every
-    frame is authenticated on its own (its position is its nonce, so frames cannot be moved);
-    a frame that fails is reported and skipped, and the media resumes at the next fragment
-    (fragments start on chunk boundaries: a chunk starting with a ``moof`` box).
-    """
-    chunk = int(meta["inner_chunk_size"])
-    aead = aead_for(
-        str(meta["inner_cipher"]), segment_key(data_key, bytes.fromhex(meta["inner_salt"]))
-    )
-    whole, n, torn = whole_frames(plain, chunk)
-    if whole[:6] != SEG_MAGIC:
-        raise FormatError("recovered journal: bad prefix")
-    stride = 4 + chunk + TAG_LEN
-    short_final = (len(whole) - PREFIX_LEN) % stride != 0
-    out = bytearray()
-    failed: list[int] = []
-    skipping = False
-    for i in range(n):
-        pos = PREFIX_LEN + i * stride
-        final = short_final and i == n - 1
-        ct = whole[pos + 4 : len(whole) if final else pos + stride]
-        pt: bytes | None = None
-        for last in (False, True) if i == n - 1 else (False,):
-            try:
-                pt = aead.decrypt(chunk_nonce(i, last), ct, None)
-                break
-            except InvalidTag:
-                continue
-        if pt is None:
-            failed.append(i)
-            skipping = True
-            continue
-        if skipping:
-            if pt[4:8] != b"moof":
-                continue
-            skipping = False
-        out += pt
-    return Recovered(bytes(out), n, n - len(failed), failed, torn)

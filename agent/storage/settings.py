@@ -5,17 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.settings import at_least, check, in_range, one_of
+from agent.config.fields import at_least, check, in_range, one_of
 
 MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class SealSettings:
-    # aes-256-gcm, or chacha20-poly1305 for CPUs without AES instructions (Raspberry Pi 4).
+    # auto: aes-256-gcm where the CPU has AES instructions (Pi 5, x86), chacha20-poly1305 where
+    # it has none (Pi 4, Zero 2 W): agent/storage/cipherchoice.py. Or one of the two, always.
     cipher: str = field(
-        default="aes-256-gcm", metadata=check(one_of("aes-256-gcm", "chacha20-poly1305"))
+        default="auto", metadata=check(one_of("auto", "aes-256-gcm", "chacha20-poly1305"))
     )
+    # Plaintext bytes per AEAD chunk: a chunk and its frame (128 KiB at 64 KiB) stay in the
+    # L2 cache of the smallest board (Zero 2 W: 512 KiB shared by four cores) between the
+    # hash and the cipher; per-chunk Python costs a few % of the crypto (docs/scale.md).
     chunk_size: int = field(default=65536, metadata=check(in_range(1024, 16 * MIB)))
     # A new data key (wrapped to the platform key) at most this often, and at every boot.
     key_epoch_s: int = field(default=3600, metadata=check(in_range(60, 86400)))

@@ -2,14 +2,18 @@
 
 Layout under the spool directory::
 
-    index.sqlite3            SQLite (WAL, synchronous=FULL): segments, chains, key records
+    index.sqlite3            SQLite (WAL, synchronous=FULL but for new segments' rows, below):
+                             segments, chains, key records
     seg/<stream>/<seq>.seg   sealed segments, each written tmp -> fsync -> rename -> fsync dir
     keys/<key_id>.key        signed key records (the wrapped data keys segments refer to)
     tmp/                     segments being sealed (ciphertext only); emptied at open
     quarantine/              anything unreadable found at open; never deleted by the agent
 
-A put returns only after the segment file and its index row are durable. A segment leaves the
-spool only when the platform acknowledges it with its manifest hash. At open, segments that
+A put returns only after the segment file is durable in its place; its index row is committed
+then without a sync of its own (the next durable commit carries it): a power cut that loses the
+row leaves a sealed file that extends its chain, which the next open adopts. So a put costs two
+syncs (the file, its directory), and writes each byte once. A segment leaves the spool only
+when the platform acknowledges it with its manifest hash. At open, segments that
 were in flight go back to ready, temp files are removed, a sealed file that was renamed into
 place but not yet indexed (a cut between the two) is adopted, and anything else that does not
 parse is moved to quarantine with a log line.
@@ -33,12 +37,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from agent import wallclock
 from agent.errors import EvidenceRefused, FormatError, SpoolError
 from agent.model import Alarm, ClockState, Severity
-from agent.storage.durable import fsync_dir, makedirs_durable, write_atomic
+from agent.storage.durable import StreamingWriter, fsync_dir, makedirs_durable, write_atomic
 from agent.storage.retention import Candidate, Retention, admit, classify
 from agent.storage.seal import (
     BodyWriter,
@@ -87,6 +91,9 @@ CREATE TABLE IF NOT EXISTS keys (
 """
 
 EVENT_STREAM = "event"
+# A put's index row is committed without a WAL sync, but at least this often one is synced,
+# so a power cut leaves at most this long of rows for recovery to rebuild (adopt).
+INDEX_SYNC_S = 30.0
 BALLAST = ".ballast"
 BALLAST_BYTES = 4 * 1024 * 1024
 
@@ -145,6 +152,7 @@ class Spool:
         self._stored_keys: set[str] = set()
         self._inflight: set[int] = set()
         self._ballast_released = False
+        self._synced_at = time.monotonic()  # the last durable index commit
         self._used: dict[Retention, int] = {Retention.EVIDENCE: 0, Retention.TELEMETRY: 0}
         for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
             makedirs_durable(self.root / sub)
@@ -170,18 +178,29 @@ class Spool:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction. ``durable=False``: committed without syncing the WAL (it becomes
+        durable with the next durable commit); only for what recovery rebuilds from the disk
+        when a power cut loses it (a sealed segment's row: see :meth:`_index`)."""
         if self._disk_free() < BALLAST_BYTES:
             self._release_ballast("the disk is nearly full")
         with self._db_lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield self._db
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                    if durable:
+                        self._synced_at = time.monotonic()
+                finally:
+                    if not durable:
+                        self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.OperationalError as exc:
                 if "full" in str(exc):
                     self._release_ballast(str(exc))
@@ -292,6 +311,11 @@ class Spool:
                     "SELECT COALESCE(SUM(size), 0) FROM segments WHERE class=?", (cls.value,)
                 ).fetchone()
                 self._used[cls] = int(used)
+        if stats["adopted"]:
+            log.info(
+                "spool: adopted %d sealed segments whose index rows the last stop lost",
+                stats["adopted"],
+            )
         if stats["quarantined"] or stats["lost"]:
             self._put_event_safe(
                 "spool_recovery",
@@ -346,7 +370,7 @@ class Spool:
             )
             seen.add(key)
             stats["adopted"] += 1
-            log.info("spool: adopted %s sealed just before the last stop", info.label)
+            log.debug("spool: adopted %s, sealed but not indexed at the last stop", info.label)
             return
         self._quarantine(path, f"{info.label} is not in the index and does not extend its chain")
         stats["quarantined"] += 1
@@ -360,9 +384,20 @@ class Spool:
         size: int,
         manifest_hash: str,
         batch_id: str | None,
+        *,
+        durable: bool = True,
     ) -> None:
+        """Index a sealed segment whose file is durable in its place.
+
+        ``durable=False`` (a put): the row is committed without its own WAL sync. A power
+        cut may lose it, never the file: recovery adopts a sealed file that extends its
+        stream's chain (:meth:`_recover_file`), so the put's promise holds either way, and the
+        next durable commit (an acknowledgement, a key, or this one when the last was
+        ``INDEX_SYNC_S`` ago) makes the row durable too.
+        """
         cls = classify(stream)
-        with self._tx() as db:
+        durable = durable or time.monotonic() - self._synced_at >= INDEX_SYNC_S
+        with self._tx(durable=durable) as db:
             db.execute(
                 "INSERT INTO segments (stream, seq, boot, key_id, class, size, manifest_hash,"
                 " created, state, batch_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -444,13 +479,18 @@ class Spool:
             seq, prev = self._chains.get(stream, (0, None))
             tmp = self.root / "tmp" / f"{stream}-{seq}-{uuid.uuid4().hex[:8]}.part"
             try:
-                with tmp.open("wb") as f:
+                # Sealed straight into the file (each byte written once, the disk writing
+                # behind the sealer: StreamingWriter), then one fsync.
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    out = StreamingWriter(fd)
                     _manifest, mbytes = self.sealer.seal(
-                        f, header, ChainLink(seq, prev), pieces, key
+                        cast(BinaryIO, out), header, ChainLink(seq, prev), pieces, key
                     )
-                    f.flush()
-                    os.fsync(f.fileno())
-                size = tmp.stat().st_size
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                size = out.pos
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -465,7 +505,9 @@ class Spool:
             makedirs_durable(final.parent)  # a new stream's directory, durably
             os.replace(tmp, final)
             fsync_dir(final.parent)
-            self._index(stream, seq, self.sealer.boot_id, key.key_id, size, mhash, batch_id)
+            self._index(
+                stream, seq, self.sealer.boot_id, key.key_id, size, mhash, batch_id, durable=False
+            )
             return PutResult(stream, seq, size, mhash, final)
 
     def put_streamed(
@@ -513,7 +555,16 @@ class Spool:
             makedirs_durable(final.parent)
             os.replace(body_path, final)
             fsync_dir(final.parent)
-            self._index(stream, seq, self.sealer.boot_id, body.key.key_id, size, mhash, batch_id)
+            self._index(
+                stream,
+                seq,
+                self.sealer.boot_id,
+                body.key.key_id,
+                size,
+                mhash,
+                batch_id,
+                durable=False,
+            )
             return PutResult(stream, seq, size, mhash, final)
 
     def put_bytes(
@@ -611,12 +662,17 @@ class Spool:
                 tmp.unlink(missing_ok=True)
                 raise EvidenceRefused("event: disk full")
             return
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT id, stream, seq, size FROM segments WHERE class=? AND state=?"
-                " ORDER BY created, id",
-                (Retention.TELEMETRY.value, READY),
-            ).fetchall()
+
+        def evictable() -> Iterator[Candidate]:
+            # Read only when telemetry must make room (not at every put).
+            with self._db_lock:
+                rows = self._db.execute(
+                    "SELECT id, stream, seq, size FROM segments WHERE class=? AND state=?"
+                    " ORDER BY created, id",
+                    (Retention.TELEMETRY.value, READY),
+                ).fetchall()
+            yield from (Candidate(*r) for r in rows)
+
         decision = admit(
             retention=cls,
             size=size,
@@ -624,7 +680,7 @@ class Spool:
             quota=self._quota(cls),
             disk_free=self._disk_free(),
             reserve=self.settings.reserve_mb * MIB,
-            evictable=(Candidate(*r) for r in rows) if cls is Retention.TELEMETRY else (),
+            evictable=evictable() if cls is Retention.TELEMETRY else (),
         )
         if not decision.admit:
             tmp.unlink(missing_ok=True)
@@ -751,7 +807,10 @@ class Spool:
         return self.ack_many([(stream, seq, manifest_hash)])[0]
 
     def ack_many(self, acks: Sequence[tuple[str, int, str]]) -> list[bool]:
-        """Several acknowledgements in one transaction (stream, seq, manifest hash each)."""
+        """Several acknowledgements in one transaction (stream, seq, manifest hash each).
+
+        True for each acknowledgement that removed a segment; a repeat of one earlier in the
+        same call removed nothing (False), as it would in a later call."""
         results: list[bool] = []
         victims: list[tuple[int, str, int, int, Retention]] = []
         with self._db_lock:
@@ -765,7 +824,9 @@ class Spool:
                     log.warning(
                         "spool: ack for %s#%d names a different manifest hash; kept", stream, seq
                     )
-                if ok and all(v[0] != row[0] for v in victims):
+                if ok and any(v[0] == row[0] for v in victims):
+                    ok = False  # the same segment twice in one batch: removed once
+                if ok:
                     victims.append((row[0], stream, seq, row[1], Retention(row[3])))
                 results.append(ok)
         self._remove_many(victims)

@@ -9,8 +9,9 @@ checked identifiers and must resolve under its directory (:func:`agent.ids.conta
 Problems are named by stream and sequence number: ``bad_format``, ``truncated``,
 ``bad_signature``, ``body_altered``, ``decrypt_failed``, ``bad_content``, ``key_missing``,
 ``bad_key_record``, ``gap``, ``fork``, ``duplicate``, ``chain_break``, ``misplaced``,
-``reordered``, ``unreadable`` and ``output_refused`` (a ``--decrypt-to`` path that would
-leave its directory). Every one is a failure.
+``reordered``, ``unreadable``, ``output_refused`` (a ``--decrypt-to`` path that would
+leave its directory) and ``recovered_failed`` (frames of a recovered part that do not
+authenticate under its inner key: the rest is written and played). Every one is a failure.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -33,23 +34,26 @@ from agent.ids import contained
 from agent.storage.content import ContentCheck, check_meta
 from agent.storage.manifest import MAX_MANIFEST, canonical_json
 from agent.storage.records import JOURNAL_CONTENT_TYPE
+from agent.storage.recovered import INNER_CONTENT_TYPES, RECOVERED_CONTENT_TYPE
 from agent.storage.seal import (
     KEY_MAGIC,
     PREFIX_LEN,
     SEG_MAGIC,
     TRAILER_FIXED,
+    DecryptFailed,
     KeyRecord,
     SegmentInfo,
-    decrypt_segment,
+    check_signature,
     open_meta,
     parse_key_record,
     read_segment_info,
-    verify_segment,
+    verify_body,
+    verify_decrypt_body,
 )
 
 log = logging.getLogger(__name__)
 
-SEQ_NAME = re.compile(r"^(\d+)\.seg$")
+SEQ_NAME = re.compile(r"^([0-9]+)\.seg\Z")
 MAX_KEY_RECORD = PREFIX_LEN + MAX_MANIFEST + TRAILER_FIXED
 EXTENSIONS = {
     "video/mp4": ".mp4",
@@ -158,13 +162,7 @@ def verify_paths(
             )
     data_keys: dict[str, bytes | None] = {}
     for path in seg_paths:
-        info = _check_segment(path, report, trusted)
-        if info is None:
-            continue
-        report.segments.append((path, info))
-        key_ok = _check_key(info, report)
-        if platform_private is not None and key_ok:
-            _open(path, info, report, platform_private, data_keys, decrypt_to)
+        _check_segment(path, report, trusted, platform_private, data_keys, decrypt_to)
     _check_chains(report, partial)
     return report
 
@@ -194,17 +192,48 @@ def _read_key(
     report.keys[rec.key_id] = rec
 
 
+@dataclass(frozen=True)
+class _Opening:
+    """What decrypting a segment needs, found before its body is read."""
+
+    key: bytes
+    meta: dict[str, Any]
+    check: ContentCheck
+
+
 def _check_segment(
-    path: Path, report: Report, trusted: Ed25519PublicKey | None
-) -> SegmentInfo | None:
+    path: Path,
+    report: Report,
+    trusted: Ed25519PublicKey | None,
+    platform_private: X25519PrivateKey | None,
+    cache: dict[str, bytes | None],
+    decrypt_to: Path | None,
+) -> None:
+    """One segment: its trailer and signature, then its body in one read: hashed and, with
+    the platform key and its key record, decrypted with its content checked as it goes by.
+
+    A body that is not the signed one is only that (``body_altered`` or ``truncated``): the
+    segment takes no further part. Problems with what a signed body holds (``decrypt_failed``,
+    ``bad_content``, ...) are reported once the body is known to be the signed one.
+    """
+    later: list[Problem] = []
+    opening: _Opening | None = None
+    meta: dict[str, Any] | None = None
     try:
         with path.open("rb") as f:
             info = read_segment_info(f)
-            verify_segment(f, info, trusted)
+            check_signature(info, trusted)
+            key_problem = _key_problem(info, report)
+            if platform_private is not None and key_problem is None:
+                meta, opening = _prepare(info, report, platform_private, cache, later)
+            if opening is None:
+                verify_body(f, info)
+            else:
+                _open(f, info, opening, report, later, decrypt_to)
     except FormatError as exc:
         kind = "truncated" if "truncated" in str(exc) else "bad_format"
         report.problems.append(Problem(kind, str(path), str(exc)))
-        return None
+        return
     except VerificationError as exc:
         msg = str(exc)
         kind = (
@@ -215,10 +244,10 @@ def _check_segment(
             else "body_altered"
         )
         report.problems.append(Problem(kind, str(path), msg))
-        return None
+        return
     except OSError as exc:
         report.problems.append(Problem("unreadable", str(path), str(exc)))
-        return None
+        return
     m = SEQ_NAME.match(path.name)
     if m and int(m.group(1)) != info.seq:
         report.problems.append(
@@ -236,32 +265,33 @@ def _check_segment(
                 f"stored under {path.parent.name}/ but its signed manifest says {info.stream}",
             )
         )
-    return info
+    report.segments.append((path, info))
+    if key_problem is not None:
+        report.problems.append(key_problem)
+    if meta is not None:
+        report.metas[info.label] = meta
+    report.problems += later
 
 
-def _check_key(info: SegmentInfo, report: Report) -> bool:
+def _key_problem(info: SegmentInfo, report: Report) -> Problem | None:
     """The segment's key record is among the inputs, from the same device, key and boot."""
     rec = report.keys.get(info.key_id)
     if rec is None:
-        report.problems.append(
-            Problem("key_missing", info.label, f"key record {info.key_id} is not among the inputs")
+        return Problem(
+            "key_missing", info.label, f"key record {info.key_id} is not among the inputs"
         )
-        return False
     m = rec.manifest
     if (m["device"], m["device_pub"], m["boot"]) != (
         info.device,
         info.manifest["device_pub"],
         info.manifest["boot"],
     ):
-        report.problems.append(
-            Problem(
-                "bad_key_record",
-                info.label,
-                f"key {info.key_id} was made by another device, device key or boot",
-            )
+        return Problem(
+            "bad_key_record",
+            info.label,
+            f"key {info.key_id} was made by another device, device key or boot",
         )
-        return False
-    return True
+    return None
 
 
 def _data_key(
@@ -278,72 +308,118 @@ def _data_key(
     return cache[key_id]
 
 
-def _open(
-    path: Path,
+def _prepare(
     info: SegmentInfo,
     report: Report,
     platform_private: X25519PrivateKey,
     cache: dict[str, bytes | None],
-    decrypt_to: Path | None,
-) -> None:
-    """Decrypt the segment and its meta, and check the content against both."""
+    later: list[Problem],
+) -> tuple[dict[str, Any] | None, _Opening | None]:
+    """The meta of a segment, and what decrypting it needs: data key, meta and content check
+    (None, with the problem in ``later``, when one of them fails: its body is then only
+    hashed)."""
     key = _data_key(info.key_id, report, platform_private, cache)
     if key is None:
-        report.problems.append(
-            Problem("decrypt_failed", info.label, f"key {info.key_id} does not unwrap")
-        )
-        return
+        later.append(Problem("decrypt_failed", info.label, f"key {info.key_id} does not unwrap"))
+        return None, None
     try:
         meta = open_meta(info, key)
     except VerificationError as exc:
-        report.problems.append(Problem("decrypt_failed", info.label, str(exc)))
-        return
+        later.append(Problem("decrypt_failed", info.label, str(exc)))
+        return None, None
     except FormatError as exc:
-        report.problems.append(Problem("bad_content", info.label, str(exc)))
-        return
-    report.metas[info.label] = meta
+        later.append(Problem("bad_content", info.label, str(exc)))
+        return None, None
     inner: bytes | None = None
     try:
         check_meta(info, meta)
-        if info.content_type == JOURNAL_CONTENT_TYPE:
+        if info.content_type in (JOURNAL_CONTENT_TYPE, RECOVERED_CONTENT_TYPE):
             inner_id = str(meta["inner_key_id"])
             if inner_id not in report.keys:
-                report.problems.append(
+                later.append(
                     Problem(
                         "key_missing",
                         info.label,
-                        f"key record {inner_id} of the recovered journal is not among the inputs",
+                        f"key record {inner_id} of the recovered content is not among the inputs",
                     )
                 )
             else:
                 inner = _data_key(inner_id, report, platform_private, cache)
     except FormatError as exc:
-        report.problems.append(Problem("bad_content", info.label, str(exc)))
-        return
-    check = ContentCheck(info, meta, inner)
+        later.append(Problem("bad_content", info.label, str(exc)))
+        return meta, None
+    return meta, _Opening(key, meta, ContentCheck(info, meta, inner))
+
+
+def _open(
+    f: BinaryIO,
+    info: SegmentInfo,
+    opening: _Opening,
+    report: Report,
+    later: list[Problem],
+    decrypt_to: Path | None,
+) -> None:
+    """Decrypt the body (one read, :func:`verify_decrypt_body`) and check its content.
+
+    A body that is not the signed one raises VerificationError for the caller; anything else
+    goes into ``later``.
+    """
     try:
-        with path.open("rb") as f:
-            if decrypt_to is None:
-                decrypt_segment(f, info, key, check)
-                check.finish()
-            else:
-                _decrypt_to(f, info, key, check, meta, decrypt_to, report)
-    except VerificationError as exc:
-        report.problems.append(Problem("decrypt_failed", info.label, str(exc)))
+        if decrypt_to is None:
+            verify_decrypt_body(f, info, opening.key, opening.check)
+            opening.check.finish()
+        else:
+            _decrypt_to(f, info, opening, decrypt_to, report)
+    except DecryptFailed as exc:
+        later.append(Problem("decrypt_failed", info.label, str(exc)))
         return
     except FormatError as exc:
-        report.problems.append(Problem("bad_content", info.label, str(exc)))
+        later.append(Problem("bad_content", info.label, str(exc)))
         return
     except _OutputRefused as exc:
-        report.problems.append(Problem("output_refused", info.label, str(exc)))
+        verify_body(f, info)  # refused before the body was read
+        later.append(Problem("output_refused", info.label, str(exc)))
         return
     except OSError as exc:
-        report.problems.append(Problem("unreadable", info.label, str(exc)))
+        # Writing the plaintext out failed, or reading the segment did: the body is judged
+        # on its own then (a segment that cannot be read is the caller's "unreadable").
+        verify_body(f, info)
+        later.append(Problem("unreadable", info.label, str(exc)))
         return
     summary = report.streams.setdefault(
         (info.device, info.stream), StreamSummary(info.device, info.stream)
     )
     summary.decrypted += 1
+    _recovered_problem(info, opening.check, report)
+
+
+def _recovered_problem(info: SegmentInfo, check: ContentCheck, report: Report) -> None:
+    """A recovered part's frames that fail authentication under its inner key: reported (the
+    media that does authenticate is what ``--decrypt-to`` writes)."""
+    failed = check.recovered_failed
+    if failed:
+        shown = ", ".join(str(i) for i in failed[:20]) + (" ..." if len(failed) > 20 else "")
+        report.problems.append(
+            Problem(
+                "recovered_failed",
+                info.label,
+                f"{len(failed)} of {check.recovered.frames if check.recovered else '?'} "
+                f"recovered chunks fail authentication under the inner key ({shown}); "
+                "left out, the media resumes at the next fragment",
+            )
+        )
+
+
+def _recovered_media(check: ContentCheck) -> bool:
+    """A recovered part whose inner key is at hand is written as its media (else as it is)."""
+    return check.recovered is not None and check.recovered.data_key is not None
+
+
+def _output_name(info: SegmentInfo, meta: dict[str, Any], media: bool) -> str:
+    """The file name of a decrypted segment: a recovered part's media by its inner type."""
+    if media:
+        return f"{info.seq:012d}{INNER_CONTENT_TYPES[meta['inner_content_type']]}"
+    return f"{info.seq:012d}{EXTENSIONS.get(info.content_type, '.bin')}"
 
 
 class _OutputRefused(Exception):
@@ -358,13 +434,7 @@ def _contained(root: Path, *parts: str) -> Path:
 
 
 def _decrypt_to(
-    f: Any,
-    info: SegmentInfo,
-    key: bytes,
-    check: ContentCheck,
-    meta: dict[str, Any],
-    root: Path,
-    report: Report,
+    f: BinaryIO, info: SegmentInfo, opening: _Opening, root: Path, report: Report
 ) -> None:
     """Write the plaintext and its meta under ``root/<device>/<stream>/`` (files 0600,
     directories 0700: this is decrypted evidence). The names come from a manifest the checks
@@ -372,7 +442,9 @@ def _decrypt_to(
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     _contained(root, info.device).mkdir(mode=0o700, exist_ok=True)
     _contained(root, info.device, info.stream).mkdir(mode=0o700, exist_ok=True)
-    name = f"{info.seq:012d}{EXTENSIONS.get(info.content_type, '.bin')}"
+    check = opening.check
+    media = _recovered_media(check)
+    name = _output_name(info, opening.meta, media)
     out_path = _contained(root, info.device, info.stream, name)
 
     def write(final: Path, fill: Callable[[Callable[[bytes], object]], None]) -> None:
@@ -390,11 +462,15 @@ def _decrypt_to(
             check(data)
             emit(data)
 
-        decrypt_segment(f, info, key, sink)
+        if media and check.recovered is not None:  # the media that authenticates
+            check.recovered.emit = emit
+            verify_decrypt_body(f, info, opening.key, check)
+        else:
+            verify_decrypt_body(f, info, opening.key, sink)
         check.finish()  # before the file takes its name
 
     def meta_json(emit: Callable[[bytes], object]) -> None:
-        emit(canonical_json(meta) + b"\n")
+        emit(canonical_json(opening.meta) + b"\n")
 
     write(out_path, plaintext)
     write(_contained(root, info.device, info.stream, f"{info.seq:012d}.meta.json"), meta_json)

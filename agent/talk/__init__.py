@@ -2,7 +2,7 @@
 
 ``wire`` (pure: topics, chunks, signatures, reassembly, receipts), ``codec`` (Ogg Opus with
 PyAV, tones), ``audio_io`` (sounddevice input/output), ``device`` (the device's service),
-``buttons`` (serial and GPIO press-to-talk), ``platform`` (control-room sender and listener),
-``commands`` (``edge-agent talk ...``). See docs/talk.md. Importing this package loads
-nothing heavy (no numpy, sounddevice or PyAV).
+``platform`` (control-room sender and listener), ``cli`` (``edge-agent talk ...``); the serial
+and GPIO press-to-talk buttons are agent/lines/ptt.py. See docs/talk.md. Importing this
+package loads nothing heavy (no numpy, sounddevice or PyAV).
 """

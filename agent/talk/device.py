@@ -202,6 +202,10 @@ class Talk:
     def is_alive(self) -> bool:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
+    def threads(self) -> list[threading.Thread]:
+        """The talk threads once started (the composition root watches each)."""
+        return list(self._threads)
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the threads (after the stop event); True when all have ended."""
         for t in self._threads:

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.settings import check, in_range
+from agent.config.fields import check, in_range
 
 RATES = (8000, 12000, 16000, 24000, 48000)
-GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _groups(v: Any) -> str | None:
@@ -55,6 +55,6 @@ class TalkSettings:
     ptt_port: str = ""
     ptt_baud: int = field(default=9600, metadata=check(in_range(300, 4000000)))
     # A GPIO button: chip and line offset (-1 none), to ground with the internal pull-up; via
-    # libgpiod v2 (PyPI gpiod), the binding agent/fleet/inputs.py uses.
+    # libgpiod v2 (PyPI gpiod), the binding agent/lines/inputs.py uses.
     ptt_gpio_chip: str = "/dev/gpiochip0"
     ptt_gpio_line: int = field(default=-1, metadata=check(in_range(-1, 1023)))

@@ -47,8 +47,8 @@ from agent.uplink.mqtt import Inbound, MqttLink
 log = logging.getLogger(__name__)
 
 CONTEXT = b"edge-agent command v1\x00"
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}\Z")
 COMMAND_KEY = "command.key"
 COMMAND_PUB = "command.pub"
 ACK_KEY = "ack.key"

@@ -254,13 +254,11 @@ class MqttLink:
         self._last_socket_error = ""
         self._done_early: set[int] = set()
         self._alias_max = 0  # topic aliases usable on this connection (CONNACK)
+        self._sub_mids: set[int] = set()  # SUBSCRIBEs of this connection not yet acknowledged
+        self._subscribed_gen = 0  # the connection whose every route the broker acknowledged
+        self._sub_refused: dict[str, str] = {}  # route -> the reason the broker gave
         self._state_logged = ""
-        # Aliases of the connection ``_alias_generation``: assigned and handed to paho under
-        # one lock, so a topic's naming publish always goes out before its aliased ones.
-        self._alias_lock = threading.Lock()
-        self._aliases: dict[str, int] = {}
-        self._alias_generation = 0
-        self._alias_cache: dict[int, _AliasProperties] = {}
+        self._aliases = _TopicAliases()
         self._failures = Failures(f"mqtt {cfg.client_id}", log)
         self.dropped_inbound = 0
         # Told (topic, payload bytes) of every message handed to the broker connection, e.g.
@@ -297,6 +295,14 @@ class MqttLink:
     def generation(self) -> int:
         with self._lock:
             return self._generation
+
+    @property
+    def subscribed(self) -> bool:
+        """True once the broker acknowledged every route's subscription on this connection:
+        from then on it delivers what matches them (``connected`` comes one round trip
+        earlier, at the CONNACK; a message published in between reaches no subscription)."""
+        with self._lock:
+            return self._connected and self._subscribed_gen == self._generation
 
     @property
     def max_packet(self) -> int | None:
@@ -337,7 +343,11 @@ class MqttLink:
             return None
         try:
             if self.cfg.topic_aliases and self.cfg.protocol == "mqtt5":
-                info = self._publish_aliased(client, generation, topic, payload, qos, retain)
+                with self._lock:
+                    usable = self._alias_max if generation == self._generation else 0
+                info = self._aliases.publish(
+                    client, generation, usable, topic, payload, qos, retain
+                )
             else:
                 info = client.publish(topic, payload, qos=qos, retain=retain)
         except (ValueError, OSError) as exc:
@@ -353,39 +363,6 @@ class MqttLink:
                 self._pending[info.mid] = time.monotonic()
             self._done_early.discard(info.mid)
         return Sent(info.mid, generation)
-
-    def _publish_aliased(
-        self,
-        client: paho.Client,
-        generation: int,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-    ) -> paho.MQTTMessageInfo:
-        """Publish with a topic alias where the connection allows one (see the docstring)."""
-        with self._lock:
-            usable = self._alias_max if generation == self._generation else 0
-        with self._alias_lock:
-            if generation > self._alias_generation:
-                self._alias_generation, self._aliases = generation, {}
-            if not usable or generation != self._alias_generation:
-                return client.publish(topic, payload, qos=qos, retain=retain)
-            alias = self._aliases.get(topic)
-            if alias is not None:
-                props = self._alias_props(alias)
-                return client.publish("", payload, qos=qos, retain=retain, properties=props)
-            if len(self._aliases) < usable:
-                alias = self._aliases[topic] = len(self._aliases) + 1
-                props = self._alias_props(alias)
-                return client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-            return client.publish(topic, payload, qos=qos, retain=retain)
-
-    def _alias_props(self, alias: int) -> _AliasProperties:
-        props = self._alias_cache.get(alias)
-        if props is None:
-            props = self._alias_cache[alias] = _AliasProperties(alias)
-        return props
 
     def ack(self, msg: Inbound) -> None:
         """Acknowledge a handled message to the broker (on its own connection only)."""
@@ -445,6 +422,30 @@ class MqttLink:
                 self._failed[mid] = str(reason)
         self.wake.set()
 
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        props: Properties | None,
+    ) -> None:
+        with self._lock:
+            if mid not in self._sub_mids:
+                return
+            self._sub_mids.discard(mid)
+            for reason in reasons:
+                if reason.is_failure:
+                    self._sub_refused[str(mid)] = str(reason)
+            if not self._sub_mids and not self._sub_refused:
+                self._subscribed_gen = self._generation
+        for reason in reasons:
+            if reason.is_failure:
+                log.error(
+                    "mqtt %s: the broker refused a subscription: %s", self.cfg.client_id, reason
+                )
+        self.wake.set()
+
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
             generation = self._generation
@@ -470,35 +471,15 @@ class MqttLink:
     # ------------------------------------------------------------------ the loop
 
     def _new_client(self) -> paho.Client:
-        cfg = self.cfg
-        v5 = cfg.protocol == "mqtt5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else False,
-            manual_ack=True,
-        )
+        client = paho_client(self.cfg, self._will)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         # paho's errors (the reason a TLS socket failed), without an on_log callback: with one,
         # paho formats a debug line for every packet sent and received.
         client.enable_logger(_ErrorTap(self._on_error_log))
-        # Only the loop thread touches the socket: with a write-registration callback set, paho
-        # queues packets published from other threads and wakes the loop instead of writing
-        # inline (an SSL socket must not be read and written by two threads at once; doing so
-        # stalled the link for a second at a time).
-        client.on_socket_register_write = _no_op
-        client.on_socket_unregister_write = _no_op
-        client.max_inflight_messages_set(cfg.max_inflight)
-        client.max_queued_messages_set(0)
-        client.connect_timeout = cfg.connect_timeout_s
-        if cfg.tls:
-            client.tls_set_context(tls_context(cfg))
-        if self._will is not None:
-            client.will_set(self._will.topic, self._will.payload, qos=1, retain=True)
         return client
 
     def _connect_once(self) -> paho.Client:
@@ -540,7 +521,7 @@ class MqttLink:
                 return client
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 _close(client)
-                raise UplinkError(self._explain_loss(err, "the connection closed during setup"))
+                raise UplinkError(explain_loss(err, "the connection closed during setup", cfg))
             if self.stop.is_set():
                 _close(client)
                 raise UplinkError("stopping")
@@ -550,14 +531,6 @@ class MqttLink:
                     f"no CONNACK from {cfg.host}:{cfg.port} within {cfg.connect_timeout_s:g} s"
                 )
 
-    def _explain_loss(self, err: str, default: str) -> str:
-        if not err:
-            return default
-        low = err.lower()
-        if "certificate" in low or "alert" in low:
-            return explain_tls_error(ssl.SSLError(err), self.cfg)
-        return err
-
     def _log_state(self, state: str, level: int = logging.WARNING) -> None:
         """Log a change of state (or of error) once, not once per attempt."""
         if state != self._state_logged:
@@ -566,20 +539,7 @@ class MqttLink:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            retrying = tenacity.Retrying(
-                wait=tenacity.wait_exponential_jitter(
-                    multiplier=self.cfg.backoff_min_s,
-                    max=self.cfg.backoff_max_s,
-                    jitter=self.cfg.backoff_min_s,
-                ),
-                stop=tenacity.stop_when_event_set(self.stop),
-                sleep=tenacity.sleep_using_event(self.stop),
-                retry=tenacity.retry_if_exception_type(UplinkError),
-                before_sleep=lambda rs: self._log_state(
-                    f"cannot connect: {rs.outcome.exception() if rs.outcome else '?'}"
-                ),
-                reraise=True,
-            )
+            retrying = _retrying(self.cfg, self.stop, self._log_state)
             try:
                 client = retrying(self._connect_once)
             except UplinkError:
@@ -608,10 +568,13 @@ class MqttLink:
 
     def _serve(self, client: paho.Client) -> None:
         cfg = self.cfg
-        for r in self._routes:
-            client.subscribe(r.pattern, qos=r.qos)
+        mids = {client.subscribe(r.pattern, qos=r.qos)[1] for r in self._routes}
         with self._lock:
             self._generation += 1
+            self._sub_mids = {m for m in mids if m is not None}
+            self._sub_refused.clear()
+            if not self._routes:
+                self._subscribed_gen = self._generation
             self._client = client
             self._pending.clear()
             self._failed.clear()
@@ -649,9 +612,63 @@ class MqttLink:
             self._log_state("disconnected (stopping)", logging.INFO)
         else:
             default = f"closed by {cfg.host}:{cfg.port} ({lost or 'no reason given'})"
-            self._log_state(f"connection lost: {self._explain_loss(err, default)}")
+            self._log_state(f"connection lost: {explain_loss(err, default, cfg)}")
         _close(client)
         self.wake.set()
+
+
+def paho_client(cfg: LinkConfig, will: Will | None) -> paho.Client:
+    """A paho client for ``cfg``, its callbacks not yet set."""
+    v5 = cfg.protocol == "mqtt5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=cfg.client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if v5 else False,
+        manual_ack=True,
+    )
+    # Only the loop thread touches the socket: with a write-registration callback set, paho
+    # queues packets published from other threads and wakes the loop instead of writing
+    # inline (an SSL socket must not be read and written by two threads at once; doing so
+    # stalled the link for a second at a time).
+    client.on_socket_register_write = _no_op
+    client.on_socket_unregister_write = _no_op
+    client.max_inflight_messages_set(cfg.max_inflight)
+    client.max_queued_messages_set(0)
+    client.connect_timeout = cfg.connect_timeout_s
+    if cfg.tls:
+        client.tls_set_context(tls_context(cfg))
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=1, retain=True)
+    return client
+
+
+def explain_loss(err: str, default: str, cfg: LinkConfig) -> str:
+    """Why a connection was lost, from paho's last error line (``default`` without one)."""
+    if not err:
+        return default
+    low = err.lower()
+    if "certificate" in low or "alert" in low:
+        return explain_tls_error(ssl.SSLError(err), cfg)
+    return err
+
+
+def _retrying(
+    cfg: LinkConfig, stop: threading.Event, log_state: Callable[[str], None]
+) -> tenacity.Retrying:
+    """Connection attempts: exponential backoff with jitter until ``stop`` is set."""
+    return tenacity.Retrying(
+        wait=tenacity.wait_exponential_jitter(
+            multiplier=cfg.backoff_min_s, max=cfg.backoff_max_s, jitter=cfg.backoff_min_s
+        ),
+        stop=tenacity.stop_when_event_set(stop),
+        sleep=tenacity.sleep_using_event(stop),
+        retry=tenacity.retry_if_exception_type(UplinkError),
+        before_sleep=lambda rs: log_state(
+            f"cannot connect: {rs.outcome.exception() if rs.outcome else '?'}"
+        ),
+        reraise=True,
+    )
 
 
 def _no_op(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -671,6 +688,49 @@ class _ErrorTap(logging.Logger):
                 self._sink(str(msg) % args if args else str(msg))
             except (TypeError, ValueError):
                 self._sink(str(msg))
+
+
+class _TopicAliases:
+    """The topic aliases of one connection (``generation``), assigned and handed to paho under
+    one lock, so a topic's naming publish always goes out before its aliased ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: dict[str, int] = {}
+        self._generation = 0
+        self._props: dict[int, _AliasProperties] = {}
+
+    def publish(
+        self,
+        client: paho.Client,
+        generation: int,
+        usable: int,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+    ) -> paho.MQTTMessageInfo:
+        """Publish with a topic alias where the connection allows ``usable`` of them."""
+        with self._lock:
+            if generation > self._generation:
+                self._generation, self._names = generation, {}
+            if not usable or generation != self._generation:
+                return client.publish(topic, payload, qos=qos, retain=retain)
+            alias = self._names.get(topic)
+            if alias is not None:
+                props = self._properties(alias)
+                return client.publish("", payload, qos=qos, retain=retain, properties=props)
+            if len(self._names) < usable:
+                alias = self._names[topic] = len(self._names) + 1
+                props = self._properties(alias)
+                return client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            return client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _properties(self, alias: int) -> _AliasProperties:
+        props = self._props.get(alias)
+        if props is None:
+            props = self._props[alias] = _AliasProperties(alias)
+        return props
 
 
 class _AliasProperties(Properties):

@@ -122,6 +122,10 @@ class Uplink:
         """True while every uplink thread runs (the systemd watchdog asks)."""
         return all(t.is_alive() for t in self._threads)
 
+    def threads(self) -> list[threading.Thread]:
+        """The uplink's threads once started (the composition root watches each)."""
+        return list(self._threads)
+
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
             t.join(timeout)

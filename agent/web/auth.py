@@ -251,7 +251,7 @@ def _host_name(header: str) -> str | None:
         return h[1:end]
     if h.count(":") == 1:
         h, port = h.split(":")
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):
             return None
     elif ":" in h:
         return None

@@ -13,6 +13,35 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class RecoveredView:
+    """A recovered part (journaled video or audio sealed after a power cut), opened with the
+    platform key: its frames ("chunks"), those that authenticate, those that do not (left out
+    of the media) and the bytes the device found torn after the last whole one."""
+
+    media_type: str  # video/mp4 or audio/mp4
+    recording: str
+    part: int
+    chunks: int
+    authenticated: int
+    failed: tuple[int, ...]
+    torn_bytes: int
+
+    @property
+    def summary(self) -> str:
+        bits = [
+            f"recovered part {self.part} of recording {self.recording[:40]}",
+            f"{self.authenticated} of {self.chunks} chunks authenticated",
+        ]
+        if self.failed:
+            shown = ", ".join(str(i) for i in self.failed[:20])
+            bits.append(
+                f"{len(self.failed)} failed ({shown}{' ...' if len(self.failed) > 20 else ''})"
+            )
+        bits.append(f"{self.torn_bytes} torn bytes not recovered")
+        return ", ".join(bits)
+
+
+@dataclass(frozen=True)
 class SegmentView:
     stream: str
     seq: int
@@ -25,10 +54,16 @@ class SegmentView:
     problems: tuple[str, ...]
     has_plain: bool
     manifest: dict[str, Any]
+    recovered: RecoveredView | None = None  # a recovered part, opened (platform key)
 
     @property
     def verified(self) -> bool:
         return self.state == "verified"
+
+    @property
+    def media_type(self) -> str:
+        """What a player gets: a recovered part's media type, else the content type."""
+        return self.recovered.media_type if self.recovered is not None else self.content_type
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
 MAX_QUERY = 4096
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE_RE = re.compile(r"^bytes=([0-9]*)-([0-9]*)\Z")
 # Static files the pages use: name -> content type. Nothing else under static/ is served.
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
-STATIC_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}\.(css|js)$")
+STATIC_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}\.(css|js)\Z")
 SECRET_IN_TEXT_RE = re.compile(r"(?i)((?:token|secret)=)[^&\s\"'#]*")
 REFUSED_LOG_S = 60.0
 BUSY = (
@@ -489,6 +489,10 @@ class WebServer:
         if not self._threads:
             self._server.server_close()
         self.join()
+
+    def threads(self) -> list[threading.Thread]:
+        """The serving thread and its stop watcher, once started."""
+        return list(self._threads)
 
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:

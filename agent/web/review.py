@@ -74,14 +74,17 @@ MEDIA_TYPES = {
     "application/json": "application/json",
 }
 ROUTES: list[tuple[str, re.Pattern[str]]] = [
-    ("devices", re.compile(r"^/$")),
-    ("device", re.compile(r"^/d/(?P<dev>[^/]{1,64})$")),
+    ("devices", re.compile(r"^/\Z")),
+    ("device", re.compile(r"^/d/(?P<dev>[^/]{1,64})\Z")),
     (
         "segment",
-        re.compile(r"^/d/(?P<dev>[^/]{1,64})/s/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})$"),
+        re.compile(r"^/d/(?P<dev>[^/]{1,64})/s/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})\Z"),
     ),
-    ("media", re.compile(r"^/d/(?P<dev>[^/]{1,64})/m/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})$")),
-    ("static", re.compile(r"^/static/(?P<name>[^/]{1,64})$")),
+    (
+        "media",
+        re.compile(r"^/d/(?P<dev>[^/]{1,64})/m/(?P<stream>[^/]{1,32})/(?P<seq>[^/]{1,12})\Z"),
+    ),
+    ("static", re.compile(r"^/static/(?P<name>[^/]{1,64})\Z")),
 ]
 
 
@@ -247,10 +250,10 @@ class ReviewApp:
             raise WebError(404, f"{stream} #{seq} is not in the store")
         if not s.verified:
             raise WebError(409, "this segment failed verification; its content is not served")
-        ctype = MEDIA_TYPES.get(s.content_type)
+        ctype = MEDIA_TYPES.get(s.media_type)
         if ctype is None:
             raise WebError(415, f"{s.content_type or 'this content'} is not served as media")
-        data = self.view.plaintext(device, stream, seq)
+        data = self.view.media(device, stream, seq, s.content_type)
         # Evidence never rests in a browser's or a proxy's cache.
         return byte_range(data, ctype, req, cache="no-store")
 

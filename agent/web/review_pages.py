@@ -20,6 +20,7 @@ from agent.errors import FormatError
 from agent.gps.fixdelta import batch_records
 from agent.gps.wire import SIZE as FIX_SIZE
 from agent.gps.wire import decode_fix
+from agent.storage.recovered import RECOVERED_CONTENT_TYPE
 from agent.web import fmt
 from agent.web.evidence import DeviceReview, SegmentView
 from agent.web.httpbase import Request, Response, WebError
@@ -236,6 +237,7 @@ class ReviewPages:
         segs = review.streams[stream]
         i = segs.index(s)
         manifest = {k: v for k, v in s.manifest.items() if k != "meta"}
+        note = _sealed_meta(s, manifest, self.view.platform_key is not None)
         return self._page(
             "segment.html",
             device=device,
@@ -247,13 +249,17 @@ class ReviewPages:
                 (k, v if isinstance(v, str) else json_text(v)) for k, v in sorted(manifest.items())
             ],
             meta=json_text(s.meta, indent=1),
+            meta_note=note,
         )
 
     def _content(self, device: str, s: SegmentView) -> dict[str, Any]:
         """What the segment page shows of the content: a player, a picture, text or fixes."""
         if not s.verified:
             return {"kind": "failed"}
-        ct = s.content_type
+        if s.content_type == RECOVERED_CONTENT_TYPE and s.recovered is None:
+            why = next((p for p in s.problems if p.startswith("recovered:")), "")
+            return {"kind": "error", "message": why.removeprefix("recovered: ") or "not opened"}
+        ct = s.media_type
         if ct == "video/mp4":
             return {"kind": "video"}
         if ct.startswith("audio/"):
@@ -316,6 +322,10 @@ def _detail(stream: str, s: SegmentView, review: DeviceReview) -> str:
                 return e.summary
         kind = m.get("type", "")
         return kind[:64] if isinstance(kind, str) else fmt.MALFORMED
+    if s.recovered is not None:
+        return s.recovered.summary
+    if s.content_type == RECOVERED_CONTENT_TYPE:
+        return "recovered part (needs the platform key to open)"
     if s.content_type == "video/mp4":
         bits = [
             f"{str(m.get('width', '?'))[:8]}x{str(m.get('height', '?'))[:8]}",
@@ -329,3 +339,18 @@ def _detail(stream: str, s: SegmentView, review: DeviceReview) -> str:
     if "records" in m:
         return f"{str(m['records'])[:20]} records ({s.content_type})"
     return s.content_type
+
+
+def _sealed_meta(s: SegmentView, manifest: dict[str, Any], keyed: bool) -> str:
+    """A version 2 segment's meta is sealed (``sealed_meta``, hex): only the platform key
+    reads it. Its manifest row says so instead of showing kilobytes of hex; the note returned
+    says why no meta is shown when it cannot be read ("" when it is shown)."""
+    sealed = manifest.get("sealed_meta")
+    if not isinstance(sealed, str):
+        return ""
+    manifest["sealed_meta"] = f"sealed ({len(sealed) // 2} bytes): shown decrypted under meta"
+    if s.meta:
+        return ""
+    if keyed:
+        return "its sealed meta cannot be read with the platform key"
+    return "sealed: only the platform key reads it (open the review page with --platform-key)"

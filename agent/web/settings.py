@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.config.fields import check, in_range, port_number
 from agent.errors import ConfigError
-from agent.settings import check, in_range, port_number
 
 MIN_TOKEN = 16
 
@@ -35,7 +35,7 @@ def _host(v: object) -> str | None:
 def _pin(v: object) -> str | None:
     if v == "":
         return None
-    if not isinstance(v, str) or not v.isdigit() or not 4 <= len(v) <= 12:
+    if not isinstance(v, str) or not (v.isascii() and v.isdigit()) or not 4 <= len(v) <= 12:
         return "must be 4-12 digits"
     return None
 

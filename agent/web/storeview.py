@@ -10,6 +10,11 @@ file of the device changes. Plaintext (``plain/``) is only ever served after its
 matched the signed manifest's ``plain_sha256``; where the store has none and the page holds
 the platform key, the segment is decrypted on demand (verified as it is decrypted).
 
+**Recovered parts** (video or audio journaled on the device and sealed after a power cut,
+agent.storage.recovered): with the platform key each one is opened when the device's review is
+built, its media (the frames that authenticate under its inner key) is what the player gets,
+and the frames that failed and the torn bytes are shown; without it the page says so.
+
 **Hostile content.** A device can seal anything. Each file is read on its own and what cannot
 be read is shown as failed or malformed beside the rest: a segment whose trailer does not
 parse (even one that makes a JSON parser recurse) is left out of the chain check and marked
@@ -35,6 +40,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent import boundedjson, ids
 from agent.errors import AgentError, FormatError, VerificationError
 from agent.storage.keys import load_verify_key
+from agent.storage.recovered import (
+    RECOVERED_CONTENT_TYPE,
+    Recovered,
+    check_recovered_meta,
+    open_recovered,
+)
 from agent.storage.seal import (
     SegmentInfo,
     decrypt_segment,
@@ -44,15 +55,15 @@ from agent.storage.seal import (
     verify_segment,
 )
 from agent.storage.verify import verify_paths
-from agent.web.evidence import DeviceReview, EventMark, SegmentView, chain_gaps
+from agent.web.evidence import DeviceReview, EventMark, RecoveredView, SegmentView, chain_gaps
 from agent.web.fmt import parse_utc
 from agent.web.httpbase import WebError
 from agent.web.liveview import LiveView, read_live
 
 log = logging.getLogger(__name__)
 
-SEQ_TEXT_RE = re.compile(r"^\d{1,12}$")
-SEG_NAME_RE = re.compile(r"^(\d{12})\.seg$")
+SEQ_TEXT_RE = re.compile(r"^[0-9]{1,12}\Z")
+SEG_NAME_RE = re.compile(r"^([0-9]{12})\.seg\Z")
 MAX_EVENT_JSON = 256 * 1024
 MAX_EVENT_DEPTH = 16
 # Problems that make a stored segment fail (a gap is shown as a gap, not as a failure).
@@ -76,6 +87,7 @@ FAILING = frozenset(
     }
 )
 PLAIN_CACHE_BYTES = 64 * 1024 * 1024
+RECOVERED_CACHE_BYTES = 32 * 1024 * 1024  # media of the recovered parts kept opened
 
 
 def check_device(device: str) -> str:
@@ -122,6 +134,9 @@ class StoreView:
         self._reviews: dict[str, tuple[tuple[Any, ...], DeviceReview]] = {}
         self._plain: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._plain_bytes = 0
+        self._recovered: OrderedDict[tuple[str, int, int], tuple[Recovered, dict[str, Any]]] = (
+            OrderedDict()
+        )
 
     # ------------------------------------------------------------------ paths
 
@@ -305,19 +320,49 @@ class StoreView:
             size = f.stat().st_size
         except OSError:
             size = 0
+        meta = self._meta(device, info, data_keys)
+        recovered = None
+        if ctype == RECOVERED_CONTENT_TYPE and not failed:
+            recovered = self._recovered_view(device, stream, seq, problems)
+            failed = any(p.split(":", 1)[0] in FAILING for p in problems)
         return SegmentView(
             stream=stream,
             seq=seq,
             start=_manifest_time(man, "start_utc"),
             end=_manifest_time(man, "end_utc"),
             content_type=ctype[:100] if isinstance(ctype, str) else "",
-            meta=self._meta(device, info, data_keys),
+            meta=meta,
             size=size,
             state="failed" if failed else "verified",
             problems=tuple(problems),
             has_plain=has_plain,
             manifest=dict(man),
+            recovered=recovered,
         )
+
+    def _recovered_view(
+        self, device: str, stream: str, seq: int, problems: list[str]
+    ) -> RecoveredView | None:
+        """A verified recovered part, opened; what stands in the way goes to ``problems``
+        (a meta that breaks the format fails the segment, ``bad_content``)."""
+        if self.platform_key is None:
+            problems.append(
+                "recovered: its media is under the part's own key; the review page needs the "
+                "platform key (--platform-key) to open it"
+            )
+            return None
+        try:
+            rec, meta = self.recovered(device, stream, seq)
+        except FormatError as exc:
+            problems.append(f"bad_content: {exc}")
+            return None
+        except (WebError, AgentError) as exc:
+            problems.append(f"recovered: cannot open it: {exc}")
+            return None
+        view = _recovered_view_of(rec, meta)
+        if rec.failed:
+            problems.append(f"recovered_failed: {view.summary}")
+        return view
 
     def _meta(
         self, device: str, info: SegmentInfo | None, keys: dict[str, bytes | None]
@@ -403,6 +448,39 @@ class StoreView:
                 self._plain_bytes -= len(old)
         return data
 
+    def recovered(self, device: str, stream: str, seq: int) -> tuple[Recovered, dict[str, Any]]:
+        """A recovered part opened with the platform key: (its media and frames, its meta)."""
+        if self.platform_key is None:
+            raise WebError(404, "a recovered part needs the platform key")
+        seg = self._seg_path(device, stream, seq)
+        plain = self.plaintext(device, stream, seq)  # verified against the manifest
+        st = seg.stat()
+        key = (f"{seg}#recovered", st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._recovered.get(key)
+            if hit is not None:
+                self._recovered.move_to_end(key)
+                return hit
+        with seg.open("rb") as f:
+            info = read_segment_info(f)
+        meta = open_meta(info, self.data_key(device, info.key_id))
+        check_recovered_meta(meta, info.label)
+        rec = open_recovered(plain, meta, self.data_key(device, str(meta["inner_key_id"])))
+        with self._lock:
+            self._recovered[key] = (rec, meta)
+            while (
+                sum(len(r.media) for r, _m in self._recovered.values()) > RECOVERED_CACHE_BYTES
+                and len(self._recovered) > 1
+            ):
+                self._recovered.popitem(last=False)
+        return rec, meta
+
+    def media(self, device: str, stream: str, seq: int, content_type: str) -> bytes:
+        """What a player gets: a recovered part's media, else the plaintext."""
+        if content_type == RECOVERED_CONTENT_TYPE:
+            return self.recovered(device, stream, seq)[0].media
+        return self.plaintext(device, stream, seq)
+
     def data_key(self, device: str, key_id: str) -> bytes:
         """The data key ``key_id`` of ``device`` (needs the platform key)."""
         assert self.platform_key is not None
@@ -438,6 +516,18 @@ class StoreView:
                 continue
             newest = t if newest is None else max(newest, t)
         return newest
+
+
+def _recovered_view_of(rec: Recovered, meta: dict[str, Any]) -> RecoveredView:
+    return RecoveredView(
+        media_type=str(meta["inner_content_type"]),
+        recording=str(meta["recording"]),
+        part=int(meta["part"]),
+        chunks=rec.chunks,
+        authenticated=rec.authenticated,
+        failed=tuple(rec.failed),
+        torn_bytes=int(meta["torn_bytes"]),
+    )
 
 
 def _read_info(f: Path) -> tuple[SegmentInfo | None, str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.capture.pulse_lab import PulseServer
+from agent.labs.pulse import PulseServer
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet
 from tests.fixtures.pulse import serving_pulse

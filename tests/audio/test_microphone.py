@@ -17,8 +17,9 @@ import pytest
 
 from agent.capture.audio import MicState, load_sounddevice
 from agent.capture.audio_recorder import AudioRecorder, command_handlers
-from agent.capture.pulse_lab import SINE_HZ, PulseServer, wait_for
 from agent.capture.settings import AudioSettings
+from agent.labs.pulse import SINE_HZ, PulseServer
+from agent.labs.waiting import wait_for
 from agent.storage.spool import Spool
 from tests.audio.conftest import Sealed, decode_audio, decrypt_all, peak_hz, rms
 from tests.fixtures.keys import KeySet
@@ -45,10 +46,7 @@ class Running:
         self.rec, self.stop = rec, stop
 
     def segments_at_least(self, n: int, timeout: float = 20.0) -> None:
-        ok = wait_for(lambda: self.rec.stats.segments >= n, timeout)
-        assert ok, (
-            f"only {self.rec.stats.segments} audio segments stored; health {self.rec.health()}"
-        )
+        wait_for(lambda: self.rec.stats.segments >= n, timeout, f"{n} audio segments stored")
 
     def finish(self) -> None:
         self.stop.set()
@@ -147,11 +145,11 @@ def test_mute_gives_silence_and_event_records(
     r.segments_at_least(1)
     platform = command_handlers(r.rec)
     assert platform["audio.mute"]({"note": "privacy"}) == {"muted": True}
-    assert wait_for(lambda: r.rec.muted, 10)
+    wait_for(lambda: r.rec.muted, 10, "muted")
     n = r.rec.stats.segments
     r.segments_at_least(n + 3)
     r.rec.unmute("device")
-    assert wait_for(lambda: not r.rec.muted, 10)
+    wait_for(lambda: not r.rec.muted, 10, "unmuted")
     n = r.rec.stats.segments
     r.segments_at_least(n + 3)
     r.finish()
@@ -204,7 +202,7 @@ def test_unknown_device_is_reported_missing_once(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="agent.capture")
     r = run_recorder(settings(device="no-such-microphone"))
-    assert wait_for(lambda: r.rec.mic.stats.attempts >= 4, 10), r.rec.health()
+    wait_for(lambda: r.rec.mic.stats.attempts >= 4, 10, "four attempts to open the microphone")
     health = r.rec.health()
     assert health["state"] == "missing"
     assert "no-such-microphone" in health["reason"]
@@ -232,11 +230,11 @@ def test_missing_portaudio_library_then_back(
         return load_sounddevice()
 
     r = run_recorder(settings(segment_s=1), loader=loader)
-    assert wait_for(lambda: r.rec.mic.stats.attempts >= 3, 10)
+    wait_for(lambda: r.rec.mic.stats.attempts >= 3, 10, "three attempts to open the microphone")
     h = r.rec.health()
     assert h["state"] == "missing" and "PortAudio library" in h["reason"], h
     gate.set()
-    assert wait_for(lambda: r.rec.mic.state is MicState.OK, 10), r.rec.health()
+    wait_for(lambda: r.rec.mic.state is MicState.OK, 10, "the microphone back")
     r.segments_at_least(1)
     r.finish()
     assert len(_missing_logs(caplog)) == 1
@@ -259,15 +257,15 @@ def test_no_server_then_server_appears_then_vanishes(
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.capture")
     r = run_recorder(settings(segment_s=1))
-    assert wait_for(lambda: r.rec.mic.stats.attempts >= 3, 10)
+    wait_for(lambda: r.rec.mic.stats.attempts >= 3, 10, "three attempts to open the microphone")
     assert r.rec.health()["state"] == "missing"
     assert len(_missing_logs(caplog)) == 1
     spare_pulse.start()
-    assert wait_for(lambda: r.rec.mic.state is MicState.OK, 15), r.rec.health()
+    wait_for(lambda: r.rec.mic.state is MicState.OK, 15, "the microphone back")
     r.segments_at_least(1)
     # The server goes away mid-recording: reported missing again, the agent keeps running.
     spare_pulse.stop()
-    assert wait_for(lambda: r.rec.mic.state is MicState.MISSING, 15), r.rec.health()
+    wait_for(lambda: r.rec.mic.state is MicState.MISSING, 15, "the microphone missing")
     assert r.rec.error is None
     r.finish()
     assert len(_missing_logs(caplog)) == 2  # once per outage

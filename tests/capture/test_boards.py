@@ -62,7 +62,7 @@ def test_keys_the_file_gives_are_kept() -> None:
 
 
 def test_every_row_is_a_valid_setting() -> None:
-    from agent.settings import load_dataclass
+    from agent.config.fields import load_dataclass
 
     for b in BOARDS:
         load_dataclass(

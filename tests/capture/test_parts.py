@@ -6,6 +6,7 @@ import os
 import queue
 import select
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from agent.capture.sim import SyntheticSource
 from agent.capture.stills import Stills
 from agent.capture.triggers import SerialTrigger, command_handlers, handle_line
 from agent.cli import main as cli_main
+from agent.config.fields import load_dataclass
 from agent.errors import ConfigError, EvidenceRefused, SourceError
-from agent.settings import load_dataclass
 
 from .conftest import FIX, FPS, H, Keys, W, decrypt_all, small_settings
 
@@ -222,7 +223,13 @@ def _ping_tail(line: bytes) -> bool:
 
 
 def test_serial_trigger_over_a_pty() -> None:
+    import tty
+
     master, slave = os.openpty()
+    # A serial line does not echo: a new pty does (cooked mode) until pyserial configures it,
+    # and its echo of each PING answered every select below at once, so a trigger slow to
+    # open the port (a loaded machine) used up the pings before it could answer one.
+    tty.setraw(slave)
     name = os.ttyname(slave)
     c = _Controls()
     stop = threading.Event()
@@ -231,14 +238,13 @@ def test_serial_trigger_over_a_pty() -> None:
     try:
         # pyserial empties the input buffer when it opens the port: ping until it answers.
         replies = b""
-        for _ in range(100):
+        deadline = time.monotonic() + 30
+        while b"PONG\n" not in replies and time.monotonic() < deadline:
             os.write(master, b"PING\n")
             r, _, _ = select.select([master], [], [], 0.3)
             if r:
                 replies += os.read(master, 1024)
-            if b"PONG\n" in replies:
-                break
-        assert b"PONG\n" in replies
+        assert b"PONG\n" in replies, replies
         while select.select([master], [], [], 0.3)[0]:  # late PONGs
             os.read(master, 1024)
         os.write(master, b"REC\nMARK hello\nSNAP\nSTOP\nNOPE\n")

@@ -84,7 +84,10 @@ def _watermark_error(image: Any, utc: float) -> tuple[float, float]:
     bare = 0.0
     for t in (utc - 1, utc, utc + 1):
         lines = overlay.lines(t, FIX)
-        assert lines[0] == format_utc(t)[:10] + " " + format_utc(t)[11:19] + " UTC"
+        # The watermark shows the second that has begun (format_utc rounds to the millisecond:
+        # t = ...07.9999996, a sum of floats, is "08.000" there but still second 07 here).
+        second = format_utc(float(int(t)))
+        assert lines[0] == second[:10] + " " + second[11:19] + " UTC"
         patch = overlay.patch(lines, H)
         y, x = overlay.origin(image.shape, patch.shape)
         ph, pw = patch.shape[0] & ~1, patch.shape[1] & ~1

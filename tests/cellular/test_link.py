@@ -12,12 +12,12 @@ import pytest
 
 from agent.cellular.monitor import LinkMonitor
 from agent.cellular.settings import CellularSettings
-from agent.cellular.sim import set_scenario, write_fake_mmcli
 from agent.cellular.traffic import TrafficMeter, lane_of
-from agent.health import format_status
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.mmcli import set_scenario, write_fake_mmcli
 from agent.model import Alarm
+from agent.runtime.status_text import format_status
 from agent.uplink import protocol as proto
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import LinkConfig, MqttLink
 
 
@@ -94,6 +94,27 @@ def test_modem_gone_and_garbage_never_kill_the_thread(tmp_path: Path) -> None:
         mon.join(10)
     assert not mon.is_alive()
     assert [a.kind for a in alarms][-1] == "modem_ok"
+
+
+def test_the_signal_on_the_csq_scale_for_jt808(tmp_path: Path) -> None:
+    """+CSQ (3GPP TS 27.007): 0 = -113 dBm or less, 2 dB a step, 31 = -51 dBm or more."""
+    mon, exe, _alarms, clock = _monitor(tmp_path, poll_s=10.0)
+    assert mon.signal_csq() is None  # nothing read yet
+    mon.poll_once()
+    assert mon.signal_csq() == 21  # no extended figures: 67 % of 31
+    set_scenario(exe, signal_rate=30)  # ModemManager polls the modem: its RSSI is known
+    for rssi, want in ((-65.0, 24), (-113.0, 0), (-120.0, 0), (-111.0, 1), (-52.0, 30),
+                       (-51.0, 31), (-40.0, 31)):  # fmt: skip
+        set_scenario(exe, lte={"rssi": rssi, "rsrp": -95.0})
+        mon.poll_once()
+        assert mon.signal_csq() == want, rssi
+    clock.t += 31  # three polls without a reading: no longer the modem's signal
+    assert mon.signal_csq() is None
+    mon.poll_once()
+    assert mon.signal_csq() == 31
+    set_scenario(exe, modem="absent")
+    mon.poll_once()
+    assert mon.signal_csq() is None
 
 
 def test_no_modem_configured_says_so(tmp_path: Path) -> None:

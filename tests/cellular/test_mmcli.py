@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.cellular.mmcli import ModemManagerLink, parse_bearer, parse_modem, parse_signal
-from agent.cellular.sim import modem_doc, set_scenario, signal_doc, write_fake_mmcli
 from agent.errors import FormatError, SourceError
+from agent.labs.mmcli import modem_doc, set_scenario, signal_doc, write_fake_mmcli
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Parts (all real, each stopped at the end by process group):
 
-- mosquitto with mutual TLS (``agent.uplink.lab.Mosquitto``), reached by the agent through a
+- mosquitto with mutual TLS (``agent.labs.broker.Mosquitto``), reached by the agent through a
   ``BlackHole`` TCP proxy (network cuts and flapping);
 - the platform's reference ingest, ``edge-agent ingest`` (a subprocess, SIGKILLed and restarted);
 - ``edge-agent run`` in the bodycam profile: a camera served over TCP by ffmpeg (a synthetic
@@ -36,9 +36,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.capture.pulse_lab import PulseServer
 from agent.errors import SourceError
-from agent.gps.synth import truck_log
+from agent.labs.broker import INGEST_IDENTITY, BlackHole, Mosquitto, free_port, make_pki
+from agent.labs.nmea import truck_log
+from agent.labs.pulse import PulseServer
 from agent.storage.keys import (
     init_device_keys,
     init_platform_keys,
@@ -46,7 +47,6 @@ from agent.storage.keys import (
     load_verify_key,
 )
 from agent.storage.verify import verify_paths
-from agent.uplink.lab import INGEST_IDENTITY, BlackHole, Mosquitto, free_port, make_pki
 from agent.wallclock import OFFSET_FILE_ENV
 
 REPO = Path(__file__).resolve().parents[2]

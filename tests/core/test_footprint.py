@@ -11,7 +11,8 @@ from agent.cli import build_parser
 from agent.storage.spool import Spool
 from agent.storage.records import RecordLog
 from agent.storage.verify import verify_paths
-from agent import config, app
+from agent.config import read_config
+from agent.runtime import app
 build_parser()
 heavy = sorted(m for m in ("cv2", "numpy", "av", "sounddevice") if m in sys.modules)
 print(",".join(heavy))

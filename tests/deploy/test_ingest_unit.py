@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.ingest.commands import EXIT_THREAD_DIED, watch
+from agent.ingest.cli import EXIT_THREAD_DIED, watch
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
-from agent.uplink.lab import Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from tests.deploy.test_deploy import REPO, parse_unit, systemd_analyze
-from tests.uplink.harness import ingest_config, wait_for
+from tests.uplink.harness import ingest_config
 
 UNIT = REPO / "deploy" / "edge-agent-ingest.service"
 EXEC = "/opt/edge-agent/venv/bin/edge-agent"

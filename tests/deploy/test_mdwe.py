@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.gps.synth import truck_log
+from agent.labs.nmea import truck_log
 from agent.storage.verify import verify_paths
 from tests.fixtures.keys import KeySet
 

@@ -28,7 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
-from agent.uplink.lab import INGEST_IDENTITY, Pki, free_port, make_pki
+from agent.labs.broker import INGEST_IDENTITY, Pki, free_port, make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "deploy" / "mosquitto" / "edge-agent.conf"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.fleet.drive import Drive, Sample
+from agent.labs.drive import Drive, Sample
 from agent.model import format_utc
 
 DATA = Path(__file__).parent / "data"

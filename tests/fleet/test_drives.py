@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.fleet.drive import Drive
 from agent.fleet.plan import Plan, parse_plan
 from agent.fleet.rules import FleetEvent, Inputs, RuleEngine, RuleSettings
+from agent.labs.drive import Drive
 from agent.model import Alarm, FixMode, Severity, format_utc
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet
@@ -202,6 +202,23 @@ def test_parked_with_the_ignition_off_is_stopped_not_idle() -> None:
     engine = RuleEngine(Plan(), RULES)
     kinds = [e.kind for f in d.fixes() for e in engine.feed(f, Inputs(ignition=True))]
     assert kinds == ["idle", "stopped"]
+
+
+def test_a_new_plan_keeps_the_vehicles_own_state() -> None:
+    """Idle with the ignition on, then a new plan: the idle and the stop it was in carry over,
+    so moving off ends them (and nothing fires twice)."""
+    d = Drive(drives.LAT0, drives.LON0, t0=drives.T0)
+    d.stay(400)
+    engine = RuleEngine(Plan(), RULES)
+    kinds = [e.kind for f in d.fixes() for e in engine.feed(f, Inputs(ignition=True))]
+    assert kinds == ["idle", "stopped"]
+    last = d.fixes()[-1]
+    again = Drive(drives.LAT0, drives.LON0, t0=last.time + 1)
+    again.go(100, 0, speed_mps=10.0)
+    replaced = RuleEngine(Plan(), RULES)
+    replaced.adopt(engine)
+    kinds = [e.kind for f in again.fixes() for e in replaced.feed(f, Inputs(ignition=True))]
+    assert kinds == ["idle_end", "stopped_end"]
 
 
 def test_poor_fixes_neither_fire_nor_confirm() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.config.fields import load_dataclass
 from agent.errors import ConfigError
 from agent.fleet.index import GridIndex
 from agent.fleet.plan import parse_plan
@@ -21,7 +22,6 @@ from agent.fleet.settings import FleetSettings
 from agent.fleet.shapes import Circle, Polygon, Polyline, Projection
 from agent.fleet.store import PLAN_FILE
 from agent.gps.strategy import distance_m
-from agent.settings import load_dataclass
 from agent.storage.spool import Spool
 from agent.uplink.control import CommandChannel, SeenIds, sign_command
 from tests.fleet.harness import load_drive, make_service

@@ -16,6 +16,7 @@ from agent.storage.seal import (
     open_meta,
     parse_key_record,
     read_segment_info,
+    verify_decrypt_segment,
     verify_segment,
 )
 from agent.storage.settings import SpoolSettings
@@ -54,9 +55,8 @@ def make_sealed(directory: Path, keyset: KeySet) -> Sealed:
     )
 
 
-def check_all(data: bytes, sealed: Sealed) -> None:
-    """Everything a verifier does with a segment file; raises only FormatError or
-    VerificationError for a bad one."""
+def _two_reads(data: bytes, sealed: Sealed) -> None:
+    """The keyless check, then decryption: the body read twice."""
     f = io.BytesIO(data)
     info = read_segment_info(f)
     verify_segment(f, info, sealed.trusted)
@@ -67,6 +67,37 @@ def check_all(data: bytes, sealed: Sealed) -> None:
     data_key = rec.unwrap(sealed.platform)
     decrypt_segment(f, info, data_key, out.extend)
     open_meta(info, data_key)
+
+
+def _one_read(data: bytes, sealed: Sealed) -> None:
+    """The platform's way: signature, then body hash and decryption in one read."""
+    f = io.BytesIO(data)
+    info = read_segment_info(f)
+    rec = parse_key_record(sealed.key_record, sealed.trusted)
+    if info.key_id != rec.key_id:
+        raise VerificationError("segment names another key")
+    data_key = rec.unwrap(sealed.platform)
+    out = bytearray()
+    verify_decrypt_segment(f, info, data_key, out.extend, sealed.trusted)
+    open_meta(info, data_key)
+
+
+def check_all(data: bytes, sealed: Sealed) -> None:
+    """Everything a verifier does with a segment file, both ways (two reads of the body, and
+    one); raises only FormatError or VerificationError for a bad one, and only when both ways
+    refuse it (a file one accepts and the other refuses is an AssertionError)."""
+    errors: list[Exception | None] = []
+    for read in (_two_reads, _one_read):
+        try:
+            read(data, sealed)
+        except ALLOWED as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    if (errors[0] is None) != (errors[1] is None):
+        raise AssertionError(f"one read and two reads disagree: {errors}")
+    if errors[0] is not None:
+        raise errors[0]
 
 
 ALLOWED = (FormatError, VerificationError)

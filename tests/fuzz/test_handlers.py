@@ -19,7 +19,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,10 @@ from hypothesis import strategies as st
 from agent.gps.wire import encode_fix
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
-from agent.local_control import LocalControl, send
+from agent.labs.broker import free_port
+from agent.labs.waiting import wait_for
 from agent.model import Fix, FixMode
+from agent.runtime.local_control import LocalControl, send
 from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
@@ -42,7 +44,6 @@ from agent.talk.platform import Listener
 from agent.uplink import protocol as proto
 from agent.uplink.control import CommandChannel, SeenIds, sign_command
 from agent.uplink.forwarder import Forwarder
-from agent.uplink.lab import free_port
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from agent.uplink.settings import UplinkSettings
 from tests.fixtures.keys import KeySet
@@ -222,15 +223,6 @@ def handlers(tmp_path_factory: pytest.TempPathFactory, keyset: KeySet) -> Iterat
         threading.excepthook = old_hook
 
 
-def _wait(cond: Callable[[], bool], what: str) -> None:
-    ev = threading.Event()
-    for _ in range(400):
-        if cond():
-            return
-        ev.wait(0.025)
-    raise AssertionError(f"the sentinel after the poison was not handled: {what}")
-
-
 def _feed(h: Handlers, doc: bytes) -> None:
     """``doc`` into every handler, as every kind of message it takes; then the sentinels."""
     h.n += 1
@@ -286,11 +278,14 @@ def _feed(h: Handlers, doc: bytes) -> None:
     keyack = proto.encode_acks(DEVICE, [proto.KeyAck(kid)], h.ack_key)[0]
     h.forwarder.acks.put(_inbound(t.ack, keyack))
     store = h.ingest.store.root
-    _wait(lambda: (store / snt / "partial").is_dir(), "ingest")
-    _wait(lambda: (store / snt / "live" / "status.json").exists(), "ingest-live")
-    _wait(lambda: f"sentinel{n:08d}" in h.listener.chunk_times, "talk listen")
-    _wait(lambda: str(n) in h.sentinels, "commands")
-    _wait(lambda: kid in h.forwarder._keys_acked, "forwarder")
+    for cond, thread in (
+        (lambda: (store / snt / "partial").is_dir(), "ingest"),
+        (lambda: (store / snt / "live" / "status.json").exists(), "ingest-live"),
+        (lambda: f"sentinel{n:08d}" in h.listener.chunk_times, "talk listen"),
+        (lambda: str(n) in h.sentinels, "commands"),
+        (lambda: kid in h.forwarder._keys_acked, "forwarder"),
+    ):
+        wait_for(cond, 10, f"the sentinel after the poison at {thread}")
     assert send(h.local.path, "ping") == {"pong": True}
 
 
@@ -379,8 +374,11 @@ def _feed_binary(h: Handlers, blob: bytes) -> None:
     h.ingest.inbox.put(_inbound(proto.Topics(snt).segment("gps"), proto.encode_chunk(good, b"x")))
     h.ingest.live.live_inbox.put(_inbound(proto.Topics(snt).live("fix"), WIRE_FIX))
     store = h.ingest.store.root
-    _wait(lambda: (store / snt / "partial").is_dir(), "ingest")
-    _wait(lambda: (store / snt / "live" / "fix.json").exists(), "ingest-live")
+    for cond, thread in (
+        (lambda: (store / snt / "partial").is_dir(), "ingest"),
+        (lambda: (store / snt / "live" / "fix.json").exists(), "ingest-live"),
+    ):
+        wait_for(cond, 10, f"the sentinel after the binary poison at {thread}")
 
 
 @settings(max_examples=60)

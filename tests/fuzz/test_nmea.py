@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.gps.nmea import NmeaReader
-from agent.gps.synth import truck_log
+from agent.labs.nmea import truck_log
 from agent.model import Fix
 from tests.fuzz.common import TRIED, keep
 

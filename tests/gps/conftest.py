@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.labs.waiting import wait_for
+
 _LINES = pytest.StashKey[list[str]]()
 
 
@@ -43,35 +45,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``cond`` until true; fails the test after ``timeout`` (a bound, not a timing)."""
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        ev.wait(0.02)
-
-
 class GpsFake:
-    """``gpsfake`` (a real gpsd fed from a log) on a loopback port, in its own process group."""
+    """``gpsfake`` (a real gpsd fed from a log) on a loopback port, in its own process group.
 
-    def __init__(self, log: Path, port: int, cycle: float = 0.01, once: bool = True) -> None:
-        self.log, self.port, self.cycle, self.once = log, port, cycle, once
+    ``once`` plays the log one time. gpsd (``-n``) reads the fake receiver whether or not a
+    client is there, so a one-time log must not start before the client watches: ``held``
+    fakes (gpsfake's single-stepping, ``-i``) play nothing until :meth:`play`.
+    """
+
+    def __init__(
+        self, log: Path, port: int, cycle: float = 0.01, once: bool = True, held: bool = False
+    ) -> None:
+        self.log, self.port, self.cycle, self.once, self.held = log, port, cycle, once, held
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GpsFake:
         cmd = ["gpsfake", "-n", "-q", "-P", str(self.port), "-c", str(self.cycle)]
         if self.once:
             cmd.insert(1, "-1")
+        if self.held:
+            cmd.insert(1, "-i")  # waits for a line on its input before each sentence
         self.proc = subprocess.Popen(
             [*cmd, str(self.log)],
             start_new_session=True,  # its own process group: gpsfake + gpsd die together
+            stdin=subprocess.PIPE if self.held else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_for(self._listening, 20.0, f"gpsd on port {self.port}")
         return self
+
+    def play(self) -> None:
+        """Let a held fake play its log (every sentence, at its cycle)."""
+        assert self.proc is not None and self.proc.stdin is not None and self.held
+        lines = self.log.read_bytes().count(b"\n") + 1
+        self.proc.stdin.write(b"\n" * lines)
+        self.proc.stdin.flush()
 
     def _listening(self) -> bool:
         assert self.proc is not None
@@ -89,6 +98,8 @@ class GpsFake:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self.proc = None
 
 

@@ -38,12 +38,13 @@ from agent.gps.chrony import (
 )
 from agent.gps.chrony_conf import render
 from agent.gps.clock import ClockMonitor
-from agent.gps.synth import truck_log
 from agent.gps.time_settings import TimeSettings
+from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from agent.model import Alarm, ClockSource, Fix, FixMode
 from tests.fixtures.keys import KeySet
 
-from .conftest import free_port, wait_for
+from .conftest import free_port
 
 # Captured from chronyc 4.3 (this machine) against chronyd -x with gpsd's SHM 0.
 TRACKING_GNSS = (
@@ -333,8 +334,8 @@ def test_sealed_segments_carry_chronys_clock(
 ) -> None:
     """The running agent (composition root) with gpsd's fixes and chrony's state: its GPS
     segments' manifests say the clock followed GNSS through chrony, with an error bound."""
-    from agent.app import Agent
     from agent.config import parse_config
+    from agent.runtime.app import Agent
     from agent.storage.seal import read_segment_info
 
     cfg = parse_config(

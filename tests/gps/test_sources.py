@@ -17,10 +17,11 @@ from agent.gps.replay import ReplaySource, read_fixes
 from agent.gps.serial_source import SerialSource
 from agent.gps.settings import GpsSettings
 from agent.gps.source import LinkState, SourceThread, open_source
-from agent.gps.synth import truck_log
+from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from agent.model import Fix
 
-from .conftest import GpsFake, PtySerial, free_port, wait_for
+from .conftest import GpsFake, PtySerial, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,11 +69,13 @@ def test_serial_pty_and_gpsd_give_the_same_fixes(
     writer = threading.Thread(target=pty_serial.write_paced, args=(log.read_bytes(), stop))
     writer.start()
 
-    # gpsd: the same log through gpsfake.
-    fake = gpsfake_factory(log, cycle=0.005)
+    # gpsd: the same log through gpsfake, played once the source watches.
+    fake = gpsfake_factory(log, cycle=0.005, held=True)
     gpsd_fixes = Collector()
     gpsd_src = GpsdSource(port=fake.port, stale_after_s=30)
     t2 = run_in_thread(gpsd_src, stop, gpsd_fixes)
+    wait_for(lambda: gpsd_src.connects >= 1, 60, "the source's watch on gpsd")
+    fake.play()
 
     wait_for(lambda: serial_fixes.count() >= 12, 60, "12 fixes over the pty")
     wait_for(lambda: gpsd_fixes.count() >= 10, 60, "fixes from gpsd")
@@ -152,10 +155,13 @@ def test_gpsd_source_contains_gpsd_py3_globals(
 
     log = tmp_path / "truck.log"
     log.write_bytes(truck_log(5))
-    fake = gpsfake_factory(log, cycle=0.01)
+    fake = gpsfake_factory(log, cycle=0.01, held=True)
     stop = threading.Event()
     sink = Collector()
-    t = run_in_thread(GpsdSource(port=fake.port), stop, sink)
+    src = GpsdSource(port=fake.port)
+    t = run_in_thread(src, stop, sink)
+    wait_for(lambda: src.connects >= 1, 60, "the source's watch on gpsd")
+    fake.play()
     wait_for(lambda: sink.count() >= 1, 60, "a fix")
     stop.set()
     t.join(10)
@@ -229,7 +235,7 @@ def test_gps_only_process_imports_neither_cv2_nor_numpy() -> None:
         "import sys\n"
         "import agent.gps.source, agent.gps.replay, agent.gps.serial_source, "
         "agent.gps.gpsd_source, agent.gps.strategy, agent.gps.clock, agent.gps.wire, "
-        "agent.gps.commands, agent.gps.settings, agent.model\n"
+        "agent.gps.cli, agent.gps.settings, agent.model\n"
         "bad = sorted(m for m in ('cv2', 'numpy', 'av', 'sounddevice') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )

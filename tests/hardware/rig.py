@@ -22,14 +22,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.storage.keys import init_device_keys, init_platform_keys
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,14 +56,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         timeout=120,
         check=False,
     )
-
-
-def _wait(cond: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        assert proc.poll() is None, f"the agent exited while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 class Rig:
@@ -140,7 +132,7 @@ control_socket = "{self.tmp}/run/control.sock"
         )
         try:
             sock = self.tmp / "run" / "control.sock"
-            _wait(sock.exists, "the agent to start", agent, 90)
+            wait_for(sock.exists, 90, "the agent to start", proc=agent, step=0.2)
             during(agent)
             os.killpg(agent.pid, signal.SIGTERM)
             assert agent.wait(60) == 0, (self.tmp / "agent.log").read_text()[-2000:]

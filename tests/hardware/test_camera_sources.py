@@ -31,6 +31,7 @@ from agent.capture.h264 import NAL_PPS, NAL_SPS, nal_type, split_nals
 from agent.capture.overlay import Overlay
 from agent.capture.recorder import Recorder
 from agent.capture.settings import VideoSettings
+from agent.labs.broker import Mosquitto, Pki
 from agent.model import Alarm
 from agent.storage.keys import (
     init_device_keys,
@@ -42,7 +43,6 @@ from agent.storage.keys import (
 from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
-from agent.uplink.lab import Mosquitto, Pki
 from tests.hardware.rig import Rig, cli, ffprobe_codecs
 from tests.storage.helpers import decrypt_stream
 

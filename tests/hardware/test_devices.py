@@ -1,7 +1,7 @@
 """End to end against the real camera, GNSS receiver and microphone a rig names (see rig.py).
 
 Without the device each test skips and says why; ``edge-agent selftest --json`` is the rig's
-quick gate before these (agent/selftest.py, built separately).
+quick gate before these (agent/enrol/selftest.py, built separately).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.uplink.lab import Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
 from tests.hardware.rig import Rig, cli, device_from_env, ffprobe_codecs
 
 pytestmark = pytest.mark.hardware
@@ -126,7 +126,7 @@ segment_s = 5
 
 
 def test_selftest_json_gates_the_rig(tmp_path: Path) -> None:
-    """``edge-agent selftest --json``: what a rig's CI runs first (agent/selftest.py)."""
+    """``edge-agent selftest --json``: what a rig's CI runs first (agent/enrol/selftest.py)."""
     named = [v for v in ("CAMERA", "GNSS", "MIC") if os.environ.get(f"EDGE_AGENT_HIL_{v}")]
     if not named:
         pytest.skip("NOT RUN: no EDGE_AGENT_HIL_* device named (not a rig)")
@@ -134,7 +134,5 @@ def test_selftest_json_gates_the_rig(tmp_path: Path) -> None:
     if not cfg:
         pytest.skip("NOT RUN: EDGE_AGENT_HIL_CONFIG (the rig's agent.toml) is not set")
     res = cli("selftest", "--json", "--config", cfg)
-    if res.returncode == 2 and "invalid choice" in res.stderr:
-        pytest.skip("NOT RUN: this build has no `edge-agent selftest` yet (agent/selftest.py)")
     report = json.loads(res.stdout)
     assert res.returncode == 0, json.dumps(report, indent=1)

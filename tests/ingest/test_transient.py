@@ -17,9 +17,10 @@ from pathlib import Path
 
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.storage.keys import load_platform_private
 from agent.uplink.control import load_ack_private
-from agent.uplink.lab import Mosquitto, Pki
 from tests.uplink.harness import (
     assert_delivered,
     ingest_config,
@@ -27,7 +28,6 @@ from tests.uplink.harness import (
     make_platform,
     running_uplink,
     unique_id,
-    wait_for,
 )
 
 RECEIVE_MAXIMUM = 64

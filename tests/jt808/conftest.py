@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from agent.gps.settings import StrategySettings
-from agent.jt808.lab import ReferencePlatform
 from agent.jt808.queue import derive_key
 from agent.jt808.settings import Jt808Settings
 from agent.jt808.terminal import Jt808Terminal
+from agent.labs.jt808_platform import ReferencePlatform
 from agent.model import Fix, FixMode
 
 PHONE = "13800000001"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.fleet.drive import Drive
 from agent.fleet.service import FleetService
 from agent.jt808 import area_bodies as ab
 from agent.jt808 import messages as m
-from agent.jt808.lab import ReferencePlatform
 from agent.jt808.location import ALARM_AREA
+from agent.labs.drive import Drive
+from agent.labs.jt808_platform import ReferencePlatform
 from agent.model import Alarm
 from agent.storage.spool import Spool
 from tests.fleet.harness import fleet_settings

@@ -130,7 +130,7 @@ def test_settings_errors_name_the_field(table: str, error: str) -> None:
 
 
 def test_a_good_table_and_the_profile_check() -> None:
-    from agent.app import check_profile
+    from agent.config import check_profile
 
     cfg = parse_config(
         BASE

@@ -16,8 +16,8 @@ from agent.gps.settings import StrategySettings
 from agent.jt808 import messages as m
 from agent.jt808.client import Jt808Client, LinkFailed, Session
 from agent.jt808.codec import FrameReader, decode_frame, encode_frame
-from agent.jt808.lab import ReferencePlatform
 from agent.jt808.terminal import Jt808Terminal
+from agent.labs.jt808_platform import ReferencePlatform
 from tests.jt808.conftest import KEY, PHONE, Rig, fix, wait
 from tests.jt808.conftest import settings as jt_settings
 

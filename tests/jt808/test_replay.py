@@ -19,8 +19,9 @@ import pytest
 from agent.gps.settings import StrategySettings
 from agent.jt808 import messages as m
 from agent.jt808.body import bcd_time
-from agent.jt808.lab import CutProxy, ReferencePlatform
 from agent.jt808.location import ALARM_DEVIATION, ALARM_OVERSPEED, STATUS_ACC
+from agent.labs.jt808_platform import CutProxy, ReferencePlatform
+from agent.labs.waiting import wait_for
 from agent.storage.spool import Spool
 from tests.fleet.harness import load_drive, make_service
 from tests.jt808.conftest import Rig, wait
@@ -148,14 +149,14 @@ def test_sigkill_in_the_middle_of_the_backlog_loses_nothing(
         proxy.restore()
         b = _proc(state, proxy.address, "drain", 300)  # ~300 B/s: a few batches a second
         procs.append(b)
-        assert platform.wait_for(lambda: len(platform.received) >= stored // 3, 60)
+        wait_for(lambda: len(platform.received) >= stored // 3, 60, "a third of the backlog")
         os.kill(b.pid, signal.SIGKILL)  # in the middle of the backlog
         b.wait()
         partial = len(platform.received)
         assert partial < stored
         c = _proc(state, proxy.address, "drain", 100_000)
         procs.append(c)
-        assert platform.wait_for(lambda: len({r.key for r in platform.received}) >= stored, 60)
+        wait_for(lambda: len({r.key for r in platform.received}) >= stored, 60, "the backlog")
         while _line(c, "left") != 0:
             pass
     finally:

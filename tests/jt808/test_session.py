@@ -15,11 +15,11 @@ import pytest
 
 from agent.gps.settings import StrategySettings
 from agent.jt808 import messages as m
-from agent.jt808.lab import ReferencePlatform
 from agent.jt808.location import ALARM_SOS
+from agent.labs.broker import Pki
+from agent.labs.jt808_platform import ReferencePlatform
 from agent.model import Alarm, Severity
 from agent.storage.spool import Spool
-from agent.uplink.lab import Pki
 from tests.fixtures.keys import KeySet
 from tests.fleet.harness import sealed_events
 from tests.jt808.conftest import PHONE, Rig, fix, wait

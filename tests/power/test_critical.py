@@ -8,23 +8,17 @@ records it here; the real logind call runs on the rig: tests/hardware)."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
-from agent.app import Agent, build_spool
 from agent.config import parse_config
+from agent.labs.power import lay_out_power_supply, set_attr
+from agent.labs.waiting import wait_for
 from agent.model import Alarm
-from agent.power.sim import lay_out_power_supply, set_attr
+from agent.runtime.app import Agent
+from agent.storage.from_config import build_spool
 from agent.storage.verify import verify_paths
 from tests.fixtures.keys import KeySet
 from tests.storage.helpers import decrypt_stream
-
-
-def _wait(cond: object, what: str, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_critical_battery_seals_the_recording_then_powers_off(
@@ -90,14 +84,14 @@ control_socket = "{tmp_path / "run" / "control.sock"}"
     runner = threading.Thread(target=lambda: result.append(agent.run(install_signals=False)))
     runner.start()
     try:
-        _wait(lambda: agent.power is not None and agent.power.state == "ok", "a power reading")
+        wait_for(lambda: agent.power is not None and agent.power.state == "ok", 60, "a reading")
         assert agent.status()["battery_pct"] == 60.0
         assert agent.video is not None
         agent.video.start("device")
-        _wait(lambda: agent.video is not None and agent.video.recorder.stats.segments >= 1,
-              "a sealed video segment")  # fmt: skip
+        wait_for(lambda: agent.video is not None and agent.video.recorder.stats.segments >= 1,
+                 60, "a sealed video segment")  # fmt: skip
         set_attr(tmp_path / "sys", "battery", "capacity", 15)
-        _wait(lambda: any(a.kind == "power_low" for a in alarms), "the low alarm")
+        wait_for(lambda: any(a.kind == "power_low" for a in alarms), 60, "the low alarm")
         assert not requests and agent.video.recorder.stats.recording
         set_attr(tmp_path / "sys", "battery", "capacity", 4)
         runner.join(90)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.health import format_status
+from agent.labs.power import lay_out_power_supply, set_attr
 from agent.model import Alarm
 from agent.power.monitor import PowerMonitor
 from agent.power.reading import PowerReading
 from agent.power.settings import PowerSettings, SysfsPowerSettings
-from agent.power.sim import lay_out_power_supply, set_attr
 from agent.power.sysfs import SysfsPower
 from agent.power.throttle import ThrottleReader
+from agent.runtime.status_text import format_status
 
 
 class Rig:

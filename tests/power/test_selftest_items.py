@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cellular.sim import set_scenario, write_fake_mmcli
 from agent.config import parse_config
-from agent.power.sim import PiSugarServer, lay_out_power_supply
-from agent.selftest import SelfTest, Status
+from agent.enrol.selftest import SelfTest, Status
+from agent.labs.mmcli import set_scenario, write_fake_mmcli
+from agent.labs.power import PiSugarServer, lay_out_power_supply
 
 REPO = Path(__file__).resolve().parents[2]
 

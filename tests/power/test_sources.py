@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import SourceError
+from agent.labs.power import FixedChip, Ina219Chip, PiSugarServer, SimBus, lay_out_power_supply
+from agent.labs.power import set_attr as set_sysfs
 from agent.power.ina219 import CONFIG, Ina219Power
 from agent.power.pisugar import PiSugarPower
 from agent.power.reading import charge_from_curve
@@ -20,8 +22,6 @@ from agent.power.settings import (
     PiSugarSettings,
     SysfsPowerSettings,
 )
-from agent.power.sim import FixedChip, Ina219Chip, PiSugarServer, SimBus, lay_out_power_supply
-from agent.power.sim import set_attr as set_sysfs
 from agent.power.sysfs import SysfsPower
 from agent.power.throttle import ThrottleReader, parse
 

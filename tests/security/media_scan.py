@@ -35,10 +35,15 @@ def scan_file(path: Path) -> list[str]:
     return [name for name, pat in SIGNATURES.items() if pat.search(data)]
 
 
-def files_under(roots: Iterable[Path], since: float | None = None) -> Iterator[Path]:
-    """Regular files under ``roots`` (modified or changed at/after ``since`` if given)."""
+def files_under(
+    roots: Iterable[Path], since: float | None = None, exclude: Iterable[Path] = ()
+) -> Iterator[Path]:
+    """Regular files under ``roots`` (modified or changed at/after ``since`` if given), not
+    under any of ``exclude``."""
+    skip = {str(e) for e in exclude}
     for root in roots:
-        for dirpath, _dirs, names in os.walk(root, followlinks=False):
+        for dirpath, dirs, names in os.walk(root, followlinks=False):
+            dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
             for n in names:
                 p = Path(dirpath) / n
                 try:
@@ -52,11 +57,13 @@ def files_under(roots: Iterable[Path], since: float | None = None) -> Iterator[P
                 yield p
 
 
-def scan(roots: Iterable[Path], since: float | None = None) -> tuple[int, list[tuple[str, str]]]:
+def scan(
+    roots: Iterable[Path], since: float | None = None, exclude: Iterable[Path] = ()
+) -> tuple[int, list[tuple[str, str]]]:
     """(files scanned, [(path, signature)])."""
     n = 0
     hits: list[tuple[str, str]] = []
-    for p in files_under(roots, since):
+    for p in files_under(roots, since, exclude):
         n += 1
         hits += [(str(p), sig) for sig in scan_file(p)]
     return n, hits

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.uplink import protocol as proto
 from agent.uplink.control import load_ack_private
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import MqttLink
 from tests.fixtures.pki import OPERATOR
 from tests.uplink.harness import (
@@ -28,7 +29,6 @@ from tests.uplink.harness import (
     running_ingest,
     running_uplink,
     unique_id,
-    wait_for,
 )
 
 

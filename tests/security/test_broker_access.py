@@ -1,5 +1,5 @@
 """Who may talk to the broker, and about what (mosquitto with the shipped configuration and ACL,
-``deploy/mosquitto/``, as ``agent.uplink.lab`` runs it).
+``deploy/mosquitto/``, as ``agent.labs.broker`` runs it).
 
 - no client certificate, a certificate from another CA, or an expired one: refused at the TLS
   handshake (no MQTT session at all);
@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.uplink.lab import Mosquitto, Pki, other_ca
+from agent.labs.broker import Mosquitto, Pki, other_ca
 from tests.fixtures.pki import DEVICE_A, DEVICE_B, OPERATOR
 
 
@@ -58,7 +58,7 @@ def test_client_certificates_are_required(
     # A certificate with the right name, signed by a CA the broker does not trust.
     foreign_dir = tmp_path / "foreign"
     foreign_ca = other_ca(foreign_dir)
-    from agent.uplink.lab import Pki as LabPki
+    from agent.labs.broker import Pki as LabPki
 
     foreign = LabPki(
         foreign_dir, foreign_ca, foreign_dir / "other-ca.key", pki.server_cert, pki.server_key

@@ -17,8 +17,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.uplink import protocol as proto
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import LinkConfig, MqttLink
 from agent.uplink.service import link_config
 from tests.security import hostile
@@ -30,7 +31,6 @@ from tests.uplink.harness import (
     running_uplink,
     stored,
     unique_id,
-    wait_for,
 )
 
 

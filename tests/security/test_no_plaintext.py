@@ -49,8 +49,8 @@ def test_scanner_finds_planted_media_and_not_ciphertext(tmp_path: Path) -> None:
 def test_no_plaintext_media_after_a_recording(device_root: Path) -> None:
     if shutil.which("unshare") is None:
         pytest.skip("NOT EXERCISED: util-linux unshare is missing (private /tmp namespace)")
-    from agent.capture.pulse_lab import PulseServer
     from agent.errors import SourceError
+    from agent.labs.pulse import PulseServer
 
     init_device_keys(device_root / "device" / "keys")
     init_platform_keys(device_root / "platform")

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.talk import wire
 from agent.talk.platform import Listener
 from agent.uplink import protocol as proto
 from agent.uplink.control import load_ack_public
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
 from agent.uplink.mqtt import MqttLink
 from agent.uplink.service import link_config
 from tests.security import hostile
@@ -37,7 +38,6 @@ from tests.uplink.harness import (
     running_ingest,
     running_uplink,
     unique_id,
-    wait_for,
 )
 
 POISON_CHUNKS = 100  # more than the ingest's receive maximum (64)

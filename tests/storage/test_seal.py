@@ -13,10 +13,12 @@ from agent.model import ClockSource, ClockState
 from agent.storage.seal import (
     PREFIX_LEN,
     ChainLink,
+    DecryptFailed,
     SegmentHeader,
     decrypt_segment,
     parse_key_record,
     read_segment_info,
+    verify_decrypt_segment,
     verify_segment,
 )
 from tests.fixtures.keys import KeySet, make_sealer
@@ -57,12 +59,23 @@ def _open(keyset: KeySet, blob: bytes, record: bytes) -> bytes:
     return bytes(out)
 
 
+def _open_one_read(keyset: KeySet, blob: bytes, record: bytes) -> bytes:
+    """The platform's way: signature, then body hash and decryption in one read."""
+    f = io.BytesIO(blob)
+    info = read_segment_info(f)
+    dk = parse_key_record(record).unwrap(keyset.platform_private)
+    out = bytearray()
+    verify_decrypt_segment(f, info, dk, out.extend)
+    return bytes(out)
+
+
 @pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305"])
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17])
 def test_round_trip(keyset: KeySet, cipher: str, size: int) -> None:
     data = os.urandom(size)
     blob, record = _seal(keyset, data, cipher)
     assert _open(keyset, blob, record) == data
+    assert _open_one_read(keyset, blob, record) == data
     info = read_segment_info(io.BytesIO(blob))
     m = info.manifest
     assert (m["device"], m["stream"], m["seq"], m["prev"]) == ("dev-1", "video", 0, None)
@@ -108,14 +121,18 @@ REGIONS = {
 }
 
 
+@pytest.mark.parametrize("reads", ["two reads", "one read"])
 @pytest.mark.parametrize("region", sorted(REGIONS))
-def test_bit_flip_is_detected_and_named(keyset: KeySet, region: str) -> None:
+def test_bit_flip_is_detected_and_named(keyset: KeySet, region: str, reads: str) -> None:
+    """The same error by name whether the body is hashed and decrypted in one read or two:
+    a flipped body byte is "body altered" even though its chunk also fails authentication."""
     blob, record = _seal(keyset, os.urandom(3 * CHUNK))
     man_at, sig_at = _trailer(blob)
     base, offset, exc, msg = REGIONS[region]
     pos = {"start": 0, "manifest": man_at, "signature": sig_at, "end": len(blob)}[base] + offset
+    opener = _open if reads == "two reads" else _open_one_read
     with pytest.raises(exc, match=msg):
-        _open(keyset, _flip(blob, pos), record)
+        opener(keyset, _flip(blob, pos), record)
 
 
 def test_manifest_edit_breaks_signature(keyset: KeySet) -> None:
@@ -203,3 +220,32 @@ def test_pinned_device_key(keyset: KeySet) -> None:
     verify_segment(f, info, keyset.signing_key.public_key())
     with pytest.raises(VerificationError, match="not by the pinned device key"):
         verify_segment(f, info, Ed25519PrivateKey.generate().public_key())
+
+
+def test_one_read_judges_the_body_before_what_the_sink_said(keyset: KeySet) -> None:
+    """A sink that refuses the first chunk does not hide an altered body further on: the body
+    is hashed to its end and named first; with the body intact, the sink's own error stands."""
+    blob, record = _seal(keyset, os.urandom(3 * CHUNK))
+    dk = parse_key_record(record).unwrap(keyset.platform_private)
+
+    def refuse(_data: bytes) -> None:
+        raise FormatError("the content is not what its meta says")
+
+    altered = _flip(blob, PREFIX_LEN + 2 * (4 + CHUNK + 16) + 50)  # in the third chunk
+    f = io.BytesIO(altered)
+    with pytest.raises(VerificationError, match="body altered"):
+        verify_decrypt_segment(f, read_segment_info(f), dk, refuse)
+    f = io.BytesIO(blob)
+    with pytest.raises(FormatError, match="not what its meta says"):
+        verify_decrypt_segment(f, read_segment_info(f), dk, refuse)
+
+
+def test_one_read_with_the_wrong_key_is_a_decryption_failure_not_an_altered_body(
+    keyset: KeySet,
+) -> None:
+    blob, _record = _seal(keyset, os.urandom(2 * CHUNK))
+    f = io.BytesIO(blob)
+    info = read_segment_info(f)
+    with pytest.raises(DecryptFailed, match="chunk 0 fails authentication"):
+        verify_decrypt_segment(f, info, os.urandom(32), lambda _b: None)
+    verify_segment(f, info)  # the body itself is the signed one

@@ -205,8 +205,16 @@ def test_torn_and_corrupted_journal_recovers_what_authenticates(
     root = spool.root
     events = _events(spool, keyset)
     spool.close()
-    report = verify_paths([root], platform_private=keyset.platform_private)
-    assert report.ok, report.problems  # the chain is whole
+    # The chain is whole; the chunk that fails authentication is the one problem, and what
+    # authenticates is written as the part's media.
+    out = tmp_path / "out"
+    report = verify_paths([root], platform_private=keyset.platform_private, decrypt_to=out)
+    seq = item["seq"]
+    problems = [(p.kind, p.where) for p in report.problems]
+    assert problems == [("recovered_failed", f"dev-1/video#{seq}")], report.problems
+    assert "(1)" in report.problems[0].detail
+    written = out / "dev-1" / "video" / f"{seq:012d}.mp4"
+    assert written.read_bytes() == rec.media
     cut = next(e for e in events if e["type"] == "recording_interrupted")
     assert cut["recovered"][0]["torn_bytes"] == 8
 

@@ -238,6 +238,17 @@ def test_ack_many_in_one_go(spool: Spool) -> None:
     assert not rs[0].path.exists() and rs[4].path.exists()
 
 
+def test_ack_many_removes_a_segment_acknowledged_twice_once(spool: Spool) -> None:
+    """An acknowledgement delivered twice in one batch (the platform's ingest saw the segment
+    twice) removed one segment: the second says so, as a second call would."""
+    rs = [spool.put_bytes("gps", bytes([i]) * 50) for i in range(3)]
+    acks = [(r.stream, r.seq, r.manifest_hash) for r in rs]
+    assert spool.ack_many([acks[0], acks[1], acks[0], acks[1]]) == [True, True, False, False]
+    assert [i.seq for i in spool.items("gps")] == [2]
+    assert spool.ack_many([acks[0], acks[2], acks[2]]) == [False, True, False]
+    assert spool.items("gps") == []
+
+
 def test_acked_file_left_by_a_cut_is_removed_at_open(tmp_path: Path, keyset: KeySet) -> None:
     """Ack deletes the row, then the file: a cut between leaves a file recovery removes."""
     import shutil

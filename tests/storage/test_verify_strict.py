@@ -127,6 +127,13 @@ def _drop(name: str) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _append(name: str, suffix: str) -> Callable[[dict[str, Any]], None]:
+    def edit(m: dict[str, Any]) -> None:
+        m[name] = m[name] + suffix
+
+    return edit
+
+
 MANIFEST_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "extra field": _set("note", "hello"),
     "missing field": _drop("sealed_utc"),
@@ -137,6 +144,12 @@ MANIFEST_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "start_utc not a real date": _set("start_utc", "2026-02-30T10:00:00.000Z"),
     "end_utc without milliseconds": _set("end_utc", "2026-09-21T14:13:20Z"),
     "sealed_utc with an offset": _set("sealed_utc", "2026-09-21T14:13:20.000+00:00"),
+    "start_utc with a final newline": _append("start_utc", "\n"),
+    "start_utc in non-ASCII digits": _set(
+        "start_utc", "\uff12\uff10\uff12\uff16-09-21T14:13:20.000Z"
+    ),
+    "content type with a final newline": _append("content_type", "\n"),
+    "sealed meta with a final newline": _append("sealed_meta", "\n"),
     "upper-case plain_sha256": _upper("plain_sha256"),
     "upper-case body_sha256": _upper("body_sha256"),
     "upper-case salt": _upper("salt"),
@@ -572,3 +585,22 @@ def test_a_segment_in_another_streams_directory_is_misplaced(store: Path) -> Non
     dest.parent.mkdir()
     src.rename(dest)
     assert ("misplaced", "dev-1/video#0") in kinds(verify_paths([store]))
+
+
+@pytest.mark.parametrize("where", ["first chunk", "last chunk"])
+def test_an_altered_body_is_named_so_with_the_platform_key_in_one_read(
+    store: Path, keyset: KeySet, where: str
+) -> None:
+    """With the key the body is hashed and decrypted in one read; a flipped body byte (whose
+    chunk also fails authentication) is still "body_altered", exactly as without the key,
+    and nothing is reported from decrypting a body that is not the signed one."""
+    p = seg(store, "video", 1)
+    data = bytearray(p.read_bytes())
+    data[8 + 100 if where == "first chunk" else 8 + 2 * (4 + CHUNK + 16) + 100] ^= 0x01
+    p.write_bytes(bytes(data))
+    keyless = verify_paths([store])
+    keyed = verify_paths([store], platform_private=keyset.platform_private)
+    assert ("body_altered", str(p)) in kinds(keyed), keyed.problems
+    assert not {"decrypt_failed", "bad_content"} & {k for k, _ in kinds(keyed)}, keyed.problems
+    assert kinds(keyed) == kinds(keyless)  # the same findings (the gap it leaves included)
+    assert "dev-1/video#1" not in keyed.metas

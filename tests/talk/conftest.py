@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.capture.pulse_lab import PulseServer
+from agent.labs.broker import Mosquitto, Pki, acl_text
+from agent.labs.pulse import PulseServer
+from agent.labs.waiting import wait_for
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
 from agent.talk import wire
@@ -30,7 +32,6 @@ from agent.talk.codec import tone
 from agent.talk.device import Talk
 from agent.talk.settings import TalkSettings
 from agent.uplink.control import SeenIds
-from agent.uplink.lab import Mosquitto, Pki, acl_text
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from tests.fixtures.keys import KeySet, make_sealer
 from tests.fixtures.pulse import serving_pulse
@@ -105,15 +106,6 @@ def broker_argv(broker: Mosquitto, identity: str) -> list[str]:
         "--client-id",
         identity,
     ]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        ev.wait(0.05)
 
 
 def write_tone_wav(path: Path, hz: float, seconds: float, rate: int = RATE) -> Path:

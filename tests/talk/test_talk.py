@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from agent.errors import CommandError
+from agent.labs.broker import Mosquitto
+from agent.labs.waiting import wait_for
 from agent.talk import wire
 from agent.talk.audio_io import SoundDeviceIO
 from agent.talk.platform import publish_all
-from agent.uplink.lab import Mosquitto
 from tests.audio.conftest import decode_audio, decrypt_all, peak_hz
 from tests.fixtures.keys import KeySet
 from tests.talk.conftest import (
@@ -26,7 +27,6 @@ from tests.talk.conftest import (
     broker_argv,
     message_chunks,
     tone_runs,
-    wait_for,
     write_tone_wav,
 )
 
@@ -34,7 +34,7 @@ FREQS = (440.0, 600.0, 880.0, 1000.0)
 
 
 def cli(argv: list[str]) -> argparse.Namespace:
-    from agent.talk.commands import register
+    from agent.talk.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

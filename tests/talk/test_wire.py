@@ -91,8 +91,8 @@ def test_opus_ogg_round_trip_keeps_the_tone_and_length() -> None:
 
 def test_importing_talk_loads_no_numpy_sounddevice_or_av() -> None:
     code = (
-        "import sys, agent.talk.device, agent.talk.commands, agent.talk.platform, "
-        "agent.talk.buttons\n"
+        "import sys, agent.talk.device, agent.talk.cli, agent.talk.platform, "
+        "agent.lines.ptt\n"
         "bad = [m for m in ('numpy', 'sounddevice', 'av') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

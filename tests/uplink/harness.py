@@ -7,8 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
+from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.storage.keys import (
     init_device_keys,
     init_platform_keys,
@@ -27,7 +28,6 @@ from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
 from agent.uplink.control import init_ack_keys, load_ack_private
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
 from agent.uplink.mqtt import LinkConfig
 from agent.uplink.service import Uplink
 from agent.uplink.settings import UplinkSettings
@@ -40,16 +40,6 @@ def unique_id(tmp_path: Path) -> str:
     """A device id per test: each test's fresh spool starts its chains at seq 0 again, and the
     broker keeps sessions (and queued messages) across tests."""
     return "cam-" + "".join(c for c in tmp_path.name.lower() if c.isalnum())[-24:]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait (with a deadline) for a condition; fail naming it."""
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        ev.wait(0.05)
 
 
 @dataclass
@@ -211,7 +201,10 @@ def running_ingest(
     store_dir: Path, pki: Pki, port: int, platform: Platform | None, **store: Any
 ) -> Iterator[Ingest]:
     """An ingest worker as production runs it: registered device keys, signed acks (without
-    ``platform``: trust on first use, unsigned acks, no plaintext)."""
+    ``platform``: trust on first use, unsigned acks, no plaintext). Entered once the broker
+    acknowledged its subscriptions: a device message published from then on reaches it (one
+    published before would reach no subscriber, since each test starts without the ingest's
+    session: tests/fixtures/broker.py)."""
     stop = threading.Event()
     key = load_platform_private(platform.key) if platform else None
     devices = platform.devices if platform else None
@@ -220,6 +213,7 @@ def running_ingest(
     ingest = Ingest(s, ingest_config(pki, port), stop, ack_key=ack_key)
     ingest.start()
     try:
+        wait_for(lambda: ingest.link.subscribed, 30, "the ingest's subscriptions")
         yield ingest
     finally:
         stop.set()
@@ -337,7 +331,7 @@ def assert_delivered(store_dir: Path, device: Device, *, plain: bool = True) -> 
 
 def broker_queue_shipped(broker: Mosquitto) -> bool:
     """The broker bounds every client's queue as deploy/mosquitto/edge-agent.conf does."""
-    from agent.uplink.lab import SHIPPED_CONF
+    from agent.labs.broker import SHIPPED_CONF
 
     shipped = {
         line

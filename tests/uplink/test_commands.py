@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import CommandError
+from agent.labs.broker import Mosquitto, Pki
 from agent.uplink import protocol as proto
 from agent.uplink.control import (
     CommandChannel,
@@ -20,7 +21,6 @@ from agent.uplink.control import (
     load_command_private,
     sign_command,
 )
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import MqttLink
 from tests.fixtures.pki import OPERATOR
 from tests.uplink.harness import (

@@ -25,7 +25,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import AgentError, EvidenceRefused
-from agent.local_control import MAX_REQUEST, LocalControl, send
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
+from agent.runtime.local_control import MAX_REQUEST, LocalControl, send
 from agent.uplink import protocol as proto
 from agent.uplink.control import (
     CommandChannel,
@@ -34,7 +36,6 @@ from agent.uplink.control import (
     load_command_private,
     sign_command,
 )
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import MqttLink
 from tests.fixtures.pki import OPERATOR
 from tests.security import hostile
@@ -44,7 +45,6 @@ from tests.uplink.harness import (
     make_platform,
     running_uplink,
     unique_id,
-    wait_for,
 )
 
 NOW = 1_800_000_000.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.uplink.lab import Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from tests.uplink.harness import (
     all_delivered,
     assert_delivered,
@@ -13,7 +14,6 @@ from tests.uplink.harness import (
     running_ingest,
     running_uplink,
     unique_id,
-    wait_for,
 )
 
 

@@ -11,7 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from agent.uplink.lab import BlackHole, Mosquitto, Pki
+from agent.labs.broker import BlackHole, Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from tests.uplink.harness import (
     all_delivered,
     assert_delivered,
@@ -26,7 +27,6 @@ from tests.uplink.harness import (
     stored,
     terminate,
     unique_id,
-    wait_for,
 )
 
 # A 30 s cut, as a dead cellular zone: it outlasts MQTT keep-alive on both sides (5 s here:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.labs.broker import Mosquitto, Pki
 from agent.model import Fix, FixMode
 from agent.uplink import protocol as proto
-from agent.uplink.lab import Mosquitto, Pki
 from bench.netem import LinkProxy
 from tests.uplink.harness import (
     assert_delivered,

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.uplink.lab import Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from tests.uplink.harness import (
     ROOT,
     make_device,
@@ -24,7 +25,6 @@ from tests.uplink.harness import (
     running_uplink,
     stored,
     unique_id,
-    wait_for,
 )
 
 

@@ -6,10 +6,11 @@ import queue
 import threading
 from pathlib import Path
 
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.waiting import wait_for
 from agent.model import Alarm
 from agent.uplink import protocol as proto
 from agent.uplink.forwarder import Forwarder
-from agent.uplink.lab import Mosquitto, Pki
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 from agent.uplink.service import link_config
 from tests.fixtures.pki import DEVICE_A, DEVICE_B
@@ -19,7 +20,6 @@ from tests.uplink.harness import (
     make_platform,
     running_ingest,
     stored,
-    wait_for,
 )
 
 

@@ -13,9 +13,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import FormatError, UplinkError
+from agent.labs.broker import Pki
 from agent.uplink import protocol as proto
 from agent.uplink.forwarder import TokenBucket
-from agent.uplink.lab import Pki
 from agent.uplink.mqtt import LinkConfig, MqttLink, check_certificate, explain_connack
 
 H = "ab" * 32
@@ -117,14 +117,14 @@ def test_clear_error_messages(tmp_path: Path, pki: Pki) -> None:
 def test_refused_and_wrong_ca(tmp_path: Path, pki: Pki) -> None:
     import threading
 
-    from agent.uplink.lab import free_port, other_ca
+    from agent.labs.broker import free_port, other_ca
 
     c = pki.client("cam-a")
     stop = threading.Event()
     refused = MqttLink(LinkConfig("127.0.0.1", free_port(), "cam-a", pki.ca, c.cert, c.key), stop)
     with pytest.raises(UplinkError, match="connection refused"):
         refused._connect_once()
-    from agent.uplink.lab import Mosquitto
+    from agent.labs.broker import Mosquitto
 
     m = Mosquitto(tmp_path / "mq", pki)
     m.start()

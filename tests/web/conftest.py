@@ -20,17 +20,19 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.gps.synth import truck_log
-from agent.uplink.lab import INGEST_IDENTITY, Mosquitto, Pki
+from agent.labs.broker import Mosquitto, Pki
+from agent.labs.nmea import truck_log
+from agent.labs.waiting import wait_for
 from agent.uplink.mqtt import LinkConfig
 from tests.fixtures.keys import KeySet
+from tests.fixtures.pki import WEB_INGEST
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "web"
@@ -47,15 +49,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TOKEN = "review-token-0123456789"
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    ev = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        ev.wait(0.1)
 
 
 class Clock:
@@ -178,19 +171,19 @@ def _backlog_empty(agent: Any) -> bool:
 def pipeline(
     broker: Mosquitto, pki: Pki, keyset: KeySet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
-    from agent.app import Agent
     from agent.config import load_config
     from agent.ingest.livestate import LiveRecorder
     from agent.ingest.receiver import Ingest
     from agent.ingest.store import Store
+    from agent.runtime.app import Agent
 
     tmp = tmp_path_factory.mktemp("pipeline")
     stop = threading.Event()
-    ingest_cert = pki.client(INGEST_IDENTITY)
+    ingest_cert = pki.client(WEB_INGEST)
     link = LinkConfig(
         host="127.0.0.1",
         port=broker.port,
-        client_id=INGEST_IDENTITY,
+        client_id=WEB_INGEST,
         ca=pki.ca,
         cert=ingest_cert.cert,
         key=ingest_cert.key,

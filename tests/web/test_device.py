@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from agent.config.fields import load_dataclass
 from agent.errors import ConfigError
-from agent.settings import load_dataclass
+from agent.labs.waiting import wait_for
 from agent.web.device import COOKIE, DevicePage
 from agent.web.settings import WebSettings
 from tests.web.conftest import (
@@ -28,7 +29,6 @@ from tests.web.conftest import (
     busy_reply,
     idle_connection,
     screenshot,
-    wait_for,
 )
 
 PIN = "482913"
