@@ -9,7 +9,8 @@ to plain subscriptions only), and writes::
     <store>/<device>/live/state.json     the latest birth or last will
     <store>/<device>/live/status.json    the latest heartbeat (Agent.status())
     <store>/<device>/live/fix.json       the latest live fix (gpsd-style TPV, decoded from the
-                                         binary form of protocol 3, agent.uplink.protocol)
+                                         binary form of protocol 3, agent.uplink.protocol;
+                                         "form": "binary" or "json", as it came)
     <store>/<device>/live/alarms.jsonl   alarms, newest last (the file keeps the last 1,000)
 
 each as ``{"received": <unix s>, "topic": ..., "payload": {...}}``. These are facts about the
@@ -174,6 +175,8 @@ class LiveRecorder:
             "retained": retain,
             "payload": obj,
         }
+        if parsed.kind == "live" and parsed.arg == "fix":
+            entry["form"] = "json" if payload[:1] == b"{" else "binary"
         d = ids.contained(self.root, parsed.device_id, "live")
         private_dirs(self.root, d)
         if parsed.kind == "state":

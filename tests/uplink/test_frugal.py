@@ -56,6 +56,11 @@ def _live_fix(store: Path, device: str) -> dict[str, object] | None:
     return payload
 
 
+def _live_form(store: Path, device: str) -> str:
+    form: str = json.loads((store / device / "live" / "fix.json").read_text())["form"]
+    return form
+
+
 def _recorded(store: Path, device: str, i: int) -> Callable[[], bool]:
     def check() -> bool:
         payload = _live_fix(store, device)
@@ -94,7 +99,7 @@ def test_live_fixes_go_binary_with_a_topic_alias(
         spool.close()
         proxy.close()
     payload = _live_fix(store, dev.id)
-    assert payload is not None
+    assert payload is not None and _live_form(store, dev.id) == "binary"
     assert payload["lat"] == pytest.approx(22.5403, abs=1e-7)
     assert payload["lon"] == pytest.approx(113.9497, abs=1e-7)
     assert payload["inputs"] == INPUTS["inputs"] and payload["in"] == []
@@ -127,6 +132,7 @@ def test_a_json_device_still_reaches_the_live_view(
         spool.close()
     payload = _live_fix(store, dev.id)
     assert payload == json.loads(proto.live_fix_json(_fix(7), INPUTS))
+    assert _live_form(store, dev.id) == "json"
 
 
 def _small_segments(n: int) -> list[bytes]:

@@ -563,7 +563,9 @@ def test_the_live_fix_sent_binary_shows_on_the_device_page(
     JSON object the live view reads, and the device page shows the position."""
     import json
 
-    fix = json.loads((pipeline.snapshot / DEVICE / "live" / "fix.json").read_text())["payload"]
+    entry = json.loads((pipeline.snapshot / DEVICE / "live" / "fix.json").read_text())
+    assert entry["form"] == "binary"  # the agent's default: the 28-byte wire fix and a trailer
+    fix = entry["payload"]
     assert fix["class"] == "TPV" and -90 <= fix["lat"] <= 90 and -180 <= fix["lon"] <= 180
     page = context.new_page()
     _login(page, review, f"/d/{DEVICE}")
