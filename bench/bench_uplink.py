@@ -337,8 +337,6 @@ def run(report: Reporter) -> None:
                     "key": str(dev.key),
                     "state_dir": str(work / "state"),
                     "window": window,
-                    "window_kib": int(os.environ.get("EDGE_AGENT_BENCH_WINDOW_KIB", "512")),
-                    "platform_window_kib": int(os.environ.get("EDGE_AGENT_BENCH_PWIN_KIB", "8192")),
                 },
             },
             work,
