@@ -221,6 +221,7 @@ class Forwarder:
         self._heads_key = heads_key if heads_key is not None else spool.sealer.signing_key
         self._heads_due = 0.0
         self._heads_state: object = None
+        self._heads_generation = 0  # the connection the last heads went out on
         self._forged_logged = -1e18
         self.failures = Failures("uplink-forwarder", log)
         self.settings = settings
@@ -352,7 +353,10 @@ class Forwarder:
 
     def _on_new_connection(self) -> None:
         now = self._clock()
-        self._heads_state = None  # say it again on this connection
+        if self._heads_generation != self._generation:
+            # Say it again on this connection (unless it already went out on it: the link
+            # may have connected between reading its generation and publishing the heads).
+            self._heads_state = None
         self._keys_sent.clear()
         if self._bundles is False:
             self._bundles = None  # the platform may have been upgraded: probe again
@@ -416,8 +420,9 @@ class Forwarder:
             chains,
             pending,
         )
-        if self.link.publish(self.topics.heads, payload, qos=1, retain=True) is not None:
-            self._heads_state = state
+        sent = self.link.publish(self.topics.heads, payload, qos=1, retain=True)
+        if sent is not None:
+            self._heads_state, self._heads_generation = state, sent.generation
             self.stats.heads_sent += 1
 
     def _read_acks(self, msg: Inbound) -> list[proto.Ack]:
