@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Debian packages the tests and the demo talk to (real broker, gpsd, ffprobe, PulseAudio, ...).
 DEB_PACKAGES := mosquitto mosquitto-clients gpsd gpsd-clients chrony ffmpeg socat \
 	pulseaudio libportaudio2 libasound2-plugins python3-venv systemd shellcheck chromium fuse3
-# make bench B=GROUP, one of: seal spool gps uplink video audio fleet geofence talk jt808
+# make bench B=GROUP, one of: seal spool gps uplink link video audio fleet geofence talk jt808
 B ?=
 
 .PHONY: setup deps venv demo test lint typecheck bench soak clean

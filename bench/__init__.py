@@ -10,7 +10,19 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-GROUPS = ("seal", "spool", "gps", "uplink", "video", "audio", "fleet", "geofence", "talk", "jt808")
+GROUPS = (
+    "seal",
+    "spool",
+    "gps",
+    "uplink",
+    "link",
+    "video",
+    "audio",
+    "fleet",
+    "geofence",
+    "talk",
+    "jt808",
+)
 
 
 @dataclass

@@ -13,8 +13,10 @@
   report per second costs.
 * ``jt808/wire_live``: bytes on the wire per live location report (a 0x0200 frame with the
   items the terminal sends: mileage, satellites, signal, equipment), against the same fix on
-  the agent's MQTT live lane (its JSON payload, topic and MQTT 5 PUBLISH header), measured
-  here on the same fixes (target <= 1: the 808 report is not larger).
+  the agent's MQTT live lane of protocol 2 (its JSON payload, topic and MQTT 5 PUBLISH
+  header), measured here on the same fixes (target <= 1: the 808 report is not larger);
+  ``jt808/wire_live_v3`` the same for protocol 3's binary fix with a topic alias (smaller
+  than the 808 report; ``bench link`` measures both lanes on the wire).
 * ``jt808/wire_batch``: bytes per report inside 0x0704 batches of 20 (the backlog), for
   context.
 """
@@ -101,12 +103,23 @@ def naive_batch(body: bytes, serial: int) -> bytes:
 
 
 def live_lane_bytes(fix: Fix, device: str = "trk-0007") -> int:
-    """The same fix on the MQTT live lane: JSON payload (TPV + the vehicle's inputs), topic,
-    MQTT 5 PUBLISH fixed header (2), topic length (2), packet id (QoS 1: 2), properties (1)."""
+    """The same fix on the MQTT live lane (protocol 2): JSON payload (TPV + the vehicle's
+    inputs), topic, MQTT 5 PUBLISH fixed header (2), topic length (2), packet id (QoS 1: 2),
+    properties (1)."""
     extra = {"inputs": {"brush": True, "pump": False, "lift": False, "ignition": True}, "in": []}
-    payload = proto.dumps({**fix.to_tpv(), **extra})
+    payload = proto.live_fix_json(fix, extra)
     topic = proto.Topics(device).live("fix")
     return len(payload) + len(topic.encode()) + 2 + 2 + 2 + 1
+
+
+def live_lane_bytes_v3(fix: Fix) -> int:
+    """The same fix on the MQTT live lane of protocol 3: the binary fix with the inputs'
+    trailer, an aliased topic (length 0), fixed header (2), topic length (2), packet id (2),
+    properties (1 + the 3-byte Topic Alias)."""
+    extra = {"inputs": {"brush": True, "pump": False, "lift": False, "ignition": True}, "in": []}
+    payload = proto.encode_live_fix(fix, extra)
+    assert payload is not None
+    return len(payload) + 2 + 2 + 2 + 1 + 3
 
 
 def _rate(fn: Callable[[bytes, int], bytes], data: list[bytes]) -> float:
@@ -164,16 +177,24 @@ def run(report: Reporter) -> None:
     )
     wire = [len(ours(f, 1)) for f in data]
     live = [live_lane_bytes(f) for f in data]
-    w, lv = statistics.mean(wire), statistics.mean(live)
+    v3 = [live_lane_bytes_v3(f) for f in data]
+    w, lv, l3 = statistics.mean(wire), statistics.mean(live), statistics.mean(v3)
     report.figure(
         GROUP,
         "wire_live",
         w,
         "bytes per location report",
         ratio=w / lv,
-        baseline=f"the MQTT live lane's {lv:.0f} bytes for the same fix",
+        baseline=f"the MQTT live lane's {lv:.0f} bytes for the same fix in protocol 2's JSON",
         target=1.0,
         higher_is_better=False,
+    )
+    report.info(
+        GROUP,
+        "wire_live_v3",
+        l3,
+        "bytes per MQTT live fix in protocol 3 (binary, topic alias; before TLS)",
+        f"{w / l3:.2f} x that is the 808 report (bench link/live-fix-bytes: on the wire)",
     )
     batch_bytes = 0
     some = bodies[:200]

@@ -1,15 +1,27 @@
-"""Uplink: drain a backlog into mosquitto + ingest vs raw paho; live-lane latency meanwhile.
+"""Uplink: drain a backlog into mosquitto + ingest vs raw paho; CPU on both ends; live lane.
 
-- ``uplink/drain``: a spool of 2,000 GPS segments and 200 MiB of 4 MiB video segments, sent
-  by the forwarder (chunks, windows, platform acks, spool deletes) through mosquitto (mTLS) to
-  ``edge-agent ingest`` (a separate process: reassembles, verifies, chains, stores atomically,
-  then acknowledges). Baseline, same run, same broker: raw paho publishing the same chunk
-  payloads at QoS 1 (same window), received by ``mosquitto_sub`` (C), no spool, no acks.
-- ``uplink/live_p99``: a fix reported every 20 ms while the backlog drains, timed from
-  ``report_fix`` to a subscriber's receipt; target p99 under 100 ms.
+One backlog, sealed once: 2,000 GPS segments (one-minute batches of delta-coded fixes, as a
+tracker writes them) and 50 x 4 MiB video segments. Every party runs in its own process, so
+each one's CPU is its own (``bench/uplink_child.py``):
+
+- ``uplink/drain``: the agent's uplink (forwarder: bundles of small segments, chunks of large
+  ones, windows, the platform's signed acknowledgements, spool deletes) in a device process,
+  through mosquitto (mTLS), to ``edge-agent ingest`` (a separate process: reassembles,
+  verifies, chains, stores durably, then acknowledges); wall time until the last segment is
+  acknowledged. Baseline, same run, same broker, same bytes: raw paho in a process of its
+  own publishing the segments' bytes as chunk payloads at QoS 1 (same window) to
+  ``mosquitto_sub`` (C): no spool, no platform, no acknowledgements.
+- ``uplink/device-cpu-per-mib``: CPU seconds (all threads) of the device process per MiB
+  drained, against the raw paho process's per MiB of the same bytes (target <= 1.5x).
+- ``uplink/ingest-cpu-per-segment``: the ingest process's CPU per GPS segment (sampled from
+  /proc when the last GPS segment is stored; the forwarder sends streams by priority, GPS
+  first) and per MiB of video after it: the platform's capacity (docs/scale.md).
+- ``uplink/live_p99``: a fix reported every 20 ms while the backlog drains, timed from the
+  fix's time to a subscriber's receipt; target p99 under 100 ms.
 
 ``EDGE_AGENT_BENCH_SCALE`` (default 1) scales the backlog; ``EDGE_AGENT_BENCH_PLAIN=1`` makes
-ingest also decrypt (the store then writes plaintext too).
+ingest also decrypt (the store then writes plaintext too); ``EDGE_AGENT_BENCH_PY`` adds
+interpreter arguments to the ingest (e.g. a profiler).
 """
 
 from __future__ import annotations
@@ -25,10 +37,10 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
+from agent.gps import fixdelta
+from agent.gps.wire import encode_fix
 from agent.labs.broker import INGEST_IDENTITY, Mosquitto, Pki, make_pki
 from agent.model import Fix, FixMode
 from agent.storage.keys import (
@@ -37,44 +49,109 @@ from agent.storage.keys import (
     load_platform_public,
     load_signing_key,
 )
+from agent.storage.records import RecordLog
 from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
 from agent.uplink import protocol as proto
-from agent.uplink.mqtt import LinkConfig, MqttLink, tls_context
-from agent.uplink.service import Uplink
-from agent.uplink.settings import UplinkSettings
+from agent.uplink.mqtt import LinkConfig, MqttLink
 from bench import Reporter
+from bench.bench_fleet import cpu_seconds
 
 GROUP = "uplink"
 MIB = 1024 * 1024
 DEVICE = "truck-1"
 CHUNK = 128 * 1024
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _fill(spool: Spool, gps: int, videos: int) -> list[Path]:
+def gps_batch(i: int, n: int = 60) -> list[bytes]:
+    """One minute of a truck's 1 Hz fixes (the i-th minute of its drive)."""
+    t0 = 1_750_000_000 + 60 * i
+    return [
+        encode_fix(
+            Fix(
+                time=t0 + k,
+                mode=FixMode.FIX_3D,
+                lat=22.54 + (60 * i + k) * 8e-5,
+                lon=113.95 + ((60 * i + k) % 300) * 3e-5,
+                alt=12.0 + (k % 5) * 0.1,
+                speed=8.0 + (k % 7) * 0.3,
+                track=float((k * 3) % 360),
+                quality=1,
+                sats_used=12,
+                hdop=0.9,
+            )
+        )
+        for k in range(n)
+    ]
+
+
+def fill(spool: Spool, gps: int, videos: int) -> list[Path]:
+    """GPS batches as the GPS service seals them (delta-coded), then 4 MiB videos."""
+    log = RecordLog(
+        spool,
+        "gps",
+        content_type=fixdelta.CONTENT_TYPE,
+        pack=fixdelta.encode_batch,
+        record_type="application/x-edge-fix",
+        batch_max_records=1000,
+    )
     for i in range(gps):
-        spool.put_bytes("gps", (b'{"i":%d,"lat":52.52,"lon":13.40,"speed":8.1}\n' % i) * 12)
+        for rec in gps_batch(i):
+            log.append(rec, durable=False)
+        log.roll()
     block = os.urandom(MIB)
     for _ in range(videos):
         spool.put_bytes("video", block * 4)
     return [i.path for i in spool.items()]
 
 
-def _chunks(paths: list[Path]) -> list[tuple[str, bytes]]:
-    topics = proto.Topics(DEVICE)
+def chunks_of(device: str, paths: list[Path], chunk: int) -> list[tuple[str, bytes]]:
+    """The segments' bytes as the forwarder's chunk payloads (one chunk per small segment)."""
+    topics = proto.Topics(device)
     out: list[tuple[str, bytes]] = []
     for path in paths:
         data = path.read_bytes()
         stream = path.parent.name
-        for off in range(0, len(data), CHUNK):
+        for off in range(0, len(data), chunk):
             h = proto.ChunkHeader(stream, int(path.stem), "b", "0" * 64, len(data), off)
-            out.append((topics.segment(stream), proto.encode_chunk(h, data[off : off + CHUNK])))
+            out.append((topics.segment(stream), proto.encode_chunk(h, data[off : off + chunk])))
     return out
 
 
-def _baseline(m: Mosquitto, pki: Pki, chunks: list[tuple[str, bytes]], window: int) -> float:
-    """Seconds for raw paho to publish every chunk at QoS 1 until a subscriber has them all."""
+def _child_args(mode: str) -> list[str]:
+    """``-m bench.uplink_child``, or ``EDGE_AGENT_BENCH_CHILD_<MODE>`` (a script to run in
+    its place, e.g. one that profiles it)."""
+    script = os.environ.get(f"EDGE_AGENT_BENCH_CHILD_{mode.upper()}")
+    return [script] if script else ["-m", "bench.uplink_child"]
+
+
+def child(mode: str, cfg: dict[str, Any], work: Path) -> subprocess.Popen[str]:
+    path = work / f"{mode}.json"
+    path.write_text(json.dumps(cfg))
+    return subprocess.Popen(
+        [sys.executable, *_child_args(mode), mode, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def result(proc: subprocess.Popen[str], timeout: float = 600) -> dict[str, float]:
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench child failed ({proc.returncode}): {out[-500:]}")
+    data: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def baseline(
+    m: Mosquitto, pki: Pki, paths: list[Path], window: int, work: Path
+) -> tuple[float, float, int]:
+    """(wall s, CPU s of the publishing process, messages) for raw paho to publish every chunk
+    at QoS 1 until a subscriber has them all."""
+    n = len(chunks_of(DEVICE, paths, CHUNK))
     ing = pki.client(INGEST_IDENTITY)
     sub = subprocess.Popen(
         [
@@ -98,31 +175,31 @@ def _baseline(m: Mosquitto, pki: Pki, chunks: list[tuple[str, bytes]], window: i
             # subscribed yet, so only this subscriber takes them.
             f"devices/{DEVICE}/up/seg/#",
             "-C",
-            str(len(chunks)),
+            str(n),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     dev = pki.client(DEVICE)
-    cfg = LinkConfig("127.0.0.1", m.port, DEVICE, pki.ca, dev.cert, dev.key)
-    c = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=DEVICE, protocol=MQTTProtocolVersion.MQTTv5
-    )
-    c.tls_set_context(tls_context(cfg))
-    c.max_inflight_messages_set(window)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", m.port)
-    c.loop_start()
     time.sleep(0.5)  # let the subscriber subscribe
-    t0 = time.perf_counter()
-    infos = [c.publish(t, p, qos=1) for t, p in chunks]
-    for info in infos:
-        info.wait_for_publish(60)
-    sub.wait(300)
-    elapsed = time.perf_counter() - t0
-    c.disconnect()
-    c.loop_stop()
-    return elapsed
+    raw = child(
+        "raw",
+        {
+            "device": DEVICE,
+            "paths": [str(p) for p in paths],
+            "chunk": CHUNK,
+            "port": m.port,
+            "ca": str(pki.ca),
+            "cert": str(dev.cert),
+            "key": str(dev.key),
+            "window": window,
+        },
+        work,
+    )
+    sub.wait(600)
+    done = time.time()
+    out = result(raw)
+    return max(done - out["t0"], out["wall"]), out["cpu"], n
 
 
 def _latencies(m: Mosquitto, pki: Pki, stop: threading.Event) -> tuple[MqttLink, list[float]]:
@@ -141,7 +218,7 @@ def _latencies(m: Mosquitto, pki: Pki, stop: threading.Event) -> tuple[MqttLink,
             except Exception:
                 continue
             now = time.time()
-            t = json.loads(msg.payload)["time"]
+            t = proto.decode_live_fix(msg.payload)["time"]
             sent = datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
             out.append((now - sent) * 1000)
             link.ack(msg)
@@ -151,15 +228,48 @@ def _latencies(m: Mosquitto, pki: Pki, stop: threading.Event) -> tuple[MqttLink,
     return link, out
 
 
+class IngestWatch:
+    """Samples the ingest process's CPU at the start, when every GPS segment is stored, and
+    at the end."""
+
+    def __init__(self, pid: int, gps_dir: Path, gps: int) -> None:
+        self.pid = pid
+        self.gps_dir = gps_dir
+        self.gps = gps
+        self.start = cpu_seconds(pid)
+        self.at_gps: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                n = sum(1 for _ in os.scandir(self.gps_dir))
+            except OSError:
+                continue
+            if n >= self.gps:
+                self.at_gps = cpu_seconds(self.pid)
+                return
+
+    def finish(self) -> float:
+        self._stop.set()
+        self._thread.join(5)
+        return cpu_seconds(self.pid)
+
+
 def run(report: Reporter) -> None:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("bench uplink: mosquitto not installed; skipped")
         return
     scale = float(os.environ.get("EDGE_AGENT_BENCH_SCALE", "1"))
-    gps_n, videos = max(1, int(2000 * scale)), max(1, int(50 * scale))
-    work = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
+    gps_n = max(1, int(2000 * scale))
+    videos = int(os.environ.get("EDGE_AGENT_BENCH_VIDEOS", max(1, int(50 * scale))))
+    work = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir="/var/tmp"))
     m: Mosquitto | None = None
     ingest: subprocess.Popen[bytes] | None = None
+    device: subprocess.Popen[str] | None = None
+    stop = threading.Event()
     try:
         pki = make_pki(work / "pki", (DEVICE, INGEST_IDENTITY, "ingest-live"))
         m = Mosquitto(work / "mq", pki, ingest_identities=(INGEST_IDENTITY, "ingest-live"))
@@ -174,18 +284,12 @@ def run(report: Reporter) -> None:
             settings=SealSettings(),
         )
         spool = Spool(SpoolSettings(dir=work / "spool", evidence_quota_mb=4096), sealer)
-        paths = _fill(spool, gps_n, videos)
+        paths = fill(spool, gps_n, videos)
+        spool.close()
         total = sum(p.stat().st_size for p in paths)
-        settings = UplinkSettings(
-            enabled=True,
-            port=m.port,
-            ca=pki.ca,
-            cert=pki.client(DEVICE).cert,
-            key=pki.client(DEVICE).key,
-            state_dir=work / "state",
-            platform_window_kib=int(os.environ.get("EDGE_AGENT_BENCH_PWIN_KIB", "8192")),
-        )
-        base_s = _baseline(m, pki, _chunks(paths), settings.window)
+        gps_bytes = sum(p.stat().st_size for p in paths if p.parent.name == "gps")
+        window = 8
+        base_s, base_cpu, messages = baseline(m, pki, paths, window, work)
 
         ing = pki.client(INGEST_IDENTITY)
         cmd = [
@@ -209,30 +313,40 @@ def run(report: Reporter) -> None:
         plain = os.environ.get("EDGE_AGENT_BENCH_PLAIN") == "1"
         if plain:
             cmd += ["--platform-key", str(work / "plat" / "platform.key")]
-        ingest = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        stop = threading.Event()
+        ingest = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         live_link, lat = _latencies(m, pki, stop)
-        up = Uplink(settings, device_id=DEVICE, boot_id="bench", spool=spool, stop=stop)
         while not live_link.connected:
             stop.wait(0.05)
-        stop.wait(1.0)  # ingest connects
-        up.start()
-        while not up.link.connected:
-            stop.wait(0.01)
-
-        def fixes() -> None:
-            while not stop.wait(0.02):
-                up.forwarder.report_fix(Fix(time=time.time(), mode=FixMode.FIX_3D, lat=1, lon=2))
-
-        t0 = time.perf_counter()
-        threading.Thread(target=fixes, daemon=True).start()
-        while spool.items():
-            stop.wait(0.05)
-        ours_s = time.perf_counter() - t0
+        stop.wait(1.5)  # the ingest connects and subscribes
+        dev = pki.client(DEVICE)
+        watch = IngestWatch(ingest.pid, work / "store" / DEVICE / "seg" / "gps", gps_n)
+        device = child(
+            "device",
+            {
+                "device": DEVICE,
+                "device_key": str(work / "keys" / "device.key"),
+                "platform_pub": str(work / "plat" / "platform.pub"),
+                "spool": str(work / "spool"),
+                "uplink": {
+                    "enabled": True,
+                    "port": m.port,
+                    "ca": str(pki.ca),
+                    "cert": str(dev.cert),
+                    "key": str(dev.key),
+                    "state_dir": str(work / "state"),
+                    "window": window,
+                },
+            },
+            work,
+        )
+        out = result(device)
+        device = None
+        ingest_end = watch.finish()
+        ours_s, ours_cpu = out["wall"], out["cpu"]
         stop.set()
-        up.join()
-        live_link.join()
-        spool.close()
+        live_link.join(5)
 
         mib = total / MIB
         report.figure(
@@ -241,7 +355,7 @@ def run(report: Reporter) -> None:
             mib / ours_s,
             "MiB/s",
             ratio=base_s / ours_s,
-            baseline="raw paho QoS1 to mosquitto_sub, no spool/acks",
+            baseline=f"raw paho QoS1 to mosquitto_sub, no spool/acks {mib / base_s:.1f} MiB/s",
             target=0.7,
         )
         report.info(
@@ -249,9 +363,34 @@ def run(report: Reporter) -> None:
             "drain_backlog",
             mib,
             "MiB",
-            f"{gps_n} gps + {videos} x 4 MiB video, ours {ours_s:.1f} s vs raw {base_s:.1f} s"
-            f"{', ingest decrypts' if plain else ', ingest verifies+stores sealed'}",
+            f"{gps_n} gps + {videos} x 4 MiB video, ours {ours_s:.2f} s vs raw {base_s:.2f} s"
+            f" ({messages} messages), ingest {'decrypts' if plain else 'verifies+stores sealed'}",
         )
+        per_mib, raw_per_mib = ours_cpu / mib, base_cpu / mib
+        report.figure(
+            GROUP,
+            "device-cpu-per-mib",
+            per_mib * 1000,
+            "ms CPU/MiB",
+            ratio=per_mib / raw_per_mib,
+            baseline=f"raw paho publishing the same bytes {raw_per_mib * 1000:.1f} ms/MiB",
+            target=1.5,
+            higher_is_better=False,
+        )
+        if watch.at_gps is not None:
+            gps_cpu = watch.at_gps - watch.start
+            video_cpu = ingest_end - watch.at_gps
+            video_mib = (total - gps_bytes) / MIB
+            per_seg = gps_cpu / gps_n
+            report.info(
+                GROUP,
+                "ingest-cpu-per-segment",
+                per_seg * 1000,
+                "ms CPU per GPS segment",
+                f"one core stores {1 / per_seg:.0f} GPS segments/s; video "
+                f"{video_cpu / max(video_mib, 1e-9) * 1000:.1f} ms CPU/MiB "
+                f"({'with' if plain else 'without'} decryption)",
+            )
         if lat:
             lat.sort()
             p50 = statistics.median(lat)
@@ -268,9 +407,11 @@ def run(report: Reporter) -> None:
                 higher_is_better=False,
             )
     finally:
-        if ingest is not None:
-            ingest.terminate()
-            ingest.wait(10)
+        stop.set()
+        for proc in (device, ingest):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
         if m is not None:
             m.kill()
         if os.environ.get("EDGE_AGENT_BENCH_KEEP") == "1":

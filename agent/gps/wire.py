@@ -30,6 +30,9 @@ from agent.model import Fix, FixMode
 
 VERSION = 1
 SIZE = 28
+# A batch of these, each prefixed by its u16 length (agent.storage.records); the delta-coded
+# form of a batch is agent.gps.fixdelta's.
+CONTENT_TYPE = "application/x-edge-fix"
 _FMT = struct.Struct(">BBIHiiiHHHBB")
 assert _FMT.size == SIZE
 _NONE32 = 0x7FFFFFFF

@@ -8,7 +8,9 @@ to plain subscriptions only), and writes::
 
     <store>/<device>/live/state.json     the latest birth or last will
     <store>/<device>/live/status.json    the latest heartbeat (Agent.status())
-    <store>/<device>/live/fix.json       the latest live fix (gpsd-style TPV)
+    <store>/<device>/live/fix.json       the latest live fix (gpsd-style TPV, decoded from the
+                                         binary form of protocol 3, agent.uplink.protocol;
+                                         "form": "binary" or "json", as it came)
     <store>/<device>/live/alarms.jsonl   alarms, newest last (the file keeps the last 1,000)
 
 each as ``{"received": <unix s>, "topic": ..., "payload": {...}}``. These are facts about the
@@ -160,7 +162,10 @@ class LiveRecorder:
             )
             return False
         try:
-            obj = proto.loads_object(payload, topic)
+            if parsed.arg == "fix":  # binary (protocol 3) or JSON, as the JSON object
+                obj = proto.decode_live_fix(payload)
+            else:
+                obj = proto.loads_object(payload, topic)
         except FormatError as exc:
             self.dropped += 1
             log.warning("ingest: %s", exc)
@@ -171,6 +176,8 @@ class LiveRecorder:
             "retained": retain,
             "payload": obj,
         }
+        if parsed.kind == "live" and parsed.arg == "fix":
+            entry["form"] = "json" if payload[:1] == b"{" else "binary"
         d = ids.contained(self.root, parsed.device_id, "live")
         private_dirs(self.root, d)
         if parsed.kind == "state":

@@ -11,6 +11,10 @@ Acknowledgements: the platform's acknowledgements of one batch are sent to each 
 message signed with the platform's ack key (Ed25519, ``--ack-key``); a device deletes a
 segment only on such a signed acknowledgement naming its exact (device, stream, seq, hash).
 
+Bundles (protocol 3): a message on a stream's topic may carry several whole small segments
+(agent.uplink.protocol.decode_bundle); each is stored and acknowledged as if it had come as a
+chunk of its own, in the same signed acknowledgement batch.
+
 Containment (agent.contain): every message is handled inside its own ``try``; whatever it
 does, it is logged and acknowledged to the broker (PUBACK) at the end of its batch, so one
 device's poison never holds one of the 64 slots of the broker's receive maximum, and the next
@@ -211,10 +215,13 @@ class Ingest:
         try:
             topic = proto.parse_topic(msg.topic)
             if topic.kind == "seg":
-                h, _data = proto.decode_chunk(msg.payload)
-                nxt = self.store.durable_next(topic.device_id, h)
-                ack = proto.Retry("seg", why, self.retry_after_s, h.stream, h.seq, h.hash, nxt)
-                return topic.device_id, [ack]
+                acks: list[proto.Ack] = []
+                for h, _data in self._chunks(topic, msg.payload):
+                    nxt = self.store.durable_next(topic.device_id, h)
+                    acks.append(
+                        proto.Retry("seg", why, self.retry_after_s, h.stream, h.seq, h.hash, nxt)
+                    )
+                return topic.device_id, acks
             if topic.kind == "key":
                 from agent.storage.seal import parse_key_record
 
@@ -226,6 +233,23 @@ class Ingest:
         except Exception:  # not addressable: the device resends after its ack timeout
             pass
         return "", []
+
+    @staticmethod
+    def _chunks(
+        topic: proto.ParsedTopic, payload: bytes
+    ) -> list[tuple[proto.ChunkHeader, memoryview]]:
+        """The chunks of a segment message: one chunk, or a bundle's whole segments (protocol
+        3), each of the topic's stream; FormatError (for all of it) otherwise."""
+        if proto.is_bundle(payload):
+            chunks = proto.decode_bundle(payload)
+        else:
+            chunks = [proto.decode_chunk(payload)]
+        for header, _data in chunks:
+            if header.stream != topic.arg:
+                raise FormatError(
+                    f"{header.label} on the topic of stream {topic.arg} names another stream"
+                )
+        return chunks
 
     def handle(self, msg: Inbound) -> tuple[str, list[proto.Ack]]:
         """Store one message: (device, acknowledgements to publish once it is durable).
@@ -242,21 +266,13 @@ class Ingest:
         acks: list[proto.Ack] = []
         if topic.kind == "seg":
             try:
-                header, data = proto.decode_chunk(msg.payload)
+                chunks = self._chunks(topic, msg.payload)
             except FormatError as exc:
                 self.malformed += 1
                 log.warning("ingest: dropping a chunk from %s: %s", topic.device_id, exc)
                 return "", []
-            if header.stream != topic.arg:
-                self.malformed += 1
-                log.warning(
-                    "ingest: chunk from %s on stream topic %s names stream %s; dropped",
-                    topic.device_id,
-                    topic.arg,
-                    header.stream,
-                )
-                return "", []
-            acks = self.store.put_chunk(topic.device_id, header, data)
+            for header, data in chunks:
+                acks += self.store.put_chunk(topic.device_id, header, data)
         elif topic.kind == "key":
             ack = self.store.put_key(topic.device_id, msg.payload)
             acks = [ack] if ack is not None else []

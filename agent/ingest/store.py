@@ -38,6 +38,8 @@ manifest hash tell a re-delivery (acknowledged again: "duplicate") from a confli
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
 import shutil
@@ -74,6 +76,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 MAX_RESETS = 3
 HASH_CACHE = 100_000
+DIR_CACHE = 100_000
 FILE_MODE = 0o600
 STALE_TMP_S = 3600.0
 DIR_MODE = 0o700
@@ -217,6 +220,8 @@ class Store:
         self._held: dict[str, int] = {}
         self._hashes: OrderedDict[Path, str] = OrderedDict()
         self._pins: dict[str, Ed25519PublicKey] = {}
+        self._dirs: dict[tuple[str, ...], Path] = {}
+        self._tmpfile = hasattr(os, "O_TMPFILE") and Path("/proc/self/fd").is_dir()
         self.tmp = self.root / ".tmp"
         private_dirs(self.root, self.tmp)
         if self.tofu:
@@ -239,22 +244,33 @@ class Store:
 
     # ------------------------------------------------------------------ paths
 
+    def _dir(self, *parts: str) -> Path:
+        """``ids.contained(root, *parts)`` for a directory of checked names, remembered: a
+        file name checked by agent.ids then joins it without resolving the path again (a
+        resolve walks every component with lstat, which cost the ingest half its time)."""
+        d = self._dirs.get(parts)
+        if d is None:
+            if len(self._dirs) >= DIR_CACHE:
+                self._dirs.clear()
+            d = self._dirs[parts] = ids.contained(self.root, *parts)
+        return d
+
     def seg_path(self, device: str, stream: str, seq: int) -> Path:
         ids.check_device_id(device)
         ids.check_stream(stream)
         ids.check_seq(seq)
-        return ids.contained(self.root, device, "seg", stream, f"{seq:012d}.seg")
+        return self._dir(device, "seg", stream) / f"{seq:012d}.seg"
 
     def plain_path(self, device: str, stream: str, seq: int) -> Path:
         ids.check_device_id(device)
         ids.check_stream(stream)
         ids.check_seq(seq)
-        return ids.contained(self.root, device, "plain", stream, f"{seq:012d}.bin")
+        return self._dir(device, "plain", stream) / f"{seq:012d}.bin"
 
     def key_path(self, device: str, key_id: str) -> Path:
         ids.check_device_id(device)
         ids.check_key_id(key_id)
-        return ids.contained(self.root, device, "keys", f"{key_id}.key")
+        return self._dir(device, "keys") / f"{key_id}.key"
 
     def device_dir(self, device: str) -> Path:
         ids.check_device_id(device)
@@ -265,7 +281,7 @@ class Store:
         ids.check_stream(h.stream)
         ids.check_seq(h.seq)
         ids.check_hash(h.hash)
-        return ids.contained(self.root, device, "partial", h.stream, f"{h.seq:012d}-{h.hash}")
+        return self._dir(device, "partial", h.stream) / f"{h.seq:012d}-{h.hash}"
 
     def _mkdirs(self, path: Path) -> None:
         private_dirs(self.root, path)
@@ -665,71 +681,150 @@ class Store:
                 shutil.copyfileobj(f, out, length=MIB)
             pos = end
 
-    def _drop_partial(self, device: str, h: proto.ChunkHeader) -> None:
-        self._forget_partial(device, (h.stream, h.seq, h.hash))
+    def _drop_partial(self, device: str, h: proto.ChunkHeader, *, known_only: bool = False) -> None:
+        """Remove the upload's chunks; ``known_only``: only if this worker knows of them (a
+        whole segment that came in one message usually has none, and a directory walk for
+        each small segment is not free)."""
+        key = (h.stream, h.seq, h.hash)
+        if known_only and key not in self._device_partials(device):
+            return
+        self._forget_partial(device, key)
         shutil.rmtree(self._partial_dir(device, h), ignore_errors=True)
 
     def _complete(
         self, device: str, h: proto.ChunkHeader, whole: bytes | None, p: _Partial | None
     ) -> list[proto.Ack]:
+        if whole is not None:
+            return self._complete_whole(device, h, whole)
+        assert p is not None
         tmp = self.tmp / f"{uuid.uuid4().hex}.seg"
         plain_tmp: Path | None = None
         try:
             with _create(tmp, "w+b") as f:
-                if whole is not None:
-                    f.write(whole)
-                else:
-                    assert p is not None
-                    self._assemble(p, f)
+                self._assemble(p, f)
                 f.flush()
                 self._fsync_fd(f.fileno())
-                try:
-                    info = read_segment_info(f)
-                except OSError:
-                    raise  # the store's disk, not the segment: the device is asked to retry
-                except Exception as exc:  # FormatError, or anything a crafted manifest causes
-                    return self._reset_or_reject(device, h, p, f"unreadable: {_why(exc)}")
-                if info.manifest_hash != h.hash:
-                    return self._reset_or_reject(
-                        device, h, p, "reassembled bytes do not carry the announced manifest hash"
-                    )
-                try:
-                    self._check(device, h, f, info)
-                    plain_tmp = self._decrypt(device, f, info)
-                except OSError:
-                    raise
-                except Exception as exc:  # AgentError, or anything a crafted segment causes
-                    self.stats.rejected += 1
-                    log.warning("ingest: refused %s/%s: %s", device, h.label, _why(exc))
-                    self._drop_partial(device, h)
-                    return [proto.Reject("seg", _why(exc), h.stream, h.seq, h.hash)]
-            final = self.seg_path(device, h.stream, h.seq)
-            self._mkdirs(final.parent)
-            if plain_tmp is not None:
-                plain = self.plain_path(device, h.stream, h.seq)
-                self._mkdirs(plain.parent)
-                os.replace(plain_tmp, plain)
-                self._fsync_dir(plain.parent)
-                plain_tmp = None
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                # Another worker stored it first.
-                self._drop_partial(device, h)
-                if self._stored_hash(final) == h.hash:
-                    self.stats.duplicates += 1
-                    return [proto.SegmentAck(h.stream, h.seq, h.hash, "duplicate")]
-                return [proto.Reject("seg", f"{h.label}: conflict", h.stream, h.seq, h.hash)]
-            self._fsync_dir(final.parent)
-            self._remember(final, h.hash)
-            self._drop_partial(device, h)
-            self.stats.stored += 1
-            log.debug("ingest: stored %s/%s (%d bytes)", device, h.label, info.size)
-            return [proto.SegmentAck(h.stream, h.seq, h.hash, "stored")]
+                verdict = self._verify(device, h, f, p)
+                if isinstance(verdict, list):
+                    return verdict
+                info, plain_tmp = verdict
+            landed = self._land(device, h, lambda final: os.link(tmp, final), plain_tmp, info)
+            plain_tmp = None
+            return landed
         finally:
             tmp.unlink(missing_ok=True)
             if plain_tmp is not None:
                 plain_tmp.unlink(missing_ok=True)
+
+    def _complete_whole(self, device: str, h: proto.ChunkHeader, data: bytes) -> list[proto.Ack]:
+        """A segment that came whole in one message: checked from memory, then written once,
+        into an unnamed file (O_TMPFILE) that ``link()`` names, where the filesystem can."""
+        plain_tmp: Path | None = None
+        tmp = self.tmp / f"{uuid.uuid4().hex}.seg"
+        fd = dfd = -1
+        try:
+            verdict = self._verify(device, h, io.BytesIO(data), None)
+            if isinstance(verdict, list):
+                return verdict
+            info, plain_tmp = verdict
+            final_dir = self.seg_path(device, h.stream, h.seq).parent
+            self._mkdirs(final_dir)
+            dfd = os.open(final_dir, os.O_RDONLY | os.O_DIRECTORY)
+            fd = self._unnamed(dfd, tmp)
+            os.fchmod(fd, FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._fsync_fd(fd)
+
+            def link(final: Path) -> None:
+                if not tmp.exists():  # the unnamed file: linkat following /proc/self/fd/N
+                    os.link(f"/proc/self/fd/{fd}", final.name, dst_dir_fd=dfd, follow_symlinks=True)
+                else:
+                    os.link(tmp, final)
+
+            landed = self._land(device, h, link, plain_tmp, info)
+            plain_tmp = None
+            return landed
+        finally:
+            for f in (fd, dfd):
+                if f >= 0:
+                    os.close(f)
+            tmp.unlink(missing_ok=True)
+            if plain_tmp is not None:
+                plain_tmp.unlink(missing_ok=True)
+
+    def _unnamed(self, dfd: int, fallback: Path) -> int:
+        """A new file to write a segment into: unnamed (O_TMPFILE) in directory ``dfd`` (no
+        name to create and remove again), or ``fallback`` where the filesystem cannot."""
+        if self._tmpfile:
+            try:
+                return os.open(".", os.O_TMPFILE | os.O_WRONLY, FILE_MODE, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                    raise
+                self._tmpfile = False
+        return os.open(fallback, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+
+    def _verify(
+        self, device: str, h: proto.ChunkHeader, f: BinaryIO, p: _Partial | None
+    ) -> tuple[SegmentInfo, Path | None] | list[proto.Ack]:
+        """(info, decrypted plaintext file or None) of a segment that passes every check, or
+        the acknowledgement that refuses it (or asks for it again)."""
+        try:
+            info = read_segment_info(f)
+        except OSError:
+            raise  # the store's disk, not the segment: the device is asked to retry
+        except Exception as exc:  # FormatError, or anything a crafted manifest causes
+            return self._reset_or_reject(device, h, p, f"unreadable: {_why(exc)}")
+        if info.manifest_hash != h.hash:
+            return self._reset_or_reject(
+                device, h, p, "reassembled bytes do not carry the announced manifest hash"
+            )
+        try:
+            self._check(device, h, f, info)
+            return info, self._decrypt(device, f, info)
+        except OSError:
+            raise
+        except Exception as exc:  # AgentError, or anything a crafted segment causes
+            self.stats.rejected += 1
+            log.warning("ingest: refused %s/%s: %s", device, h.label, _why(exc))
+            self._drop_partial(device, h, known_only=p is None)
+            return [proto.Reject("seg", _why(exc), h.stream, h.seq, h.hash)]
+
+    def _land(
+        self,
+        device: str,
+        h: proto.ChunkHeader,
+        link: Callable[[Path], None],
+        plain_tmp: Path | None,
+        info: SegmentInfo,
+    ) -> list[proto.Ack]:
+        """Give a verified segment (and its plaintext) their final names: the segment's by
+        ``link(final)``, a hard link that fails if another worker got there first."""
+        whole = (h.stream, h.seq, h.hash) not in self._partials.get(device, {})
+        final = self.seg_path(device, h.stream, h.seq)
+        self._mkdirs(final.parent)
+        if plain_tmp is not None:
+            plain = self.plain_path(device, h.stream, h.seq)
+            self._mkdirs(plain.parent)
+            os.replace(plain_tmp, plain)
+            self._fsync_dir(plain.parent)
+        try:
+            link(final)
+        except FileExistsError:
+            # Another worker stored it first.
+            self._drop_partial(device, h, known_only=whole)
+            if self._stored_hash(final) == h.hash:
+                self.stats.duplicates += 1
+                return [proto.SegmentAck(h.stream, h.seq, h.hash, "duplicate")]
+            return [proto.Reject("seg", f"{h.label}: conflict", h.stream, h.seq, h.hash)]
+        self._fsync_dir(final.parent)
+        self._remember(final, h.hash)
+        self._drop_partial(device, h, known_only=whole)
+        self.stats.stored += 1
+        log.debug("ingest: stored %s/%s (%d bytes)", device, h.label, info.size)
+        return [proto.SegmentAck(h.stream, h.seq, h.hash, "stored")]
 
     def _reset_or_reject(
         self, device: str, h: proto.ChunkHeader, p: _Partial | None, why: str

@@ -5,6 +5,8 @@ the ciphertext; after decryption these rules hold as well:
 
 - a **record batch** (a content type in :data:`RECORD_BATCH_TYPES`) is records, each prefixed
   by its u16 length, with nothing left over; ``meta.records`` counts them;
+- a **delta-coded fix batch** (``application/x-edge-fix-delta``, agent.gps.fixdelta) decodes
+  exactly into ``meta.records`` valid wire fixes;
 - a **recovered journal** (``application/x-edge-journal``) is a whole journal (no torn frame)
   of ``meta.records`` frames, of the batch and inner key its manifest and meta name, and every
   frame decrypts with the cipher its header names;
@@ -29,6 +31,7 @@ from cryptography.exceptions import InvalidTag
 
 from agent import boundedjson
 from agent.errors import FormatError, VerificationError
+from agent.gps import fixdelta
 from agent.ids import check_key_id
 from agent.storage.manifest import EVENT_STREAM, TAG_LEN
 from agent.storage.records import (
@@ -46,6 +49,7 @@ from agent.storage.seal import SegmentInfo, aead_for, chunk_nonce, segment_key
 
 EVENT_CONTENT_TYPE = "application/json"
 MAX_EVENT = 1 << 20
+MAX_FIX_DELTA = 8 << 20  # a delta batch of fixdelta.MAX_FIXES fixes is far smaller
 TELEMETRY_EVICTED = "telemetry_evicted"
 
 
@@ -59,7 +63,7 @@ def _records(meta: dict[str, Any], label: str) -> int:
 def check_meta(info: SegmentInfo, meta: dict[str, Any]) -> None:
     """The meta fields the format fixes, for the segment's content type and stream."""
     label, ctype = info.label, info.content_type
-    if ctype in RECORD_BATCH_TYPES:
+    if ctype in RECORD_BATCH_TYPES or ctype == fixdelta.CONTENT_TYPE:
         _records(meta, label)
     elif ctype == JOURNAL_CONTENT_TYPE:
         if meta.get("recovered") is not True:
@@ -216,6 +220,9 @@ class ContentCheck:
             else None
         )
         self._event: bytearray | None = bytearray() if info.stream == EVENT_STREAM else None
+        self._deltas: bytearray | None = (
+            bytearray() if info.content_type == fixdelta.CONTENT_TYPE else None
+        )
         self.recovered = (
             RecoveredReader(meta, inner_key, media)
             if info.content_type == RECOVERED_CONTENT_TYPE
@@ -230,6 +237,10 @@ class ContentCheck:
     def __call__(self, data: bytes) -> None:
         if self.recovered is not None:
             self.recovered.feed(data)
+        if self._deltas is not None:
+            if len(self._deltas) + len(data) > MAX_FIX_DELTA:
+                raise FormatError(f"{self.info.label}: delta batch larger than {MAX_FIX_DELTA}")
+            self._deltas += data
         if self._records is not None:
             self._records.feed(data)
         if self._journal is not None:
@@ -248,6 +259,10 @@ class ContentCheck:
                 raise FormatError(
                     f"{label}: {self._records.count} records, meta.records says {meta['records']}"
                 )
+        if self._deltas is not None:
+            fixes = len(fixdelta.decode_batch(bytes(self._deltas)))
+            if fixes != meta["records"]:
+                raise FormatError(f"{label}: {fixes} fixes, meta.records says {meta['records']}")
         if self._journal is not None:
             j = self._journal
             j.finish()

@@ -158,15 +158,24 @@ class RecordLog:
         batch_s: float | None = None,
         batch_max_records: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        pack: Callable[[list[bytes]], bytes] | None = None,
+        record_type: str | None = None,
     ) -> None:
-        if content_type not in RECORD_BATCH_TYPES:
+        """``pack`` codes a batch's records as its plaintext in a content type of its own
+        (e.g. agent.gps.fixdelta); ``record_type`` is then the record batch type of one
+        record, which a recovered journal's meta names. Without ``pack`` the records are
+        u16-length-prefixed and ``content_type`` is a record batch type."""
+        record_type = record_type or content_type
+        if record_type not in RECORD_BATCH_TYPES or (pack is None and record_type != content_type):
             raise SpoolError(
-                f"{stream}: {content_type!r} is not a record batch type "
+                f"{stream}: {record_type!r} is not a record batch type "
                 f"({', '.join(sorted(RECORD_BATCH_TYPES))})"
             )
         self.spool = spool
         self.stream = stream
         self.content_type = content_type
+        self.record_type = record_type
+        self._pack = pack or pack_records
         self.batch_s = batch_s if batch_s is not None else spool.settings.batch_s
         self.batch_max = batch_max_records or spool.settings.batch_max_records
         self._monotonic = monotonic
@@ -246,7 +255,7 @@ class RecordLog:
                     meta={
                         "recovered": True,
                         "inner_key_id": header.key_id,
-                        "inner_content_type": self.content_type,
+                        "inner_content_type": self.record_type,
                         "records": len(frames),
                     },
                     batch=header.batch_id,
@@ -383,7 +392,7 @@ class RecordLog:
                 meta={"records": len(records)},
                 batch=batch_id,
             ),
-            [pack_records(records)],
+            [self._pack(records)],
             batch_id=batch_id,
         )
         # Sealed: the batch is over whatever the clean-up below meets (a journal left

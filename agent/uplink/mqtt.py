@@ -5,6 +5,9 @@
 - Client id = the identity (device id); a persistent session (MQTT 5: ``clean_start=False`` and a
   ``SessionExpiryInterval``; 3.1.1: ``clean_session=False``).
 - An optional retained birth message on connect and a retained last will.
+- MQTT 5 topic aliases (``LinkConfig.topic_aliases``, at most the broker's Topic Alias
+  Maximum): the first publish of a topic on a connection names it and sets an alias, every
+  later one sends the 2-byte alias instead of the topic. Aliases live as long as a connection.
 - Reconnects through :class:`agent.contain.Reconnect` (tenacity: exponential backoff with
   jitter), forever, cut short at once by the stop event; each change of state (and each new
   kind of error) is logged once.
@@ -64,6 +67,8 @@ class LinkConfig:
     receive_maximum: int = 64
     max_inflight: int = 64
     tls: bool = True
+    # Topic aliases this client sets (MQTT 5 only; 0 = none); capped by the broker's maximum.
+    topic_aliases: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,10 +253,12 @@ class MqttLink:
         self._lost_reason = ""
         self._last_socket_error = ""
         self._done_early: set[int] = set()
+        self._alias_max = 0  # topic aliases usable on this connection (CONNACK)
         self._sub_mids: set[int] = set()  # SUBSCRIBEs of this connection not yet acknowledged
         self._subscribed_gen = 0  # the connection whose every route the broker acknowledged
         self._sub_refused: dict[str, str] = {}  # route -> the reason the broker gave
         self._state_logged = ""
+        self._aliases = _TopicAliases()
         self._failures = Failures(f"mqtt {cfg.client_id}", log)
         self._retry = Reconnect(
             f"mqtt {cfg.client_id}",
@@ -346,7 +353,14 @@ class MqttLink:
         if client is None:
             return None
         try:
-            info = client.publish(topic, payload, qos=qos, retain=retain)
+            if self.cfg.topic_aliases and self.cfg.protocol == "mqtt5":
+                with self._lock:
+                    usable = self._alias_max if generation == self._generation else 0
+                info = self._aliases.publish(
+                    client, generation, usable, topic, payload, qos, retain
+                )
+            else:
+                info = client.publish(topic, payload, qos=qos, retain=retain)
         except (ValueError, OSError) as exc:
             raise UplinkError(f"publish to {topic}: {exc}") from exc
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
@@ -381,12 +395,14 @@ class MqttLink:
         props: Properties | None,
     ) -> None:
         max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        alias_max = getattr(props, "TopicAliasMaximum", 0) if props is not None else 0
         with self._lock:
             self._connack = reason
             if not reason.is_failure:
                 self._connected = True
                 self._session_present = bool(flags.session_present)
                 self._max_packet = int(max_packet) if max_packet else None
+                self._alias_max = min(self.cfg.topic_aliases, int(alias_max or 0))
         self.wake.set()
 
     def _on_disconnect(
@@ -459,42 +475,22 @@ class MqttLink:
                 client.ack(msg.mid, msg.qos)
         self.wake.set()
 
-    def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
-        if level == paho.MQTT_LOG_ERR:
-            with self._lock:
-                self._last_socket_error = buf
+    def _on_error_log(self, buf: str) -> None:
+        with self._lock:
+            self._last_socket_error = buf
 
     # ------------------------------------------------------------------ the loop
 
     def _new_client(self) -> paho.Client:
-        cfg = self.cfg
-        v5 = cfg.protocol == "mqtt5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else False,
-            manual_ack=True,
-        )
+        client = paho_client(self.cfg, self._will)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.on_log = self._on_log
-        # Only the loop thread touches the socket: with a write-registration callback set, paho
-        # queues packets published from other threads and wakes the loop instead of writing
-        # inline (an SSL socket must not be read and written by two threads at once; doing so
-        # stalled the link for a second at a time).
-        client.on_socket_register_write = _no_op
-        client.on_socket_unregister_write = _no_op
-        client.max_inflight_messages_set(cfg.max_inflight)
-        client.max_queued_messages_set(0)
-        client.connect_timeout = cfg.connect_timeout_s
-        if cfg.tls:
-            client.tls_set_context(tls_context(cfg))
-        if self._will is not None:
-            client.will_set(self._will.topic, self._will.payload, qos=1, retain=True)
+        # paho's errors (the reason a TLS socket failed), without an on_log callback: with one,
+        # paho formats a debug line for every packet sent and received.
+        client.enable_logger(_ErrorTap(self._on_error_log))
         return client
 
     def _connect_once(self) -> paho.Client:
@@ -536,7 +532,7 @@ class MqttLink:
                 return client
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 _close(client)
-                raise UplinkError(self._explain_loss(err, "the connection closed during setup"))
+                raise UplinkError(explain_loss(err, "the connection closed during setup", cfg))
             if self.stop.is_set():
                 _close(client)
                 raise UplinkError("stopping")
@@ -545,14 +541,6 @@ class MqttLink:
                 raise UplinkError(
                     f"no CONNACK from {cfg.host}:{cfg.port} within {cfg.connect_timeout_s:g} s"
                 )
-
-    def _explain_loss(self, err: str, default: str) -> str:
-        if not err:
-            return default
-        low = err.lower()
-        if "certificate" in low or "alert" in low:
-            return explain_tls_error(ssl.SSLError(err), self.cfg)
-        return err
 
     def _log_state(self, state: str, level: int = logging.WARNING) -> None:
         """Log a change of state (or of error) once, not once per attempt."""
@@ -635,13 +623,127 @@ class MqttLink:
             self._log_state("disconnected (stopping)", logging.INFO)
         else:
             default = f"closed by {cfg.host}:{cfg.port} ({lost or 'no reason given'})"
-            self._log_state(f"connection lost: {self._explain_loss(err, default)}")
+            self._log_state(f"connection lost: {explain_loss(err, default, cfg)}")
         _close(client)
         self.wake.set()
 
 
+def paho_client(cfg: LinkConfig, will: Will | None) -> paho.Client:
+    """A paho client for ``cfg``, its callbacks not yet set."""
+    v5 = cfg.protocol == "mqtt5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=cfg.client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if v5 else False,
+        manual_ack=True,
+    )
+    # Only the loop thread touches the socket: with a write-registration callback set, paho
+    # queues packets published from other threads and wakes the loop instead of writing
+    # inline (an SSL socket must not be read and written by two threads at once; doing so
+    # stalled the link for a second at a time).
+    client.on_socket_register_write = _no_op
+    client.on_socket_unregister_write = _no_op
+    client.max_inflight_messages_set(cfg.max_inflight)
+    client.max_queued_messages_set(0)
+    client.connect_timeout = cfg.connect_timeout_s
+    if cfg.tls:
+        client.tls_set_context(tls_context(cfg))
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=1, retain=True)
+    return client
+
+
+def explain_loss(err: str, default: str, cfg: LinkConfig) -> str:
+    """Why a connection was lost, from paho's last error line (``default`` without one)."""
+    if not err:
+        return default
+    low = err.lower()
+    if "certificate" in low or "alert" in low:
+        return explain_tls_error(ssl.SSLError(err), cfg)
+    return err
+
+
 def _no_op(client: paho.Client, userdata: Any, sock: Any) -> None:
     return None
+
+
+class _ErrorTap(logging.Logger):
+    """The logger paho is given: hands its error lines to ``sink``, drops the rest at once."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__("paho")
+        self._sink = sink
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR:
+            try:
+                self._sink(str(msg) % args if args else str(msg))
+            except (TypeError, ValueError):
+                self._sink(str(msg))
+
+
+class _TopicAliases:
+    """The topic aliases of one connection (``generation``), assigned and handed to paho under
+    one lock, so a topic's naming publish always goes out before its aliased ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: dict[str, int] = {}
+        self._generation = 0
+        self._props: dict[int, _AliasProperties] = {}
+
+    def publish(
+        self,
+        client: paho.Client,
+        generation: int,
+        usable: int,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+    ) -> paho.MQTTMessageInfo:
+        """Publish with a topic alias where the connection allows ``usable`` of them."""
+        with self._lock:
+            if generation > self._generation:
+                self._generation, self._names = generation, {}
+            if not usable or generation != self._generation:
+                return client.publish(topic, payload, qos=qos, retain=retain)
+            alias = self._names.get(topic)
+            if alias is not None:
+                props = self._properties(alias)
+                return client.publish("", payload, qos=qos, retain=retain, properties=props)
+            if len(self._names) < usable:
+                alias = self._names[topic] = len(self._names) + 1
+                props = self._properties(alias)
+                return client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            return client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _properties(self, alias: int) -> _AliasProperties:
+        props = self._props.get(alias)
+        if props is None:
+            props = self._props[alias] = _AliasProperties(alias)
+        return props
+
+
+class _AliasProperties(Properties):
+    """A PUBLISH's Topic Alias property, packed once (paho packs properties by walking every
+    property name on each publish, and formats them for its debug line)."""
+
+    def __init__(self, alias: int) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.TopicAlias = alias
+        # Properties refuses attributes that are not property names: set ours past it.
+        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "_text", f"[TopicAlias : {alias}]")
+
+    def pack(self) -> bytes:
+        packed: bytes = object.__getattribute__(self, "_packed")
+        return packed
+
+    def __str__(self) -> str:
+        text: str = object.__getattribute__(self, "_text")
+        return text
 
 
 def _strip_share(pattern: str) -> str:

@@ -7,7 +7,8 @@ platform teams; this module is the one implementation both ends share.
 Device to platform::
 
     devices/{d}/state               retained birth (online) / last will (offline), JSON
-    devices/{d}/live/{fix|alarm|status}   live lane, JSON
+    devices/{d}/live/{fix|alarm|status}   live lane: JSON; a fix binary since protocol 3
+                                    (see encode_live_fix)
     devices/{d}/up/key              a signed key record (raw bytes, as stored)
     devices/{d}/up/seg/{stream}     one chunk of a sealed segment (binary, see Chunk)
     devices/{d}/up/cmd              answer to a command, JSON
@@ -38,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent import boundedjson, ids
 from agent.errors import FormatError, VerificationError
+from agent.gps import wire
+from agent.model import Fix
 
 ROOT = "devices"
 STREAM_RE = ids.STREAM_RE
@@ -254,7 +257,7 @@ def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
     return CHUNK_HEAD.pack(CHUNK_MAGIC, len(head)) + head + data
 
 
-def decode_chunk(payload: bytes) -> tuple[ChunkHeader, memoryview]:
+def decode_chunk(payload: bytes | memoryview) -> tuple[ChunkHeader, memoryview]:
     """Parse and check a chunk; the data is a view into ``payload``."""
     what = "chunk"
     if len(payload) < CHUNK_HEAD.size:
@@ -281,6 +284,71 @@ def decode_chunk(payload: bytes) -> tuple[ChunkHeader, memoryview]:
     if not data:
         raise FormatError("chunk: carries no bytes")
     return ChunkHeader(stream, seq, boot, mhash, size, offset), data
+
+
+# A bundle (protocol 3): several whole small segments of one stream in one message, on the
+# stream's topic, each still a complete chunk (offset 0, all of its bytes) that the platform
+# verifies, stores and acknowledges on its own:
+#
+#   "EAB1" | u16 count (2..MAX_BUNDLE) | count times: u32 length | a chunk (encode_chunk)
+
+BUNDLE_MAGIC = b"EAB1"
+BUNDLE_HEAD = struct.Struct(">4sH")
+BUNDLE_MEMBER = struct.Struct(">I")
+MAX_BUNDLE = 1024
+
+
+def is_bundle(payload: bytes | memoryview) -> bool:
+    return bytes(payload[:4]) == BUNDLE_MAGIC
+
+
+def bundle_member_size(header: ChunkHeader) -> int:
+    """Bytes one whole segment of ``header.size`` adds to a bundle."""
+    return BUNDLE_MEMBER.size + CHUNK_HEAD.size + len(dumps(header.to_json())) + header.size
+
+
+def encode_bundle(members: list[tuple[ChunkHeader, bytes]]) -> bytes:
+    """Whole segments (offset 0, all bytes) as one bundle."""
+    if not 2 <= len(members) <= MAX_BUNDLE:
+        raise FormatError(f"a bundle holds 2 to {MAX_BUNDLE} segments, not {len(members)}")
+    out = [BUNDLE_HEAD.pack(BUNDLE_MAGIC, len(members))]
+    for header, data in members:
+        if header.offset != 0 or len(data) != header.size:
+            raise FormatError(f"{header.label}: a bundle carries whole segments only")
+        chunk = encode_chunk(header, data)
+        out.append(BUNDLE_MEMBER.pack(len(chunk)))
+        out.append(chunk)
+    return b"".join(out)
+
+
+def decode_bundle(payload: bytes) -> list[tuple[ChunkHeader, memoryview]]:
+    """The whole segments a bundle carries, each checked as a chunk; FormatError otherwise
+    (the whole bundle: nothing of a malformed one is taken)."""
+    if len(payload) < BUNDLE_HEAD.size:
+        raise FormatError("bundle: shorter than its fixed header")
+    magic, count = BUNDLE_HEAD.unpack_from(payload)
+    if magic != BUNDLE_MAGIC:
+        raise FormatError(f"bundle: bad magic {magic!r}")
+    if not 2 <= count <= MAX_BUNDLE:
+        raise FormatError(f"bundle: {count} segments (2 to {MAX_BUNDLE})")
+    view = memoryview(payload)
+    pos = BUNDLE_HEAD.size
+    out: list[tuple[ChunkHeader, memoryview]] = []
+    for i in range(count):
+        if pos + BUNDLE_MEMBER.size > len(payload):
+            raise FormatError(f"bundle: member {i} is cut short")
+        (n,) = BUNDLE_MEMBER.unpack_from(payload, pos)
+        pos += BUNDLE_MEMBER.size
+        if pos + n > len(payload):
+            raise FormatError(f"bundle: member {i} of {n} bytes is cut short")
+        header, data = decode_chunk(view[pos : pos + n])
+        if header.offset != 0 or len(data) != header.size:
+            raise FormatError(f"bundle: member {i} ({header.label}) is not a whole segment")
+        out.append((header, data))
+        pos += n
+    if pos != len(payload):
+        raise FormatError(f"bundle: {len(payload) - pos} bytes after the last member")
+    return out
 
 
 def chunk_size_for(max_packet: int | None, max_chunk: int) -> int:
@@ -526,3 +594,108 @@ def birth(boot_id: str, versions: dict[str, str], backlog: dict[str, Any]) -> by
 
 def last_will(boot_id: str) -> bytes:
     return dumps({"state": "offline", "boot": boot_id})
+
+
+# --------------------------------------------------------------------------- live fixes
+# Protocol 3: a live fix travels binary, as the 28-byte wire fix of agent.gps.wire, followed,
+# when the device reports vehicle fields (a fleet part), by a trailer:
+#
+#   u8  inputs: 0x01 ignition known, 0x02 ignition on, 0x04 brush, 0x08 pump, 0x10 lift
+#       (0xe0 zero)
+#   u8  n (0..MAX_LIVE_AREAS): the areas and routes the vehicle is in, then n times
+#       u8 length (1..64) and the id in ASCII (agent.ids' device-id characters)
+#
+# A JSON object (protocol 2: the TPV, plus "inputs" and "in") is still accepted on the same
+# topic; a reader tells them apart by the first byte: "{" is JSON (protocol 2 devices send
+# compact JSON), anything else a wire fix (its version in the top three bits: 0x20..0x3f).
+
+LIVE_INPUTS = ((0x04, "brush"), (0x08, "pump"), (0x10, "lift"))
+_IGNITION_KNOWN, _IGNITION_ON, _INPUTS_RESERVED = 0x01, 0x02, 0xE0
+MAX_LIVE_AREAS = 32
+MAX_LIVE_ID = 64
+_LIVE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _live_trailer(extra: dict[str, Any]) -> bytes | None:
+    if set(extra) - {"inputs", "in"}:
+        return None
+    inputs = extra.get("inputs", {})
+    inside = extra.get("in", [])
+    if not isinstance(inputs, dict) or not isinstance(inside, list):
+        return None
+    if set(inputs) - {"ignition", "brush", "pump", "lift"} or len(inside) > MAX_LIVE_AREAS:
+        return None
+    if not all(type(v) is bool for v in inputs.values()):
+        return None
+    bits = 0
+    if "ignition" in inputs:
+        bits |= _IGNITION_KNOWN | (_IGNITION_ON if inputs["ignition"] else 0)
+    for bit, name in LIVE_INPUTS:
+        if inputs.get(name, False):
+            bits |= bit
+    out = bytearray([bits, len(inside)])
+    for area in inside:
+        if not isinstance(area, str) or not _LIVE_ID.fullmatch(area):
+            return None
+        out.append(len(area))
+        out += area.encode()
+    return bytes(out)
+
+
+def encode_live_fix(fix: Fix, extra: dict[str, Any] | None = None) -> bytes | None:
+    """The binary live fix (protocol 3); None when it cannot carry this one (a time outside
+    1970..2106, or ``extra`` holding more than the vehicle's inputs and areas): send JSON."""
+    try:
+        head = wire.encode_fix(fix)
+    except FormatError:
+        return None
+    if not extra:
+        return head
+    trailer = _live_trailer(extra)
+    return None if trailer is None else head + trailer
+
+
+def live_fix_json(fix: Fix, extra: dict[str, Any] | None = None) -> bytes:
+    """The JSON live fix (protocol 2): gpsd's TPV and the vehicle's fields."""
+    return dumps({**fix.to_tpv(), **(extra or {})})
+
+
+def decode_live_fix(payload: bytes) -> dict[str, Any]:
+    """A live fix of either form as the JSON object protocol 2 carried (TPV, "inputs", "in");
+    FormatError when malformed."""
+    if not payload:
+        raise FormatError("live fix: empty")
+    if payload[:1] == b"{":
+        return loads_object(payload, "live fix", max_bytes=64 * 1024)
+    if len(payload) < wire.SIZE:
+        raise FormatError(f"live fix: {len(payload)} bytes, neither JSON nor a wire fix")
+    obj: dict[str, Any] = wire.decode_fix(bytes(payload[: wire.SIZE])).to_tpv()
+    rest = memoryview(payload)[wire.SIZE :]
+    if not rest:
+        return obj
+    if len(rest) < 2:
+        raise FormatError("live fix: a truncated trailer")
+    bits, n = rest[0], rest[1]
+    if bits & _INPUTS_RESERVED or (bits & _IGNITION_ON and not bits & _IGNITION_KNOWN):
+        raise FormatError("live fix: reserved input bits set")
+    if n > MAX_LIVE_AREAS:
+        raise FormatError(f"live fix: {n} areas (at most {MAX_LIVE_AREAS})")
+    inputs: dict[str, bool] = {name: bool(bits & bit) for bit, name in LIVE_INPUTS}
+    if bits & _IGNITION_KNOWN:
+        inputs["ignition"] = bool(bits & _IGNITION_ON)
+    pos = 2
+    inside: list[str] = []
+    for _ in range(n):
+        if pos >= len(rest) or pos + 1 + rest[pos] > len(rest):
+            raise FormatError("live fix: a truncated area id")
+        size = rest[pos]
+        raw = bytes(rest[pos + 1 : pos + 1 + size])
+        if not raw.isascii() or not _LIVE_ID.fullmatch(raw.decode("ascii")):
+            raise FormatError("live fix: a malformed area id")
+        inside.append(raw.decode("ascii"))
+        pos += 1 + size
+    if pos != len(rest):
+        raise FormatError(f"live fix: {len(rest) - pos} bytes after the trailer")
+    obj["inputs"] = inputs
+    obj["in"] = inside
+    return obj

@@ -38,6 +38,7 @@ def link_config(settings: UplinkSettings, client_id: str) -> LinkConfig:
         backoff_max_s=settings.backoff_max_s,
         receive_maximum=64,
         max_inflight=settings.window + 64,
+        topic_aliases=settings.topic_aliases,
     )
 
 

@@ -31,13 +31,27 @@ class UplinkSettings:
     backoff_max_s: float = field(default=60.0, metadata=check(in_range(0.1, 3600)))
     # Largest chunk payload when the broker announces no maximum packet size (AWS IoT: 128 KiB).
     max_chunk_kib: int = field(default=128, metadata=check(in_range(1, 256 * 1024)))
-    # Chunks published and not yet acknowledged by the broker (PUBACK).
+    # Chunks published and not yet acknowledged by the broker (PUBACK) ...
     window: int = field(default=8, metadata=check(in_range(1, 1000)))
+    # ... and their bytes: a live message waits behind at most this much backfill (on a
+    # 20 Mbit/s link 512 KiB is 200 ms, and still more than its bandwidth-delay product).
+    window_kib: int = field(default=512, metadata=check(in_range(1, 1024 * 1024)))
     # Bytes sent beyond what the platform has confirmed; keeps the broker's per-client queue
     # (mosquitto: 1000 messages) far from full when the platform is slow or away.
     platform_window_kib: int = field(default=8192, metadata=check(in_range(1, 1024 * 1024)))
     # Segments sent and awaiting the platform's acknowledgement.
-    max_segments_in_flight: int = field(default=64, metadata=check(in_range(1, 900)))
+    max_segments_in_flight: int = field(default=256, metadata=check(in_range(1, 900)))
+    # Live fixes: "binary" (protocol 3: the 28-byte wire fix and the vehicle's fields, about
+    # 60 bytes on the wire) or "json" (protocol 2, ~230 bytes), for an ingest older than
+    # protocol 3, which cannot read binary fixes (docs/protocol.md, "Versions").
+    live_fix: str = field(default="binary", metadata=check(one_of("binary", "json")))
+    # MQTT 5 topic aliases: each topic is named once per connection, then sent as a 2-byte
+    # alias (at most the broker's Topic Alias Maximum; mosquitto's default is 10). 0 = off.
+    topic_aliases: int = field(default=8, metadata=check(in_range(0, 65535)))
+    # Small segments travel several to a message (a bundle, protocol 3) up to this many KiB
+    # (at most the chunk size); 0 = one segment per message. A platform that never
+    # acknowledges a bundled segment gets single chunks for the rest of the connection.
+    bundle_kib: int = field(default=128, metadata=check(in_range(0, 256 * 1024)))
     # Without word from the platform for this long, resend from its last confirmed byte.
     ack_timeout_s: float = field(default=20.0, metadata=check(in_range(0.1, 3600)))
     # The platform's Ed25519 command-signing public key (PEM); no commands without it.

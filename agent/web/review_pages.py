@@ -17,9 +17,9 @@ from typing import Any
 
 from agent import boundedjson
 from agent.errors import FormatError
+from agent.gps.fixdelta import batch_records
 from agent.gps.wire import SIZE as FIX_SIZE
 from agent.gps.wire import decode_fix
-from agent.storage.records import unpack_records
 from agent.storage.recovered import RECOVERED_CONTENT_TYPE
 from agent.web import fmt
 from agent.web.evidence import DeviceReview, SegmentView
@@ -277,14 +277,14 @@ class ReviewPages:
             except FormatError:
                 text = data[:MAX_JSON_SHOWN].decode("utf-8", "replace")
             return {"kind": "json", "text": text}
-        if ct == "application/x-edge-fix":
-            return _fixes(data)
+        if ct in ("application/x-edge-fix", "application/x-edge-fix-delta"):
+            return _fixes(data, ct)
         return {"kind": "bytes", "size": len(data), "type": ct}
 
 
-def _fixes(data: bytes) -> dict[str, Any]:
+def _fixes(data: bytes, content_type: str = "application/x-edge-fix") -> dict[str, Any]:
     try:
-        records = unpack_records(data)
+        records = batch_records(content_type, data)
     except FormatError as exc:
         return {"kind": "error", "message": str(exc)}
     rows = []

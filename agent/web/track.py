@@ -1,7 +1,8 @@
 """A device's GPS track for the review page: the fixes of its verified GPS segments.
 
-Two content types carry fixes: ``application/x-edge-fix`` (u16-length-prefixed 28-byte wire
-fixes) and ``application/x-edge-journal``, a record journal recovered after a power cut
+Three content types carry fixes: ``application/x-edge-fix`` (u16-length-prefixed 28-byte wire
+fixes), ``application/x-edge-fix-delta`` (the same fixes delta-coded, agent.gps.fixdelta) and
+``application/x-edge-journal``, a record journal recovered after a power cut
 (:mod:`agent.storage.records`), whose frames are under the data key its own header names and
 under the cipher they were written with, which need not be the recovered segment's.
 """
@@ -14,10 +15,12 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from agent.errors import AgentError, FormatError, VerificationError
+from agent.gps.fixdelta import CONTENT_TYPE as FIX_DELTA_CONTENT_TYPE
+from agent.gps.fixdelta import batch_records
 from agent.gps.wire import SIZE as FIX_SIZE
 from agent.gps.wire import decode_fix
 from agent.model import Fix
-from agent.storage.records import JOURNAL_CONTENT_TYPE, parse_journal, unpack_records
+from agent.storage.records import JOURNAL_CONTENT_TYPE, parse_journal
 from agent.storage.seal import CIPHERS, aead_for, chunk_nonce, segment_key
 from agent.web.evidence import SegmentView
 from agent.web.httpbase import WebError
@@ -85,9 +88,9 @@ def _records(view: StoreView, device: str, s: SegmentView) -> list[bytes]:
         if view.platform_key is None:
             raise WebError(404, "a recovered journal needs the platform key")
         return journal_records(view, device, data)
-    if s.content_type != FIX_CONTENT_TYPE:
+    if s.content_type not in (FIX_CONTENT_TYPE, FIX_DELTA_CONTENT_TYPE):
         raise WebError(415, f"content type {s.content_type!r} is not GPS fixes")
-    return unpack_records(data)
+    return batch_records(s.content_type, data)
 
 
 def journal_records(view: StoreView, device: str, data: bytes) -> list[bytes]:

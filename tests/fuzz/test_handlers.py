@@ -29,10 +29,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.gps.wire import encode_fix
 from agent.ingest.receiver import Ingest
 from agent.ingest.store import Store
 from agent.labs.broker import free_port
 from agent.labs.waiting import wait_for
+from agent.model import Fix, FixMode
 from agent.runtime.local_control import LocalControl, send
 from agent.storage.sealer import Sealer
 from agent.storage.settings import SealSettings, SpoolSettings
@@ -323,4 +325,87 @@ def test_corpus_replays(handlers: Handlers) -> None:
     base = Path(__file__).resolve().parent / "corpus" / "handlers"
     for path in sorted(base.glob("*")) if base.exists() else []:
         _feed(handlers, path.read_bytes())
+    assert handlers.alive() == []
+
+
+# --------------------------------------------------------------------------- binary (protocol 3)
+
+WIRE_FIX = encode_fix(Fix(time=1_750_000_000.0, mode=FixMode.FIX_3D, lat=22.5, lon=113.9))
+
+
+@st.composite
+def hostile_binary(draw: st.DrawFn) -> bytes:
+    """Bytes that look like protocol 3's binary payloads, almost."""
+    blob = draw(st.binary(max_size=300))
+    head = draw(
+        st.sampled_from(
+            [b"", b"EAB1", b"EAB1\x00\x02", b"EAB1\xff\xff", WIRE_FIX, WIRE_FIX[:27], b"\x3f"]
+        )
+    )
+    return head + blob
+
+
+def _bundle_of(members: list[bytes], count: int | None = None) -> bytes:
+    n = len(members) if count is None else count
+    return b"EAB1" + n.to_bytes(2, "big") + b"".join(len(m).to_bytes(4, "big") + m for m in members)
+
+
+def _feed_binary(h: Handlers, blob: bytes) -> None:
+    """Malformed bundles (ingest) and binary live fixes (ingest-live), then the sentinels of
+    both threads."""
+    h.n += 1
+    n = h.n
+    t = proto.Topics(DEVICE)
+    head = blob[: proto.MAX_CHUNK_HEADER]
+    whole = proto.ChunkHeader("gps", n, "b", H, 16, 0)
+    for payload in (
+        blob,
+        b"EAB1" + blob,
+        _bundle_of([hostile.chunk(head), hostile.chunk(head)]),
+        _bundle_of([proto.encode_chunk(whole, b"x" * 16), blob]),
+        _bundle_of([proto.encode_chunk(whole, b"x" * 16)] * 2, count=1000),
+        _bundle_of([proto.encode_chunk(whole, b"y" * 16), proto.encode_chunk(whole, b"z" * 16)]),
+    ):
+        h.ingest.inbox.put(_inbound(t.segment("gps"), payload))
+    for payload in (blob, WIRE_FIX + blob, b"\x3f" + blob, b"{" + blob):
+        h.ingest.live.live_inbox.put(_inbound(t.live("fix"), payload))
+    snt = f"snb-{n}"
+    good = proto.ChunkHeader("gps", n, "b", H, 1000, 500)
+    h.ingest.inbox.put(_inbound(proto.Topics(snt).segment("gps"), proto.encode_chunk(good, b"x")))
+    h.ingest.live.live_inbox.put(_inbound(proto.Topics(snt).live("fix"), WIRE_FIX))
+    store = h.ingest.store.root
+    for cond, thread in (
+        (lambda: (store / snt / "partial").is_dir(), "ingest"),
+        (lambda: (store / snt / "live" / "fix.json").exists(), "ingest-live"),
+    ):
+        wait_for(cond, 10, f"the sentinel after the binary poison at {thread}")
+
+
+@settings(max_examples=60)
+@given(hostile_binary())
+def test_binary_payloads_kill_no_thread(handlers: Handlers, blob: bytes) -> None:
+    TRIED["handlers"] += 1
+    try:
+        _feed_binary(handlers, blob)
+        assert handlers.alive() == [] and handlers.deaths == [], (
+            handlers.alive(),
+            handlers.deaths,
+        )
+    except AssertionError:
+        keep("handlers-binary", blob)
+        raise
+
+
+def test_the_binary_poison_was_refused(handlers: Handlers) -> None:
+    """The control: malformed bundles and live fixes reached their handlers and were refused."""
+    malformed, dropped = handlers.ingest.malformed, handlers.ingest.live.dropped
+    _feed_binary(handlers, b"\xff" * 40)
+    assert handlers.ingest.malformed >= malformed + 4
+    assert handlers.ingest.live.dropped >= dropped + 3
+
+
+def test_binary_corpus_replays(handlers: Handlers) -> None:
+    base = Path(__file__).resolve().parent / "corpus" / "handlers-binary"
+    for path in sorted(base.glob("*")) if base.exists() else []:
+        _feed_binary(handlers, path.read_bytes())
     assert handlers.alive() == []

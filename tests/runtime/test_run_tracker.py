@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.gps.fixdelta import batch_records
 from agent.gps.replay import read_fixes
 from agent.gps.wire import decode_fix
 from agent.labs.nmea import truck_log
-from agent.storage.records import JOURNAL_CONTENT_TYPE, unpack_records
+from agent.storage.records import JOURNAL_CONTENT_TYPE
 from agent.storage.seal import decrypt_segment, parse_key_record, read_segment_info
 from agent.storage.verify import verify_paths
 from tests.fixtures.keys import KeySet
@@ -63,7 +64,8 @@ def _fixes_in_spool(spool: Path, keyset: KeySet) -> list[float]:
             decrypt_segment(f, info, keys[info.key_id].unwrap(keyset.platform_private), out.extend)
         assert info.manifest["content_type"] != JOURNAL_CONTENT_TYPE
         assert info.manifest["clock"]["source"] == "gnss"
-        times += [decode_fix(r).time for r in unpack_records(bytes(out))]
+        assert info.content_type == "application/x-edge-fix-delta"
+        times += [decode_fix(r).time for r in batch_records(info.content_type, bytes(out))]
     return times
 
 

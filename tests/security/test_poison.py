@@ -123,7 +123,9 @@ def test_a_1_tib_announcement_is_refused_up_front(
     header = proto.ChunkHeader("video", 0, "boot1", hostile.H, 1 << 40, 0)
     try:
         with running_ingest(store_dir, pki, broker_alive.port, platform):
-            wait_for(lambda: link.connected, 20, "the device's connection")
+            # Subscribed, not just connected: an answer published before the broker has the
+            # acknowledgement route reaches no one (the CONNACK comes a round trip earlier).
+            wait_for(lambda: link.subscribed, 20, "the device's acknowledgement route")
             link.publish(t.segment("video"), proto.encode_chunk(header, b"x" * 4096), qos=1)
             msg = acks.get(timeout=30)
             link.ack(msg)
@@ -178,7 +180,7 @@ def test_talk_listen_survives_deep_json_and_absurd_times(
         listen_link.start()
         device.start()
         thread.start()
-        wait_for(lambda: listen_link.connected and device.connected, 20, "connections")
+        wait_for(lambda: listen_link.subscribed and device.connected, 20, "connections")
         for payload in [deep_head, *message(1e300), *message(wire.MAX_TIME * 10.0)]:
             device.publish(topic, payload, qos=1)
         for payload in message(time.time()):

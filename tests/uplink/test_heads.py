@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from agent.labs.broker import Mosquitto, Pki
 from agent.labs.waiting import wait_for
+from agent.uplink.forwarder import HEADS_EVERY_S
 from tests.uplink.harness import (
     ROOT,
     make_device,
@@ -93,3 +95,29 @@ def test_a_deleted_last_segment_is_reported(
     assert f"{lost.id}/gps: the device's signed head is #2" in res.stdout
     assert "holds up to #1" in res.stdout
     assert whole.id not in res.stdout
+
+
+def test_the_heads_go_out_once_a_connection(
+    tmp_path: Path, pki: Pki, broker_alive: Mosquitto
+) -> None:
+    """Unchanged heads are published once per connection, and again on a new one (a signed
+    retained message of ~300 bytes: sending it twice is the link's cost, a truck's bytes)."""
+    platform = make_platform(tmp_path / "platform")
+    dev = make_device(tmp_path / "dev", unique_id(tmp_path), pki, platform, broker_alive.port)
+    spool = dev.open_spool()
+    pause = threading.Event()
+    try:
+        with running_uplink(dev, spool) as up:
+            wait_for(lambda: up.forwarder.stats.heads_sent >= 1, 30, "the first heads")
+            pause.wait(2.5 * HEADS_EVERY_S)  # long enough for a second one to be due
+            assert up.forwarder.stats.heads_sent == 1
+            gen = up.link.generation
+            broker_alive.kill()
+            wait_for(lambda: not up.link.connected, 20, "the device to notice")
+            broker_alive.start()
+            wait_for(lambda: up.link.generation > gen, 30, "the device to reconnect")
+            wait_for(lambda: up.forwarder.stats.heads_sent >= 2, 30, "the heads again")
+            pause.wait(2.5 * HEADS_EVERY_S)
+            assert up.forwarder.stats.heads_sent == 2
+    finally:
+        spool.close()

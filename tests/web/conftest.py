@@ -167,7 +167,10 @@ def _backlog_empty(agent: Any) -> bool:
     return not agent.status().get("backlog")
 
 
-@pytest.fixture(scope="session")
+# Package scope: its ingest (share group "web-tests") takes every device's uploads, so while
+# it runs, tests outside tests/web would get its acknowledgements (signed by another platform
+# key: forged, to their devices).
+@pytest.fixture(scope="package")
 def pipeline(
     broker: Mosquitto, pki: Pki, keyset: KeySet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:

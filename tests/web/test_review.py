@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from agent.gps.fixdelta import batch_records
 from agent.gps.wire import decode_fix
-from agent.storage.records import unpack_records
+from agent.storage.seal import read_segment_info
 from agent.web.httpbase import Limits, WebServer
 from agent.web.review import COOKIE, serve_review
 from tests.web.conftest import DEVICE, TOKEN, Clock, Pipeline, ask, screenshot
@@ -59,7 +60,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def _fixes_in_store(store: Path) -> int:
     n = 0
     for plain in sorted((store / DEVICE / "plain" / "gps").glob("*.bin")):
-        for rec in unpack_records(plain.read_bytes()):
+        with (store / DEVICE / "seg" / "gps" / f"{plain.stem}.seg").open("rb") as f:
+            ctype = read_segment_info(f).content_type
+        for rec in batch_records(ctype, plain.read_bytes()):
             fix = decode_fix(rec)
             if fix.lat is not None and fix.lon is not None:
                 n += 1
@@ -551,3 +554,21 @@ def test_a_host_not_in_the_allow_list_is_refused(pipeline: Pipeline, review: Web
     for server in _serve(pipeline.snapshot, pipeline, allowed_hosts=["review.example.org"]):
         headers = {**AUTH, "Host": "review.example.org"}
         assert ask(server.address, "/", headers=headers)[0].status == 200
+
+
+def test_the_live_fix_sent_binary_shows_on_the_device_page(
+    context: Any, review: WebServer, pipeline: Pipeline
+) -> None:
+    """The agent sends its live fixes binary (protocol 3); the ingest records them as the
+    JSON object the live view reads, and the device page shows the position."""
+    import json
+
+    entry = json.loads((pipeline.snapshot / DEVICE / "live" / "fix.json").read_text())
+    assert entry["form"] == "binary"  # the agent's default: the 28-byte wire fix and a trailer
+    fix = entry["payload"]
+    assert fix["class"] == "TPV" and -90 <= fix["lat"] <= 90 and -180 <= fix["lon"] <= 180
+    page = context.new_page()
+    _login(page, review, f"/d/{DEVICE}")
+    row = page.locator("tr", has_text="live fix")
+    assert row.count() == 1
+    assert f"{fix['lat']:.6f}, {fix['lon']:.6f} at {fix['time']}" in row.inner_text()
