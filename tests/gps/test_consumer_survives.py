@@ -19,6 +19,7 @@ import pytest
 
 from agent import wallclock
 from agent.gps.clock import ClockMonitor
+from agent.gps.fixdelta import batch_records
 from agent.gps.service import GpsService
 from agent.gps.settings import GpsSettings, StrategySettings
 from agent.gps.source import Emit
@@ -26,7 +27,6 @@ from agent.gps.wire import decode_fix
 from agent.labs.waiting import wait_for
 from agent.loops.guard import FAILING_ALARM, RECOVERED_ALARM
 from agent.model import Alarm, ClockSource, Fix, FixMode
-from agent.storage.records import unpack_records
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
 from tests.fixtures.full_disk import fill, small_tmpfs
@@ -115,7 +115,7 @@ def test_the_consumer_keeps_a_refused_fix_and_stores_it_once_space_returns(
     lats = [
         round(decode_fix(r).lat or 0.0, 6)
         for s in decrypt_stream(spool, keyset.platform_private, "gps")
-        for r in unpack_records(s.data)
+        for r in batch_records(s.manifest["content_type"], s.data)
     ]
     spool.close()
     assert lats == [round(52.0 + i * 1e-5, 6) for i in range(7)]
@@ -162,7 +162,7 @@ def test_a_fix_that_makes_an_observer_raise_costs_no_fix_and_not_the_thread(
     lats = [
         round(decode_fix(r).lat or 0.0, 6)
         for s in decrypt_stream(spool, keyset.platform_private, "gps")
-        for r in unpack_records(s.data)
+        for r in batch_records(s.manifest["content_type"], s.data)
     ]
     spool.close()
     assert lats == [round(52.0 + i * 1e-5, 6) for i in range(4)]
