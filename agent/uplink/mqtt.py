@@ -43,6 +43,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.contain import Failures, Reconnect
 from agent.errors import UplinkError
+from agent.uplink.mqtt_callbacks import Inbound, PahoCallbacks, Route
+
+# Inbound lives beside the callbacks that make it; consumers import it from here.
+__all__ = [
+    "Inbound",
+    "LinkConfig",
+    "MqttLink",
+    "Sent",
+    "Will",
+    "check_certificate",
+    "explain_connack",
+    "explain_tls_error",
+    "paho_client",
+    "tls_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +87,6 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
-class Inbound:
-    """A received message; hand it back to :meth:`MqttLink.ack` once handled."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    mid: int
-    generation: int
-    retain: bool = False
-
-
-@dataclass(frozen=True)
 class Sent:
     """A publish in flight on connection ``generation``."""
 
@@ -95,13 +98,6 @@ class Sent:
 class Will:
     topic: str
     payload: bytes
-
-
-class _Route:
-    def __init__(self, pattern: str, qos: int, maxsize: int) -> None:
-        self.pattern = pattern
-        self.qos = qos
-        self.queue: queue.Queue[Inbound] = queue.Queue(maxsize)
 
 
 def explain_tls_error(exc: BaseException, cfg: LinkConfig) -> str:
@@ -221,7 +217,7 @@ def tls_context(cfg: LinkConfig) -> ssl.SSLContext:
     return ctx
 
 
-class MqttLink:
+class MqttLink(PahoCallbacks):
     """One MQTT identity's connection, kept up until ``stop`` is set. See the module docstring."""
 
     def __init__(
@@ -238,7 +234,7 @@ class MqttLink:
         self.wake = wake or threading.Event()
         self._will = will
         self._birth = birth
-        self._routes: list[_Route] = []
+        self._routes: list[Route] = []
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         # guarded by _lock:
@@ -282,7 +278,7 @@ class MqttLink:
         """Subscribe to ``pattern`` (on every connect); its messages arrive in the queue."""
         if self._thread is not None:
             raise UplinkError("route() must be called before start()")
-        r = _Route(pattern, qos, maxsize=max(16, 4 * self.cfg.receive_maximum))
+        r = Route(pattern, qos, maxsize=max(16, 4 * self.cfg.receive_maximum))
         self._routes.append(r)
         return r.queue
 
@@ -383,101 +379,6 @@ class MqttLink:
             client = self._client if msg.generation == self._generation else None
         if client is not None:
             client.ack(msg.mid, msg.qos)
-
-    # ------------------------------------------------------------------ paho callbacks
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
-        alias_max = getattr(props, "TopicAliasMaximum", 0) if props is not None else 0
-        with self._lock:
-            self._connack = reason
-            if not reason.is_failure:
-                self._connected = True
-                self._session_present = bool(flags.session_present)
-                self._max_packet = int(max_packet) if max_packet else None
-                self._alias_max = min(self.cfg.topic_aliases, int(alias_max or 0))
-        self.wake.set()
-
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        with self._lock:
-            self._connected = False
-            self._lost_reason = str(reason)
-        self.wake.set()
-
-    def _on_publish(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        with self._lock:
-            if self._pending.pop(mid, None) is None:
-                self._done_early.add(mid)
-            if reason.is_failure:
-                self._failed[mid] = str(reason)
-        self.wake.set()
-
-    def _on_subscribe(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        props: Properties | None,
-    ) -> None:
-        with self._lock:
-            if mid not in self._sub_mids:
-                return
-            self._sub_mids.discard(mid)
-            for reason in reasons:
-                if reason.is_failure:
-                    self._sub_refused[str(mid)] = str(reason)
-            if not self._sub_mids and not self._sub_refused:
-                self._subscribed_gen = self._generation
-        for reason in reasons:
-            if reason.is_failure:
-                log.error(
-                    "mqtt %s: the broker refused a subscription: %s", self.cfg.client_id, reason
-                )
-        self.wake.set()
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        with self._lock:
-            generation = self._generation
-        inbound = Inbound(msg.topic, bytes(msg.payload), msg.qos, msg.mid, generation, msg.retain)
-        for r in self._routes:
-            if paho.topic_matches_sub(_strip_share(r.pattern), msg.topic):
-                try:
-                    r.queue.put_nowait(inbound)
-                except queue.Full:
-                    # Not acknowledged: the broker redelivers it on the next connection.
-                    with self._lock:
-                        self.dropped_inbound += 1
-                break
-        else:
-            if msg.qos:
-                client.ack(msg.mid, msg.qos)
-        self.wake.set()
-
-    def _on_error_log(self, buf: str) -> None:
-        with self._lock:
-            self._last_socket_error = buf
 
     # ------------------------------------------------------------------ the loop
 
@@ -744,12 +645,6 @@ class _AliasProperties(Properties):
     def __str__(self) -> str:
         text: str = object.__getattribute__(self, "_text")
         return text
-
-
-def _strip_share(pattern: str) -> str:
-    if pattern.startswith("$share/"):
-        return pattern.split("/", 2)[2]
-    return pattern
 
 
 def _close(client: paho.Client) -> None:
