@@ -19,6 +19,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -219,7 +220,16 @@ def test_install_refuses_without_root_or_staging() -> None:
     if os.getuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("setpriv (util-linux) is needed to drop root here")
-        res = run_script(INSTALL, "--profile", "tracker", user="65534")
+        # The checkout may be private (0700, as under /tmp/pytest-of-root): the unprivileged
+        # user runs a copy of deploy/ in a directory it can reach.
+        public = Path(tempfile.mkdtemp(prefix="edge-agent-deploy-"))
+        try:
+            shutil.copytree(INSTALL.parent, public / "deploy")
+            for d in (public, public / "deploy"):
+                d.chmod(0o755)
+            res = run_script(public / "deploy" / INSTALL.name, "--profile", "tracker", user="65534")
+        finally:
+            shutil.rmtree(public, ignore_errors=True)
     else:
         res = run_script(INSTALL, "--profile", "tracker")
     assert res.returncode == 1

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from agent.errors import CommandError
+from agent.labs.waiting import wait_for
 from agent.lines.ptt import SerialPtt, ptt_line
 
 
@@ -57,18 +58,10 @@ def _served(t: FakeTalk, first: bytes) -> Iterator[tuple[Any, SerialPtt]]:
     assert not reader.thread.is_alive()
 
 
-def _until(cond: Callable[[], object]) -> None:
-    ev = threading.Event()
-    for _ in range(250):
-        if cond():
-            return
-        ev.wait(0.02)
-
-
 def test_serial_ptt_over_a_loop_port() -> None:
     t = FakeTalk()
     with _served(t, b"PTT DOWN\n"):
-        _until(lambda: t.calls)
+        wait_for(lambda: bool(t.calls), 20, "the press")
     assert t.calls[:1] == ["press:button"]
 
 
@@ -105,8 +98,8 @@ class BuggyTalk(FakeTalk):
 def test_a_request_that_raises_costs_that_line_not_the_thread() -> None:
     t = BuggyTalk()
     with _served(t, b"PTT DOWN\n") as (port, reader):
-        _until(lambda: t.refuse)
+        wait_for(lambda: bool(t.refuse), 20, "the first press (the bug)")
         assert t.refuse == "done" and reader.thread.is_alive()
         port.write(b"PTT DOWN\n")
-        _until(lambda: t.calls)
+        wait_for(lambda: bool(t.calls), 20, "the second press")
         assert t.calls[:1] == ["press:button"] and reader.thread.is_alive()
