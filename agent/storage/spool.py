@@ -91,7 +91,7 @@ class Spool:
         self._alarm = alarm or (lambda a: None)
         self._clock_state = clock
         self._locks_lock = threading.Lock()
-        self._stream_locks: dict[str, threading.Lock] = {}
+        self._stream_locks: dict[str, threading.RLock] = {}  # put_event holds it around put
         for sub in ("seg", "keys", "tmp", "quarantine", "journal"):
             makedirs_durable(self.root / sub)
         self._ballast = Ballast(self.root, settings.reserve_mb * MIB)
@@ -113,11 +113,11 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
 
-    def _stream_lock(self, stream: str) -> threading.Lock:
+    def _stream_lock(self, stream: str) -> threading.RLock:
         with self._locks_lock:
             lock = self._stream_locks.get(stream)
             if lock is None:
-                lock = self._stream_locks[stream] = threading.Lock()
+                lock = self._stream_locks[stream] = threading.RLock()
             return lock
 
     def clock_state(self) -> ClockState:
@@ -331,20 +331,23 @@ class Spool:
         into the signed manifest in clear, for a verifier without the key to accept the gap.
         """
         body = json.dumps({"type": kind, **details}, sort_keys=True).encode()
-        now = wallclock.now()
-        mono = time.monotonic_ns()
-        header = SegmentHeader(
-            stream=EVENT_STREAM,
-            content_type="application/json",
-            start_utc=now,
-            end_utc=now,
-            start_mono_ns=mono,
-            end_mono_ns=mono,
-            clock=self._clock_state(),
-            meta={"type": kind},
-            evicted=evicted,
-        )
-        return self.put(header, [body])
+        # Stamped under the stream's lock, where its seq is taken: events from several threads
+        # get times in seq order (verify reports a later seq with an earlier time "reordered").
+        with self._stream_lock(EVENT_STREAM):
+            now = wallclock.now()
+            mono = time.monotonic_ns()
+            header = SegmentHeader(
+                stream=EVENT_STREAM,
+                content_type="application/json",
+                start_utc=now,
+                end_utc=now,
+                start_mono_ns=mono,
+                end_mono_ns=mono,
+                clock=self._clock_state(),
+                meta={"type": kind},
+                evicted=evicted,
+            )
+            return self.put(header, [body])
 
     def _put_event_safe(
         self, kind: str, details: dict[str, Any], evicted: dict[str, Any] | None = None
@@ -405,7 +408,14 @@ class Spool:
         True for each acknowledgement that removed a segment; a repeat of one earlier in the
         same call removed nothing (False), as it would in a later call."""
         results, victims = self._index.find_acked(acks)
-        self._index.remove_many(victims)
+        try:
+            self._index.remove_many(victims)
+        except SpoolError:
+            # A full disk: the failed commit gave the ballast back (it is kept until a write
+            # actually needs it); acknowledging is what frees space, so once more with it.
+            if not self._ballast.released:
+                raise
+            self._index.remove_many(victims)
         if victims and self._ballast.released:
             self._ballast.ensure()
         return results

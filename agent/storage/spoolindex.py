@@ -28,7 +28,7 @@ from typing import Any
 
 from agent import wallclock
 from agent.errors import SpoolError
-from agent.storage.ballast import BALLAST_BYTES, Ballast
+from agent.storage.ballast import Ballast
 from agent.storage.retention import Retention, classify
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,9 @@ class SpoolIndex:
         """One transaction. ``durable=False``: committed without syncing the WAL (it becomes
         durable with the next durable commit); only for what recovery rebuilds from the disk
         when a power cut loses it (a sealed segment's row: see :meth:`add_segment`)."""
-        if self._ballast.disk_free() < BALLAST_BYTES:
-            self._ballast.release("the disk is nearly full")
+        # The ballast is given back only when a write actually fails for room (below), not
+        # when the disk is merely nearly full: whatever else fills the disk would take the
+        # room before the record of a refusal (the reason it is kept) needs it.
         with self.lock:
             try:
                 if not durable:

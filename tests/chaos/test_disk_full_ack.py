@@ -9,6 +9,7 @@ it) the failure is a SpoolError the forwarder survives and retries.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -28,6 +29,7 @@ from agent.labs.waiting import wait_for
 from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
 from tests.fixtures.keys import KeySet, make_sealer
+from tests.storage.helpers import open_sealed
 
 
 def _mount(mnt: Path, size: str) -> None:
@@ -175,4 +177,42 @@ def test_a_full_disk_before_an_epochs_first_segment_is_a_storage_error(
             sp.put_bytes("video", os.urandom(100_000))
     finally:
         (roomy_fs / "filler").unlink()
+        sp.close()
+
+
+def test_a_nearly_full_disk_keeps_the_ballast_for_a_refusals_record(
+    roomy_fs: Path, keyset: KeySet
+) -> None:
+    """Chaos soak: the ballast was given back as soon as the disk was *nearly* full (any index
+    commit), and whatever was filling the disk took that room before a refusal needed it for
+    its record (reliability.md Open: 'a disk that stays full gets no durable record')."""
+    sp = Spool(SpoolSettings(dir=roomy_fs / "spool", reserve_mb=0), make_sealer(keyset))
+    first = sp.put_bytes("video", b"x")  # this epoch's key record is on the disk
+    filler = roomy_fs / "filler"
+    try:
+        with filler.open("wb") as f:  # leave less room than the ballast's size
+            while os.statvfs(roomy_fs).f_bavail * os.statvfs(roomy_fs).f_frsize > 2 << 20:
+                f.write(b"\0" * 65536)
+                f.flush()
+        sp.put_event("note", {"while": "nearly full"})  # an index commit on a nearly full disk
+        assert (roomy_fs / "spool" / ".ballast").exists()
+        with filler.open("ab") as f:  # the runaway writer takes every byte left
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        with pytest.raises(EvidenceRefused):
+            sp.put_bytes("video", os.urandom(2_000_000))
+        kinds = [
+            json.loads(open_sealed(i.path, roomy_fs / "spool" / "keys", keyset.platform_private))[
+                "type"
+            ]
+            for i in sp.items("event")
+        ]
+        assert kinds == ["note", "evidence_refused"]
+        assert [i.seq for i in sp.items("video")] == [first.seq]
+    finally:
+        filler.unlink(missing_ok=True)
         sp.close()
