@@ -21,7 +21,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from agent import wallclock
@@ -60,6 +61,9 @@ class SegmentJob:
 class EventJob:
     kind: str
     details: dict[str, Any]
+    # Settled by the writer once the record is sealed in the spool (or could not be): a
+    # command that must not answer ok before its effect is evidence waits on it (bounded).
+    stored: Future[None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -143,11 +147,17 @@ def store(
         else:
             spool.put_event(job.kind, job.details)
             stats.events += 1
+            if job.stored is not None:
+                job.stored.set_result(None)
     except EvidenceRefused as exc:
         # The spool has already alarmed and recorded the refusal as an event.
         stats.refused += 1
         log.error("%s: %s refused by the spool: %s", what, label, exc)
+        if isinstance(job, EventJob) and job.stored is not None:
+            job.stored.set_exception(exc)
     except (AgentError, OSError) as exc:
+        if isinstance(job, EventJob) and job.stored is not None:
+            job.stored.set_exception(exc)
         stats.store_errors += 1
         log.critical("%s: cannot store %s: %s", what, label, exc)
         alarm(
@@ -388,8 +398,10 @@ class RecorderThreads(Generic[P, S]):
                     continue
                 store(self.spool, job, self.stats, self._alarm, what=self.what, journal=journal)
                 failed = False
-            except Exception:
+            except Exception as exc:
                 # Never let the writer die: the encoder would block on a full queue.
+                if isinstance(job, EventJob) and job.stored is not None and not job.stored.done():
+                    job.stored.set_exception(exc)
                 if not failed:
                     log.exception("%s: writer failed on a job (going on)", self.what)
                 failed = True

@@ -26,6 +26,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -192,9 +193,15 @@ class VideoPipeline(RecordingPipeline[Fragment]):
         stop = super().stop
         self._in_order(at_mono_ns, lambda: stop(trigger, at_mono_ns))
 
-    def mark(self, trigger: str, note: str = "", at_mono_ns: int | None = None) -> None:
+    def mark(
+        self,
+        trigger: str,
+        note: str = "",
+        at_mono_ns: int | None = None,
+        stored: Future[None] | None = None,
+    ) -> None:
         mark = super().mark
-        self._in_order(at_mono_ns, lambda: mark(trigger, note, at_mono_ns))
+        self._in_order(at_mono_ns, lambda: mark(trigger, note, at_mono_ns, stored))
 
     # ------------------------------------------------------------------ hooks
 
@@ -341,9 +348,13 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
         at = self._last_capture_ns
         self._command(lambda p: p.stop(trigger, at))
 
-    def mark(self, trigger: str = "api", note: str = "") -> None:
+    def mark(self, trigger: str = "api", note: str = "") -> Future[None]:
+        """Queued to the encoder; the result is settled once the mark's event record is in the
+        spool (an exception if it could not be stored)."""
         at = self._last_capture_ns
-        self._command(lambda p: p.mark(trigger, note, at))
+        stored: Future[None] = Future()
+        self._command(lambda p: p.mark(trigger, note, at, stored))
+        return stored
 
     def latest_frame(self) -> Frame | None:
         """The newest watermarked frame (for stills); an encoded source's newest picture is

@@ -30,6 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol
 
@@ -199,14 +200,21 @@ class RecordingPipeline(Generic[F]):
         rec.stop_at_ns, rec.stop_trigger, rec.stop_seen_ns = at, trigger, time.monotonic_ns()
         self._stopping(rec, at)
 
-    def mark(self, trigger: str, note: str = "", at_mono_ns: int | None = None) -> None:
-        """An event record (and a note in the current part's manifest)."""
+    def mark(
+        self,
+        trigger: str,
+        note: str = "",
+        at_mono_ns: int | None = None,
+        stored: Future[None] | None = None,
+    ) -> None:
+        """An event record (and a note in the current part's manifest); ``stored`` is settled
+        once the record is in the spool."""
         at = at_mono_ns if at_mono_ns is not None else self._now_ns()
         mark = {"trigger": trigger, "note": note, "at_utc": self._utc_at(at)}
         rec = self.rec
         if rec is not None:
             rec.marks.append(mark)
-        self.event("mark", {"recording": rec.id if rec else None, **mark})
+        self._emit(EventJob("mark", {"recording": rec.id if rec else None, **mark}, stored))
 
     def event(self, kind: str, details: dict[str, Any]) -> None:
         self._emit(EventJob(kind, details))

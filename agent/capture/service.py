@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -258,8 +259,8 @@ class VideoService:
     def stop(self, trigger: str = "api") -> None:
         self.recorder.stop(trigger)
 
-    def mark(self, trigger: str = "api", note: str = "") -> None:
-        self.recorder.mark(trigger, note)
+    def mark(self, trigger: str = "api", note: str = "") -> Future[None]:
+        return self.recorder.mark(trigger, note)
 
     def still(self, trigger: str = "api") -> None:
         self.stills.request(trigger)

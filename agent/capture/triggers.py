@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Protocol, Unpack
 
 from agent.errors import AgentError
@@ -30,15 +31,33 @@ log = logging.getLogger(__name__)
 
 
 class Controls(Protocol):
-    """What any trigger may ask of the video side. Every method returns at once."""
+    """What any trigger may ask of the video side. Every method returns at once (``mark``
+    with a future settled once its event record is in the spool: :func:`mark_recorded`)."""
 
     def start(self, trigger: str = ..., details: dict[str, Any] | None = ...) -> None: ...
 
     def stop(self, trigger: str = ...) -> None: ...
 
-    def mark(self, trigger: str = ..., note: str = ...) -> None: ...
+    def mark(self, trigger: str = ..., note: str = ...) -> Future[None]: ...
 
     def still(self, trigger: str = ...) -> None: ...
+
+
+MARK_WAIT_S = 3.0  # how long a mark's answer waits for its event record to be stored
+
+
+def mark_recorded(stored: Future[None], timeout: float = MARK_WAIT_S) -> str | None:
+    """None once a mark's event record is in the spool; else why it is not (yet).
+
+    A mark is answered ok only for what is evidence: an answer that says ``recorded`` before
+    the record is stored could be lost by a full disk and a power cut (chaos soak seed 7)."""
+    try:
+        stored.result(timeout)
+    except TimeoutError:
+        return f"not stored within {timeout:g} s (the recorder is busy); it may still be"
+    except Exception as exc:  # the spool's refusal (disk or quota full) or failure
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def handle_line(
@@ -64,7 +83,9 @@ def handle_line(
         elif cmd == "STOP":
             controls.stop(trigger)
         elif cmd == "MARK":
-            controls.mark(trigger, rest.strip()[:MAX_LINE])
+            why = mark_recorded(controls.mark(trigger, rest.strip()[:MAX_LINE]))
+            if why is not None:
+                return f"ERR mark not recorded: {why}"[:MAX_LINE]
         elif cmd == "SNAP":
             controls.still(trigger)
         elif cmd == "PING":
@@ -93,8 +114,8 @@ def command_handlers(
         return {"ok": True}
 
     def mark(args: dict[str, Any]) -> dict[str, Any]:
-        controls.mark(trigger, str(args.get("note", ""))[:MAX_LINE])
-        return {"ok": True}
+        why = mark_recorded(controls.mark(trigger, str(args.get("note", ""))[:MAX_LINE]))
+        return {"ok": True, "recorded": why is None} | ({"reason": why} if why else {})
 
     def still(args: dict[str, Any]) -> dict[str, Any]:
         controls.still(trigger)

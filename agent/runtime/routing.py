@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config.remote import RemoteSettings, default_overrides_path
-from agent.errors import CommandError
+from agent.errors import AgentError, CommandError
 from agent.gps.time_sync import TimeSync
 
 if TYPE_CHECKING:
@@ -138,13 +138,24 @@ def record_handlers(
         def handle(args: dict[str, Any]) -> dict[str, Any]:
             trigger = origin
             note = str(args.get("note", ""))[:200]
+            if action == "mark":
+                # ok with "recorded" true only once the mark is evidence (in the spool).
+                why = None
+                if video is not None:
+                    from agent.capture.triggers import mark_recorded  # a camera's modules only
+
+                    why = mark_recorded(video.mark(trigger, note))
+                else:
+                    try:
+                        spool.put_event("mark", {"trigger": trigger, "note": note})
+                    except (AgentError, OSError) as exc:
+                        why = str(exc)
+                answer = {"ok": True, "action": action, "recorded": why is None}
+                return answer | ({"reason": why} if why else {})
             if video is not None:
-                {"start": lambda: video.start(trigger), "stop": lambda: video.stop(trigger),
-                 "mark": lambda: video.mark(trigger, note)}[action]()  # fmt: skip
-            elif audio is not None and action in ("start", "stop"):
+                (video.start if action == "start" else video.stop)(trigger)
+            elif audio is not None:
                 (audio.start if action == "start" else audio.stop)(trigger)
-            elif action == "mark":
-                spool.put_event("mark", {"trigger": trigger, "note": note})
             else:
                 raise CommandError("this device has no camera or microphone to record")
             return {"ok": True, "action": action}

@@ -7,6 +7,7 @@ import queue
 import select
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +197,14 @@ class _Controls:
     def stop(self, trigger: str = "api") -> None:
         self.calls.put(("stop", trigger))
 
-    def mark(self, trigger: str = "api", note: str = "") -> None:
+    def mark(self, trigger: str = "api", note: str = "") -> Future[None]:
         self.calls.put(("mark", trigger, note))
+        stored: Future[None] = Future()
+        if note == "refused":
+            stored.set_exception(EvidenceRefused("event: disk full"))
+        else:
+            stored.set_result(None)
+        return stored
 
     def still(self, trigger: str = "api") -> None:
         self.calls.put(("still", trigger))
@@ -212,12 +219,21 @@ def test_line_protocol_and_platform_handlers() -> None:
     assert handle_line("  ", c) == "ERR empty line"
     h = command_handlers(c)
     assert sorted(h) == ["video.mark", "video.start", "video.still", "video.stop"]
-    assert h["video.mark"]({"note": "n"}) == {"ok": True}
-    got = [c.calls.get_nowait() for _ in range(3)]
+    assert h["video.mark"]({"note": "n"}) == {"ok": True, "recorded": True}
+    # A mark whose event record the spool refused is not answered as recorded.
+    assert handle_line("MARK refused", c) == "ERR mark not recorded: event: disk full"
+    assert h["video.mark"]({"note": "refused"}) == {
+        "ok": True,
+        "recorded": False,
+        "reason": "event: disk full",
+    }
+    got = [c.calls.get_nowait() for _ in range(5)]
     assert got == [
         ("start", "button"),
         ("mark", "button", "door kicked in"),
         ("mark", "platform", "n"),
+        ("mark", "button", "refused"),
+        ("mark", "platform", "refused"),
     ]
 
 

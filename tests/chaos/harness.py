@@ -1013,6 +1013,8 @@ control_socket = "{self.sock}"
             effect: int | None = None
             if s.cmd == "record.mark":
                 effect = marks[str(s.args["note"])]
+                if oks and not (oks[0].get("result") or {}).get("recorded", True):
+                    effect = None  # answered "recorded: false": the event could not be stored
             elif s.cmd == "settings.set":
                 effect = settings[float(s.args["health.heartbeat_s"])]
                 if oks and not (oks[0].get("result") or {}).get("recorded", True):

@@ -200,16 +200,6 @@ OPEN_BUGS: dict[str, tuple[str, tuple[str, ...]]] = {
         "loaded machine; the live lane does not go through the ingest",
         ("while the platform's disk was full",),
     ),
-    "mark-ok-before-stored": (
-        "capture (i18-mechanisms): a video record.mark is answered ok once queued to the "
-        "recorder; its event can be lost after that (a full disk, then a power cut)",
-        ("answered ok, effect not in the evidence: ['record.mark",),
-    ),
-    "event-reordered": (
-        "capture / verify: a video record.mark is stamped with the last frame's capture time, "
-        "older than an event another thread sealed before it; verify reports 'reordered'",
-        ("chain problems: ['reordered:",),
-    ),
 }
 
 
@@ -319,9 +309,8 @@ REGRESSIONS: tuple[Schedule, ...] = (
         "reached the platform with other bytes than the copy taken when they appeared; and a "
         "record.mark answered ok never reached the evidence (the power cut of fault 8 follows); "
         "the replaced files fixed on main (Spool: a placed file whose index row fails is taken "
-        "out again, tests/storage/test_index_full.py)",
-        open_bug="mark-ok-before-stored",
-        strict=False,
+        "out again, tests/storage/test_index_full.py); the mark fixed too (answered "
+        "'recorded' only once its event is in the spool, tests/capture/test_marks.py)",
     ),
     Schedule(
         "live-lane-lags-on-full-disk",
@@ -343,9 +332,9 @@ REGRESSIONS: tuple[Schedule, ...] = (
         found="make soak (issue 21), seed 10: verify reports 'reordered: event#34 recorded "
         "before seq 33' on genuine evidence: a video record.mark is stamped with the last "
         "frame's capture time (start_mono_ns), which can be older than an event another thread "
-        "sealed before it (settings_changed)",
-        open_bug="event-reordered",
-        strict=False,
+        "sealed before it (settings_changed); fixed: the cause was that Spool.put_event read "
+        "the clock before it took the event stream's lock (its seq), now under it "
+        "(tests/storage/test_spool.py::test_events_from_several_threads_are_stamped_in_seq_order)",
     ),
 )
 
