@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 
@@ -79,10 +80,13 @@ def _record(args: argparse.Namespace) -> int:
     from agent.runtime.local_control import send
 
     cfg = read_config(args.config)
-    send(
+    result = send(
         cfg.health.control_socket, f"video.{args.action}", {"note": args.note} if args.note else {}
     )
-    print(f"recording: {args.action} sent")
+    if result.get("recorded") is False:
+        print(f"recording: mark NOT recorded: {result.get('reason', 'unknown')}", file=sys.stderr)
+        return 1
+    print("recording: mark recorded" if args.action == "mark" else f"recording: {args.action} sent")
     return 0
 
 
