@@ -188,12 +188,6 @@ OPEN_BUGS: dict[str, tuple[str, tuple[str, ...]]] = {
         "in the socket (up to uplink.window x max_chunk_kib = 8 x 128 KiB, ~8 s at 1 Mbit/s)",
         ("on the slow link, fixes older than",),
     ),
-    "live-lane-full-disk": (
-        "gps (i21-survive): GpsService.handle stores a fix before it sends it live, and the "
-        "consumer waits 1 s after each failed store or batch seal: on a full disk live fixes "
-        "are dropped and lag seconds behind, and catch up after",
-        ("while the device's disk was full",),
-    ),
     "live-lane-store-full": (
         "cause not established: while the platform's disk is full (the ingest answers retry), "
         "live fixes reached the monitor 2.9 and 5.3 s old in two of nine runs at once on a "
@@ -320,8 +314,6 @@ REGRESSIONS: tuple[Schedule, ...] = (
         fault="disk_full",
         found="make soak (issue 21), seed 13: during its second disk_full (fault 15) live fixes "
         "5.8 s old, then 4.3 and 3.4 s after the disk had room (limit p95 1.5 s)",
-        open_bug="live-lane-full-disk",
-        strict=False,
     ),
     Schedule(
         "event-reordered-by-mark-capture-time",
