@@ -9,11 +9,10 @@ connection.
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 from agent.storage.spool import SpoolItem
 from agent.uplink import protocol as proto
-from agent.uplink.mqtt import Sent
+from agent.uplink.socket_budget import SocketBudget
 from agent.uplink.token_bucket import TokenBucket
 from agent.uplink.uploads import IDLE_POLL_S, KIB, Upload, UploadTable
 
@@ -26,7 +25,7 @@ class Bundling(UploadTable):
 
     topics: proto.Topics
     _bucket: TokenBucket
-    _unacked: deque[tuple[Sent, int]]  # backfill publishes, their sizes
+    _unacked: SocketBudget  # backfill publishes not acknowledged by the broker
     _counter: int
     # Does the platform take bundles? None: not known on this connection (one probe
     # bundle may go); False: it answered none of a bundle (single chunks until the next

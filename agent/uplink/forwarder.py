@@ -64,8 +64,9 @@ from agent.storage.spool import Spool, SpoolItem
 from agent.uplink import protocol as proto
 from agent.uplink.acks import AckHandling
 from agent.uplink.live_lane import MAX_ALARMS, LiveLane
-from agent.uplink.mqtt import MqttLink, Sent
+from agent.uplink.mqtt import MqttLink
 from agent.uplink.settings import UplinkSettings
+from agent.uplink.socket_budget import SocketBudget
 from agent.uplink.stream_heads import HEADS_EVERY_S, StreamHeads
 from agent.uplink.token_bucket import TokenBucket
 from agent.uplink.uploads import IDLE_POLL_S, KIB, ForwarderStats, Upload, peek_segment
@@ -139,7 +140,14 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
         self._probe_out = False
         self._ready: deque[SpoolItem] = deque()
         self._ids: set[int] = set()  # spool ids of self._uploads
-        self._unacked: deque[tuple[Sent, int]] = deque()  # backfill publishes, their sizes
+        # Backfill publishes not acknowledged by the broker, bounded by the link's measured
+        # rate so a live message waits about uplink.live_wait_s behind them.
+        self._unacked = SocketBudget(
+            self.link.pending,
+            lambda: self.link.generation,
+            wait_s=self.settings.live_wait_s,
+            cap=self.settings.window_kib * KIB,
+        )
         self._ready_at = -1e9
         self._rejected: set[int] = set()
         self._keys_acked: set[str] = set()
@@ -221,6 +229,10 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
 
     def in_flight(self) -> int:
         return len(self._uploads)
+
+    def socket_budget(self) -> int:
+        """Bytes of backfill allowed in the socket now (by the link's measured rate)."""
+        return self._unacked.budget()
 
     @property
     def acks_signed(self) -> bool:

@@ -36,6 +36,9 @@ class UplinkSettings:
     # ... and their bytes: a live message waits behind at most this much backfill (on a
     # 20 Mbit/s link 512 KiB is 200 ms, and still more than its bandwidth-delay product).
     window_kib: int = field(default=512, metadata=check(in_range(1, 1024 * 1024)))
+    # ... and, on a slow link, as many bytes as it drains in this long (measured from the
+    # broker's PUBACKs): how long a live message waits behind backfill, about.
+    live_wait_s: float = field(default=1.0, metadata=check(in_range(0.1, 60)))
     # Bytes sent beyond what the platform has confirmed; keeps the broker's per-client queue
     # (mosquitto: 1000 messages) far from full when the platform is slow or away.
     platform_window_kib: int = field(default=8192, metadata=check(in_range(1, 1024 * 1024)))

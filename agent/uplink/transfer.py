@@ -6,7 +6,6 @@ after a silence of ``ack_timeout_s`` a resend from the last byte the platform co
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 from agent.errors import SpoolError
 from agent.uplink import protocol as proto
@@ -55,10 +54,7 @@ class ChunkedTransfer(Bundling):
                 u.last_word = now
 
     def _send_backfill(self) -> float:
-        if (
-            self.link.outstanding() >= self.settings.window
-            or self._in_socket() >= self.settings.window_kib * KIB
-        ):
+        if self.link.outstanding() >= self.settings.window or self._unacked.full():
             return IDLE_POLL_S  # woken by the PUBACK
         unconfirmed = sum(u.next - u.confirmed for u in self._uploads)
         if unconfirmed >= self.settings.platform_window_kib * KIB:
@@ -83,7 +79,7 @@ class ChunkedTransfer(Bundling):
                 return self._send_bundle(members)
         elif self._probing(u):
             return IDLE_POLL_S  # the probe's answer decides how this one goes: wait for it
-        n = min(self.chunk_size(), u.size - u.next)
+        n = min(self._unacked.chunk(self.chunk_size()), u.size - u.next)
         delay = self._bucket.delay(n)
         if delay > 0:
             return delay
@@ -114,16 +110,6 @@ class ChunkedTransfer(Bundling):
         self.stats.chunks_sent += 1
         self.stats.bytes_sent += n
         return 0.0
-
-    def _in_socket(self) -> int:
-        """Backfill bytes published and not yet acknowledged by the broker (PUBACK): what a
-        live message would wait behind on a slow link."""
-        q = self._unacked
-        while q and not self.link.pending(q[0][0]):
-            q.popleft()
-        if len(q) > 4 * self.settings.window:  # PUBACKs out of order: look at them all
-            self._unacked = q = deque(e for e in q if self.link.pending(e[0]))
-        return sum(n for _s, n in q)
 
     def _send_key(self, kid: str) -> float:
         if kid in self._keys_rejected:
