@@ -62,7 +62,6 @@ from agent.storage.settings import SealSettings, SpoolSettings
 from agent.storage.spool import Spool
 from agent.uplink import protocol as proto
 from agent.uplink.control import init_ack_keys, load_ack_private
-from agent.uplink.forwarder import HEADS_EVERY_S
 from agent.uplink.mqtt import LinkConfig, MqttLink
 from agent.uplink.service import Uplink
 from agent.uplink.settings import UplinkSettings
@@ -231,12 +230,12 @@ def backfill_bytes_per_fix(lab: Lab, batch_s: int, seconds: int) -> tuple[float,
                 log.append(wire.encode_fix(f), t=f.time, durable=False)
             log.roll()
             segments += 1
-            heads = up.forwarder.stats.heads_sent
             up.forwarder.wake.set()
             _at_least(lambda: up.forwarder.stats.segments_acked, segments, 30, "the ack")
-            # The stream heads it changed (published at most every 2 s: one or two of them).
-            _at_least(lambda: up.forwarder.stats.heads_sent, heads + 1, 30, "the heads")
-            _settle(proxy, HEADS_EVERY_S + 0.3)
+            # The stream heads, if the change is news to the platform (protocol 4: not when it
+            # acknowledged the head segment itself; else signed heads after a grace).
+            wait_for(lambda: not up.forwarder.heads_news(), 30, "the heads")
+            _settle(proxy, 0.5)
         _settle(proxy)
         after = proxy.counts()
     finally:
