@@ -9,9 +9,11 @@ other. When it cannot rebuild it (the base is not in this store, or differs), it
 ``plain`` for that seq and the device sends the segment again as a chunk. A malformed message
 is dropped and logged, like a malformed chunk.
 
-The answers to a device that sent a compact segment in a batch go in the compact form
-(``seg`` acknowledgements and ``plain``); any others (progress, retry, reject, key) still go
-as the signed JSON batch of protocol 2.
+A compact key record is rebuilt likewise and taken as a plain one (``Store.put_key``).
+
+The answers to a device that sent a compact segment or key record in a batch go in the
+compact form (``seg`` and ``key`` acknowledgements, ``plain``); any others (progress, retry,
+reject) still go as the signed JSON batch of protocol 2.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class CompactSegments:
         self.devices: set[str] = set()  # devices that sent a compact segment in this batch
         self.plain: dict[str, list[compact.CompactAck]] = {}
         self.rebuilt = 0
+        self.keys = 0
         self.plain_sent = 0
 
     def begin_batch(self) -> None:
@@ -123,6 +126,15 @@ class CompactSegments:
             self.stored(device, header, data)
         return acks
 
+    def put_key(self, device: str, payload: bytes) -> list[proto.Ack]:
+        """Store the key record a compact message carries (as ``Store.put_key`` does a plain
+        one). FormatError when malformed; OSError from the store."""
+        data = compact.decode_key_record(payload)
+        self.devices.add(device)
+        self.keys += 1
+        ack = self.store.put_key(device, data)
+        return [ack] if ack is not None else []
+
     def stored(self, device: str, header: proto.ChunkHeader, data: bytes) -> None:
         """``data`` is stored here (or was): the next segment of its stream may use it."""
         _body, manifest, _sig = compact.split_segment(data)
@@ -146,6 +158,8 @@ class CompactSegments:
             if isinstance(a, proto.SegmentAck):
                 kind = compact.STORED if a.result == "stored" else compact.DUPLICATE
                 entries.append(compact.CompactAck(kind, a.stream, a.seq, a.hash))
+            elif isinstance(a, proto.KeyAck):
+                entries.append(compact.CompactAck(compact.KEY, key_id=a.key_id))
             else:
                 rest.append(a)
         return (compact.encode_acks(device, entries, key) if entries else []), rest

@@ -79,6 +79,8 @@ class AckHandling(ChunkedTransfer):
         for a in compact.parse_acks(payload, self.device_id, self._ack_key, self._resolve):
             if a.kind == compact.PLAIN:
                 self._send_plain(a.stream, a.seq)
+            elif a.kind == compact.KEY:
+                out.append(proto.KeyAck(a.key_id))
             else:
                 result = "stored" if a.kind == compact.STORED else "duplicate"
                 out.append(proto.SegmentAck(a.stream, a.seq, a.hash, result))
@@ -139,6 +141,8 @@ class AckHandling(ChunkedTransfer):
 
     def _handle_ack(self, ack: proto.Progress | proto.KeyAck | proto.Reject | proto.Retry) -> None:
         now = self._clock()
+        if isinstance(ack, proto.KeyAck | proto.Retry | proto.Reject) and ack.key_id:
+            self._key_answered(ack.key_id)
         if isinstance(ack, proto.Retry):
             self._retry_later(ack, now)
         elif isinstance(ack, proto.Progress):

@@ -34,13 +34,17 @@ segments) names segments by stream and seq only; the manifest hash is in what is
 in what is sent (the device knows the hash of each segment it sent)::
 
     0xA4 | varint count (1..MAX_ACKS) | count times: u8 kind | u8 n | stream (n) | varint seq
-    | 64 bytes: Ed25519 by the platform's ack key over
+    (kind 3: u8 3 | the 8 bytes of a key id) | 64 bytes: Ed25519 by the platform's ack key over
       ACK4_CONTEXT | u8 len(device) | device | the message before the signature, with each
       entry of kind 0 or 1 followed by the segment's 32-byte manifest hash
 
 kinds: 0 stored, 1 duplicate (a ``seg`` acknowledgement: the device may delete it), 2 plain
 (the platform could not rebuild that compact segment, e.g. it lacks the base: send it again
-as a chunk; no hash, deletes nothing).
+as a chunk; no hash, deletes nothing), 3 key (the platform holds that key record).
+
+**A compact key record** (``up/key``): ``"EAK1" | varint m | m bytes: its manifest coded as
+above without a base | 64 bytes: its signature``; the record is ``"EAKEY\\0" 00 01 | manifest
+| signature | u32 len(manifest)``.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ from agent.storage.seal import MAX_MANIFEST
 
 MAGIC = b"EAM1"
 SEG_PREFIX = b"EASEG\x00" + struct.pack(">H", 2)
+KEY_MAGIC = b"EAK1"
+KEY_PREFIX = b"EAKEY\x00" + struct.pack(">H", 1)
 SIG = 64
 FLAG_BASED = 0x01
 BASE_CHECK = 4  # bytes of the base's manifest hash the message carries
@@ -87,7 +93,7 @@ MAX_MS = 253402300800000  # 10000-01-01T00:00:00.000Z
 ACK_MAGIC = 0xA4
 ACK4_CONTEXT = b"edge-agent ack v4\x00"
 MAX_ACKS = 512
-STORED, DUPLICATE, PLAIN = 0, 1, 2
+STORED, DUPLICATE, PLAIN, KEY = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------- varints
@@ -204,7 +210,7 @@ def encode_manifest(
         old = base.get(key, ...) if base is not None else ...
         if old is not ... and canonical({"v": old}) == canonical({"v": value}):
             out += _entry(key, SAME)
-        elif value == body_hash:
+        elif body_hash and value == body_hash:
             out += _entry(key, BODYHASH)
         elif base_hash is not None and value == base_hash:
             out += _entry(key, BASEHASH)
@@ -270,6 +276,8 @@ def decode_manifest(
             ref_ms = _ms(old) if isinstance(old, str) else None
             value = _stamp(r.zigzag() + (ref_ms or 0))
         elif op == BODYHASH:
+            if not body_hash:
+                raise FormatError(f"{what}: {key!r} is the body's hash, and there is no body")
             value = body_hash
         elif op == BASEHASH:
             if base_hash is None:
@@ -414,15 +422,58 @@ def decode_segment(payload: bytes | memoryview, base: Base | None) -> bytes:
     return join_segment(body, manifest, sig)
 
 
+# --------------------------------------------------------------------------- key records
+
+
+def is_compact_key(payload: bytes | memoryview) -> bool:
+    return bytes(payload[:4]) == KEY_MAGIC
+
+
+def encode_key_record(data: bytes) -> bytes | None:
+    """The compact form of key record ``data`` (``"EAK1" | varint m | the manifest coding, no
+    base | 64 bytes signature``), or None when it would not give back these exact bytes."""
+    try:
+        if not data.startswith(KEY_PREFIX) or len(data) < len(KEY_PREFIX) + SIG + 4:
+            return None
+        (mlen,) = struct.unpack(">I", data[-4:])
+        if mlen > MAX_MANIFEST or len(KEY_PREFIX) + mlen + SIG + 4 != len(data):
+            return None
+        manifest = data[len(KEY_PREFIX) : len(KEY_PREFIX) + mlen]
+        sig = data[len(KEY_PREFIX) + mlen : len(KEY_PREFIX) + mlen + SIG]
+        obj = boundedjson.loads(manifest, "key record", max_bytes=MAX_MANIFEST, want=dict)
+        coding = encode_manifest(obj, None, "", None)
+        payload = KEY_MAGIC + _uvarint(len(coding)) + coding + sig
+        return payload if decode_key_record(payload) == data else None
+    except (FormatError, ValueError, UnicodeError):
+        return None
+
+
+def decode_key_record(payload: bytes | memoryview) -> bytes:
+    """The key record's bytes (``"EAKEY\\0" 00 01 | manifest | signature | u32 length``);
+    FormatError when malformed."""
+    r = _Reader(payload, "compact key record")
+    if r.take(4) != KEY_MAGIC:
+        raise FormatError("compact key record: bad magic")
+    m = r.uvarint()
+    if m > MAX_MANIFEST:
+        raise FormatError(f"compact key record: a manifest coding of {m} bytes")
+    manifest = decode_manifest(r.take(m), None, "", None)
+    sig = r.take(SIG)
+    if r.pos != len(r.data):
+        raise FormatError("compact key record: bytes after the signature")
+    return KEY_PREFIX + manifest + sig + struct.pack(">I", len(manifest))
+
+
 # --------------------------------------------------------------------------- acknowledgements
 
 
 @dataclass(frozen=True)
 class CompactAck:
-    kind: int  # STORED | DUPLICATE | PLAIN
-    stream: str
-    seq: int
-    hash: str = ""  # the manifest hash (in what is signed; empty for PLAIN)
+    kind: int  # STORED | DUPLICATE | PLAIN | KEY
+    stream: str = ""
+    seq: int = 0
+    hash: str = ""  # the manifest hash (in what is signed; empty for PLAIN and KEY)
+    key_id: str = ""  # KEY only
 
 
 def _signed(device: str, body: bytes, hashes: list[bytes]) -> bytes:
@@ -435,6 +486,9 @@ def _ack_body(acks: list[CompactAck]) -> tuple[bytes, list[bytes]]:
     out = bytearray([ACK_MAGIC]) + _uvarint(len(acks))
     hashes: list[bytes] = []
     for a in acks:
+        if a.kind == KEY:
+            out += bytes([KEY]) + bytes.fromhex(a.key_id)
+            continue
         s = a.stream.encode("ascii")
         out += bytes([a.kind, len(s)]) + s + _uvarint(a.seq)
         if a.kind != PLAIN:
@@ -479,6 +533,9 @@ def parse_acks(
     hashes: list[bytes] = []
     for _ in range(count):
         kind = r.u8()
+        if kind == KEY:
+            out.append(CompactAck(KEY, key_id=r.take(8).hex()))
+            continue
         if kind not in (STORED, DUPLICATE, PLAIN):
             raise FormatError(f"{what}: unknown kind {kind}")
         raw = r.take(r.u8())

@@ -36,6 +36,7 @@ class CompactSending(Bundling):
     _bases: dict[str, compact.Base]  # per stream: the last manifest the platform acknowledged
     _unbased: set[str]  # streams whose base the platform did not have
     _recent: OrderedDict[tuple[str, int], str]  # (stream, seq) -> manifest hash, acknowledged
+    _keys_compact: set[str]  # key records sent compact, not answered yet (this connection)
 
     def _answered(self, u: Upload) -> None:
         """The platform said something about ``u``: whatever form it went in works."""
@@ -124,6 +125,34 @@ class CompactSending(Bundling):
             except Exception:  # not a version 2 segment: no base from it
                 return
             self._bases[u.item.stream] = compact.Base(u.item.seq, manifest)
+
+    def _key_record(self, kid: str, record: bytes) -> bytes:
+        """What to publish for key record ``kid``: its compact form while the platform may
+        take it; plain when the compact one went unanswered (a platform of protocol 3 finds
+        it unreadable and answers nothing), which also turns the compact form off for the
+        connection."""
+        if kid in self._keys_compact:
+            self._keys_compact.discard(kid)
+            if self._compact is not True:
+                if self._compact is None:
+                    log.warning(
+                        "uplink: the platform answered nothing of a compact key record "
+                        "(protocol 3?): plain forms until the next connection"
+                    )
+                self._compact = False
+            return record
+        if not self.settings.compact or self._compact is False:
+            return record
+        payload = compact.encode_key_record(record)
+        if payload is None:
+            return record
+        self._keys_compact.add(kid)
+        return payload
+
+    def _key_answered(self, kid: str) -> None:
+        if kid in self._keys_compact:
+            self._keys_compact.discard(kid)
+            self._compact = True
 
     def _resolve(self, stream: str, seq: int) -> str | None:
         """The manifest hash of this device's segment (stream, seq), if it knows it."""

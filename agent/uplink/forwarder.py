@@ -147,6 +147,7 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
         self._bases: dict[str, compact.Base] = {}
         self._unbased: set[str] = set()
         self._recent: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._keys_compact: set[str] = set()
         self._ready: deque[SpoolItem] = deque()
         self._ids: set[int] = set()  # spool ids of self._uploads
         self._unacked: deque[tuple[Sent, int]] = deque()  # backfill publishes, their sizes
@@ -217,6 +218,7 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
             # may have connected between reading its generation and publishing the heads).
             self._heads_state = None
         self._keys_sent.clear()
+        self._keys_compact.clear()
         if self._bundles is False:
             self._bundles = None  # the platform may have been upgraded: probe again
         self._probe_out = False

@@ -144,6 +144,9 @@ class ChunkedTransfer(CompactSending):
             log.error("uplink: %s; its segments cannot be decrypted by the platform", exc)
             self._keys_rejected.add(kid)
             return 0.0
-        if self.link.publish(self.topics.key, record, qos=1) is not None:
+        payload = self._key_record(kid, record)
+        if self.link.publish(self.topics.key, payload, qos=1) is not None:
             self._keys_sent[kid] = now
+        elif payload is not record:
+            self._keys_compact.discard(kid)  # not sent: nothing to wait for
         return IDLE_POLL_S

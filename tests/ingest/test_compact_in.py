@@ -96,7 +96,7 @@ def test_a_missing_base_is_answered_plain(tmp_path: Path, device: Device) -> Non
 
 
 def test_answers_split_compact_and_json(tmp_path: Path, device: Device) -> None:
-    spool, store, cs = _setup(tmp_path, device, 1)
+    spool, _store, cs = _setup(tmp_path, device, 1)
     key = Ed25519PrivateKey.generate()
     acks: list[proto.Ack] = [
         proto.SegmentAck("gps", 0, "11" * 32, "stored"),

@@ -46,12 +46,16 @@ def test_small_segments_go_compact_and_heads_do_not_follow_each(
     platform = make_platform(tmp_path / "platform")
     dev = make_device(tmp_path / "dev", unique_id(tmp_path), pki, platform, broker_alive.port)
     spool = dev.open_spool()
+    dev.put(spool, "gps", b"the first minute " * 20)
+    kid = spool.items()[0].key_id
+    record = spool.key_record(kid)
     store = tmp_path / "store"
     pause = threading.Event()
     with running_ingest(store, pki, broker_alive.port, platform) as ingest:
         with running_uplink(dev, spool) as up:
             wait_for(lambda: up.forwarder.stats.heads_sent >= 1, 30, "the connection's heads")
-            _one_by_one(dev, spool, up, 6)
+            wait_for(lambda: up.forwarder.stats.segments_acked >= 1, 30, "the first segment")
+            _one_by_one(dev, spool, up, 5, start=1)
             pause.wait(HEADS_GRACE_S + 2.5)  # long enough for heads to be due, were they news
             stats = up.forwarder.stats
             assert stats.compact_sent == 6, stats
@@ -61,8 +65,10 @@ def test_small_segments_go_compact_and_heads_do_not_follow_each(
             assert stats.heads_sent == 1, stats
             assert not up.forwarder.heads_news()
         assert ingest.compact.rebuilt == 6
+        assert ingest.compact.keys == 1  # the key record went compact too
         assert ingest.compact.plain_sent == 0
         assert ingest.malformed == 0
+    assert (store / dev.id / "keys" / f"{kid}.key").read_bytes() == record
     spool.close()
     assert_delivered(store, dev)
 
@@ -103,10 +109,42 @@ def test_a_protocol_3_platform_gets_chunks(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An ingest that does not know compact segments drops one as a chunk with a bad magic
-    and answers nothing: after ack_timeout_s the device sends it as a chunk, and no more
-    compact ones on that connection. Everything arrives."""
+    """An ingest that does not know the compact forms finds a compact key record unreadable
+    and answers nothing: after ack_timeout_s the device sends it plain, and nothing more in
+    the compact form on that connection. Everything arrives."""
     monkeypatch.setattr(compact, "is_compact", lambda payload: False)
+    monkeypatch.setattr(compact, "is_compact_key", lambda payload: False)
+    platform = make_platform(tmp_path / "platform")
+    dev = make_device(
+        tmp_path / "dev", unique_id(tmp_path), pki, platform, broker_alive.port, ack_timeout_s=2.0
+    )
+    spool = dev.open_spool()
+    store = tmp_path / "store"
+    caplog.set_level(logging.WARNING, logger="agent.uplink.forwarder")
+    with running_ingest(store, pki, broker_alive.port, platform) as ingest:
+        with running_uplink(dev, spool) as up:
+            _one_by_one(dev, spool, up, 3)
+            stats = up.forwarder.stats
+            assert stats.compact_sent == 0, stats
+            assert stats.keys_acked == 1, stats
+        assert ingest.store.stats.keys == 1
+    spool.close()
+    assert_delivered(store, dev)
+    assert "answered nothing of a compact key record" in caplog.text
+
+
+def test_a_protocol_3_platform_gets_chunks_of_segments(
+    tmp_path: Path,
+    pki: Pki,
+    broker_alive: Mosquitto,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its key record already held (a platform upgraded back, or a key sent plain): a compact
+    segment is dropped as a chunk with a bad magic, unanswered; after ack_timeout_s it goes as
+    a chunk, and no more compact ones on that connection."""
+    monkeypatch.setattr(compact, "is_compact", lambda payload: False)
+    monkeypatch.setattr(compact, "encode_key_record", lambda data: None)
     platform = make_platform(tmp_path / "platform")
     dev = make_device(
         tmp_path / "dev", unique_id(tmp_path), pki, platform, broker_alive.port, ack_timeout_s=2.0
