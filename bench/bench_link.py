@@ -11,9 +11,9 @@ spool, delta-coded GPS batches).
   in its TLS record; the topic is an alias after the first), against the 64-byte budget.
 - ``link/backfill-bytes-per-fix``: a truck's hour of 1 Hz fixes sealed as the GPS service
   seals them (``spool.batch_s`` of fixes a segment, delta-coded) and delivered one segment at
-  a time as in steady state: everything both ways (the segment, chunk header, MQTT, TLS, the
-  signed acknowledgement, the stream heads each change publishes, PUBACKs, the hour's key
-  record) per fix, at the shipped ``spool.batch_s`` (60 s: issue 19's "a minute of 1 Hz
+  a time as in steady state: everything both ways (the segment in whatever form it travels
+  (protocol 4: compact), MQTT, TLS, the signed acknowledgement, the stream heads whenever
+  they are news to the platform, PUBACKs, the hour's key record) per fix, at the shipped ``spool.batch_s`` (60 s: issue 19's "a minute of 1 Hz
   fixes", target <= 16) and, for comparison, at 300 s.
 - ``link/bytes-per-hour``: the truck's hour (bench/truck.py: stop-and-go, the default
   reporting strategy, the default 60 s heartbeat and 30 s keepalive, the live fixes and the
@@ -504,8 +504,8 @@ def run(report: Reporter) -> None:
             "backfill-bytes-per-fix-300s",
             per_fix300,
             "bytes per GPS fix all-in",
-            f"five-minute batches ({segs300} segments, spool.batch_s = 300): the segment's "
-            "~1 KB manifest and signature, its acknowledgement and heads paid a fifth as often",
+            f"five-minute batches ({segs300} segments, spool.batch_s = 300): a segment's fixed "
+            "cost (its manifest, signature, acknowledgement, TLS and MQTT) paid a fifth as often",
         )
         theirs, parts = jt808_bytes(truck_hour.hour())
         for batch_s, name in ((float(batch), "bytes-per-hour"), (300.0, "bytes-per-hour-300s")):

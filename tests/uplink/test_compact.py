@@ -65,7 +65,7 @@ def test_small_segments_go_compact_and_heads_do_not_follow_each(
             assert stats.heads_sent == 1, stats
             assert not up.forwarder.heads_news()
         assert ingest.compact.rebuilt == 6
-        assert ingest.compact.keys == 1  # the key record went compact too
+        assert ingest.compact.keys >= 1  # the key record went compact too (again, on a reconnect)
         assert ingest.compact.plain_sent == 0
         assert ingest.malformed == 0
     assert (store / dev.id / "keys" / f"{kid}.key").read_bytes() == record
