@@ -13,8 +13,9 @@ spool, delta-coded GPS batches).
   seals them (``spool.batch_s`` of fixes a segment, delta-coded) and delivered one segment at
   a time as in steady state: everything both ways (the segment in whatever form it travels
   (protocol 4: compact), MQTT, TLS, the signed acknowledgement, the stream heads whenever
-  they are news to the platform, PUBACKs, the hour's key record) per fix, at the shipped ``spool.batch_s`` (60 s: issue 19's "a minute of 1 Hz
-  fixes", target <= 16) and, for comparison, at 300 s.
+  they are news to the platform, PUBACKs, the hour's key record) per fix, at the shipped
+  ``spool.batch_s`` (60 s: issue 19's "a minute of 1 Hz fixes", target <= 16) and, for
+  comparison, at 300 s.
 - ``link/bytes-per-hour``: the truck's hour (bench/truck.py: stop-and-go, the default
   reporting strategy, the default 60 s heartbeat and 30 s keepalive, the live fixes and the
   vehicle's inputs, GPS batches of the shipped ``spool.batch_s`` (60 s; 300 s printed beside
