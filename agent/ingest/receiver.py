@@ -48,10 +48,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent import ids
 from agent.contain import Failures, dead
 from agent.errors import FormatError
+from agent.ingest.compact_in import CompactSegments
 from agent.ingest.heads import HeadsBook
 from agent.ingest.livestate import LiveRecorder
 from agent.ingest.store import Store
 from agent.loops.guard import Guard
+from agent.uplink import compact
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound, LinkConfig, MqttLink
 
@@ -95,6 +97,7 @@ class Ingest:
         self.link = MqttLink(cfg, stop)
         self.inbox = self.link.route(f"$share/{group}/{proto.UP_FILTER}", qos=1)
         self.heads = HeadsBook(store)
+        self.compact = CompactSegments(store)  # protocol 4 (compact_in.py)
         self.live = LiveRecorder(store.root, self.link, stop, heads=self.heads)
         self.failures = Failures("ingest", log)
         self.malformed = 0
@@ -160,6 +163,7 @@ class Ingest:
     def _handle_batch(self, batch: list[Inbound]) -> None:
         """Store a batch, make it durable together, answer the devices, acknowledge it all."""
         results: list[tuple[str, list[proto.Ack]]] = []
+        self.compact.begin_batch()
         try:
             try:
                 failing = [False]
@@ -185,9 +189,21 @@ class Ingest:
         for device, acks in results:
             if device and acks:
                 by_device.setdefault(device, []).extend(acks)
-        for device, acks in by_device.items():
-            self.retries_sent += sum(isinstance(a, proto.Retry) for a in acks)
+        for device in self.compact.plain:
+            by_device.setdefault(device, [])
+        for device, all_acks in by_device.items():
+            self.retries_sent += sum(isinstance(a, proto.Retry) for a in all_acks)
             topic = proto.Topics(device).ack
+            # protocol 4: a device that sent compact segments is answered compactly
+            # (compact_in.py); what the compact form does not carry goes as JSON.
+            # QoS 0: a lost one (only when the device's connection drops) is asked again by
+            # the device's resend, answered "duplicate"; a PUBACK each would cost 26 bytes.
+            short, acks = self.compact.answers(device, all_acks, self.ack_key)
+            for payload in short:
+                if self.link.publish(topic, payload, qos=0) is None:
+                    log.debug("ingest: not connected; %s will ask again", device)
+            if not acks:
+                continue
             for payload in proto.encode_acks(device, acks, self.ack_key):
                 if self.link.publish(topic, payload, qos=1) is None:
                     log.debug("ingest: not connected; %s will ask again", device)
@@ -264,6 +280,13 @@ class Ingest:
             log.warning("ingest: ignoring %s", exc)
             return "", []
         acks: list[proto.Ack] = []
+        if topic.kind == "seg" and compact.is_compact(msg.payload):
+            try:
+                return topic.device_id, self.compact.put(topic.device_id, topic.arg, msg.payload)
+            except FormatError as exc:
+                self.malformed += 1
+                log.warning("ingest: dropping a compact segment from %s: %s", topic.device_id, exc)
+                return "", []
         if topic.kind == "seg":
             try:
                 chunks = self._chunks(topic, msg.payload)
@@ -273,6 +296,15 @@ class Ingest:
                 return "", []
             for header, data in chunks:
                 acks += self.store.put_chunk(topic.device_id, header, data)
+        elif topic.kind == "key" and compact.is_compact_key(msg.payload):
+            try:
+                acks = self.compact.put_key(topic.device_id, msg.payload)
+            except FormatError as exc:
+                self.malformed += 1
+                log.warning(
+                    "ingest: dropping a compact key record from %s: %s", topic.device_id, exc
+                )
+                return "", []
         elif topic.kind == "key":
             ack = self.store.put_key(topic.device_id, msg.payload)
             acks = [ack] if ack is not None else []

@@ -21,6 +21,7 @@ from agent import wallclock
 from agent.contain import Failures
 from agent.errors import FormatError, SpoolError, VerificationError
 from agent.model import Alarm, Severity
+from agent.uplink import compact
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound
 from agent.uplink.transfer import ChunkedTransfer
@@ -42,10 +43,13 @@ class AckHandling(ChunkedTransfer):
     _ack_key: Ed25519PublicKey | None
     _forged_logged: float
     _alarm: Callable[[Alarm], None]
+    _platform_has: dict[str, tuple[int, str]]  # per stream, the highest segment it acknowledged
 
     def _read_acks(self, msg: Inbound) -> list[proto.Ack]:
         """The acknowledgements a ``down/ack`` message carries, if it is to be believed."""
         try:
+            if compact.is_compact_ack(msg.payload):
+                return self._compact_acks(msg.payload)
             return proto.parse_acks(msg.payload, self.device_id, self._ack_key).acks
         except VerificationError as exc:
             self.stats.forged_acks += 1
@@ -66,6 +70,21 @@ class AckHandling(ChunkedTransfer):
             self.stats.bad_acks += 1
             self.failures(f"reading an acknowledgement on {msg.topic}", exc)
         return []
+
+    def _compact_acks(self, payload: bytes) -> list[proto.Ack]:
+        """A compact acknowledgement (protocol 4): its ``seg`` acknowledgements; a ``plain``
+        answer sends that segment again as a chunk. Without the ack key (a lab) it is taken
+        on trust, like JSON ones."""
+        out: list[proto.Ack] = []
+        for a in compact.parse_acks(payload, self.device_id, self._ack_key, self._resolve):
+            if a.kind == compact.PLAIN:
+                self._send_plain(a.stream, a.seq)
+            elif a.kind == compact.KEY:
+                out.append(proto.KeyAck(a.key_id))
+            else:
+                result = "stored" if a.kind == compact.STORED else "duplicate"
+                out.append(proto.SegmentAck(a.stream, a.seq, a.hash, result))
+        return out
 
     def _drain_acks(self) -> None:
         """Handle every acknowledgement waiting; segment acks go to the spool in one batch.
@@ -104,11 +123,15 @@ class AckHandling(ChunkedTransfer):
             return
         gone: set[int] = set()
         for (ack, u), ok in zip(batch, done, strict=True):
+            had = self._platform_has.get(ack.stream)
+            if had is None or ack.seq >= had[0]:
+                self._platform_has[ack.stream] = (ack.seq, ack.hash)  # news for the heads
             if ok:
                 self.stats.segments_acked += 1
                 log.debug("uplink: platform has %s#%d (%s)", ack.stream, ack.seq, ack.result)
             if u is not None and self._by_key.get(u.key) is u:
                 self._answered(u)
+                self._compact_acked(u)
                 del self._by_key[u.key]
                 self._ids.discard(u.item.id)
                 gone.add(id(u))
@@ -118,6 +141,8 @@ class AckHandling(ChunkedTransfer):
 
     def _handle_ack(self, ack: proto.Progress | proto.KeyAck | proto.Reject | proto.Retry) -> None:
         now = self._clock()
+        if isinstance(ack, proto.KeyAck | proto.Retry | proto.Reject) and ack.key_id:
+            self._key_answered(ack.key_id)
         if isinstance(ack, proto.Retry):
             self._retry_later(ack, now)
         elif isinstance(ack, proto.Progress):

@@ -38,9 +38,10 @@ nothing, is counted (``forged_acks``) and logged. A ``retry`` answer (the platfo
 store it for now) holds that segment or key record for ``after_s`` and then sends it again
 from the last byte the platform confirmed.
 
-Stream heads: after a change (and on each new connection) the forwarder publishes, retained
-and signed with the device key, each stream's last sealed seq and manifest hash and how many
-of its segments are not yet acknowledged (agent.uplink.heads), at most every ``HEADS_EVERY_S``.
+Stream heads: on each new connection, and after a change the platform did not learn from the
+acknowledged segment itself, the forwarder publishes, retained and signed with the device key,
+each stream's last sealed seq and manifest hash and how many of its segments are not yet
+acknowledged (agent.uplink.heads, agent.uplink.stream_heads), at most every ``HEADS_EVERY_S``.
 
 Containment: every acknowledgement message is handled in its own ``try`` and acknowledged to
 the broker whatever happens; the thread's loop outlives anything a round raises (reported once
@@ -52,7 +53,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -61,6 +62,7 @@ from agent.contain import Failures
 from agent.loops.guard import Guard
 from agent.model import Alarm
 from agent.storage.spool import Spool, SpoolItem
+from agent.uplink import compact
 from agent.uplink import protocol as proto
 from agent.uplink.acks import AckHandling
 from agent.uplink.live_lane import MAX_ALARMS, LiveLane
@@ -111,8 +113,10 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
             )
         self._heads_key = heads_key if heads_key is not None else spool.sealer.signing_key
         self._heads_due = 0.0
-        self._heads_state: object = None
+        self._heads_state: dict[str, tuple[object, ...]] | None = None
         self._heads_generation = 0  # the connection the last heads went out on
+        self._heads_news_since: float | None = None
+        self._platform_has: dict[str, tuple[int, str]] = {}
         self._forged_logged = -1e18
         self.failures = Failures("uplink-forwarder", log)
         self.settings = settings
@@ -138,6 +142,13 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
         # connection); True: it answered for a bundled segment.
         self._bundles: bool | None = None
         self._probe_out = False
+        # The compact form (protocol 4, compact_lane.py): likewise per connection.
+        self._compact: bool | None = None
+        self._compact_probe_out = False
+        self._bases: dict[str, compact.Base] = {}
+        self._unbased: set[str] = set()
+        self._recent: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._keys_compact: set[str] = set()
         self._ready: deque[SpoolItem] = deque()
         self._ids: set[int] = set()  # spool ids of self._uploads
         # Backfill publishes not acknowledged by the broker, bounded by the link's measured
@@ -215,15 +226,20 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
             # may have connected between reading its generation and publishing the heads).
             self._heads_state = None
         self._keys_sent.clear()
+        self._keys_compact.clear()
         if self._bundles is False:
             self._bundles = None  # the platform may have been upgraded: probe again
         self._probe_out = False
+        if self._compact is False:
+            self._compact = None
+        self._compact_probe_out = False
         for u in self._uploads:
             if u.next != u.confirmed:
                 log.debug("uplink: %s resumes at byte %d", u.item.stream, u.confirmed)
             u.next = u.confirmed
             u.last_word = now
             u.bundled = False  # sent again as chunks: an answer now says nothing of bundles
+            u.compact = False
 
     # ------------------------------------------------------------------ figures
 

@@ -55,6 +55,10 @@ class UplinkSettings:
     # (at most the chunk size); 0 = one segment per message. A platform that never
     # acknowledges a bundled segment gets single chunks for the rest of the connection.
     bundle_kib: int = field(default=128, metadata=check(in_range(0, 256 * 1024)))
+    # A fresh small segment goes in the compact form of protocol 4 (its manifest coded against
+    # the stream's last acknowledged one, ~1/3 of the bytes; docs/protocol.md). A platform that
+    # never answers one gets chunks for the rest of the connection. false = always chunks.
+    compact: bool = True
     # Without word from the platform for this long, resend from its last confirmed byte.
     ack_timeout_s: float = field(default=20.0, metadata=check(in_range(0.1, 3600)))
     # The platform's Ed25519 command-signing public key (PEM); no commands without it.

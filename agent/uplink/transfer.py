@@ -9,14 +9,14 @@ import logging
 
 from agent.errors import SpoolError
 from agent.uplink import protocol as proto
-from agent.uplink.bundles import Bundling
+from agent.uplink.compact_lane import CompactSending
 from agent.uplink.uploads import IDLE_POLL_S, KIB
 
 # The forwarder's parts log under its name, as they did when they were one module.
 log = logging.getLogger("agent.uplink.forwarder")
 
 
-class ChunkedTransfer(Bundling):
+class ChunkedTransfer(CompactSending):
     """The backfill lane (a part of the Forwarder)."""
 
     _keys_acked: set[str]
@@ -50,6 +50,7 @@ class ChunkedTransfer(Bundling):
                     self._bundles = False
                     self._probe_out = False
                 u.bundled = False
+                self._compact_silent(u)
                 u.next = restart
                 u.last_word = now
 
@@ -79,6 +80,11 @@ class ChunkedTransfer(Bundling):
                 return self._send_bundle(members)
         elif self._probing(u):
             return IDLE_POLL_S  # the probe's answer decides how this one goes: wait for it
+        if self._compact_waits(u):
+            return IDLE_POLL_S  # likewise for the compact form's probe
+        wait = self._send_compact(u)
+        if wait is not None:
+            return wait
         n = min(self._unacked.chunk(self.chunk_size()), u.size - u.next)
         delay = self._bucket.delay(n)
         if delay > 0:
@@ -124,6 +130,9 @@ class ChunkedTransfer(Bundling):
             log.error("uplink: %s; its segments cannot be decrypted by the platform", exc)
             self._keys_rejected.add(kid)
             return 0.0
-        if self.link.publish(self.topics.key, record, qos=1) is not None:
+        payload = self._key_record(kid, record)
+        if self.link.publish(self.topics.key, payload, qos=1) is not None:
             self._keys_sent[kid] = now
+        elif payload is not record:
+            self._keys_compact.discard(kid)  # not sent: nothing to wait for
         return IDLE_POLL_S

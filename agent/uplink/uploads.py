@@ -46,6 +46,7 @@ class Upload:
     hold_until: float = 0.0  # the platform asked to wait (retry) until then
     data: bytes | None = None  # the whole segment, when small enough to bundle
     bundled: bool = False  # last sent in a bundle (no answer yet)
+    compact: bool = False  # last sent in the compact form (no answer yet)
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -110,6 +111,7 @@ class ForwarderStats:
     heads_sent: int = 0
     bundles_sent: int = 0
     segments_bundled: int = 0
+    compact_sent: int = 0
 
 
 class UploadTable:

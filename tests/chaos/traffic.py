@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import AgentError
 from agent.talk import wire
+from agent.uplink import compact
 from agent.uplink import protocol as proto
 from agent.uplink.control import sign_command
 from tests.security import hostile
@@ -62,7 +63,15 @@ def live_fix_time(payload: bytes) -> float | None:
 
 def seg_acks(payload: bytes, device: str) -> list[tuple[str, str, int]]:
     """The acknowledgements in one ``down/ack`` message: (kind, stream, seq) with kind
-    ``stored``, ``duplicate``, ``retry`` or ``reject`` (segments only)."""
+    ``stored``, ``duplicate``, ``retry`` or ``reject`` (segments only), in either form
+    (protocol 4's compact acknowledgements too: read, not checked, by this observer)."""
+    if compact.is_compact_ack(payload):
+        try:
+            short = compact.parse_acks(payload, device, None, lambda stream, seq: "0" * 64)
+        except AgentError:
+            return []
+        kinds = {compact.STORED: "stored", compact.DUPLICATE: "duplicate"}
+        return [(kinds[a.kind], a.stream, a.seq) for a in short if a.kind in kinds]
     try:
         batch = proto.parse_acks(payload, device, None)
     except AgentError:

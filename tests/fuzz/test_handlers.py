@@ -351,8 +351,8 @@ def _bundle_of(members: list[bytes], count: int | None = None) -> bytes:
 
 
 def _feed_binary(h: Handlers, blob: bytes) -> None:
-    """Malformed bundles (ingest) and binary live fixes (ingest-live), then the sentinels of
-    both threads."""
+    """Malformed bundles and compact segments and key records (protocol 4) at the ingest,
+    binary live fixes (ingest-live), then the sentinels of both threads."""
     h.n += 1
     n = h.n
     t = proto.Topics(DEVICE)
@@ -365,8 +365,11 @@ def _feed_binary(h: Handlers, blob: bytes) -> None:
         _bundle_of([proto.encode_chunk(whole, b"x" * 16), blob]),
         _bundle_of([proto.encode_chunk(whole, b"x" * 16)] * 2, count=1000),
         _bundle_of([proto.encode_chunk(whole, b"y" * 16), proto.encode_chunk(whole, b"z" * 16)]),
+        b"EAM1" + blob,
+        b"EAM1\x01\x05\x04" + blob,  # based on seq 4: the base is looked up
     ):
         h.ingest.inbox.put(_inbound(t.segment("gps"), payload))
+    h.ingest.inbox.put(_inbound(t.key, b"EAK1" + blob))
     for payload in (blob, WIRE_FIX + blob, b"\x3f" + blob, b"{" + blob):
         h.ingest.live.live_inbox.put(_inbound(t.live("fix"), payload))
     snt = f"snb-{n}"
