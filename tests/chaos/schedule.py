@@ -183,11 +183,6 @@ def plan(seed: int, minutes: float, generator: str = "v2") -> Plan:
 # other violation fails it. Each is reproduced by a named regression below and listed in
 # docs/reliability.md ("Open"); remove it once fixed so every run guards the fix.
 OPEN_BUGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "live-lane-slow-link": (
-        "uplink (i19-link): on a slow link a live fix waits behind the backfill chunks already "
-        "in the socket (up to uplink.window x max_chunk_kib = 8 x 128 KiB, ~8 s at 1 Mbit/s)",
-        ("on the slow link, fixes older than",),
-    ),
     "live-lane-store-full": (
         "cause not established: while the platform's disk is full (the ingest answers retry), "
         "live fixes reached the monitor 2.9 and 5.3 s old in two of nine runs at once on a "
@@ -290,8 +285,6 @@ REGRESSIONS: tuple[Schedule, ...] = (
         fault="net_slow",
         found="make soak (issue 21), seed 6: on the slow link (1 Mbit/s, 150 ms) live fixes "
         "3.2-3.9 s old (limit 3 s)",
-        open_bug="live-lane-slow-link",
-        strict=False,
     ),
     Schedule(
         "sealed-file-replaced-after-index-failure",
