@@ -6,11 +6,11 @@ integer ``u`` with a parameter ``k`` that follows the mean of the values coded b
 
     k = the smallest k >= 0 with N * 2**k >= A    (state A = 4, N = 1 at the start)
     q = u >> k
-    q < 24:  q one bits, a zero bit, then the k low bits of u
-    q >= 24: 24 one bits (the escape), 6 bits L, then u in L bits
+    q < 8:   q one bits, a zero bit, then the k low bits of u
+    q >= 8:  8 one bits (the escape), 6 bits L, then u in L bits
     then A += u, N += 1; when N reaches 8: A >>= 1, N = 4
 
-The escape bounds every code to 24 + 6 + 63 bits however far the value is from the mean, so
+The escape bounds every code to 8 + 6 + 63 bits however far the value is from the mean, so
 a reader's work per value is bounded, whatever the bytes.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from agent.errors import FormatError
 
-RICE_LIMIT = 24
+RICE_LIMIT = 8
 RICE_LEN_BITS = 6
 RICE_MAX_BITS = (1 << RICE_LEN_BITS) - 1  # an escaped value has at most 63 bits
 _RICE_A0, _RICE_RESET = 4, 8
