@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench import Reporter
@@ -287,6 +289,18 @@ def _batches(records: list[bytes]) -> list[list[bytes]]:
     return [records[i : i + FIXDELTA_BATCH] for i in range(0, len(records), FIXDELTA_BATCH)]
 
 
+def _encode_all(encode: Callable[[list[bytes]], bytes], hour: list[list[bytes]]) -> None:
+    for b in hour:
+        encode(b)
+
+
+def _decode_all(batches: list[bytes]) -> None:
+    from agent.gps import fixdelta
+
+    for b in batches:
+        fixdelta.decode_batch(b)
+
+
 def bench_fixdelta(report: Reporter) -> None:
     from agent.gps import fixdelta
     from agent.gps.replay import read_fixes
@@ -336,9 +350,9 @@ def bench_fixdelta(report: Reporter) -> None:
         higher_is_better=False,
     )
     for v, enc in coders.items():
-        coded = [enc(b) for b in hour]
-        t_enc = best_of(lambda enc=enc: [enc(b) for b in hour], repeat=5)
-        t_dec = best_of(lambda coded=coded: [fixdelta.decode_batch(c) for c in coded], repeat=5)
+        batches: list[bytes] = [enc(b) for b in hour]
+        t_enc = best_of(partial(_encode_all, enc, hour), repeat=5)
+        t_dec = best_of(partial(_decode_all, batches), repeat=5)
         report.info("gps", f"fixdelta-encode-{v}", fixes / t_enc, "fixes/s")
         report.info("gps", f"fixdelta-decode-{v}", fixes / t_dec, "fixes/s")
 
