@@ -4,11 +4,11 @@ Bits are written most significant first: the first bit of the stream is the top 
 first byte. An adaptive Rice code (docs/format.md, "Delta-coded fixes") codes a non-negative
 integer ``u`` with a parameter ``k`` that follows the mean of the values coded before it::
 
-    k = the smallest k >= 0 with N * 2**k >= A    (state A = 4, N = 1 at the start)
+    k = the smallest k >= 0 with 2 * N * 2**k >= A    (state A = 4, N = 1 at the start)
     q = u >> k
     q < 8:   q one bits, a zero bit, then the k low bits of u
     q >= 8:  8 one bits (the escape), 6 bits L, then u in L bits
-    then A += u, N += 1; when N reaches 8: A >>= 1, N = 4
+    then A += u, N += 1; when N reaches 4: A >>= 1, N = 2
 
 The escape bounds every code to 8 + 6 + 63 bits however far the value is from the mean, so
 a reader's work per value is bounded, whatever the bytes.
@@ -21,7 +21,7 @@ from agent.errors import FormatError
 RICE_LIMIT = 8
 RICE_LEN_BITS = 6
 RICE_MAX_BITS = (1 << RICE_LEN_BITS) - 1  # an escaped value has at most 63 bits
-_RICE_A0, _RICE_RESET = 4, 8
+_RICE_A0, _RICE_RESET = 4, 4
 
 
 class BitWriter:
@@ -123,7 +123,8 @@ class AdaptiveRice:
         self.n = 1
 
     def _k(self) -> int:
-        a, n = self.a, self.n
+        # the smallest k with 2N * 2**k >= A: A sums zigzag values, twice the magnitudes
+        a, n = self.a, self.n << 1
         return ((a + n - 1) // n - 1).bit_length() if a > n else 0
 
     def _update(self, u: int) -> None:

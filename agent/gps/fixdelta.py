@@ -14,16 +14,18 @@ Version 2 (written since issue 19; :func:`encode_batch`)::
     u8      version (= 2)
     varint  count of fixes (1 .. MAX_FIXES)
     28      the first fix, as agent.gps.wire encodes it
+    (when count >= 2:)
     u8      unit flags (bit i: field i of lat, lon, alt, speed, track, hdop has a unit;
             bits 6, 7 zero), then a varint unit (2 .. 2^32 - 1) per flag set, in that order
     bits    per later fix, most significant bit first (agent.gps.bits):
-            1 bit Z: the fix is exactly as predicted (same time step, each of lat, lon, alt,
-                     speed and track at its prediction, HDOP and the other four bytes the same)
-            else 1 bit X: when set, 3 bits S H O (the step, the HDOP, the other bytes changed)
-                 S: rice_step(zigzag(step - previous step) - 1)
-                 five rice_f(zigzag(y - prediction)), f = lat, lon, alt, speed, track
-                 H: rice_hdop(zigzag(change of HDOP / unit) - 1)
-                 O: 32 bits: version/flags, mode/quality, satellites used, satellites in view
+            its kind, as predicted / plain / extra: 1 = the previous fix's kind (plain before
+                the second fix), else 0 and one bit choosing between the other two
+            extra: 5 bits S H U V O (the step, HDOP, satellites used, in view, bytes 0-1)
+            S: rice_step(zigzag(step - previous step) - 1)
+            plain or extra: five rice_f(zigzag(y - prediction)), f = lat, lon, alt, speed, track
+            H: rice_hdop(zigzag(change of HDOP / unit) - 1)
+            U, V: rice_used, rice_visible(zigzag(change modulo 256, in [-128, 128)) - 1)
+            O: 16 bits: version/flags, mode/quality
     zero bits to the byte boundary; nothing after
 
 A field's ``y`` counts its changes in units from the first fix (the course's change taken
@@ -146,7 +148,19 @@ _MAIN = (3, 4, 5, 6, 7)  # lat, lon, alt, speed, track: coded in every fix not a
 _HDOP = 8
 _UNIT_FIELDS = (*_MAIN, _HDOP)  # each may have a unit (flag bit 0 .. 5)
 _MAX_UNIT = 2**32 - 1
-_Z, _S, _H, _O = 1, 4, 2, 1  # the "as predicted" bit; the S H O bits
+# A fix's kind: as predicted (nothing follows), plain (the five main fields follow), extra
+# (five bits say what else follows, then the main fields and the rest). It is coded as one
+# bit 1 when it is the previous fix's kind, else 0 and one bit choosing between the other
+# two in this order (0: the first).
+_AS_PREDICTED, _PLAIN, _EXTRA = 0, 1, 2
+_KINDS = (_AS_PREDICTED, _PLAIN, _EXTRA)
+_S, _H, _U, _V, _O = 16, 8, 4, 2, 1  # the bits after X: what else changed
+_USED, _VISIBLE = 9, 10
+
+
+def _byte_change(a: int, b: int) -> int:
+    """A satellite count's change, brought into [-128, 128) modulo 256."""
+    return (b - a + 128) % 256 - 128
 
 
 def _change(i: int, a: int, b: int) -> int:
@@ -208,8 +222,9 @@ def encode_batch(records: list[bytes]) -> bytes:
             _varint(out, units[i])
     w = BitWriter(out)
     main = [(i, units[i], _Field()) for i in _MAIN]
-    step_rice, hdop_rice = AdaptiveRice(), AdaptiveRice()
+    step_rice, hdop_rice, used_rice, visible_rice = (AdaptiveRice() for _ in range(4))
     step = _FIRST_STEP_MS
+    kind = _PLAIN
     prev = fixes[0]
     for cur in fixes[1:]:
         this_step = cur[2] - prev[2]
@@ -219,30 +234,37 @@ def encode_batch(records: list[bytes]) -> bytes:
             residuals.append(y - f.predict())
             f.advance(y, _keeps_change(i, prev[i], cur[i]))
         dh = (cur[_HDOP] - prev[_HDOP]) // units[_HDOP]
-        sho = (
+        du = _byte_change(prev[_USED], cur[_USED])
+        dv = _byte_change(prev[_VISIBLE], cur[_VISIBLE])
+        other = (cur[0], cur[1]) != (prev[0], prev[1])
+        x = (
             (_S if this_step != step else 0)
             | (_H if dh else 0)
-            | (
-                _O
-                if (cur[0], cur[1], cur[9], cur[10]) != (prev[0], prev[1], prev[9], prev[10])
-                else 0
-            )
+            | (_U if du else 0)
+            | (_V if dv else 0)
+            | (_O if other else 0)
         )
-        if not sho and not any(residuals):
-            w.put(_Z, 1)
+        this_kind = _EXTRA if x else _PLAIN if any(residuals) else _AS_PREDICTED
+        if this_kind == kind:
+            w.put(1, 1)
         else:
-            if sho:
-                w.put(0b01000 | sho, 5)  # Z = 0, X = 1, then S H O
-            else:
-                w.put(0, 2)  # Z = 0, X = 0
-            if sho & _S:
+            w.put([k for k in _KINDS if k != kind].index(this_kind), 2)
+        kind = this_kind
+        if kind == _EXTRA:
+            w.put(x, 5)  # S H U V O
+        if kind != _AS_PREDICTED:
+            if x & _S:
                 step_rice.put(w, _zigzag(this_step - step) - 1)
             for (_, _, f), r in zip(main, residuals, strict=True):
                 f.rice.put(w, _zigzag(r))
-            if sho & _H:
+            if x & _H:
                 hdop_rice.put(w, _zigzag(dh) - 1)
-            if sho & _O:
-                w.put((cur[0] << 24) | (cur[1] << 16) | (cur[9] << 8) | cur[10], 32)
+            if x & _U:
+                used_rice.put(w, _zigzag(du) - 1)
+            if x & _V:
+                visible_rice.put(w, _zigzag(dv) - 1)
+            if x & _O:
+                w.put((cur[0] << 8) | cur[1], 16)
         step = this_step
         prev = cur
     w.flush()
@@ -319,36 +341,36 @@ def _decode_v2(r: _Reader, count: int, first: bytes, cur: list[int]) -> list[byt
     if count - 1 > bits.bits_left:
         raise FormatError("delta batch: truncated (fewer bits than fixes)")
     main = [(i, units[i], cur[i], _Field()) for i in _MAIN]
-    step_rice, hdop_rice = AdaptiveRice(), AdaptiveRice()
+    step_rice, hdop_rice, used_rice, visible_rice = (AdaptiveRice() for _ in range(4))
     step = _FIRST_STEP_MS
+    kind = _PLAIN
     out = [first]
     for _ in range(count - 1):
-        sho = 0
-        as_predicted = bits.get(1)
-        if not as_predicted and bits.get(1):
-            sho = bits.get(3)
-        if sho & _S:
+        if not bits.get(1):
+            kind = [k for k in _KINDS if k != kind][bits.get(1)]
+        x = bits.get(5) if kind == _EXTRA else 0
+        as_predicted = kind == _AS_PREDICTED
+        if x & _S:
             step += _unzigzag(step_rice.get(bits) + 1)
         cur[2] += step
         for i, unit, x0, f in main:
             y = f.predict()
             if not as_predicted:
                 y += _unzigzag(f.rice.get(bits))
-            x = x0 + unit * y
+            value = x0 + unit * y
             if i == 7:
-                x %= _TRACK_TURN
-            f.advance(y, _keeps_change(i, cur[i], x))
-            cur[i] = x
-        if sho & _H:
+                value %= _TRACK_TURN
+            f.advance(y, _keeps_change(i, cur[i], value))
+            cur[i] = value
+        if x & _H:
             cur[_HDOP] += units[_HDOP] * _unzigzag(hdop_rice.get(bits) + 1)
-        if sho & _O:
-            other = bits.get(32)
-            cur[0], cur[1], cur[9], cur[10] = (
-                other >> 24,
-                other >> 16 & 255,
-                other >> 8 & 255,
-                other & 255,
-            )
+        if x & _U:
+            cur[_USED] = (cur[_USED] + _unzigzag(used_rice.get(bits) + 1)) % 256
+        if x & _V:
+            cur[_VISIBLE] = (cur[_VISIBLE] + _unzigzag(visible_rice.get(bits) + 1)) % 256
+        if x & _O:
+            head_mode = bits.get(16)
+            cur[0], cur[1] = head_mode >> 8, head_mode & 255
         record = _pack(cur)
         wire.decode_fix(record)  # every record a valid wire fix (version, mode, ranges)
         out.append(record)

@@ -154,11 +154,12 @@ def test_a_turn_through_north_is_small() -> None:
     assert len(coded) == 1 + 1 + SIZE + 2 * (1 + 2)
     assert fixdelta.decode_batch(coded) == records
     coded = fixdelta.encode_batch(records)
-    # Version 2: the course's unit is 100 (1 degree), so each turn is a few bits: fix 1 is
-    # Z 0, X 0, lat/lon/alt/speed 000 each (k = 2), course +1 unit (zigzag 2: 0 10); fix 2
-    # is 0 0, four 00 (k = 1), course -1 unit (zigzag 1, k = 2: 0 01); then 2 zero bits.
-    bits = "00" + "000" * 4 + "010" + "00" + "00" * 4 + "001" + "00"
-    assert coded[2 + SIZE :] == bytes([0x10, 100]) + int(bits, 2).to_bytes(4, "big")
+    # Version 2: the course's unit is 100 (1 degree), so each turn is a few bits. Fix 1: kind
+    # plain as assumed before it (1), lat/lon/alt/speed u = 0 with k = 1 (00 each), course +1
+    # unit (u = zigzag(1) = 2: 10 0); fix 2: plain again (1), four u = 0 with k = 0 (0 each),
+    # course -1 unit (u = 1, k = 1: 0 1); then 5 zero bits.
+    bits = "1" + "00" * 4 + "100" + "1" + "0" * 4 + "01" + "00000"
+    assert coded[2 + SIZE :] == bytes([0x10, 100]) + int(bits, 2).to_bytes(3, "big")
     assert fixdelta.decode_batch(coded) == records
 
 
@@ -215,13 +216,14 @@ def test_version_2_codes_a_drive_in_fewer_bytes_than_version_1() -> None:
 
 
 def test_a_parked_receiver_costs_a_bit_a_fix() -> None:
-    """A receiver holding its position (static hold): every fix is as predicted (Z = 1)."""
+    """A receiver holding its position (static hold): every fix is as predicted."""
     fix = Fix(time=T0, mode=FixMode.FIX_3D, lat=48.1, lon=11.5, alt=520.0, speed=0.0, hdop=1.0)
     records = [encode_fix(dataclasses.replace(fix, time=T0 + i / 10)) for i in range(600)]
     coded = fixdelta.encode_batch(records)
     assert fixdelta.decode_batch(coded) == records
     # 10 Hz: version, count (2 bytes), first fix, unit flags; the second fix's step (100 ms,
-    # not the 1000 ms assumed) in at most 8 bytes; then 598 fixes of one bit each.
+    # not the 1000 ms assumed) in at most 8 bytes; then 598 fixes of one bit each (two bits
+    # for the first of them).
     assert len(coded) <= 1 + 2 + SIZE + 1 + 8 + (598 + 7) // 8, len(coded)
 
 
@@ -377,8 +379,9 @@ def test_version_2_hostile_bits_are_bounded() -> None:
     fixdelta._varint(head, fixdelta.MAX_FIXES)
     with pytest.raises(FormatError, match="fewer bits than fixes"):
         fixdelta.decode_batch(bytes(head) + first + b"\x00" * 100)
-    # 99,999 fixes as predicted (one bit each) is the most a batch can say: 2.8 MB of records.
-    out = fixdelta.decode_batch(bytes(head) + first + b"\x00" + b"\xff" * 12499 + b"\xfe")
+    # 99,999 fixes as predicted (two bits to say so, then one bit each) is the most a batch
+    # can say: 2.8 MB of records.
+    out = fixdelta.decode_batch(bytes(head) + first + b"\x00" + b"\x3f" + b"\xff" * 12499)
     assert len(out) == fixdelta.MAX_FIXES
 
 
@@ -409,10 +412,10 @@ def test_version_2_malformed_head_and_padding_are_refused() -> None:
         with pytest.raises(FormatError, match="a unit of"):
             fixdelta.decode_batch(bytes(bad))
     padded = _parked(3)
-    coded = fixdelta.encode_batch(padded)  # two fixes as predicted: bits "1 1", 6 padding
-    assert coded[-1] == 0b11000000
+    coded = fixdelta.encode_batch(padded)  # two fixes as predicted: "0 0", "1", 5 padding bits
+    assert coded[-1] == 0b00100000
     with pytest.raises(FormatError, match="padding"):
-        fixdelta.decode_batch(coded[:-1] + b"\xc1")
+        fixdelta.decode_batch(coded[:-1] + b"\x21")
     assert fixdelta.decode_batch(coded) == padded
 
 
