@@ -12,6 +12,14 @@
   encoding of kept fixes) for ``CPU_RUN_S`` seconds; CPU seconds are scaled to one hour and
   shown as % of one core against the 1% target.
 * ``gps/rss``: peak RSS of that same subprocess against 40 MB.
+* ``gps/fixdelta-bytes-per-fix``: bytes a fix of a GPS segment's plaintext
+  (``application/x-edge-fix-delta``, agent.gps.fixdelta) for bench/truck.py's hour in
+  minute-long batches (60 fixes), version 2 of the coding against version 1 on the same fixes
+  in the same run (target <= 0.75: about 5 bytes a fix for a truck in town, issue 19).
+  ``gps/fixdelta-corpus-bytes-per-fix``: the same for the fixes our readers make of the
+  corpus's receivers, counting the fixes after each batch's first (the first is 28 bytes in
+  both versions), with the per-receiver min/median/max (first fixes included) beside it.
+  ``gps/fixdelta-encode`` and ``-decode``: fixes per second of each version (no target).
 """
 
 from __future__ import annotations
@@ -23,9 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench import Reporter
+from bench.common import best_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / ".." / "shared" / "corpus" / "gpsd-nmea"
@@ -271,7 +282,83 @@ def bench_path(report: Reporter) -> None:
     report.info("gps", "wire_fix", 28, "bytes per encoded fix", f"{kept} bytes kept in the run")
 
 
+FIXDELTA_BATCH = 60  # the shipped spool.batch_s at 1 Hz
+
+
+def _batches(records: list[bytes]) -> list[list[bytes]]:
+    return [records[i : i + FIXDELTA_BATCH] for i in range(0, len(records), FIXDELTA_BATCH)]
+
+
+def _encode_all(encode: Callable[[list[bytes]], bytes], hour: list[list[bytes]]) -> None:
+    for b in hour:
+        encode(b)
+
+
+def _decode_all(batches: list[bytes]) -> None:
+    from agent.gps import fixdelta
+
+    for b in batches:
+        fixdelta.decode_batch(b)
+
+
+def bench_fixdelta(report: Reporter) -> None:
+    from agent.gps import fixdelta
+    from agent.gps.replay import read_fixes
+    from agent.gps.wire import encode_fix
+    from bench import truck
+
+    coders = {"v1": fixdelta.encode_batch_v1, "v2": fixdelta.encode_batch}
+    hour = _batches([encode_fix(f) for f in truck.hour()])
+    fixes = sum(map(len, hour))
+    size = {v: sum(len(enc(b)) for b in hour) / fixes for v, enc in coders.items()}
+    report.figure(
+        "gps",
+        "fixdelta-bytes-per-fix",
+        size["v2"],
+        f"bytes a fix (truck hour, {FIXDELTA_BATCH} a batch)",
+        ratio=size["v2"] / size["v1"],
+        baseline=f"version 1 ({size['v1']:.2f} B)",
+        target=0.75,
+        higher_is_better=False,
+    )
+    later = dict.fromkeys(coders, 0)
+    per_receiver: dict[str, list[float]] = {v: [] for v in coders}
+    n_later = 0
+    for log in sorted(CORPUS.glob("*.log")):
+        records = [encode_fix(f) for f in read_fixes(log)]
+        if not records:
+            continue
+        for v, enc in coders.items():
+            coded = [len(enc(b)) for b in _batches(records)]
+            per_receiver[v].append(sum(coded) / len(records))
+            # what the fixes after each batch's first cost (the first is 28 bytes in both)
+            later[v] += sum(coded) - len(coded) * len(enc(records[:1]))
+        n_later += len(records) - len(_batches(records))
+    spread = {
+        v: f"{min(x):.2f}/{statistics.median(x):.2f}/{max(x):.2f}" for v, x in per_receiver.items()
+    }
+    report.figure(
+        "gps",
+        "fixdelta-corpus-bytes-per-fix",
+        later["v2"] / n_later,
+        f"bytes a fix after each batch's first ({len(per_receiver['v2'])} receivers, "
+        f"{n_later} fixes; per receiver, first fixes included, min/median/max "
+        f"{spread['v2']}, version 1 {spread['v1']})",
+        ratio=later["v2"] / later["v1"],
+        baseline=f"version 1 ({later['v1'] / n_later:.2f} B)",
+        target=0.75,
+        higher_is_better=False,
+    )
+    for v, enc in coders.items():
+        batches: list[bytes] = [enc(b) for b in hour]
+        t_enc = best_of(partial(_encode_all, enc, hour), repeat=5)
+        t_dec = best_of(partial(_decode_all, batches), repeat=5)
+        report.info("gps", f"fixdelta-encode-{v}", fixes / t_enc, "fixes/s")
+        report.info("gps", f"fixdelta-decode-{v}", fixes / t_dec, "fixes/s")
+
+
 def run(report: Reporter) -> None:
+    bench_fixdelta(report)
     bench_reader(report)
     bench_ubx(report)
     bench_path(report)

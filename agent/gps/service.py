@@ -2,7 +2,7 @@
 
 Every fix the strategy keeps is appended, encrypted and durable, to the ``gps`` record log and
 sealed into a GPS segment every ``spool.batch_s``, delta-coded (``application/x-edge-fix-delta``,
-agent.gps.fixdelta: a fix costs ~8 bytes instead of 30); every fix it reports also goes to
+agent.gps.fixdelta: a truck's fix costs ~5 bytes instead of 30); every fix it reports also goes to
 the live lane at once. The clock monitor turns good fixes into the clock state that every
 sealed segment carries.
 """

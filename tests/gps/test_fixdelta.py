@@ -1,10 +1,15 @@
-"""Delta-coded GPS batches (agent.gps.fixdelta): exact round trips, extremes, hostile input."""
+"""Delta-coded GPS batches (agent.gps.fixdelta): exact round trips of both versions (drawn
+tracks, extremes, every receiver of the corpus), the worked example of docs/format.md, and
+hostile input (random, truncated, mutated, extended) refused with FormatError only."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +26,12 @@ from agent.storage.settings import SpoolSettings
 from agent.storage.spool import Spool
 from agent.storage.verify import verify_paths
 from tests.fixtures.keys import KeySet, make_sealer
+from tests.gps.corpus import CORPUS, corpus_logs, replay_fixes
 
 T0 = 1_750_000_000.0
+Encoder = Callable[[list[bytes]], bytes]
+ENCODERS: dict[str, Encoder] = {"v2": fixdelta.encode_batch, "v1": fixdelta.encode_batch_v1}
+encoders = pytest.mark.parametrize("encode", list(ENCODERS.values()), ids=list(ENCODERS))
 
 optional_float = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
 
@@ -99,10 +108,11 @@ def tracks(draw: st.DrawFn) -> list[bytes]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
-@given(tracks())
-def test_round_trip_is_exact(records: list[bytes]) -> None:
-    coded = fixdelta.encode_batch(records)
+@encoders
+@settings(max_examples=100, deadline=None)
+@given(records=tracks())
+def test_round_trip_is_exact(encode: Encoder, records: list[bytes]) -> None:
+    coded = encode(records)
     assert fixdelta.decode_batch(coded) == records
     assert fixdelta.batch_records(fixdelta.CONTENT_TYPE, coded) == records
     # ... and the fixes read back are those of the plain records, field for field.
@@ -120,8 +130,9 @@ def test_round_trip_is_exact(records: list[bytes]) -> None:
         ((-90.0, 180.0), (None, None)),
     ],
 )
+@encoders
 def test_extremes(
-    a: tuple[float | None, float | None], b: tuple[float | None, float | None]
+    encode: Encoder, a: tuple[float | None, float | None], b: tuple[float | None, float | None]
 ) -> None:
     records = [
         encode_fix(Fix(time=T0, mode=FixMode.FIX_3D, lat=a[0], lon=a[1], track=359.99)),
@@ -129,17 +140,26 @@ def test_extremes(
         encode_fix(Fix(time=0.0, mode=FixMode.NO_FIX)),  # time back to 1970
         encode_fix(Fix(time=4294967295.999, mode=FixMode.FIX_2D, lat=b[0], lon=b[1])),
     ]
-    assert fixdelta.decode_batch(fixdelta.encode_batch(records)) == records
+    assert fixdelta.decode_batch(encode(records)) == records
 
 
 def test_a_turn_through_north_is_small() -> None:
     records = [
         encode_fix(Fix(time=T0, mode=FixMode.FIX_3D, lat=1.0, lon=1.0, track=359.5)),
         encode_fix(Fix(time=T0 + 1, mode=FixMode.FIX_3D, lat=1.0, lon=1.0, track=0.5)),
+        encode_fix(Fix(time=T0 + 2, mode=FixMode.FIX_3D, lat=1.0, lon=1.0, track=359.5)),
     ]
+    coded = fixdelta.encode_batch_v1(records)
+    # version, count, first fix, then mask + one varint for each 1-degree turn (100 -> 2 bytes)
+    assert len(coded) == 1 + 1 + SIZE + 2 * (1 + 2)
+    assert fixdelta.decode_batch(coded) == records
     coded = fixdelta.encode_batch(records)
-    # version, count, first fix, then mask + one varint for the 1-degree turn (100 -> 2 bytes)
-    assert len(coded) == 1 + 1 + SIZE + 1 + 2
+    # Version 2: the course's unit is 100 (1 degree), so each turn is a few bits. Fix 1: kind
+    # plain as assumed before it (1), lat/lon/alt/speed u = 0 with k = 1 (00 each), course +1
+    # unit (u = zigzag(1) = 2: 10 0); fix 2: plain again (1), four u = 0 with k = 0 (0 each),
+    # course -1 unit (u = 1, k = 1: 0 1); then 5 zero bits.
+    bits = "1" + "00" * 4 + "100" + "1" + "0" * 4 + "01" + "00000"
+    assert coded[2 + SIZE :] == bytes([0x10, 100]) + int(bits, 2).to_bytes(3, "big")
     assert fixdelta.decode_batch(coded) == records
 
 
@@ -176,7 +196,7 @@ def _drive(n: int, seed: int = 7) -> list[bytes]:
 
 def test_a_moving_truck_costs_a_third_of_the_plain_records() -> None:
     records = _drive(300)
-    coded = fixdelta.encode_batch(records)
+    coded = fixdelta.encode_batch_v1(records)
     plain = len(records) * (2 + SIZE)  # the u16-prefixed application/x-edge-fix batch
     assert fixdelta.decode_batch(coded) == records
     # Each field changes every second while driving; the changes are small.
@@ -184,11 +204,87 @@ def test_a_moving_truck_costs_a_third_of_the_plain_records() -> None:
     assert len(coded) < plain / 3
 
 
+def test_version_2_codes_a_drive_in_fewer_bytes_than_version_1() -> None:
+    """A minute's segment (60 fixes at 1 Hz) of the drive: version 1 costs ~9 bytes a fix,
+    version 2 under 6 (the receiver noise of _drive sets the floor: a few bits a field)."""
+    for n in (60, 300):
+        records = _drive(n)
+        v1, v2 = fixdelta.encode_batch_v1(records), fixdelta.encode_batch(records)
+        assert fixdelta.decode_batch(v2) == records
+        assert len(v2) / n < 6, len(v2) / n
+        assert len(v2) < 0.7 * len(v1), (len(v1), len(v2))
+
+
+def test_a_parked_receiver_costs_a_bit_a_fix() -> None:
+    """A receiver holding its position (static hold): every fix is as predicted."""
+    fix = Fix(time=T0, mode=FixMode.FIX_3D, lat=48.1, lon=11.5, alt=520.0, speed=0.0, hdop=1.0)
+    records = [encode_fix(dataclasses.replace(fix, time=T0 + i / 10)) for i in range(600)]
+    coded = fixdelta.encode_batch(records)
+    assert fixdelta.decode_batch(coded) == records
+    # 10 Hz: version, count (2 bytes), first fix, unit flags; the second fix's step (100 ms,
+    # not the 1000 ms assumed) in at most 8 bytes; then 598 fixes of one bit each (two bits
+    # for the first of them).
+    assert len(coded) <= 1 + 2 + SIZE + 1 + 8 + (598 + 7) // 8, len(coded)
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus missing: {CORPUS}")
+def test_every_receiver_of_the_corpus_round_trips() -> None:
+    """The fixes our readers make of 50 real receivers' logs (1-10 Hz, parked, walking,
+    driving, missing fields, no position), in minute-long batches: exact in both versions,
+    and version 2 smaller in all."""
+    total = {"v1": 0, "v2": 0}
+    receivers = 0
+    for log in corpus_logs():
+        records = [encode_fix(f) for f in replay_fixes(log)]
+        receivers += bool(records)
+        for i in range(0, len(records), 60):
+            batch = records[i : i + 60]
+            for name, encode in ENCODERS.items():
+                coded = encode(batch)
+                assert fixdelta.decode_batch(coded) == batch, (log.name, name, i)
+                total[name] += len(coded)
+    assert receivers >= 45
+    assert total["v2"] < 0.95 * total["v1"], total
+
+
+def test_the_example_of_docs_format_md() -> None:
+    """docs/format.md's worked example of version 2, byte for byte."""
+    t, lons = T0, (13.405, 13.405148, 13.4052962, 13.4054444)
+    alts, hdops = (34.5, 34.5, 34.6, 34.6), (0.9, 0.9, 1.0, 1.0)
+    records = [
+        encode_fix(
+            Fix(
+                time=t + i,
+                mode=FixMode.FIX_3D,
+                lat=52.52,
+                lon=lons[i],
+                alt=alts[i],
+                speed=10.0,
+                track=90.0,
+                quality=1,
+                sats_used=12,
+                sats_visible=20,
+                hdop=hdops[i],
+            )
+        )
+        for i in range(4)
+    ]
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "format.md").read_text()
+    example = doc[doc.index("**Example.**") : doc.index("### Version 1")]
+    hexes = re.findall(r"^((?:[0-9a-f]{2} )*[0-9a-f]{2}) {2,}", example, re.M)
+    hexes += re.findall(r"^((?:[0-9a-f]{2} ){20,}[0-9a-f]{2})$", example, re.M)
+    coded = fixdelta.encode_batch(records)
+    expected = bytes.fromhex(" ".join(hexes[:1] + hexes[-1:] + hexes[1:-1]))
+    assert coded == expected, (coded.hex(" "), expected.hex(" "))
+    assert fixdelta.decode_batch(expected) == records
+    assert len(fixdelta.encode_batch_v1(records)) == 44
+
+
 @pytest.mark.parametrize(
     ("data", "why"),
     [
         (b"", "truncated"),
-        (b"\x02\x01" + b"\x20" * SIZE, "version"),
+        (b"\x03\x01" + b"\x20" * SIZE, "version"),
         (b"\x01\x00", "fixes"),
         (b"\x01" + b"\xff" * 11, "varint"),
         (b"\x01\x02", "truncated"),
@@ -201,7 +297,7 @@ def test_malformed_is_refused(data: bytes, why: str) -> None:
 
 def test_trailing_bytes_reserved_bits_and_bad_fields_are_refused() -> None:
     records = _drive(3)
-    coded = fixdelta.encode_batch(records)
+    coded = fixdelta.encode_batch_v1(records)
     with pytest.raises(FormatError, match="after the last fix"):
         fixdelta.decode_batch(coded + b"\x00")
     first_mask = 2 + SIZE
@@ -230,16 +326,102 @@ def test_random_bytes_raise_only_format_error(data: bytes) -> None:
             decode_fix(rec)
 
 
-@settings(max_examples=150, deadline=None)
-@given(tracks(), st.data())
-def test_mutated_batches_raise_only_format_error(records: list[bytes], data: st.DataObject) -> None:
-    coded = bytearray(fixdelta.encode_batch(records))
+@encoders
+@settings(max_examples=100, deadline=None)
+@given(records=tracks(), data=st.data())
+def test_mutated_batches_raise_only_format_error(
+    encode: Encoder, records: list[bytes], data: st.DataObject
+) -> None:
+    coded = bytearray(encode(records))
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(coded) - 1))
         coded[i] = data.draw(st.integers(0, 255))
     with contextlib.suppress(FormatError):
         for rec in fixdelta.decode_batch(bytes(coded)):
             decode_fix(rec)
+
+
+def _decodes_or_refuses(data: bytes) -> list[bytes] | None:
+    """The records, or None for a FormatError: nothing else may come out of the decoder."""
+    try:
+        out = fixdelta.decode_batch(data)
+    except FormatError:
+        return None
+    assert 1 <= len(out) <= fixdelta.MAX_FIXES
+    for rec in out:
+        decode_fix(rec)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(2, 400), st.sampled_from([b"", b"\x00", b"\x04\x0a"]), st.binary(max_size=300))
+def test_version_2_random_bits_raise_only_format_error(
+    count: int, units: bytes, tail: bytes
+) -> None:
+    """A valid head (version 2, a count, a real first fix, no units or an altitude unit, or
+    random ones), then random bits: the bit reader, the Rice codes and their escapes, the
+    predictions and the range checks meet arbitrary input."""
+    head = bytearray([2])
+    fixdelta._varint(head, count)
+    _decodes_or_refuses(bytes(head) + _drive(1)[0] + units + tail)
+
+
+def test_version_2_hostile_bits_are_bounded() -> None:
+    """Runs of one bits (every Rice code escaping with 63-bit values, k growing with them),
+    all-zero bits for the most fixes allowed, and a count far above the bits there are."""
+    first = _drive(1)[0]
+    for tail in (b"\x00" + b"\xff" * 4000, b"\x00" + b"\x00" * 12500, b"\x3f" + b"\xff" * 64):
+        for count in (2, 1000, fixdelta.MAX_FIXES):
+            head = bytearray([2])
+            fixdelta._varint(head, count)
+            _decodes_or_refuses(bytes(head) + first + tail)
+    head = bytearray([2])
+    fixdelta._varint(head, fixdelta.MAX_FIXES)
+    with pytest.raises(FormatError, match="fewer bits than fixes"):
+        fixdelta.decode_batch(bytes(head) + first + b"\x00" * 100)
+    # 99,999 fixes as predicted (two bits to say so, then one bit each) is the most a batch
+    # can say: 2.8 MB of records.
+    out = fixdelta.decode_batch(bytes(head) + first + b"\x00" + b"\x3f" + b"\xff" * 12499)
+    assert len(out) == fixdelta.MAX_FIXES
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 60])
+def test_version_2_truncated_or_extended_is_refused(n: int) -> None:
+    coded = fixdelta.encode_batch(_drive(n))
+    assert fixdelta.decode_batch(coded) == _drive(n)
+    for cut in range(len(coded)):
+        with pytest.raises(FormatError):
+            fixdelta.decode_batch(coded[:cut])
+    for extra in (b"\x00", b"\x80", b"\xff\xff"):
+        with pytest.raises(FormatError, match="after the last fix"):
+            fixdelta.decode_batch(coded + extra)
+
+
+def test_version_2_malformed_head_and_padding_are_refused() -> None:
+    records = _drive(5)
+    coded = fixdelta.encode_batch(records)
+    flags_at = 2 + SIZE
+    assert coded[flags_at] == 0  # the drive's changes have no common unit
+    bad = bytearray(coded)
+    bad[flags_at] = 0x40
+    with pytest.raises(FormatError, match="reserved unit flags"):
+        fixdelta.decode_batch(bytes(bad))
+    for unit in (b"\x00", b"\x01", b"\x80\x80\x80\x80\x10"):  # 0, 1, 2^32
+        bad = bytearray(coded)
+        bad[flags_at : flags_at + 1] = b"\x04" + unit
+        with pytest.raises(FormatError, match="a unit of"):
+            fixdelta.decode_batch(bytes(bad))
+    padded = _parked(3)
+    coded = fixdelta.encode_batch(padded)  # two fixes as predicted: "0 0", "1", 5 padding bits
+    assert coded[-1] == 0b00100000
+    with pytest.raises(FormatError, match="padding"):
+        fixdelta.decode_batch(coded[:-1] + b"\x21")
+    assert fixdelta.decode_batch(coded) == padded
+
+
+def _parked(n: int) -> list[bytes]:
+    fix = Fix(time=T0, mode=FixMode.FIX_3D, lat=48.1, lon=11.5, alt=520.0, speed=0.0, hdop=1.0)
+    return [encode_fix(dataclasses.replace(fix, time=T0 + i)) for i in range(n)]
 
 
 # ------------------------------------------------------------------ sealed and verified
