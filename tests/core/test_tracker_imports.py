@@ -56,6 +56,8 @@ HELPERS = (
     "ctypes",  # sync_file_range: only for a file past one writeback window (durable.py)
     "mimetypes",  # `edge-agent put` (agent/storage/cli.py)
     "cryptography.x509",  # the client certificate's dates (agent/uplink/cert_dates.py)
+    # PEM key files in the one form agent/storage/keys.py writes (its pem_private_key)
+    "cryptography.hazmat.primitives.serialization",
     # `run` builds only the runtime's subcommands (agent/cli.py)
     "agent.storage.cli",
     "agent.gps.cli",
