@@ -38,11 +38,11 @@ def raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
 # serialization package, which a tracker would otherwise load for its key files alone (with its
 # SSH, RSA, DSA and EC modules: 0.8 MB, docs/scale.md "Tracker memory"); any other form (a
 # PKCS#8 v2 key with its public key, another algorithm, a damaged file) goes to that package.
-_PRIVATE_DER = {
+_PRIVATE_DER: dict[bytes, type[Ed25519PrivateKey] | type[X25519PrivateKey]] = {
     bytes.fromhex("302e020100300506032b657004220420"): Ed25519PrivateKey,
     bytes.fromhex("302e020100300506032b656e04220420"): X25519PrivateKey,
 }
-_PUBLIC_DER = {
+_PUBLIC_DER: dict[bytes, type[Ed25519PublicKey] | type[X25519PublicKey]] = {
     bytes.fromhex("302a300506032b6570032100"): Ed25519PublicKey,
     bytes.fromhex("302a300506032b656e032100"): X25519PublicKey,
 }

@@ -112,7 +112,7 @@ def test_spool_retry_reoffers_refused_segments(tmp_path: Path) -> None:
         assert [i.seq for i in sp.next_ready()] == [0]
 
 
-# --------------------------------------------------------------------------- PEM without serialization
+# ------------------------------------------------------------- PEM without serialization
 
 
 def _pems() -> list[tuple[bytes, bytes]]:
@@ -193,7 +193,7 @@ def test_wrong_kind_of_pem_key_is_named(tmp_path: Path) -> None:
     """A valid key of another kind read through the agent's loaders: named, as before."""
     from agent.storage.keys import load_platform_public, load_verify_key
 
-    (ed_priv, ed_pub), (x_priv, x_pub) = _pems()
+    (_, ed_pub), (_, x_pub) = _pems()
     (tmp_path / "x.pub").write_bytes(x_pub)
     (tmp_path / "ed.pub").write_bytes(ed_pub)
     with pytest.raises(KeyFileError, match="expected an Ed25519 device public key"):
