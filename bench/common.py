@@ -64,14 +64,14 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
     return best
 
 
-def child_rss_mb(code: str) -> float:
-    """Peak RSS (MB, VmHWM) of a fresh interpreter after running ``code``."""
+def child_rss_mb(code: str, env: dict[str, str] | None = None) -> float:
+    """Peak RSS (MB, VmHWM) of a fresh interpreter after running ``code`` (in ``env``)."""
     probe = (
         f"{code}\n"
         "import re\n"
         "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=env
     ).stdout
     return int(out.strip().splitlines()[-1]) / 1024

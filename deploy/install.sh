@@ -398,6 +398,13 @@ if ! ((dry_run)); then
 		"$profile" "$why" "$mdwe" >"$UNIT_DIR/edge-agent.service.d/10-profile.conf"
 	chmod 0644 "$UNIT_DIR/edge-agent.service.d/10-profile.conf"
 fi
+# The tracker's memory settings (allocator environment): tracker only.
+tracker_dropin="$UNIT_DIR/edge-agent.service.d/15-tracker.conf"
+if [[ "$profile" == tracker ]]; then
+	run install -m 0644 "$SCRIPT_DIR/edge-agent-tracker.conf" "$tracker_dropin"
+elif [[ -e "$tracker_dropin" ]]; then
+	run rm -f "$tracker_dropin"
+fi
 power_and_modem
 camera_dropin="$UNIT_DIR/edge-agent.service.d/20-camera.conf"
 if [[ "$camera" == none ]]; then

@@ -18,14 +18,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.cellular.mmcli import SIGNAL_TECHS, ModemManagerLink, ModemReading
 from agent.cellular.settings import CellularSettings
 from agent.cellular.traffic import TrafficMeter
 from agent.contain import Poller, Reconnect, Why
 from agent.errors import SourceError
 from agent.model import Alarm, Severity
+
+if TYPE_CHECKING:
+    from agent.cellular.mmcli import ModemManagerLink, ModemReading
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ def csq(r: ModemReading) -> int | None:
     """The signal as ``+CSQ`` reports it (3GPP TS 27.007, 8.5): 0 for -113 dBm or less, then
     2 dB a step up to 31 for -51 dBm or more. From the RSSI ModemManager reports (its extended
     signal figures, the first technology that has one), else its signal quality (percent)."""
+    from agent.cellular.mmcli import SIGNAL_TECHS  # loaded already: r came from it
+
     if not r.present:
         return None
     for tech in SIGNAL_TECHS:
@@ -74,6 +78,9 @@ class LinkMonitor(Poller):
         self.traffic = traffic
         self.clock = clock
         if modem is None and settings.source == "modemmanager":
+            # Only with a modem to read (a device without one never imports mmcli's parser).
+            from agent.cellular.mmcli import ModemManagerLink
+
             modem = ModemManagerLink(settings.mmcli, settings.modem,
                                      timeout_s=settings.timeout_s,
                                      signal_rate_s=settings.signal_rate_s)  # fmt: skip

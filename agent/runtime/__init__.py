@@ -6,6 +6,7 @@ shutdown deadline (``liveness.py``), the heartbeat and the systemd watchdog (``h
 ``systemd.py``), the status figures (``status.py``) and how ``edge-agent status`` prints them
 (``status_text.py``), the alarms the root raises itself (``alarms.py``), the commands each
 channel may give (``routing.py``), what the root reads from the board (``readers.py``), the
-device-local control socket (``local_control.py``), ``[health]`` (``settings.py``) and the
-CLI of the running agent (``cli.py``: run, status, record, still, mute).
+device-local control socket (``local_control.py``), ``[health]`` (``settings.py``), the
+modules ``run`` defers until first use (``deferred.py``) and the CLI of the running agent
+(``cli.py``: run, status, record, still, mute).
 """

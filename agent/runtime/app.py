@@ -117,10 +117,13 @@ class Agent:
                 alarm=self.alarms.raise_,
             )
         self.audio: AudioRecorder | None = None
-        # The process's one PortAudio and microphone (recorder and push-to-talk).
-        from agent.capture.portaudio import PortAudio
+        # The process's one PortAudio and microphone (recorder and push-to-talk); none for a
+        # device with neither (a tracker: its module is not even imported).
+        self.portaudio: PortAudio | None = None
+        if cfg.audio.enabled or cfg.talk.enabled:
+            from agent.capture.portaudio import PortAudio
 
-        self.portaudio = PortAudio()
+            self.portaudio = PortAudio()
         self.microphone: Microphone | None = None
         muxed: list[AvEncoder] = []  # the video encoder carrying the audio track, once open
         if cfg.audio.enabled:
@@ -505,6 +508,12 @@ def build_jt808(
 def recover_other_journals(spool: Spool, active: set[str]) -> None:
     """Fragment journals of streams no recorder runs for now (e.g. video switched off since
     the power cut): sealed as recovered segments, the recording not resumed."""
+    journal_dir = spool.root / "journal" / "seg"  # SegmentJournal.dir
+    try:
+        if not journal_dir.is_dir() or next(journal_dir.iterdir(), None) is None:
+            return  # nothing to recover (a tracker's case): no journal module to load
+    except OSError:
+        pass  # SegmentJournal says what is wrong
     from agent.storage.segjournal import SegmentJournal
 
     try:

@@ -26,6 +26,9 @@ def register_run(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.runtime.deferred import defer
+
+    defer()  # before any library is imported: what they import and the agent never uses
     from agent.config.reading import read_config
     from agent.runtime.app import Agent
 

@@ -6,12 +6,12 @@ with mode 0600 from the first byte, and refused when group or others can read th
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import os
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -29,7 +29,57 @@ def fingerprint(raw_public: bytes) -> str:
 
 
 def raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return key.public_bytes_raw()
+
+
+# The one DER encoding of each key this module writes (RFC 8410: PKCS#8 v1 for a private key,
+# SubjectPublicKeyInfo for a public one; the algorithm OID 1.3.101.112 Ed25519, .110 X25519),
+# followed by the 32 raw bytes. A key file in exactly this form is read without cryptography's
+# serialization package, which a tracker would otherwise load for its key files alone (with its
+# SSH, RSA, DSA and EC modules: 0.8 MB, docs/scale.md "Tracker memory"); any other form (a
+# PKCS#8 v2 key with its public key, another algorithm, a damaged file) goes to that package.
+_PRIVATE_DER: dict[bytes, type[Ed25519PrivateKey] | type[X25519PrivateKey]] = {
+    bytes.fromhex("302e020100300506032b657004220420"): Ed25519PrivateKey,
+    bytes.fromhex("302e020100300506032b656e04220420"): X25519PrivateKey,
+}
+_PUBLIC_DER: dict[bytes, type[Ed25519PublicKey] | type[X25519PublicKey]] = {
+    bytes.fromhex("302a300506032b6570032100"): Ed25519PublicKey,
+    bytes.fromhex("302a300506032b656e032100"): X25519PublicKey,
+}
+
+
+def _pem_body(data: bytes, label: bytes) -> bytes | None:
+    """The DER inside one ``-----BEGIN <label>-----`` block that is the whole file (surrounding
+    blank space allowed), or None for anything else."""
+    begin, end = b"-----BEGIN " + label + b"-----", b"-----END " + label + b"-----"
+    text = data.strip()
+    if len(text) > 512 or not text.startswith(begin) or not text.endswith(end):
+        return None
+    try:
+        return binascii.a2b_base64(b"".join(text[len(begin) : -len(end)].split()), strict_mode=True)
+    except binascii.Error:
+        return None
+
+
+def pem_private_key(data: bytes) -> object:
+    """A PEM private key, as ``serialization.load_pem_private_key(data, None)`` reads it
+    (ValueError or TypeError when it cannot)."""
+    der = _pem_body(data, b"PRIVATE KEY")
+    if der is not None and len(der) == 48 and der[:16] in _PRIVATE_DER:
+        return _PRIVATE_DER[der[:16]].from_private_bytes(der[16:])
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(data, password=None)
+
+
+def pem_public_key(data: bytes) -> object:
+    """A PEM public key, as ``serialization.load_pem_public_key(data)`` reads it."""
+    der = _pem_body(data, b"PUBLIC KEY")
+    if der is not None and len(der) == 44 and der[:12] in _PUBLIC_DER:
+        return _PUBLIC_DER[der[:12]].from_public_bytes(der[12:])
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_public_key(data)
 
 
 def write_private(path: Path, pem: bytes, force: bool = False) -> None:
@@ -84,7 +134,7 @@ def _read_public(path: Path) -> bytes:
 def _load_private(path: Path) -> object:
     data = _read_private(path)
     try:
-        return serialization.load_pem_private_key(data, password=None)
+        return pem_private_key(data)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM private key: {exc}") from None
 
@@ -92,7 +142,7 @@ def _load_private(path: Path) -> object:
 def _load_public(path: Path) -> object:
     data = _read_public(path)
     try:
-        return serialization.load_pem_public_key(data)
+        return pem_public_key(data)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM public key: {exc}") from None
 
@@ -130,6 +180,8 @@ def load_platform_private(path: Path) -> X25519PrivateKey:
 
 
 def _private_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -138,6 +190,8 @@ def _private_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
 
 
 def _public_pem(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )

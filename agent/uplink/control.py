@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent import wallclock
@@ -42,7 +41,7 @@ from agent.errors import AgentError, CommandError, FormatError, KeyFileError
 from agent.loops.guard import Guard
 from agent.model import Alarm
 from agent.storage.durable import write_atomic
-from agent.storage.keys import write_private, write_public
+from agent.storage.keys import pem_private_key, pem_public_key, write_private, write_public
 from agent.uplink import protocol as proto
 from agent.uplink.mqtt import Inbound, MqttLink
 
@@ -66,6 +65,8 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 def init_signing_keys(directory: Path, stem: str, force: bool = False) -> Path:
     """An Ed25519 key pair of the platform: ``<stem>.key`` (0600) and ``<stem>.pub``."""
+    from cryptography.hazmat.primitives import serialization
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -92,7 +93,7 @@ def init_ack_keys(directory: Path, force: bool = False) -> Path:
 
 def load_signing_private(path: Path, what: str) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = pem_private_key(path.read_bytes())
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
     except ValueError as exc:
@@ -104,7 +105,7 @@ def load_signing_private(path: Path, what: str) -> Ed25519PrivateKey:
 
 def load_signing_public(path: Path, what: str) -> Ed25519PublicKey:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        key = pem_public_key(path.read_bytes())
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
     except ValueError as exc:

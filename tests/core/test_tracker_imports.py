@@ -56,6 +56,14 @@ HELPERS = (
     "ctypes",  # sync_file_range: only for a file past one writeback window (durable.py)
     "mimetypes",  # `edge-agent put` (agent/storage/cli.py)
     "cryptography.x509",  # the client certificate's dates (agent/uplink/cert_dates.py)
+    "agent.cellular.mmcli",  # ModemManager's output, only with cellular.source = "modemmanager"
+    # PEM key files in the one form agent/storage/keys.py writes (its pem_private_key)
+    "cryptography.hazmat.primitives.serialization",
+    # paho's proxy lookup, used only with PySocks: deferred by `run` (agent/runtime/deferred.py)
+    "urllib.request",
+    "http.client",
+    "email.message",
+    "tempfile",
     # `run` builds only the runtime's subcommands (agent/cli.py)
     "agent.storage.cli",
     "agent.gps.cli",
@@ -86,7 +94,9 @@ def watch():
         except (OSError, ValueError, KeyError, TypeError):
             connected = False
         if connected and any((Path(spool) / "seg" / "gps").glob("*.seg")):
-            Path(out).write_text(json.dumps(sorted(sys.modules)))
+            # A stand-in of agent/runtime/deferred.py is not an imported module.
+            loaded = [n for n, m in list(sys.modules.items()) if type(m).__name__ != "Deferred"]
+            Path(out).write_text(json.dumps(sorted(loaded)))
             break
         time.sleep(0.1)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -328,6 +328,12 @@ def test_staged_tracker_tree_and_modes(staged: tuple[Path, Path, str]) -> None:
     assert mode(unit_dir / "edge-agent.service") == 0o644
     dropin = (unit_dir / "edge-agent.service.d/10-profile.conf").read_text()
     assert parse_unit(dropin)["Service"]["MemoryDenyWriteExecute"] == ["yes"]
+    # The tracker's allocator settings (bench fleet runs its trackers with the same file).
+    tracker = unit_dir / "edge-agent.service.d/15-tracker.conf"
+    assert tracker.read_bytes() == (DEPLOY / "edge-agent-tracker.conf").read_bytes()
+    assert mode(tracker) == 0o644
+    env = parse_unit(tracker.read_text())["Service"]["Environment"]
+    assert any(e.startswith("GLIBC_TUNABLES=glibc.malloc.arena_max=1") for e in env)
     opt = root / "opt/edge-agent"
     assert (opt / "venv").is_symlink() and os.readlink(opt / "venv").startswith("venv-")
     assert (opt / "profile").read_text().strip() == "tracker"
