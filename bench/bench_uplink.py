@@ -65,6 +65,12 @@ CHUNK = 128 * 1024
 REPO = Path(__file__).resolve().parents[1]
 
 
+def bench_dir() -> str:
+    """Where the spool and the platform's store go: a real disk, not tmpfs (``/var/tmp``, or
+    ``EDGE_AGENT_BENCH_DIR``)."""
+    return os.environ.get("EDGE_AGENT_BENCH_DIR", "/var/tmp")
+
+
 def gps_batch(i: int, n: int = 60) -> list[bytes]:
     """One minute of a truck's 1 Hz fixes (the i-th minute of its drive)."""
     t0 = 1_750_000_000 + 60 * i
@@ -265,7 +271,7 @@ def run(report: Reporter) -> None:
     scale = float(os.environ.get("EDGE_AGENT_BENCH_SCALE", "1"))
     gps_n = max(1, int(2000 * scale))
     videos = int(os.environ.get("EDGE_AGENT_BENCH_VIDEOS", max(1, int(50 * scale))))
-    work = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir=bench_dir()))
     m: Mosquitto | None = None
     ingest: subprocess.Popen[bytes] | None = None
     device: subprocess.Popen[str] | None = None
