@@ -21,7 +21,9 @@ each one's CPU is its own (``bench/uplink_child.py``):
 
 ``EDGE_AGENT_BENCH_SCALE`` (default 1) scales the backlog; ``EDGE_AGENT_BENCH_PLAIN=1`` makes
 ingest also decrypt (the store then writes plaintext too); ``EDGE_AGENT_BENCH_PY`` adds
-interpreter arguments to the ingest (e.g. a profiler).
+interpreter arguments to the ingest (e.g. a profiler); ``EDGE_AGENT_BENCH_DIR`` (default
+``/var/tmp``) is where the spool and the store go (docs/scale.md: on a journal-less ext4 a
+directory full of recently deleted files makes each file created cost far more).
 """
 
 from __future__ import annotations
