@@ -21,7 +21,9 @@ each one's CPU is its own (``bench/uplink_child.py``):
 
 ``EDGE_AGENT_BENCH_SCALE`` (default 1) scales the backlog; ``EDGE_AGENT_BENCH_PLAIN=1`` makes
 ingest also decrypt (the store then writes plaintext too); ``EDGE_AGENT_BENCH_PY`` adds
-interpreter arguments to the ingest (e.g. a profiler).
+interpreter arguments to the ingest (e.g. a profiler); ``EDGE_AGENT_BENCH_DIR`` (default
+``/var/tmp``) is where the spool and the store go (docs/scale.md: on a journal-less ext4 a
+directory full of recently deleted files makes each file created cost far more).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ MIB = 1024 * 1024
 DEVICE = "truck-1"
 CHUNK = 128 * 1024
 REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_dir() -> str:
+    """Where the spool and the platform's store go: a real disk, not tmpfs (``/var/tmp``, or
+    ``EDGE_AGENT_BENCH_DIR``)."""
+    return os.environ.get("EDGE_AGENT_BENCH_DIR", "/var/tmp")
 
 
 def gps_batch(i: int, n: int = 60) -> list[bytes]:
@@ -265,7 +273,7 @@ def run(report: Reporter) -> None:
     scale = float(os.environ.get("EDGE_AGENT_BENCH_SCALE", "1"))
     gps_n = max(1, int(2000 * scale))
     videos = int(os.environ.get("EDGE_AGENT_BENCH_VIDEOS", max(1, int(50 * scale))))
-    work = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir=bench_dir()))
     m: Mosquitto | None = None
     ingest: subprocess.Popen[bytes] | None = None
     device: subprocess.Popen[str] | None = None

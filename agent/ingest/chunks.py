@@ -6,12 +6,14 @@ platform would lose in a crash; a gap is reported with the offset that revealed 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
+from pathlib import Path
 
 from agent.ingest.landing import SegmentLanding
-from agent.ingest.partials import QuotaFull
+from agent.ingest.partials import Partial, QuotaFull
 from agent.ingest.store_files import create_private
 from agent.uplink import protocol as proto
 
@@ -94,18 +96,15 @@ class ChunkAssembly(SegmentLanding):
                         p.reported,
                     )
                 ]
-            self._mkdirs(p.dir)
-            tmp = p.dir / f".{h.offset}.{uuid.uuid4().hex[:8]}"
-            try:
-                with create_private(tmp) as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            p.ranges[h.offset] = end
+            run = self._extend_run(p, h.offset, data) if h.offset not in p.ranges else None
+            if run is None:
+                self._write_piece(p, h.offset, path, data)
+                run = h.offset
+            p.ranges[run] = end
             self._held[device] += grow
-            p.unsynced.append(path)
+            run_path = p.dir / f"{run:012d}"
+            if run_path not in p.unsynced:
+                p.unsynced.append(run_path)
         # else: a longer chunk is already there at this offset
         p.touched = self._clock()
         self.stats.bytes += len(data)
@@ -122,6 +121,51 @@ class ChunkAssembly(SegmentLanding):
             p.reported = nxt
             return [proto.Progress(h.stream, h.seq, h.hash, nxt)]
         return []
+
+    def _write_piece(self, p: Partial, offset: int, path: Path, data: bytes | memoryview) -> None:
+        """A piece of an upload that starts a new run, in a file of its own named by its
+        offset (written under a temporary name, then renamed: a name is a whole piece)."""
+        self._mkdirs(p.dir)
+        tmp = p.dir / f".{offset}.{uuid.uuid4().hex[:8]}"
+        try:
+            with create_private(tmp) as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _extend_run(p: Partial, offset: int, data: bytes | memoryview) -> int | None:
+        """Append a chunk to the file of the run that ends exactly where it starts (chunks
+        arriving in order: one file per upload, no file created per chunk and no copy when
+        it completes); the run's offset, or None when there is no such run (or its file is
+        not as long as known: a piece of its own then).
+
+        A failed write is cut back off, so the file still holds exactly its known run."""
+        run = next((off for off, end in p.ranges.items() if end == offset), None)
+        if run is None:
+            return None
+        try:
+            fd = os.open(p.dir / f"{run:012d}", os.O_WRONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            at = offset - run
+            if os.fstat(fd).st_size != at:
+                return None
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.pwrite(fd, view, at)
+                    view, at = view[n:], at + n
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, offset - run)
+                raise
+        finally:
+            os.close(fd)
+        return run
 
     def durable_next(self, device: str, h: proto.ChunkHeader) -> int:
         """Bytes [0, n) of the upload the platform reported durable (0 if unknown)."""

@@ -6,6 +6,7 @@ store), and its directory synced.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -35,6 +36,8 @@ class SegmentLanding(SegmentChecks):
         if whole is not None:
             return self._complete_whole(device, h, whole)
         assert p is not None
+        if p.ranges.get(0) == h.size:
+            return self._complete_run(device, h, p)
         tmp = self.tmp / f"{uuid.uuid4().hex}.seg"
         plain_tmp: Path | None = None
         try:
@@ -49,6 +52,35 @@ class SegmentLanding(SegmentChecks):
             landed = self._land(device, h, lambda final: os.link(tmp, final), plain_tmp, info)
             plain_tmp = None
             return landed
+        finally:
+            tmp.unlink(missing_ok=True)
+            if plain_tmp is not None:
+                plain_tmp.unlink(missing_ok=True)
+
+    def _complete_run(self, device: str, h: proto.ChunkHeader, p: Partial) -> list[proto.Ack]:
+        """An upload whose chunks all came in order: its one file already holds the whole
+        segment. Moved out of ``partial/`` (no other chunk reaches it there), made durable,
+        checked, and named by ``link()``: no copy of its bytes."""
+        tmp = self.tmp / f"{uuid.uuid4().hex}.seg"
+        run = p.dir / f"{0:012d}"
+        plain_tmp: Path | None = None
+        os.rename(run, tmp)
+        try:
+            with tmp.open("rb") as f:
+                self._fsync_fd(f.fileno())
+                verdict = self._verify(device, h, f, p)
+            if isinstance(verdict, list):
+                return verdict  # refused, or asked for again: the upload was dropped
+            info, plain_tmp = verdict
+            landed = self._land(device, h, lambda final: os.link(tmp, final), plain_tmp, info)
+            plain_tmp = None
+            return landed
+        except BaseException:
+            # The store's disk failed (OSError): the upload keeps its bytes for the retry.
+            if p.dir.is_dir() and not run.exists():
+                with contextlib.suppress(OSError):
+                    os.rename(tmp, run)
+            raise
         finally:
             tmp.unlink(missing_ok=True)
             if plain_tmp is not None:

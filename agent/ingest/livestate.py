@@ -10,7 +10,8 @@ to plain subscriptions only), and writes::
     <store>/<device>/live/status.json    the latest heartbeat (Agent.status())
     <store>/<device>/live/fix.json       the latest live fix (gpsd-style TPV, decoded from the
                                          binary form of protocol 3, agent.uplink.protocol;
-                                         "form": "binary" or "json", as it came)
+                                         "form": "binary" or "json", as it came), rewritten
+                                         at most every 0.25 s (the newest fix in between)
     <store>/<device>/live/alarms.jsonl   alarms, newest last (the file keeps the last 1,000)
 
 each as ``{"received": <unix s>, "topic": ..., "payload": {...}}``. These are facts about the
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD = 64 * 1024
 MAX_ALARM_LINES = 1000
 DEDUPE_LINES = 50
+# fix.json is rewritten at most this often per device; the newest fix in between is held.
+FIX_WRITE_EVERY_S = 0.25
 
 
 class LiveRecorder:
@@ -83,6 +86,7 @@ class LiveRecorder:
         self.recorded = 0
         self.dropped = 0
         self.failures = Failures("ingest-live", log)
+        self._fixes = LatestWriter(FIX_WRITE_EVERY_S)
         self._thread: threading.Thread | None = None
 
     @property
@@ -98,6 +102,8 @@ class LiveRecorder:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._fixes.flush(float("inf"))
 
     def step(self) -> None:
         """Handle at most one waiting message of each kind (waits a little when none)."""
@@ -111,8 +117,9 @@ class LiveRecorder:
                 continue
             handled = True
             self.handle(msg)
+        due = self._fixes.flush(time.monotonic())
         if not handled:
-            self.stop.wait(0.2)
+            self.stop.wait(min(0.2, due))
 
     def handle(self, msg: Inbound) -> None:
         """Record one message, whatever it holds, and acknowledge it to the broker."""
@@ -184,10 +191,52 @@ class LiveRecorder:
             _replace(d / "state.json", entry)
         elif parsed.arg == "alarm":
             _append_alarm(d / "alarms.jsonl", entry)
+        elif parsed.arg == "fix":
+            self._fixes.put(d / "fix.json", entry, time.monotonic())
         else:
             _replace(d / f"{parsed.arg}.json", entry)
         self.recorded += 1
         return True
+
+
+class LatestWriter:
+    """Writes the latest entry of a file at most every ``every_s`` (a device reporting a fix
+    many times a second costs the store a few files a second, not one per fix): the first of
+    a quiet file at once, the rest held as the newest one until its time comes (``flush``).
+    A held entry is written even if no newer one comes; only superseded ones are skipped."""
+
+    def __init__(self, every_s: float, max_files: int = 100_000) -> None:
+        self.every_s = every_s
+        self.max_files = max_files
+        self._written: dict[Path, float] = {}  # file -> when last written (monotonic)
+        self._held: dict[Path, dict[str, Any]] = {}
+
+    def put(self, path: Path, entry: dict[str, Any], now: float) -> None:
+        if path not in self._held and now - self._written.get(path, -1e18) >= self.every_s:
+            self._write(path, entry, now)
+        else:
+            self._held[path] = entry
+
+    def flush(self, now: float) -> float:
+        """Write the held entries whose time has come; the seconds until the next one is due."""
+        wait = self.every_s
+        for path, entry in list(self._held.items()):
+            left = self._written.get(path, -1e18) + self.every_s - now
+            if left <= 0:
+                del self._held[path]
+                try:
+                    self._write(path, entry, now)
+                except OSError as exc:
+                    log.error("ingest: cannot record %s: %s", path, exc)
+            else:
+                wait = min(wait, left)
+        return max(wait, 0.0)
+
+    def _write(self, path: Path, entry: dict[str, Any], now: float) -> None:
+        if len(self._written) >= self.max_files:
+            self._written = {p: t for p, t in self._written.items() if now - t < self.every_s}
+        self._written[path] = now
+        _replace(path, entry)
 
 
 def _write_private(path: Path, data: bytes, flags: int = os.O_TRUNC) -> None:

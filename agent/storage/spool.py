@@ -395,7 +395,8 @@ class Spool:
         return self._index.retry_refused()
 
     def set_progress(self, item_id: int, bytes_done: int) -> None:
-        """Remember how many bytes of a segment the platform holds (survives power cuts)."""
+        """Remember how many bytes of a segment the platform holds (across restarts; made
+        durable by the next durable commit: one lost to a power cut costs a resend only)."""
         self._index.set_progress(item_id, bytes_done)
 
     def ack(self, stream: str, seq: int, manifest_hash: str) -> bool:

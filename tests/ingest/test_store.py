@@ -128,3 +128,82 @@ def test_conflicting_seq_is_not_replaced(tmp_path: Path, device: Device) -> None
     acks = store.put_chunk("cam-1", h, item.path.read_bytes())
     assert isinstance(acks[0], proto.Reject) and "different manifest" in acks[0].reason
     spool.close()
+
+
+def _partial_files(store: Store, item_stream: str, seq: int, mhash: str, size: int) -> list[str]:
+    h = proto.ChunkHeader(item_stream, seq, "boot1", mhash, size, 0)
+    return sorted(p.name for p in store._partial_dir("cam-1", h).iterdir())
+
+
+def test_chunks_in_order_grow_one_file_that_becomes_the_segment(
+    tmp_path: Path, device: Device
+) -> None:
+    """In-order chunks are appended to one file per upload (no file per chunk), which is
+    checked and named as the stored segment; a progress report still comes only for bytes on
+    disk, and the bytes stored are the device's, whole."""
+    spool = device.open_spool()
+    device.put(spool, "video", b"v" * (5 * CS + 10))
+    store = Store(tmp_path / "store", progress_every=CS)
+    _keys(store, spool)
+    item = spool.items("video")[0]
+    data = item.path.read_bytes()
+    for off in range(0, 3 * CS, CS):
+        h = proto.ChunkHeader("video", 0, "boot1", item.manifest_hash, len(data), off)
+        (progress,) = store.put_chunk("cam-1", h, data[off : off + CS])
+        assert isinstance(progress, proto.Progress) and progress.next == off + CS
+    assert _partial_files(store, "video", 0, item.manifest_hash, len(data)) == ["000000000000"]
+    (run,) = store._partial_dir("cam-1", h).iterdir()
+    assert run.read_bytes() == data[: 3 * CS]
+    acks = []
+    for off in range(3 * CS, len(data), CS):
+        h = proto.ChunkHeader("video", 0, "boot1", item.manifest_hash, len(data), off)
+        acks += store.put_chunk("cam-1", h, data[off : off + CS])
+    assert acks[-1] == proto.SegmentAck("video", 0, item.manifest_hash, "stored")
+    assert store.seg_path("cam-1", "video", 0).read_bytes() == data
+    assert not store._partial_dir("cam-1", h).exists()
+    assert list(store.tmp.iterdir()) == []
+    spool.close()
+
+
+def test_chunks_out_of_order_or_beside_a_short_run_still_make_the_segment(
+    tmp_path: Path, device: Device
+) -> None:
+    """A chunk that does not continue a run gets a file of its own (out of order, or a run
+    file shorter than the store believes, e.g. cut by a crash): the segment is assembled
+    from the pieces and stored whole."""
+    spool = device.open_spool()
+    device.put(spool, "video", b"w" * (6 * CS))
+    store = Store(tmp_path / "store")
+    _keys(store, spool)
+    item = spool.items("video")[0]
+    data = item.path.read_bytes()
+
+    def put(off: int) -> list[proto.Ack]:
+        h = proto.ChunkHeader("video", 0, "boot1", item.manifest_hash, len(data), off)
+        return store.put_chunk("cam-1", h, data[off : off + CS])
+
+    assert put(0) == [] and put(CS) == []
+    gap = put(3 * CS)  # chunk 2 not here yet
+    assert isinstance(gap[0], proto.Progress) and (gap[0].next, gap[0].got) == (2 * CS, 3 * CS)
+    (gap,) = put(4 * CS)  # continues the second run (the gap is still there)
+    assert isinstance(gap, proto.Progress) and (gap.next, gap.got) == (2 * CS, 4 * CS)
+    run_dir = store._partial_dir(
+        "cam-1", proto.ChunkHeader("video", 0, "b", item.manifest_hash, 1, 0)
+    )
+    assert sorted(p.name for p in run_dir.iterdir()) == [f"{0:012d}", f"{3 * CS:012d}"]
+    # The first run's file loses its tail behind the store's back: chunk 2, which would
+    # continue it, cannot (the file is not as long as known) and gets a file of its own.
+    with (run_dir / f"{0:012d}").open("r+b") as f:
+        f.truncate(CS)
+    assert put(2 * CS) == []
+    assert sorted(p.name for p in run_dir.iterdir()) == [f"{o * CS:012d}" for o in (0, 2, 3)]
+    assert (run_dir / f"{0:012d}").stat().st_size == CS  # not written into
+    # The store believed [0, 2 CS) was there: the reassembled bytes fail their check, the
+    # device is asked again from byte 0, and then the segment is stored whole.
+    acks = [a for off in range(5 * CS, len(data), CS) for a in put(off)]
+    assert isinstance(acks[-1], proto.Progress) and acks[-1].next == 0
+    for off in range(0, len(data), CS):
+        acks = put(off)
+    assert acks == [proto.SegmentAck("video", 0, item.manifest_hash, "stored")]
+    assert store.seg_path("cam-1", "video", 0).read_bytes() == data
+    spool.close()

@@ -36,8 +36,16 @@ CUT_S = float(os.environ.get("EDGE_AGENT_CUT_S", "30"))
 
 
 def _partial_chunks(store_dir: Path, device: str) -> int:
+    """Chunks (128 KiB) held in the store's unfinished uploads: bytes, not files (chunks that
+    arrive in order grow one file per upload)."""
     base = store_dir / device / "partial"
-    return sum(1 for _ in base.glob("*/*/*")) if base.exists() else 0
+    held = 0
+    for f in base.glob("*/*/*") if base.exists() else ():
+        try:
+            held += f.stat().st_size
+        except FileNotFoundError:  # completed meanwhile
+            continue
+    return held // (128 * 1024)
 
 
 def test_broker_sigkill_during_chunked_upload(
