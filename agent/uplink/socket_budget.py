@@ -12,7 +12,6 @@ budget is ``wait_s`` of the median of the last few such rates, between ``floor``
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -98,7 +97,7 @@ class SocketBudget:
         """Bytes of backfill allowed in the socket now."""
         if not self._rates:
             return min(self.cap, START)  # until measured: a fast link measures within ms
-        rate = statistics.median(self._rates)
+        rate = sorted(self._rates)[len(self._rates) // 2]  # the median (no statistics: tracker RSS)
         return max(self.floor, min(self.cap, int(rate * self.wait_s)))
 
     def chunk(self, largest: int) -> int:

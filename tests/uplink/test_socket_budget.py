@@ -69,10 +69,11 @@ def test_the_budget_follows_a_slow_links_rate() -> None:
     )
     assert b.budget() == START  # nothing measured yet
     seen = _run(wire, b, 30)
-    # About a second of the link (a rate sample never exceeds the link's), never the cap; a
-    # live message published now waits behind at most about 1.5 s of it.
-    assert 0.5 * 125_000 <= b.budget() <= 125_000, b.budget()
-    assert max(seen[len(seen) // 2 :]) <= 1.5 * 125_000, max(seen)
+    # About a second of the link (a sample counts the head publish whole though part of it
+    # may be on its way: a rate a little over the link's at most), never the cap; a live
+    # message published now waits behind about 1.5 s of it at most.
+    assert 0.5 * 125_000 <= b.budget() <= 1.05 * 125_000, b.budget()
+    assert max(seen[len(seen) // 2 :]) <= 1.6 * 125_000, max(seen)
     assert b.chunk(128 * KIB) <= b.budget() // 2
 
 
