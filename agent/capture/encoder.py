@@ -542,8 +542,12 @@ class H264Encoder(Fmp4Fragments):
                 f"frame {frame.index} is {img.shape[1]}x{img.shape[0]}, "
                 f"the encoder expects {self.width}x{self.height}"
             )
+        # Converted once, into a fresh I420 buffer that the frame wraps without copying it
+        # (``from_ndarray`` would copy the 3 MB of a 1080p frame again into a buffer of its
+        # own). The frame holds a reference to the array for as long as libavcodec holds the
+        # frame, and nothing writes to the array after this line.
         yuv: Any = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)
-        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf = av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
         vf.pts = pts
         vf.time_base = Fraction(1, self.fps)
         vf.pict_type = av.video.frame.PictureType.I if key else av.video.frame.PictureType.NONE
