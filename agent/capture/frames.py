@@ -136,6 +136,28 @@ class LiveEncoded:
         return False
 
 
+def no_huge_page_advice() -> bool:
+    """Stop NumPy advising transparent huge pages for big arrays, in this process; returns
+    whether it had been advising them.
+
+    On Linux NumPy advises ``MADV_HUGEPAGE`` for every array of 4 MiB or more. A raw source
+    allocates each frame anew (6 MB at 1080p BGR, 30 times a second) and the frames are freed
+    on another thread, so the allocator keeps handing the pages back and faulting fresh ones
+    in: with the advice each fault is a 2 MiB page the kernel zeroes first, some 1 ms of CPU
+    a 1080p frame on a desktop core (a tenth of a bare encode's; ``make bench B=video``), more
+    on a Pi. The recorder calls this before its capture thread starts; the environment
+    variable ``NUMPY_MADVISE_HUGEPAGE=0`` does the same for a process before NumPy is imported.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    multiarray = getattr(core, "multiarray", None)
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)
+    if setter is None:  # a NumPy without the advice (or without the switch): nothing to do
+        return False
+    return bool(setter(False))
+
+
 def counter_cell(width: int) -> int:
     """Side in pixels of one bar-code cell for frames ``width`` wide."""
     return max(4, min(width // (COUNTER_BITS + 8), 64) // 2 * 2)
