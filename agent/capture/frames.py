@@ -141,11 +141,12 @@ def no_huge_page_advice() -> bool:
     whether it had been advising them.
 
     On Linux NumPy advises ``MADV_HUGEPAGE`` for every array of 4 MiB or more. A raw source
-    allocates each frame anew (6 MB at 1080p BGR, 30 times a second) and the frames are freed
-    on another thread, so the allocator keeps handing the pages back and faulting fresh ones
-    in: with the advice each fault is a 2 MiB page the kernel zeroes first, some 1 ms of CPU
-    a 1080p frame on a desktop core (a tenth of a bare encode's; ``make bench B=video``), more
-    on a Pi. The recorder calls this before its capture thread starts; the environment
+    allocates each frame anew (6 MB at 1080p BGR, 30 times a second), freed on another
+    thread; with the advice the frames' memory kept coming back as fresh 2 MiB pages the
+    kernel zeroes first: some 1 ms of CPU a 1080p frame on a desktop core (7 % of a bare
+    encode's; ``make bench B=video``), wherever the kernel honours the advice (transparent
+    huge pages ``always`` or ``madvise``).
+    The recorder calls this before its capture thread starts; the environment
     variable ``NUMPY_MADVISE_HUGEPAGE=0`` does the same for a process before NumPy is imported.
     """
     import numpy as np
