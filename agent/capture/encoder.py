@@ -510,7 +510,8 @@ class H264Encoder(Fmp4Fragments):
         # another encoder (the Pi's V4L2 one) gets it only where both strides are multiples
         # of 64, as in libavcodec's own buffers (widths a multiple of 128: 640, 1280, 1920),
         # else a copy as before.
-        self._wrap = self.codec == SOFTWARE or width % 128 == 0
+        wrap = hasattr(av.VideoFrame, "from_numpy_buffer")
+        self._wrap = wrap and (self.codec == SOFTWARE or width % 128 == 0)
         self.track_id = 1  # the first stream added
         self._last_pts = -1
         self._closed = False
@@ -553,9 +554,13 @@ class H264Encoder(Fmp4Fragments):
         # own). The frame holds a reference to the array for as long as libavcodec holds the
         # frame, and nothing writes to the array after this line.
         yuv: Any = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)
+        vf = None
         if self._wrap:
-            vf = av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
-        else:
+            try:
+                vf = av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
+            except ValueError:  # a PyAV that cannot wrap yuv420p (older than this one): copy
+                self._wrap = False
+        if vf is None:
             vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         vf.pts = pts
         vf.time_base = Fraction(1, self.fps)
