@@ -9,6 +9,12 @@
 - ``passthrough-cpu``: recording an already-encoded stream (rpicam-vid, picamera2's encoder,
   an IP camera) versus encoding it in software (:mod:`bench.video_passthrough`).
 
+What differs between the two sides besides the pipeline's own work: the pipeline's replayed
+camera copies each frame into a new buffer and draws its bar code (1-2 ms a 1080p frame that
+the bare encode does not pay); the bare encode copies its I420 conversion into a frame
+(``from_ndarray``, the textbook path, about 1 ms a 1080p frame) where the recorder wraps it
+without a copy (docs/video.md, "What a raw frame costs").
+
 Each throughput figure is the best of three alternating runs of each side (the machine may be
 busy with other work). Frames come from the synthetic source, rendered once (one second's
 worth, replayed), so the figures measure the pipeline and not the test pattern's drawing.

@@ -505,6 +505,13 @@ class H264Encoder(Fmp4Fragments):
             ctx.gop_size = fps * 3600
             ctx.max_b_frames = 0
         self._stream = stream
+        # The wrapped I420 array's rows are exactly ``width`` (luma) and ``width / 2`` (chroma)
+        # bytes apart. libx264 copies each picture into frames of its own whatever the stride;
+        # another encoder (the Pi's V4L2 one) gets it only where both strides are multiples
+        # of 64, as in libavcodec's own buffers (widths a multiple of 128: 640, 1280, 1920),
+        # else a copy as before.
+        wrap = hasattr(av.VideoFrame, "from_numpy_buffer")
+        self._wrap = wrap and (self.codec == SOFTWARE or width % 128 == 0)
         self.track_id = 1  # the first stream added
         self._last_pts = -1
         self._closed = False
@@ -542,8 +549,19 @@ class H264Encoder(Fmp4Fragments):
                 f"frame {frame.index} is {img.shape[1]}x{img.shape[0]}, "
                 f"the encoder expects {self.width}x{self.height}"
             )
+        # Converted once, into a fresh I420 buffer that the frame wraps without copying it
+        # (``from_ndarray`` would copy the 3 MB of a 1080p frame again into a buffer of its
+        # own). The frame holds a reference to the array for as long as libavcodec holds the
+        # frame, and nothing writes to the array after this line.
         yuv: Any = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)
-        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf = None
+        if self._wrap:
+            try:
+                vf = av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
+            except ValueError:  # a PyAV that cannot wrap yuv420p (older than this one): copy
+                self._wrap = False
+        if vf is None:
+            vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         vf.pts = pts
         vf.time_base = Fraction(1, self.fps)
         vf.pict_type = av.video.frame.PictureType.I if key else av.video.frame.PictureType.NONE

@@ -136,6 +136,29 @@ class LiveEncoded:
         return False
 
 
+def no_huge_page_advice() -> bool:
+    """Stop NumPy advising transparent huge pages for big arrays, in this process; returns
+    whether it had been advising them.
+
+    On Linux NumPy advises ``MADV_HUGEPAGE`` for every array of 4 MiB or more. A raw source
+    allocates each frame anew (6 MB at 1080p BGR, 30 times a second), freed on another
+    thread; with the advice the frames' memory kept coming back as fresh 2 MiB pages the
+    kernel zeroes first: some 1 ms of CPU a 1080p frame on a desktop core (7 % of a bare
+    encode's; ``make bench B=video``), wherever the kernel honours the advice (transparent
+    huge pages ``always`` or ``madvise``).
+    The recorder calls this before its capture thread starts; the environment
+    variable ``NUMPY_MADVISE_HUGEPAGE=0`` does the same for a process before NumPy is imported.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    multiarray = getattr(core, "multiarray", None)
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)
+    if setter is None:  # a NumPy without the advice (or without the switch): nothing to do
+        return False
+    return bool(setter(False))
+
+
 def counter_cell(width: int) -> int:
     """Side in pixels of one bar-code cell for frames ``width`` wide."""
     return max(4, min(width // (COUNTER_BITS + 8), 64) // 2 * 2)
@@ -146,11 +169,14 @@ def draw_counter(image: Image, value: int) -> None:
     import numpy as np
 
     cell = counter_cell(image.shape[1])
-    bits = np.array(
-        [(value >> (COUNTER_BITS - 1 - i)) & 1 for i in range(COUNTER_BITS)], dtype=np.uint8
-    )
-    row = np.repeat(bits * 255, cell)
-    image[0:cell, 0 : COUNTER_BITS * cell, :] = row[None, :, None]
+    channels = image.shape[2]
+    word = (value % 2**COUNTER_BITS).to_bytes(COUNTER_BITS // 8, "big")
+    bits = np.unpackbits(np.frombuffer(word, np.uint8))
+    # One row of pixels, every channel of a cell's pixels alike, laid out as in the image:
+    # copied into each of the ``cell`` rows with a contiguous inner loop (a broadcast over the
+    # channel axis too is some 50 times slower, 0.5 ms a 1080p frame).
+    row = np.repeat(bits * np.uint8(255), cell * channels).reshape(-1, channels)
+    image[0:cell, 0 : COUNTER_BITS * cell] = row
 
 
 def read_counter(image: Image) -> int:

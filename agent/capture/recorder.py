@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 from agent import wallclock
 from agent.capture.camera import CaptureLoop
 from agent.capture.encoder import EncoderChoice, Fragment, FragmentProducer, H264Encoder
-from agent.capture.frames import AccessUnit, EncodedSource, Frame, FrameSource
+from agent.capture.frames import (
+    AccessUnit,
+    EncodedSource,
+    Frame,
+    FrameSource,
+    no_huge_page_advice,
+)
 from agent.capture.jobs import Job, RecorderThreads, SpoolLike
 from agent.capture.overlay import Overlay
 from agent.capture.recording import Recording, RecordingPipeline
@@ -337,6 +343,11 @@ class Recorder(RecorderThreads[VideoPipeline, RecorderStats]):
             ),
             threading.Thread(target=self._write_main, name="video-write", daemon=True),
         ]
+
+    def start_threads(self) -> None:
+        if self._newest is None:  # raw frames: a big buffer each (frames.no_huge_page_advice)
+            no_huge_page_advice()
+        super().start_threads()
 
     # ------------------------------------------------------------------ control (any thread)
 
