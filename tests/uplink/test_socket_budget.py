@@ -114,12 +114,12 @@ def test_a_backlog_on_a_slow_link_keeps_little_in_the_socket(
     tmp_path: Path, pki: Pki, broker_alive: Mosquitto
 ) -> None:
     """A real device and platform through a 1 Mbit/s, 100 ms link: the budget comes down to
-    about a second of the link while a 1 MiB segment goes through, and it all arrives."""
+    about a second of the link while a 512 KiB segment goes through, and it all arrives."""
     proxy = LinkProxy(("127.0.0.1", broker_alive.port), Link(rtt_s=0.1, rate_bps=125_000))
     platform = make_platform(tmp_path / "platform")
     dev = make_device(tmp_path / "dev", unique_id(tmp_path), pki, platform, proxy.port)
     spool = dev.open_spool()
-    dev.put(spool, "video", os.urandom(1024 * KIB))
+    dev.put(spool, "video", os.urandom(512 * KIB))
     store = tmp_path / "store"
     budgets: list[int] = []
     try:
