@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -60,6 +61,18 @@ class GpsFake:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GpsFake:
+        # gpsfake adds its pty to gpsd through gpsd's control socket, and gives up silently when
+        # that socket exists but does not accept yet (a loaded machine): gpsd then never has a
+        # device and the test sees no fix. Such a start is seen (gpsd lists no device) and made
+        # again; nothing was played (nobody read the pty).
+        for _attempt in range(3):
+            self._spawn()
+            if self._has_device():
+                return self
+            self.kill()
+        raise AssertionError("gpsfake never gave gpsd its device (3 starts)")
+
+    def _spawn(self) -> None:
         cmd = ["gpsfake", "-n", "-q", "-P", str(self.port), "-c", str(self.cycle)]
         if self.once:
             cmd.insert(1, "-1")
@@ -73,7 +86,32 @@ class GpsFake:
             stderr=subprocess.DEVNULL,
         )
         wait_for(self._listening, 20.0, f"gpsd on port {self.port}")
-        return self
+
+    def _has_device(self, timeout: float = 5.0) -> bool:
+        """gpsd lists the fake's pty (``?DEVICES``) within ``timeout`` (or a one-time fake
+        has already played its log and ended: it had its device)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return True
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                    s.settimeout(2)
+                    s.sendall(b"?DEVICES;\n")
+                    buf = b""
+                    while b'"DEVICES"' not in buf or not buf.endswith(b"\n"):
+                        data = s.recv(4096)
+                        if not data:
+                            break
+                        buf += data
+                for line in buf.splitlines():
+                    if b'"DEVICES"' in line and json.loads(line).get("devices"):
+                        return True
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        return False
 
     def play(self) -> None:
         """Let a held fake play its log (every sentence, at its cycle)."""

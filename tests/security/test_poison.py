@@ -89,7 +89,7 @@ def test_poison_from_one_device_stops_nobody(
             _publish_all(link, poison)
             with running_uplink(good, spool):
                 wait_for(lambda: not spool.items(), 60, "the good device's segments")
-            wait_for(lambda: ingest.malformed >= POISON_CHUNKS, 30, "the poison to be handled")
+            wait_for(lambda: ingest.malformed >= POISON_CHUNKS, 60, "the poison to be handled")
             assert ingest.dead() == [], f"threads died: {ingest.dead()}"
         assert_delivered(store_dir, good)
         # Every poison message was acknowledged to the broker: a new worker on the same
