@@ -104,6 +104,7 @@ class SpoolIndex:
 
     def __init__(self, root: Path, ballast: Ballast) -> None:
         self.root = root
+        self._seg_dirs: dict[str, Path] = {}  # stream -> root/seg/<stream> (paths made often)
         self._ballast = ballast
         self.lock = threading.Lock()
         self.chains: dict[str, tuple[int, str | None]] = {}
@@ -123,7 +124,10 @@ class SpoolIndex:
             self.db.close()
 
     def seg_path(self, stream: str, seq: int) -> Path:
-        return self.root / "seg" / stream / f"{seq:012d}.seg"
+        d = self._seg_dirs.get(stream)
+        if d is None:
+            d = self._seg_dirs[stream] = self.root / "seg" / stream
+        return d / f"{seq:012d}.seg"
 
     def key_path(self, key_id: str) -> Path:
         return self.root / "keys" / f"{key_id}.key"
@@ -252,6 +256,7 @@ class SpoolIndex:
         one earlier in the same call removes nothing (False), as it would in a later call."""
         results: list[bool] = []
         victims: list[Removal] = []
+        ids: set[int] = set()  # of victims (a batch holds hundreds: no scan per ack)
         with self.lock:
             for stream, seq, manifest_hash in acks:
                 row = self.db.execute(
@@ -263,9 +268,10 @@ class SpoolIndex:
                     log.warning(
                         "spool: ack for %s#%d names a different manifest hash; kept", stream, seq
                     )
-                if ok and any(v[0] == row[0] for v in victims):
+                if ok and row[0] in ids:
                     ok = False  # the same segment twice in one batch: removed once
                 if ok:
+                    ids.add(row[0])
                     victims.append((row[0], stream, seq, row[1], Retention(row[3])))
                 results.append(ok)
         return results, victims

@@ -253,8 +253,13 @@ class ChunkHeader:
 
 
 def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
+    return chunk_head(header) + data
+
+
+def chunk_head(header: ChunkHeader) -> bytes:
+    """What precedes a chunk's bytes: ``encode_chunk(header, data)`` is this plus ``data``."""
     head = dumps(header.to_json())
-    return CHUNK_HEAD.pack(CHUNK_MAGIC, len(head)) + head + data
+    return CHUNK_HEAD.pack(CHUNK_MAGIC, len(head)) + head
 
 
 def decode_chunk(payload: bytes | memoryview) -> tuple[ChunkHeader, memoryview]:

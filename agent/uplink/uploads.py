@@ -64,6 +64,26 @@ class Upload:
         self.f.seek(offset)
         return self.f.read(n)
 
+    def framed(self, head: bytes, offset: int, n: int) -> bytes | bytearray | None:
+        """``head`` followed by bytes [offset, offset + n): a chunk's payload, read from the
+        file straight behind its header (no copy of the bytes to join them). None if the
+        segment is shorter than that."""
+        if self.data is not None:
+            data = self.data[offset : offset + n]
+            return head + data if len(data) == n else None
+        assert self.f is not None
+        buf = bytearray(len(head) + n)
+        buf[: len(head)] = head
+        self.f.seek(offset)
+        view = memoryview(buf)[len(head) :]
+        got = 0
+        while got < n:
+            k = self.f.readinto(view[got:])
+            if not k:
+                return None
+            got += k
+        return buf
+
 
 def peek_segment(f: BinaryIO | bytes) -> tuple[int, str, str]:
     """(size, manifest hash, boot) of a sealed segment (a file, or its bytes) from its trailer
