@@ -78,7 +78,7 @@ class Upload:
         view = memoryview(buf)[len(head) :]
         got = 0
         while got < n:
-            k = self.f.readinto(view[got:])
+            k = self.f.readinto(view[got:])  # type: ignore[attr-defined]  # (BufferedReader)
             if not k:
                 return None
             got += k
