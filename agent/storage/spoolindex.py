@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -124,10 +125,13 @@ class SpoolIndex:
             self.db.close()
 
     def seg_path(self, stream: str, seq: int) -> Path:
+        return self._seg_dir(stream) / f"{seq:012d}.seg"
+
+    def _seg_dir(self, stream: str) -> Path:
         d = self._seg_dirs.get(stream)
         if d is None:
             d = self._seg_dirs[stream] = self.root / "seg" / stream
-        return d / f"{seq:012d}.seg"
+        return d
 
     def key_path(self, key_id: str) -> Path:
         return self.root / "keys" / f"{key_id}.key"
@@ -235,7 +239,8 @@ class SpoolIndex:
         with self.tx() as db:
             db.executemany("DELETE FROM segments WHERE id=?", [(r[0],) for r in rows])
         for sid, stream, seq, size, cls in rows:
-            self.seg_path(stream, seq).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._seg_dir(stream), f"{seq:012d}.seg"))
             self.used[cls] -= size
             self.inflight.discard(sid)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 
 from agent.errors import SpoolError
-from agent.uplink import protocol as proto
 from agent.uplink.compact_lane import CompactSending
 from agent.uplink.uploads import IDLE_POLL_S, KIB
 
@@ -89,10 +88,7 @@ class ChunkedTransfer(CompactSending):
         delay = self._bucket.delay(n)
         if delay > 0:
             return delay
-        header = proto.ChunkHeader(
-            u.item.stream, u.item.seq, u.boot, u.item.manifest_hash, u.size, u.next
-        )
-        payload = u.framed(proto.chunk_head(header), u.next, n)
+        payload = u.chunk(u.next, n)
         if payload is None:
             log.error("uplink: %s is shorter than indexed; dropping it", u.item.path)
             self._remove(u)

@@ -47,6 +47,7 @@ class Upload:
     data: bytes | None = None  # the whole segment, when small enough to bundle
     bundled: bool = False  # last sent in a bundle (no answer yet)
     compact: bool = False  # last sent in the compact form (no answer yet)
+    _heads: proto.ChunkHeads | None = None  # its chunks' headers (made on the first chunk)
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -63,6 +64,22 @@ class Upload:
         assert self.f is not None
         self.f.seek(offset)
         return self.f.read(n)
+
+    def chunk(self, offset: int, n: int) -> bytes | bytearray | None:
+        """The chunk of bytes [offset, offset + n) as published (protocol.encode_chunk), or
+        None if the segment is shorter than that."""
+        if self._heads is None:
+            self._heads = proto.ChunkHeads(
+                proto.ChunkHeader(
+                    self.item.stream,
+                    self.item.seq,
+                    self.boot,
+                    self.item.manifest_hash,
+                    self.size,
+                    0,
+                )
+            )
+        return self.framed(self._heads.at(offset), offset, n)
 
     def framed(self, head: bytes, offset: int, n: int) -> bytes | bytearray | None:
         """``head`` followed by bytes [offset, offset + n): a chunk's payload, read from the
