@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -104,6 +105,7 @@ class SpoolIndex:
 
     def __init__(self, root: Path, ballast: Ballast) -> None:
         self.root = root
+        self._seg_dirs: dict[str, Path] = {}  # stream -> root/seg/<stream> (paths made often)
         self._ballast = ballast
         self.lock = threading.Lock()
         self.chains: dict[str, tuple[int, str | None]] = {}
@@ -123,7 +125,13 @@ class SpoolIndex:
             self.db.close()
 
     def seg_path(self, stream: str, seq: int) -> Path:
-        return self.root / "seg" / stream / f"{seq:012d}.seg"
+        return self._seg_dir(stream) / f"{seq:012d}.seg"
+
+    def _seg_dir(self, stream: str) -> Path:
+        d = self._seg_dirs.get(stream)
+        if d is None:
+            d = self._seg_dirs[stream] = self.root / "seg" / stream
+        return d
 
     def key_path(self, key_id: str) -> Path:
         return self.root / "keys" / f"{key_id}.key"
@@ -231,7 +239,8 @@ class SpoolIndex:
         with self.tx() as db:
             db.executemany("DELETE FROM segments WHERE id=?", [(r[0],) for r in rows])
         for sid, stream, seq, size, cls in rows:
-            self.seg_path(stream, seq).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._seg_dir(stream), f"{seq:012d}.seg"))
             self.used[cls] -= size
             self.inflight.discard(sid)
 
@@ -252,6 +261,7 @@ class SpoolIndex:
         one earlier in the same call removes nothing (False), as it would in a later call."""
         results: list[bool] = []
         victims: list[Removal] = []
+        ids: set[int] = set()  # of victims (a batch holds hundreds: no scan per ack)
         with self.lock:
             for stream, seq, manifest_hash in acks:
                 row = self.db.execute(
@@ -263,9 +273,10 @@ class SpoolIndex:
                     log.warning(
                         "spool: ack for %s#%d names a different manifest hash; kept", stream, seq
                     )
-                if ok and any(v[0] == row[0] for v in victims):
+                if ok and row[0] in ids:
                     ok = False  # the same segment twice in one batch: removed once
                 if ok:
+                    ids.add(row[0])
                     victims.append((row[0], stream, seq, row[1], Retention(row[3])))
                 results.append(ok)
         return results, victims

@@ -34,6 +34,9 @@ class CompactSending(Bundling):
     _compact: bool | None
     _compact_probe_out: bool
     _bases: dict[str, compact.Base]  # per stream: the last manifest the platform acknowledged
+    # per stream: (seq, segment bytes) acknowledged after _bases[stream], its manifest not yet
+    # taken out (only when a compact segment of that stream goes: a batch acknowledges many)
+    _bases_unsplit: dict[str, tuple[int, bytes]]
     _unbased: set[str]  # streams whose base the platform did not have
     _recent: OrderedDict[tuple[str, int], str]  # (stream, seq) -> manifest hash, acknowledged
     _keys_compact: set[str]  # key records sent compact, not answered yet (this connection)
@@ -84,7 +87,7 @@ class CompactSending(Bundling):
         ):
             return None
         stream = u.item.stream
-        base = self._bases.get(stream)
+        base = self._base(stream)
         if base is not None and (base.seq >= u.item.seq or stream in self._unbased):
             base = None
         payload = compact.encode_segment(u.data, u.item.seq, base)
@@ -118,13 +121,23 @@ class CompactSending(Bundling):
             self._recent.popitem(last=False)
         if u.data is None:
             return
-        old = self._bases.get(u.item.stream)
-        if old is None or old.seq < u.item.seq:
+        stream, seq = u.item.stream, u.item.seq
+        old = self._bases.get(stream)
+        later = self._bases_unsplit.get(stream)
+        if (old is None or old.seq < seq) and (later is None or later[0] < seq):
+            self._bases_unsplit[stream] = (seq, u.data)
+
+    def _base(self, stream: str) -> compact.Base | None:
+        """The stream's base: the manifest of its last segment the platform acknowledged."""
+        later = self._bases_unsplit.pop(stream, None)
+        if later is not None:
             try:
-                _body, manifest, _sig = compact.split_segment(u.data)
-            except Exception:  # not a version 2 segment: no base from it
-                return
-            self._bases[u.item.stream] = compact.Base(u.item.seq, manifest)
+                _body, manifest, _sig = compact.split_segment(later[1])
+            except Exception:  # not a version 2 segment: no base from it (the older one stays)
+                pass
+            else:
+                self._bases[stream] = compact.Base(later[0], manifest)
+        return self._bases.get(stream)
 
     def _key_record(self, kid: str, record: bytes) -> bytes:
         """What to publish for key record ``kid``: its compact form while the platform may

@@ -146,6 +146,7 @@ class Forwarder(AckHandling, LiveLane, StreamHeads):
         self._compact: bool | None = None
         self._compact_probe_out = False
         self._bases: dict[str, compact.Base] = {}
+        self._bases_unsplit: dict[str, tuple[int, bytes]] = {}
         self._unbased: set[str] = set()
         self._recent: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._keys_compact: set[str] = set()

@@ -340,7 +340,7 @@ class MqttLink(PahoCallbacks):
     # ------------------------------------------------------------------ actions
 
     def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+        self, topic: str, payload: bytes | bytearray, qos: int = 1, retain: bool = False
     ) -> Sent | None:
         """Publish now on the current connection; None when not connected."""
         with self._lock:
@@ -600,7 +600,7 @@ class _TopicAliases:
         generation: int,
         usable: int,
         topic: str,
-        payload: bytes,
+        payload: bytes | bytearray,
         qos: int,
         retain: bool,
     ) -> paho.MQTTMessageInfo:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -253,8 +253,30 @@ class ChunkHeader:
 
 
 def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
+    return chunk_head(header) + data
+
+
+def chunk_head(header: ChunkHeader) -> bytes:
+    """What precedes a chunk's bytes: ``encode_chunk(header, data)`` is this plus ``data``."""
     head = dumps(header.to_json())
-    return CHUNK_HEAD.pack(CHUNK_MAGIC, len(head)) + head + data
+    return CHUNK_HEAD.pack(CHUNK_MAGIC, len(head)) + head
+
+
+class ChunkHeads:
+    """``chunk_head`` of one segment's chunks (``header`` with any offset): the same bytes,
+    the JSON encoded once per segment rather than once per chunk."""
+
+    def __init__(self, header: ChunkHeader) -> None:
+        text = dumps(replace(header, offset=0).to_json())
+        before, sep, after = text.partition(b'"offset":0,')  # keys sorted: seq follows
+        self._parts = (before + b'"offset":', b"," + after) if sep else None
+        self._header = header
+
+    def at(self, offset: int) -> bytes:
+        if self._parts is None:  # (not the expected text: encode it every time)
+            return chunk_head(replace(self._header, offset=offset))
+        head = self._parts[0] + b"%d" % offset + self._parts[1]
+        return CHUNK_HEAD.pack(CHUNK_MAGIC, len(head)) + head
 
 
 def decode_chunk(payload: bytes | memoryview) -> tuple[ChunkHeader, memoryview]:

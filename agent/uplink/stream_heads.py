@@ -27,6 +27,9 @@ from agent.uplink.uploads import ForwarderStats
 HEADS_EVERY_S = 2.0  # the signed stream heads go out at most this often
 # A change the platform has not acknowledged for this long goes out as signed heads.
 HEADS_GRACE_S = 5.0
+# How often the forwarder looks for news at most (two index queries each time): not every
+# round of its loop, which runs per broker acknowledgement while a backlog drains.
+HEADS_CHECK_S = 0.25
 
 # One stream's entry in the state compared between publications: (seq, hash, pending), or
 # ("stored", seq, hash) when the platform acknowledged that head segment itself.
@@ -82,6 +85,8 @@ class StreamHeads:
                 entry[0] != "stored" and last.get(stream) != entry
                 for stream, entry in state.items()
             )
+            # Looked at: the next look after HEADS_CHECK_S, at the earliest.
+            self._heads_due = now + HEADS_CHECK_S
             if not news:
                 self._heads_news_since = None
                 return

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 
 from agent.errors import SpoolError
-from agent.uplink import protocol as proto
 from agent.uplink.compact_lane import CompactSending
 from agent.uplink.uploads import IDLE_POLL_S, KIB
 
@@ -89,19 +88,14 @@ class ChunkedTransfer(CompactSending):
         delay = self._bucket.delay(n)
         if delay > 0:
             return delay
-        data = u.read(u.next, n)
-        if len(data) != n:
+        payload = u.chunk(u.next, n)
+        if payload is None:
             log.error("uplink: %s is shorter than indexed; dropping it", u.item.path)
             self._remove(u)
             self._drop_upload(u, release=True)
             self._rejected.add(u.item.id)
             return 0.0
-        header = proto.ChunkHeader(
-            u.item.stream, u.item.seq, u.boot, u.item.manifest_hash, u.size, u.next
-        )
-        sent = self.link.publish(
-            self.topics.segment(u.item.stream), proto.encode_chunk(header, data), qos=1
-        )
+        sent = self.link.publish(self.topics.segment(u.item.stream), payload, qos=1)
         if sent is None:
             return IDLE_POLL_S  # not connected: woken by the reconnect
         self._unacked.append((sent, n))

@@ -47,6 +47,7 @@ class Upload:
     data: bytes | None = None  # the whole segment, when small enough to bundle
     bundled: bool = False  # last sent in a bundle (no answer yet)
     compact: bool = False  # last sent in the compact form (no answer yet)
+    _heads: proto.ChunkHeads | None = None  # its chunks' headers (made on the first chunk)
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -63,6 +64,42 @@ class Upload:
         assert self.f is not None
         self.f.seek(offset)
         return self.f.read(n)
+
+    def chunk(self, offset: int, n: int) -> bytes | bytearray | None:
+        """The chunk of bytes [offset, offset + n) as published (protocol.encode_chunk), or
+        None if the segment is shorter than that."""
+        if self._heads is None:
+            self._heads = proto.ChunkHeads(
+                proto.ChunkHeader(
+                    self.item.stream,
+                    self.item.seq,
+                    self.boot,
+                    self.item.manifest_hash,
+                    self.size,
+                    0,
+                )
+            )
+        return self.framed(self._heads.at(offset), offset, n)
+
+    def framed(self, head: bytes, offset: int, n: int) -> bytes | bytearray | None:
+        """``head`` followed by bytes [offset, offset + n): a chunk's payload, read from the
+        file straight behind its header (no copy of the bytes to join them). None if the
+        segment is shorter than that."""
+        if self.data is not None:
+            data = self.data[offset : offset + n]
+            return head + data if len(data) == n else None
+        assert self.f is not None
+        buf = bytearray(len(head) + n)
+        buf[: len(head)] = head
+        self.f.seek(offset)
+        view = memoryview(buf)[len(head) :]
+        got = 0
+        while got < n:
+            k = self.f.readinto(view[got:])  # type: ignore[attr-defined]  # (BufferedReader)
+            if not k:
+                return None
+            got += k
+        return buf
 
 
 def peek_segment(f: BinaryIO | bytes) -> tuple[int, str, str]:

@@ -40,6 +40,40 @@ def test_chunk_round_trip() -> None:
     assert header == h and bytes(data) == b"x" * 50
 
 
+@given(
+    st.integers(0, proto.MAX_SEGMENT_SIZE - 2),
+    st.sampled_from(["video", "gps", "a-b_c", "x" * 32]),
+    st.integers(0, 10**12 - 1),
+)
+def test_chunk_heads_are_the_bytes_encode_chunk_writes(offset: int, stream: str, seq: int) -> None:
+    """The forwarder frames a segment's chunks from one encoding of its header."""
+    size = proto.MAX_SEGMENT_SIZE
+    heads = proto.ChunkHeads(proto.ChunkHeader(stream, seq, "boot-1", H, size, 0))
+    at = proto.ChunkHeader(stream, seq, "boot-1", H, size, offset)
+    assert heads.at(offset) + b"xyz" == proto.encode_chunk(at, b"xyz")
+    assert proto.decode_chunk(heads.at(offset) + b"x")[0] == at
+
+
+def test_a_chunk_read_behind_its_header_is_the_encoded_chunk(tmp_path: Path) -> None:
+    from agent.storage.spool import SpoolItem
+    from agent.uplink.uploads import Upload
+
+    body = bytes(range(256)) * 40
+    path = tmp_path / "000000000001.seg"
+    path.write_bytes(body)
+    item = SpoolItem(1, "video", 1, "k", len(body), H, 0, path, 0.0)
+    with path.open("rb") as f:
+        u = Upload(item, "boot-1", len(body), f, 0, 0, 0.0)
+        for off, n in ((0, 4096), (4096, 5000), (len(body) - 7, 7)):
+            h = proto.ChunkHeader("video", 1, "boot-1", H, len(body), off)
+            assert u.chunk(off, n) == proto.encode_chunk(h, body[off : off + n])
+        assert u.chunk(len(body) - 7, 8) is None  # shorter than indexed
+    small = Upload(item, "boot-1", len(body), None, 0, 0, 0.0, data=body)
+    h = proto.ChunkHeader("video", 1, "boot-1", H, len(body), 100)
+    assert small.chunk(100, 50) == proto.encode_chunk(h, body[100:150])
+    assert small.chunk(len(body) - 7, 8) is None
+
+
 @pytest.mark.parametrize(
     ("header", "data", "why"),
     [
