@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from agent.capture.triggers import mark_recorded
 from agent.runtime.routing import record_handlers
 from agent.storage.keys import load_platform_private
 from agent.storage.spool import Spool
+from tests.fixtures.full_disk import fill, small_tmpfs
 from tests.storage.helpers import open_sealed
 
 from .conftest import FPS, H, Keys, W, small_settings
@@ -29,30 +29,8 @@ from .conftest import FPS, H, Keys, W, small_settings
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"NOT EXERCISED: mounting a small tmpfs was refused ({res.stderr.strip()})")
-    try:
+    with small_tmpfs(tmp_path / "disk", "24m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(where: Path) -> None:
-    with (where / "filler").open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
 
 
 def _events(spool: Spool, keys: Keys) -> list[dict[str, object]]:
@@ -92,7 +70,7 @@ def test_a_mark_the_full_disk_refuses_is_not_answered_recorded(
     try:
         assert mark_recorded(rec.mark("button", "before"), timeout=60) is None
         os.unlink(spool.root / ".ballast")  # nothing left to give back either
-        _fill(small_disk)
+        fill(small_disk)
         why = mark_recorded(rec.mark("button", "on a full disk"), timeout=60)
         assert why is not None and "full" in why, why
         # The command channel's answer says so (a device without a camera: the spool directly).
